@@ -1,0 +1,40 @@
+//! pgtenant: a PostgreSQL wire-protocol proxy that gives every tenant of a SaaS application its own schema,
+//! its own PostgreSQL role and its own pool, and makes that isolation invisible to the application.
+//!
+//! Modules, in the order a client connection flows through them:
+//!
+//! - [`config`]: the TOML configuration, environment overrides for secrets, validation.
+//! - [`server`]: the listener; accepts TCP, answers SSLRequest / GSSENCRequest, hands cancel requests to
+//!   [`cancel`] and login attempts to [`session`].
+//! - [`tls`]: rustls server configuration for clients.
+//! - [`protocol`]: the one place that knows the wire format: frame headers, startup packets, message tags, and
+//!   the backend messages pgtenant writes itself (ErrorResponse with SQLSTATE, authentication, ReadyForQuery).
+//! - [`auth`]: JWT verification of the password a client sends (algorithm allowlist, keys, claims, size limit).
+//! - [`directory`]: identity → user → organization → tenant (schema, role, status), cached with a short TTL,
+//!   read from the shared schema.
+//! - [`pool`]: one pool per tenant of raw upstream protocol connections logged in as the tenant's role, with a
+//!   global cap and eviction of other tenants' idle connections.
+//! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
+//! - [`relay`]: the byte-level relay of one client session to its upstream connection.
+//! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
+//! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and the credentials
+//!   of tenant roles (derived passwords, SCRAM verifiers).
+//! - [`migrate`]: versioned SQL files of `shared-migrations/` and `tenant-migrations/`, checksums, history.
+//! - [`pgcluster`]: finding PostgreSQL's binaries and running a throwaway cluster (for `pgtenant dev` and tests).
+//! - [`dev`]: the `pgtenant dev` command.
+
+pub mod auth;
+pub mod cancel;
+pub mod config;
+pub mod dev;
+pub mod directory;
+pub mod migrate;
+pub mod pgcluster;
+pub mod pool;
+pub mod protocol;
+pub mod relay;
+pub mod server;
+pub mod session;
+pub mod tenancy;
+pub mod tls;
+pub mod upstream;
