@@ -1,1 +1,284 @@
-//! TODO
+//! The configuration file (TOML), its defaults, environment overrides for secrets, and validation.
+//!
+//! Secrets (the server secret from which tenant role passwords are derived, the upstream admin password, the
+//! JWT secret) can be given in the file or, better, in the environment: `PGTENANT_SERVER_SECRET`,
+//! `PGTENANT_ADMIN_PASSWORD`, `PGTENANT_JWT_SECRET`. `Debug` never prints them.
+
+use crate::auth::AuthConfig;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub pool: PoolConfig,
+    pub auth: AuthConfig,
+    pub tenancy: TenancyConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address clients connect to.
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key for TLS with clients. Without them SSLRequest is answered 'N'.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Accept a password (token) over unencrypted TCP from a non-loopback address. Off by default.
+    pub allow_plaintext_password: bool,
+    /// Maximum client connections at once; the next one is refused with 53300.
+    pub max_client_connections: usize,
+    /// Time a client has to finish the startup and login exchange.
+    pub login_timeout_ms: u64,
+    /// Database name reserved for the admin channel.
+    pub admin_database: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 6432)),
+            tls_cert: None,
+            tls_key: None,
+            allow_plaintext_password: false,
+            max_client_connections: 10_000,
+            login_timeout_ms: 15_000,
+            admin_database: "pgtenant".into(),
+        }
+    }
+}
+
+/// The PostgreSQL server pgtenant serves tenants from.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    pub host: String,
+    pub port: u16,
+    /// The database holding the shared schema and the tenant schemas.
+    pub database: String,
+    /// A role that may create roles and schemas (CREATEROLE, and CREATE on the database), used for the shared
+    /// schema, onboarding and migrations. Never used to serve clients.
+    pub admin_user: String,
+    pub admin_password: Option<String>,
+    /// Secret from which each tenant role's password is derived (HMAC-SHA-256 of the role name). Changing it
+    /// requires re-setting every tenant role's password (`pgtenant onboard` does it for new tenants).
+    pub server_secret: Option<String>,
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 5432,
+            database: "postgres".into(),
+            admin_user: "postgres".into(),
+            admin_password: None,
+            server_secret: None,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl std::fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("database", &self.database)
+            .field("admin_user", &self.admin_user)
+            .field("admin_password", &self.admin_password.as_ref().map(|_| "<redacted>"))
+            .field("server_secret", &self.server_secret.as_ref().map(|_| "<redacted>"))
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .finish()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Server connections per tenant.
+    pub size_per_tenant: usize,
+    /// Server connections across all tenants; idle connections of other tenants are closed to make room.
+    pub max_server_connections: usize,
+    /// How long a client waits for a server connection before 53300.
+    pub acquire_timeout_ms: u64,
+    /// Idle server connections are closed after this long.
+    pub idle_timeout_secs: u64,
+    /// Server connections are closed after this long, at their next check-in.
+    pub max_lifetime_secs: u64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            size_per_tenant: 10,
+            max_server_connections: 90,
+            acquire_timeout_ms: 5_000,
+            idle_timeout_secs: 600,
+            max_lifetime_secs: 3_600,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaNameFormat {
+    /// `org_<short id>`: reveals nothing about the customer in `pg_namespace`, which every role can read.
+    #[default]
+    ShortId,
+    /// `org_<slug>_<short id>`: readable, but every tenant can list every other tenant's name.
+    SlugShortId,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenancyConfig {
+    pub schema_name_format: SchemaNameFormat,
+    /// Whether tenants may run DDL (CREATE …) in their own schema by default.
+    pub allow_tenant_ddl: bool,
+    pub tenant_migrations_dir: PathBuf,
+    pub shared_migrations_dir: PathBuf,
+    /// How long a directory lookup (user → tenant) is cached.
+    pub directory_cache_ttl_ms: u64,
+    /// Statement run at onboarding, as the tenant's role in its schema, to record the admin user in the
+    /// tenant's own tables; `$1` is the email. Empty: none.
+    pub admin_user_sql: String,
+}
+
+impl Default for TenancyConfig {
+    fn default() -> Self {
+        Self {
+            schema_name_format: SchemaNameFormat::ShortId,
+            allow_tenant_ddl: true,
+            tenant_migrations_dir: PathBuf::from("tenant-migrations"),
+            shared_migrations_dir: PathBuf::from("shared-migrations"),
+            directory_cache_ttl_ms: 5_000,
+            admin_user_sql: "INSERT INTO employees (email, full_name, role) VALUES ($1, 'Administrator', 'admin')".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, applies environment overrides and validates. Relative paths are taken from the working folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        config.apply_env();
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn apply_env(&mut self) {
+        if let Ok(secret) = std::env::var("PGTENANT_SERVER_SECRET") {
+            self.upstream.server_secret = Some(secret);
+        }
+        if let Ok(password) = std::env::var("PGTENANT_ADMIN_PASSWORD") {
+            self.upstream.admin_password = Some(password);
+        }
+        self.auth.apply_env();
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        match &self.upstream.server_secret {
+            Some(s) if s.len() >= 16 => {}
+            _ => return invalid("upstream.server_secret (or PGTENANT_SERVER_SECRET) must be set, at least 16 characters"),
+        }
+        if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
+            return invalid("server.tls_cert and server.tls_key must be set together");
+        }
+        if self.pool.size_per_tenant == 0 || self.pool.max_server_connections == 0 {
+            return invalid("pool sizes must be at least 1");
+        }
+        if self.server.admin_database.is_empty() {
+            return invalid("server.admin_database must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn server_secret(&self) -> &[u8] {
+        self.upstream
+            .server_secret
+            .as_deref()
+            .unwrap_or_default()
+            .as_bytes()
+    }
+
+    pub fn upstream_connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.upstream.connect_timeout_ms)
+    }
+
+    /// A tokio-postgres config for the admin role (shared schema, onboarding, migrations).
+    pub fn admin_pg_config(&self) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&self.upstream.host)
+            .port(self.upstream.port)
+            .dbname(&self.upstream.database)
+            .user(&self.upstream.admin_user)
+            .application_name("pgtenant-admin")
+            .connect_timeout(self.upstream_connect_timeout());
+        if let Some(password) = &self.upstream.admin_password {
+            pg.password(password);
+        }
+        pg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let mut config = Config::default();
+        config.upstream.admin_password = Some("admin-pass-xyz".into());
+        config.upstream.server_secret = Some("server-secret-xyz".into());
+        config.auth.hs_secret = Some("jwt-secret-xyz".into());
+        let printed = format!("{config:?}");
+        for secret in ["admin-pass-xyz", "server-secret-xyz", "jwt-secret-xyz"] {
+            assert!(!printed.contains(secret), "{secret} leaked into {printed}");
+        }
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pgtenant.toml");
+        let text = std::fs::read_to_string(&path).expect("example config present");
+        let mut config: Config = toml::from_str(&text).expect("example config parses");
+        config.upstream.server_secret = Some("0123456789abcdef0123".into());
+        config.validate().expect("example config validates");
+    }
+
+    #[test]
+    fn missing_server_secret_is_refused() {
+        let config = Config::default();
+        assert!(matches!(config.validate(), Err(ConfigError::Invalid(m)) if m.contains("server_secret")));
+    }
+}

@@ -16,6 +16,7 @@
 //!   global cap and eviction of other tenants' idle connections.
 //! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
 //! - [`relay`]: the byte-level relay of one client session to its upstream connection.
+//! - [`scram`]: SCRAM-SHA-256, client side and stored verifiers.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
 //! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and the credentials
 //!   of tenant roles (derived passwords, SCRAM verifiers).
@@ -33,6 +34,7 @@ pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
 pub mod relay;
+pub mod scram;
 pub mod server;
 pub mod session;
 pub mod tenancy;

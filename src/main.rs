@@ -1,1 +1,167 @@
-fn main() {}
+//! The `pgtenant` binary: parses the command line and calls into the library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use pgtenant::config::Config;
+use pgtenant::session::Proxy;
+use pgtenant::tenancy::{self, OnboardRequest};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "pgtenant", version, about = "PostgreSQL proxy that gives every tenant its own schema, role and pool")]
+struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Serve,
+    /// Create a tenant: organization, role, schema, tenant migrations and admin user, in one transaction.
+    Onboard {
+        /// Organization name, e.g. "Demo Company".
+        #[arg(long)]
+        name: String,
+        /// Email of the organization's first administrator.
+        #[arg(long)]
+        admin_email: String,
+        /// URL-style short name (default: made from the name).
+        #[arg(long)]
+        slug: Option<String>,
+        /// Take DDL (CREATE, ALTER, DROP) away from this tenant.
+        #[arg(long)]
+        no_ddl: bool,
+    },
+    /// Mint a development token with the configured HS256 secret (auth.hs_secret / PGTENANT_JWT_SECRET).
+    Token {
+        /// Email of an existing user.
+        #[arg(long)]
+        email: String,
+        /// Lifetime, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = parse_duration)]
+        ttl: Duration,
+        /// Mark the token as an administrator's (auth.admin_claim).
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Apply pending shared-schema migrations (shared-migrations/).
+    Migrate {
+        #[command(subcommand)]
+        target: MigrateTarget,
+    },
+    /// Start a throwaway local PostgreSQL, migrate it, onboard a demo tenant and run the proxy.
+    Dev(pgtenant::dev::DevArgs),
+}
+
+#[derive(Subcommand)]
+enum MigrateTarget {
+    /// The shared schema (directory tables).
+    Shared,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("invalid duration: {text}"))?;
+    let seconds = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3_600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid duration unit in {text}: use s, m, h or d")),
+    };
+    Ok(Duration::from_secs(number * seconds))
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Dev(args) => Ok(pgtenant::dev::run(args).await?),
+        Command::Serve => serve(load(&cli.config)?).await,
+        Command::Onboard {
+            name,
+            admin_email,
+            slug,
+            no_ddl,
+        } => {
+            let config = load(&cli.config)?;
+            let mut admin = connect_admin(&config).await?;
+            let done = tenancy::onboard(
+                &mut admin,
+                &config,
+                &OnboardRequest {
+                    name,
+                    admin_email,
+                    slug,
+                    ddl_allowed: no_ddl.then_some(false),
+                },
+            )
+            .await?;
+            println!("organization: {} ({})", done.slug, done.organization_id);
+            println!("schema:       {}", done.schema);
+            println!("role:         {}", done.role);
+            println!("admin user:   {}", done.admin_user_id);
+            println!("migrations:   {} applied", done.migrations_applied);
+            Ok(())
+        }
+        Command::Token { email, ttl, admin } => {
+            let config = load(&cli.config)?;
+            let client = connect_admin(&config).await?;
+            let token = pgtenant::dev::mint_token_for(&client, &config, &email, ttl, admin).await?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Migrate { target: MigrateTarget::Shared } => {
+            let config = load(&cli.config)?;
+            let mut admin = connect_admin(&config).await?;
+            let applied = pgtenant::migrate::apply_shared(&mut admin, &config.tenancy.shared_migrations_dir).await?;
+            println!("shared migrations applied: {applied:?}");
+            Ok(())
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config> {
+    Config::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client> {
+    pgtenant::dev::connect_admin(config).await.context("connecting to the database as the admin role")
+}
+
+async fn serve(config: Config) -> Result<()> {
+    if config.auth.hs_secret.is_none() && config.auth.public_key_files.is_empty() {
+        bail!("no token keys configured: set auth.hs_secret (or PGTENANT_JWT_SECRET) or auth.public_key_files");
+    }
+    let listener = pgtenant::server::bind(&config).await?;
+    let shutdown = CancellationToken::new();
+    let proxy = Proxy::from_config(config, shutdown.clone())?;
+    tokio::spawn(stop_on_signal(shutdown));
+    pgtenant::server::run(listener, proxy).await;
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    pgtenant::dev::wait_for_stop_signal().await;
+    tracing::info!("stop signal received");
+    shutdown.cancel();
+}

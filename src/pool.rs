@@ -1,1 +1,307 @@
-//! TODO
+//! One pool per tenant of raw upstream connections logged in as the tenant's role, under a global cap.
+//!
+//! - A tenant has at most `size_per_tenant` connections checked out; a client that finds them all busy waits
+//!   up to `acquire_timeout` and then gets 53300.
+//! - All tenants together have at most `max_server_connections` live connections. When the cap is reached,
+//!   the least recently used idle connection of any tenant is closed to make room; only if none is idle does
+//!   the client wait.
+//! - Idle connections are reused last-in first-out (warm caches), checked without a round trip before reuse
+//!   (closed by the server? an error sent meanwhile?), and closed after `idle_timeout` or `max_lifetime`.
+//!
+//! bb8 is not used here: it has no way to take an idle connection out of one pool to make room for another
+//! tenant's, which the global cap needs.
+
+use crate::config::PoolConfig;
+use crate::directory::RoleName;
+use crate::protocol::{sqlstate, PgError};
+use crate::tenancy::credentials::RolePasswords;
+use crate::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamError, UpstreamTarget};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("all {size} server connections of this tenant are busy; gave up after {waited:?}")]
+    TenantBusy { size: usize, waited: Duration },
+    #[error("all {max} server connections are busy; gave up after {waited:?}")]
+    GlobalBusy { max: usize, waited: Duration },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl PoolError {
+    pub fn to_client_error(&self) -> PgError {
+        match self {
+            PoolError::TenantBusy { .. } | PoolError::GlobalBusy { .. } => {
+                PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, self.to_string())
+                    .with_hint("retry later, or ask the operator to raise pool.size_per_tenant")
+            }
+            PoolError::Upstream(e) => e.to_client_error(),
+        }
+    }
+}
+
+/// A live connection and its share of the global cap.
+struct Member {
+    conn: UpstreamConn,
+    _global: OwnedSemaphorePermit,
+}
+
+struct TenantPool {
+    role: RoleName,
+    /// One permit per checked-out connection.
+    checkout: Arc<Semaphore>,
+    /// Idle connections, oldest first.
+    idle: Mutex<VecDeque<Member>>,
+}
+
+impl TenantPool {
+    fn oldest_idle(&self) -> Option<Instant> {
+        self.idle
+            .lock()
+            .ok()
+            .and_then(|idle| idle.front().map(|m| m.conn.last_used))
+    }
+}
+
+/// Statistics of one tenant's pool.
+#[derive(Debug, Clone)]
+pub struct TenantPoolStats {
+    pub role: RoleName,
+    pub active: usize,
+    pub idle: usize,
+}
+
+pub struct PoolManager {
+    config: PoolConfig,
+    target: UpstreamTarget,
+    passwords: RolePasswords,
+    salted: SaltedPasswordCache,
+    global: Arc<Semaphore>,
+    tenants: Mutex<HashMap<RoleName, Arc<TenantPool>>>,
+}
+
+/// A connection lent to one client. Dropping it closes the connection; `PoolManager::check_in` returns it.
+pub struct Checkout {
+    member: Option<Member>,
+    pool: Arc<TenantPool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Checkout {
+    pub fn conn(&mut self) -> &mut UpstreamConn {
+        &mut self.member.as_mut().expect("checkout holds a connection until checked in").conn
+    }
+}
+
+impl PoolManager {
+    pub fn new(config: PoolConfig, target: UpstreamTarget, passwords: RolePasswords) -> Arc<Self> {
+        Arc::new(Self {
+            global: Arc::new(Semaphore::new(config.max_server_connections)),
+            config,
+            target,
+            passwords,
+            salted: SaltedPasswordCache::default(),
+            tenants: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn target(&self) -> &UpstreamTarget {
+        &self.target
+    }
+
+    fn tenant_pool(&self, role: &RoleName) -> Arc<TenantPool> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .entry(role.clone())
+            .or_insert_with(|| {
+                Arc::new(TenantPool {
+                    role: role.clone(),
+                    checkout: Arc::new(Semaphore::new(self.config.size_per_tenant)),
+                    idle: Mutex::new(VecDeque::new()),
+                })
+            })
+            .clone()
+    }
+
+    /// Lends a connection of `role`'s pool: an idle one if there is a healthy one, else a new one.
+    pub async fn acquire(&self, role: &RoleName) -> Result<Checkout, PoolError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout_ms);
+        let pool = self.tenant_pool(role);
+        let permit = tokio::time::timeout_at(deadline, pool.checkout.clone().acquire_owned())
+            .await
+            .map_err(|_| PoolError::TenantBusy {
+                size: self.config.size_per_tenant,
+                waited: started.elapsed(),
+            })?
+            .expect("pool semaphores are never closed");
+
+        while let Some(mut member) = pool.idle.lock().ok().and_then(|mut idle| idle.pop_back()) {
+            if member.conn.check_idle() && !self.expired(&member.conn) {
+                return Ok(Checkout {
+                    member: Some(member),
+                    pool,
+                    _permit: permit,
+                });
+            }
+            tracing::debug!(role = %role, "dropping a stale idle server connection");
+        }
+
+        let global = loop {
+            match self.global.clone().try_acquire_owned() {
+                Ok(p) => break p,
+                Err(_) if self.evict_least_recently_used() => continue,
+                Err(_) => {
+                    break tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
+                        .await
+                        .map_err(|_| PoolError::GlobalBusy {
+                            max: self.config.max_server_connections,
+                            waited: started.elapsed(),
+                        })?
+                        .expect("pool semaphores are never closed")
+                }
+            }
+        };
+        let password = self.passwords.password_for(role.as_str());
+        let conn = UpstreamConn::connect(
+            &self.target,
+            Login {
+                user: role.as_str(),
+                password: &password,
+                salted_cache: &self.salted,
+            },
+        )
+        .await?;
+        tracing::debug!(role = %role, backend_pid = conn.process_id, "opened server connection");
+        Ok(Checkout {
+            member: Some(Member {
+                conn,
+                _global: global,
+            }),
+            pool,
+            _permit: permit,
+        })
+    }
+
+    fn expired(&self, conn: &UpstreamConn) -> bool {
+        conn.created_at.elapsed() >= Duration::from_secs(self.config.max_lifetime_secs)
+    }
+
+    /// Closes the least recently used idle connection of any tenant. Returns false if none is idle.
+    fn evict_least_recently_used(&self) -> bool {
+        let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
+            Ok(t) => t.values().cloned().collect(),
+            Err(_) => return false,
+        };
+        let victim = pools
+            .iter()
+            .filter_map(|p| p.oldest_idle().map(|t| (t, p)))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, p)| p.clone());
+        let Some(pool) = victim else {
+            return false;
+        };
+        let evicted = pool.idle.lock().ok().and_then(|mut idle| idle.pop_front());
+        match evicted {
+            Some(member) => {
+                tracing::debug!(role = %pool.role, "closing an idle server connection to make room for another tenant");
+                spawn_terminate(member);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes a connection back. `reusable` says the session left it clean (reset done); otherwise, or if it
+    /// broke or outlived `max_lifetime`, it is closed.
+    pub fn check_in(&self, mut checkout: Checkout, reusable: bool) {
+        let Some(mut member) = checkout.member.take() else {
+            return;
+        };
+        if !reusable || member.conn.broken || self.expired(&member.conn) {
+            spawn_terminate(member);
+            return;
+        }
+        member.conn.last_used = Instant::now();
+        if let Ok(mut idle) = checkout.pool.idle.lock() {
+            idle.push_back(member);
+        }
+    }
+
+    /// Closes idle connections past `idle_timeout` or `max_lifetime`. Run periodically.
+    pub fn reap_idle(&self) {
+        let idle_timeout = Duration::from_secs(self.config.idle_timeout_secs);
+        let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
+            Ok(t) => t.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for pool in pools {
+            let expired: Vec<Member> = match pool.idle.lock() {
+                Ok(mut idle) => {
+                    let (keep, drop): (VecDeque<Member>, VecDeque<Member>) = idle
+                        .drain(..)
+                        .partition(|m| m.conn.last_used.elapsed() < idle_timeout && !self.expired(&m.conn));
+                    *idle = keep;
+                    drop.into_iter().collect()
+                }
+                Err(_) => continue,
+            };
+            for member in expired {
+                spawn_terminate(member);
+            }
+        }
+    }
+
+    /// Closes every idle connection of a tenant (after it was suspended or dropped) or of all tenants.
+    pub fn close_idle(&self, role: Option<&RoleName>) {
+        let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
+            Ok(t) => t
+                .values()
+                .filter(|p| role.is_none_or(|r| *r == p.role))
+                .cloned()
+                .collect(),
+            Err(_) => return,
+        };
+        for pool in pools {
+            let drained: Vec<Member> = match pool.idle.lock() {
+                Ok(mut idle) => idle.drain(..).collect(),
+                Err(_) => continue,
+            };
+            for member in drained {
+                spawn_terminate(member);
+            }
+        }
+    }
+
+    pub fn stats(&self) -> Vec<TenantPoolStats> {
+        let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
+            Ok(t) => t.values().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        pools
+            .iter()
+            .map(|p| TenantPoolStats {
+                role: p.role.clone(),
+                active: self.config.size_per_tenant - p.checkout.available_permits(),
+                idle: p.idle.lock().map(|i| i.len()).unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Live server connections across all tenants.
+    pub fn server_connections(&self) -> usize {
+        self.config.max_server_connections - self.global.available_permits()
+    }
+}
+
+fn spawn_terminate(member: Member) {
+    // The global permit is given back at once, so the room is usable before the goodbye is sent.
+    let Member { conn, _global } = member;
+    drop(_global);
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(conn.terminate());
+    }
+}

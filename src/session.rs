@@ -1,1 +1,447 @@
-//! TODO
+//! One client connection, from its first byte to its end: the handshake (TLS, startup), the login (token,
+//! directory), the upstream connection (pool, startup parameters), the relay, and giving the upstream back.
+//! Every refusal is an ErrorResponse with a SQLSTATE; no token or password reaches a log or an error.
+
+use crate::auth::TokenVerifier;
+use crate::cancel::{CancelMap, ClientKey, UpstreamKey};
+use crate::config::Config;
+use crate::directory::{quote_literal, Directory, TenantStatus, User};
+use crate::pool::PoolManager;
+use crate::protocol::{self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus};
+use crate::relay::{self, RelayEnd};
+use crate::tls::{ClientStream, ALPN_POSTGRESQL};
+use crate::upstream::UpstreamConn;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+/// Everything a session needs, shared by all sessions.
+pub struct Proxy {
+    pub config: Arc<Config>,
+    pub verifier: TokenVerifier,
+    pub directory: Arc<Directory>,
+    pub pools: Arc<PoolManager>,
+    pub cancels: Arc<CancelMap>,
+    pub tls: Option<TlsAcceptor>,
+    pub shutdown: CancellationToken,
+}
+
+/// Startup parameters that are not session settings and so are not passed on with `set_config`.
+const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+/// Serves one client connection to its end.
+pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
+    tcp.set_nodelay(true).ok();
+    let login_timeout = Duration::from_millis(proxy.config.server.login_timeout_ms);
+    let login = tokio::time::timeout(login_timeout, handshake_and_login(&proxy, tcp, peer)).await;
+    let (mut client, mut ready) = match login {
+        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended during login");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "login timed out");
+            return;
+        }
+    };
+    let registration = proxy.cancels.register();
+    let conn = ready.checkout.conn();
+    registration.set_upstream(Some(UpstreamKey {
+        addr: conn.addr,
+        process_id: conn.process_id,
+        secret_key: conn.secret_key,
+    }));
+    if let Err(e) = send_login_ok(&mut client, conn, registration.key).await {
+        tracing::debug!(%peer, error = %e, "client left before login completed");
+        proxy.pools.check_in(ready.checkout, false);
+        return;
+    }
+    tracing::info!(
+        %peer,
+        user = %ready.user.email,
+        tenant = %ready.user.tenant.slug,
+        backend_pid = conn.process_id,
+        tls = client.is_tls(),
+        "session started"
+    );
+    let shutdown = proxy.shutdown.clone();
+    let outcome = relay::relay(&mut client, &mut conn.stream, TxStatus::Idle, shutdown.cancelled()).await;
+    registration.set_upstream(None);
+    match &outcome.end {
+        RelayEnd::UpstreamGone(error) => {
+            conn.broken = true;
+            let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, "server connection lost")
+                .with_detail(error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "the database server closed the connection".into()));
+            if outcome.upstream_at_boundary && !outcome.upstream_ended_with_error {
+                let _ = send_error(&mut client, &e).await;
+            }
+        }
+        RelayEnd::Protocol { from_client, error } => {
+            conn.broken = true;
+            let who = if *from_client { "client" } else { "server" };
+            tracing::warn!(%peer, %error, "protocol violation by the {who}");
+            if *from_client {
+                let _ = send_error(&mut client, &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("invalid frontend message: {error}"))).await;
+            }
+        }
+        RelayEnd::Shutdown => {
+            conn.broken = true;
+            let _ = send_error(&mut client, &PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")).await;
+        }
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {}
+    }
+    let _ = client.shutdown().await;
+    drop(client);
+    let reusable = match outcome.reusable_with_status {
+        Some(status) if !conn.broken => match conn.reset(status).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(tenant = %ready.user.tenant.slug, error = %e, "server connection reset failed; closing it");
+                false
+            }
+        },
+        _ => false,
+    };
+    tracing::info!(
+        %peer,
+        tenant = %ready.user.tenant.slug,
+        end = ?outcome.end,
+        bytes_in = outcome.bytes_from_client,
+        bytes_out = outcome.bytes_from_upstream,
+        server_reused = reusable,
+        "session ended"
+    );
+    proxy.pools.check_in(ready.checkout, reusable);
+}
+
+/// A logged-in client with its upstream connection, ready for the relay.
+struct Ready {
+    user: User,
+    checkout: crate::pool::Checkout,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum LoginError {
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    #[error("TLS handshake failed: {0}")]
+    Tls(std::io::Error),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+async fn handshake_and_login(
+    proxy: &Proxy,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Option<(ClientStream, Ready)>, LoginError> {
+    let Some((mut client, params)) = handshake(proxy, tcp).await? else {
+        return Ok(None);
+    };
+    match login(proxy, &mut client, &params, peer).await {
+        Ok(ready) => Ok(Some((client, ready))),
+        Err(err) => {
+            tracing::info!(%peer, code = %err.code, reason = %err.message, "login refused");
+            let _ = send_error(&mut client, &err).await;
+            Err(LoginError::Refused(err.message))
+        }
+    }
+}
+
+/// Reads the first packets: SSLRequest / GSSENCRequest / direct TLS, then the StartupMessage. Cancel
+/// requests are served here and end the connection (`Ok(None)`).
+async fn handshake(proxy: &Proxy, mut tcp: TcpStream) -> Result<Option<(ClientStream, StartupParams)>, LoginError> {
+    // PostgreSQL 17 clients may open TLS directly (sslnegotiation=direct): a TLS ClientHello starts 0x16.
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await.map_err(ProtocolError::Io)? == 1 && first[0] == 0x16 {
+        let Some(acceptor) = &proxy.tls else {
+            return Err(LoginError::Refused("direct TLS without TLS configured".into()));
+        };
+        let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+            return Err(LoginError::Refused("direct TLS without ALPN postgresql".into()));
+        }
+        let mut client = ClientStream::Tls(Box::new(tls));
+        return startup_after_tls(proxy, &mut client).await.map(|p| p.map(|p| (client, p)));
+    }
+    loop {
+        match protocol::read_startup_packet(&mut tcp).await? {
+            StartupPacket::Ssl => match &proxy.tls {
+                Some(acceptor) => {
+                    tcp.write_all(b"S").await.map_err(ProtocolError::Io)?;
+                    // Only bytes read after 'S' reach rustls: nothing was read ahead of the handshake.
+                    let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
+                    let mut client = ClientStream::Tls(Box::new(tls));
+                    return startup_after_tls(proxy, &mut client).await.map(|p| p.map(|p| (client, p)));
+                }
+                None => tcp.write_all(b"N").await.map_err(ProtocolError::Io)?,
+            },
+            StartupPacket::GssEnc => tcp.write_all(b"N").await.map_err(ProtocolError::Io)?,
+            StartupPacket::Cancel { process_id, secret_key } => {
+                forward_cancel(proxy, ClientKey { process_id, secret_key }).await;
+                return Ok(None);
+            }
+            StartupPacket::Startup(params) => return Ok(Some((ClientStream::Plain(tcp), params))),
+        }
+    }
+}
+
+async fn startup_after_tls(proxy: &Proxy, client: &mut ClientStream) -> Result<Option<StartupParams>, LoginError> {
+    match protocol::read_startup_packet(client).await? {
+        StartupPacket::Startup(params) => Ok(Some(params)),
+        StartupPacket::Cancel { process_id, secret_key } => {
+            forward_cancel(proxy, ClientKey { process_id, secret_key }).await;
+            Ok(None)
+        }
+        StartupPacket::Ssl | StartupPacket::GssEnc => {
+            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "encryption request inside an encrypted connection");
+            let _ = send_error(client, &e).await;
+            Err(LoginError::Refused(e.message))
+        }
+    }
+}
+
+async fn forward_cancel(proxy: &Proxy, key: ClientKey) {
+    // As PostgreSQL, say nothing back either way.
+    match proxy.cancels.lookup(key) {
+        Some(upstream) => {
+            if let Err(e) = UpstreamConn::cancel(upstream.addr, upstream.process_id, upstream.secret_key).await {
+                tracing::warn!(error = %e, "could not forward a cancel request upstream");
+            } else {
+                tracing::info!(backend_pid = upstream.process_id, "cancel request forwarded");
+            }
+        }
+        None => tracing::info!("cancel request with an unknown key ignored"),
+    }
+}
+
+/// Authenticates the client and takes an upstream connection for its tenant.
+async fn login(
+    proxy: &Proxy,
+    client: &mut ClientStream,
+    params: &StartupParams,
+    peer: SocketAddr,
+) -> Result<Ready, PgError> {
+    if params.minor_version > 0 || !params.unsupported_options.is_empty() {
+        let mut out = BytesMut::new();
+        protocol::write::negotiate_protocol_version(&mut out, 0, &params.unsupported_options);
+        write_all(client, &out).await?;
+    }
+    if params.get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
+        return Err(PgError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, "pgtenant does not serve replication connections"));
+    }
+    let database = params.get("database").or(params.get("user")).unwrap_or_default();
+    if database == proxy.config.server.admin_database {
+        return Err(PgError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, "the admin channel is not available in this version of pgtenant"));
+    }
+    if !client.is_tls() && !peer.ip().is_loopback() && !proxy.config.server.allow_plaintext_password {
+        return Err(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "pgtenant refuses to take a token over an unencrypted connection",
+        )
+        .with_hint("connect with sslmode=require"));
+    }
+
+    let token = read_token(proxy, client).await?;
+    let claims = proxy.verifier.verify(&token).map_err(|e| PgError::fatal(e.sqlstate(), format!("token rejected: {e}")))?;
+    drop(token);
+
+    let user = proxy
+        .directory
+        .lookup(&claims.identity)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "directory lookup failed");
+            PgError::fatal(sqlstate::CONNECTION_FAILURE, "pgtenant cannot reach its directory database")
+        })?
+        .ok_or_else(|| PgError::fatal(sqlstate::INVALID_AUTHORIZATION, "the user named by this token does not exist"))?;
+    if user.disabled {
+        return Err(PgError::fatal(sqlstate::INVALID_AUTHORIZATION, format!("user \"{}\" is disabled", user.email)));
+    }
+    match user.tenant.status {
+        TenantStatus::Active => {}
+        TenantStatus::Suspended => {
+            return Err(PgError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("organization \"{}\" is suspended", user.tenant.name),
+            ))
+        }
+        TenantStatus::Provisioning => {
+            return Err(PgError::fatal(
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!("organization \"{}\" is still being set up", user.tenant.name),
+            ))
+        }
+    }
+    let accepted = [
+        proxy.config.upstream.database.as_str(),
+        user.tenant.slug.as_str(),
+        user.tenant.schema.as_str(),
+        params.get("user").unwrap_or_default(),
+        "",
+    ];
+    if !accepted.contains(&database) {
+        return Err(PgError::fatal(sqlstate::INVALID_CATALOG_NAME, format!("database \"{database}\" does not exist"))
+            .with_hint(format!("connect to database \"{}\" (or your organization's name)", proxy.config.upstream.database)));
+    }
+
+    let mut checkout = proxy.pools.acquire(&user.tenant.role).await.map_err(|e| {
+        tracing::warn!(tenant = %user.tenant.slug, error = %e, "no server connection for a client");
+        e.to_client_error()
+    })?;
+    if let Err(e) = apply_client_settings(checkout.conn(), params).await {
+        let reusable = checkout.conn().reset(TxStatus::Idle).await.is_ok();
+        proxy.pools.check_in(checkout, reusable);
+        return Err(e);
+    }
+    Ok(Ready { user, checkout })
+}
+
+/// Asks for the password and reads it by hand, so a token up to `max_token_bytes` passes (pgwire's decoder
+/// stops at 10,000 bytes) and a larger one is refused before it is buffered.
+async fn read_token(proxy: &Proxy, client: &mut ClientStream) -> Result<String, PgError> {
+    let mut out = BytesMut::new();
+    protocol::write::authentication_cleartext(&mut out);
+    write_all(client, &out).await?;
+    let limit = proxy.config.auth.max_token_bytes + 1;
+    let (msg_tag, body) = match protocol::read_message(client, limit).await {
+        Ok(m) => m,
+        Err(ProtocolError::BadFrameLength { .. }) => {
+            return Err(PgError::fatal(sqlstate::INVALID_PASSWORD, "token rejected: the token is too large"))
+        }
+        Err(e) => return Err(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+    };
+    if msg_tag != tag::PASSWORD {
+        return Err(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"));
+    }
+    let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
+    String::from_utf8(body[..end].to_vec())
+        .map_err(|_| PgError::fatal(sqlstate::INVALID_PASSWORD, "token rejected: the token is not valid UTF-8"))
+}
+
+/// Passes the client's startup parameters (application_name, client_encoding, DateStyle, TimeZone, `-c`
+/// options …) to the upstream session, as PostgreSQL would have applied them at startup.
+async fn apply_client_settings(conn: &mut UpstreamConn, params: &StartupParams) -> Result<(), PgError> {
+    let mut settings: Vec<(String, String)> = params
+        .params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(options) = params.get("options") {
+        settings.extend(parse_options(options)?);
+    }
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let calls: Vec<String> = settings
+        .iter()
+        .map(|(k, v)| format!("pg_catalog.set_config({}, {}, false)", quote_literal(k), quote_literal(v)))
+        .collect();
+    let sql = format!("SELECT {}", calls.join(", "));
+    match conn.run_simple(&[&sql]).await {
+        Ok((None, _)) => Ok(()),
+        Ok((Some(fields), _)) => Err(PgError {
+            severity: protocol::Severity::Fatal,
+            ..PgError::from_upstream(&fields)
+        }),
+        Err(e) => Err(e.to_client_error()),
+    }
+}
+
+/// `options` as libpq sends it: `-c name=value` pairs (also `--name=value`), backslash escapes spaces.
+fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut iter = words.into_iter();
+    while let Some(w) = iter.next() {
+        let assignment = if w == "-c" {
+            iter.next()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest.to_string())
+        } else {
+            w.strip_prefix("--").map(str::to_string)
+        };
+        let Some((name, value)) = assignment.as_deref().and_then(|a| a.split_once('=')) else {
+            return Err(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("invalid command-line argument in options: {w}")));
+        };
+        settings.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(settings)
+}
+
+async fn send_login_ok(client: &mut ClientStream, conn: &UpstreamConn, key: ClientKey) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(512);
+    protocol::write::authentication_ok(&mut out);
+    for (name, value) in &conn.parameters {
+        protocol::write::parameter_status(&mut out, name, value);
+    }
+    protocol::write::backend_key_data(&mut out, key.process_id, key.secret_key);
+    protocol::write::ready_for_query(&mut out, TxStatus::Idle);
+    let mut writer = BufWriter::new(client);
+    writer.write_all(&out).await?;
+    writer.flush().await
+}
+
+async fn write_all(client: &mut ClientStream, bytes: &[u8]) -> Result<(), PgError> {
+    client
+        .write_all(bytes)
+        .await
+        .and(Ok(()))
+        .map_err(|e| PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
+    client.flush().await.map_err(|e| PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()))
+}
+
+async fn send_error(client: &mut ClientStream, err: &PgError) -> std::io::Result<()> {
+    let mut out = BytesMut::new();
+    protocol::write::error_response(&mut out, err);
+    client.write_all(&out).await?;
+    client.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_are_parsed_like_postgres() {
+        let parsed = parse_options("-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB -c x=with\\ space").expect("parses");
+        assert_eq!(
+            parsed,
+            vec![
+                ("search_path".to_string(), "a,b".to_string()),
+                ("statement_timeout".to_string(), "5s".to_string()),
+                ("work_mem".to_string(), "4MB".to_string()),
+                ("x".to_string(), "with space".to_string()),
+            ]
+        );
+        assert!(parse_options("-c novalue").is_err());
+    }
+}

@@ -1,0 +1,315 @@
+//! [`TokenVerifier`]: signature, algorithm allowlist, claims, identity.
+
+use std::fmt;
+use std::sync::Arc;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde_json::{Map, Value};
+
+use super::keys::KeySet;
+use super::{
+    algorithm_from_name, algorithm_name, AuthConfig, AuthConfigError, IdentityClaim, TokenError,
+};
+
+/// Who the token says the user is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// The `sub` claim.
+    UserId(String),
+    /// The `email` claim.
+    Email(String),
+}
+
+impl Identity {
+    /// The claim's value.
+    pub fn value(&self) -> &str {
+        match self {
+            Identity::UserId(v) | Identity::Email(v) => v,
+        }
+    }
+}
+
+/// What a verified token says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// From the configured identity claim.
+    pub identity: Identity,
+    /// The `email` claim, when it is a non-empty string (whatever the identity claim).
+    pub email: Option<String>,
+    /// The configured admin claim is `true` / `"true"`, or its name is in the `roles` array.
+    pub is_admin: bool,
+    /// `exp`, seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+/// Verifies client tokens. Built once at startup; cloning is cheap (an `Arc`).
+#[derive(Clone)]
+pub struct TokenVerifier {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    algorithms: Vec<Algorithm>,
+    keys: KeySet,
+    identity_claim: IdentityClaim,
+    audience: Option<String>,
+    issuer: Option<String>,
+    max_token_bytes: usize,
+    leeway_secs: u64,
+    admin_claim: String,
+}
+
+impl fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (rsa, p256, p384, ed) = self.inner.keys.counts();
+        f.debug_struct("TokenVerifier")
+            .field(
+                "algorithms",
+                &self
+                    .inner
+                    .algorithms
+                    .iter()
+                    .map(|a| algorithm_name(*a))
+                    .collect::<Vec<_>>(),
+            )
+            .field("rsa_keys", &rsa)
+            .field("p256_keys", &p256)
+            .field("p384_keys", &p384)
+            .field("ed25519_keys", &ed)
+            .field("identity_claim", &self.inner.identity_claim)
+            .field("audience", &self.inner.audience)
+            .field("issuer", &self.inner.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The subset of the JOSE header looked at before the library sees the token.
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    alg: Value,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+impl TokenVerifier {
+    /// Validates `cfg` (see [`AuthConfig::validate`]), reads the public key files, and checks that every allowed
+    /// algorithm has a key of its family.
+    pub fn new(cfg: &AuthConfig) -> Result<Self, AuthConfigError> {
+        cfg.validate()?;
+        let algorithms = cfg.parsed_algorithms()?;
+        let keys = KeySet::load(cfg, &algorithms)?;
+        Ok(TokenVerifier {
+            inner: Arc::new(Inner {
+                algorithms,
+                keys,
+                identity_claim: cfg.identity_claim,
+                audience: cfg.audience.clone(),
+                issuer: cfg.issuer.clone(),
+                max_token_bytes: cfg.max_token_bytes,
+                leeway_secs: cfg.leeway_secs,
+                admin_claim: cfg.admin_claim.clone(),
+            }),
+        })
+    }
+
+    /// The allowed algorithms' JWA names (for logging).
+    pub fn algorithm_names(&self) -> Vec<&'static str> {
+        self.inner
+            .algorithms
+            .iter()
+            .map(|a| algorithm_name(*a))
+            .collect()
+    }
+
+    /// Verifies a token and extracts its claims. Surrounding ASCII whitespace is ignored.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let inner = &*self.inner;
+        if token.len() > inner.max_token_bytes {
+            return Err(TokenError::TooLarge);
+        }
+        let token = token.trim_matches(|c: char| c.is_ascii_whitespace());
+
+        let alg = self.check_header(token)?;
+        let validation = self.validation(alg);
+
+        let mut payload = None;
+        for key in inner.keys.for_algorithm(alg) {
+            match jsonwebtoken::decode::<Value>(token, key, &validation) {
+                Ok(data) => {
+                    payload = Some(data.claims);
+                    break;
+                }
+                Err(e) => match e.kind() {
+                    // Another key of the family may match (rotation, several issuers).
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::InvalidRsaKey(_)
+                    | ErrorKind::InvalidEcdsaKey
+                    | ErrorKind::InvalidEddsaKey
+                    | ErrorKind::InvalidKeyFormat => continue,
+                    kind => return Err(map_error(kind, alg)),
+                },
+            }
+        }
+        let Some(payload) = payload else {
+            return Err(TokenError::BadSignature);
+        };
+        let Value::Object(claims) = payload else {
+            return Err(TokenError::Malformed);
+        };
+        self.extract(&claims)
+    }
+
+    /// Checks the token's shape and header, and returns its algorithm if the allowlist has it.
+    fn check_header(&self, token: &str) -> Result<Algorithm, TokenError> {
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Malformed);
+        };
+        let is_b64url = |s: &str| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if header.is_empty()
+            || payload.is_empty()
+            || !is_b64url(header)
+            || !is_b64url(payload)
+            || !is_b64url(signature)
+        {
+            return Err(TokenError::Malformed);
+        }
+        let header_json = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| TokenError::Malformed)?;
+        let raw: RawHeader =
+            serde_json::from_slice(&header_json).map_err(|_| TokenError::Malformed)?;
+        let Value::String(alg_name) = raw.alg else {
+            return Err(TokenError::Malformed);
+        };
+        if alg_name.eq_ignore_ascii_case("none") {
+            return Err(TokenError::AlgorithmNotAllowed("none".to_owned()));
+        }
+        let Some(alg) = algorithm_from_name(&alg_name) else {
+            // Never echo the token's text: the name comes from a fixed vocabulary.
+            return Err(TokenError::AlgorithmNotAllowed("unrecognized".to_owned()));
+        };
+        if !self.inner.algorithms.contains(&alg) {
+            return Err(TokenError::AlgorithmNotAllowed(
+                algorithm_name(alg).to_owned(),
+            ));
+        }
+        // RFC 7515 §4.1.11: critical extensions we do not understand (we understand none) make the token invalid.
+        if raw.crit.is_some() {
+            return Err(TokenError::Malformed);
+        }
+        if signature.is_empty() {
+            return Err(TokenError::BadSignature);
+        }
+        Ok(alg)
+    }
+
+    fn validation(&self, alg: Algorithm) -> Validation {
+        let inner = &*self.inner;
+        let mut v = Validation::new(alg);
+        v.leeway = inner.leeway_secs;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &inner.audience {
+            Some(aud) => {
+                v.set_audience(&[aud]);
+                required.push("aud");
+            }
+            // Unset: a token carrying `aud` is accepted whatever its value.
+            None => v.validate_aud = false,
+        }
+        if let Some(iss) = &inner.issuer {
+            v.set_issuer(&[iss]);
+            required.push("iss");
+        }
+        v.set_required_spec_claims(&required);
+        v
+    }
+
+    /// Identity, email, admin flag and expiry of a verified payload.
+    fn extract(&self, claims: &Map<String, Value>) -> Result<Claims, TokenError> {
+        let inner = &*self.inner;
+        let email = usable_string(claims.get("email")).map(str::to_owned);
+        let identity = match inner.identity_claim {
+            IdentityClaim::Sub => Identity::UserId(
+                usable_string(claims.get("sub"))
+                    .ok_or(TokenError::MissingIdentity)?
+                    .to_owned(),
+            ),
+            IdentityClaim::Email => {
+                let email = email.clone().ok_or(TokenError::MissingIdentity)?;
+                if matches!(claims.get("email_verified"), Some(Value::Bool(false)))
+                    || matches!(claims.get("email_verified"), Some(Value::String(s)) if s == "false")
+                {
+                    return Err(TokenError::EmailNotVerified);
+                }
+                Identity::Email(email)
+            }
+        };
+        let is_admin = match claims.get(&inner.admin_claim) {
+            Some(Value::Bool(true)) => true,
+            Some(Value::String(s)) if s == "true" => true,
+            _ => false,
+        } || matches!(claims.get("roles"), Some(Value::Array(roles))
+                if roles.iter().any(|r| r.as_str() == Some(inner.admin_claim.as_str())));
+        let expires_at = claims
+            .get("exp")
+            .and_then(numeric_date)
+            .ok_or(TokenError::MissingExpiry)?;
+        Ok(Claims {
+            identity,
+            email,
+            is_admin,
+            expires_at,
+        })
+    }
+}
+
+/// A claim usable as an identity: a string, not blank, without NUL (PostgreSQL text cannot hold one).
+fn usable_string(v: Option<&Value>) -> Option<&str> {
+    match v {
+        Some(Value::String(s)) if !s.trim().is_empty() && !s.contains('\0') => Some(s),
+        _ => None,
+    }
+}
+
+/// A NumericDate as the library reads it: a non-negative integer, or a float rounded.
+fn numeric_date(v: &Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    let f = v.as_f64()?;
+    // The library accepted this value, so it is finite, non-negative and below u64::MAX.
+    (f.is_finite() && f >= 0.0 && f < u64::MAX as f64).then(|| f.round() as u64)
+}
+
+/// The client-facing error of a library error raised after the header checks.
+fn map_error(kind: &ErrorKind, alg: Algorithm) -> TokenError {
+    match kind {
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::WrongAudience,
+        ErrorKind::InvalidIssuer => TokenError::WrongIssuer,
+        ErrorKind::MissingRequiredClaim(claim) => match claim.as_str() {
+            "aud" => TokenError::WrongAudience,
+            "iss" => TokenError::WrongIssuer,
+            "exp" => TokenError::MissingExpiry,
+            _ => TokenError::Malformed,
+        },
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+            TokenError::AlgorithmNotAllowed(algorithm_name(alg).to_owned())
+        }
+        // InvalidToken, InvalidClaimFormat, Base64, Json, Utf8 and anything newer.
+        _ => TokenError::Malformed,
+    }
+}

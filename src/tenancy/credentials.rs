@@ -1,0 +1,52 @@
+//! Credentials of tenant roles. A role's password is derived from the server secret and the role name, so
+//! it is never stored anywhere; PostgreSQL is given only its SCRAM verifier.
+
+use aws_lc_rs::hmac;
+
+/// Derives tenant role passwords from the server secret.
+#[derive(Clone)]
+pub struct RolePasswords {
+    key: hmac::Key,
+}
+
+impl RolePasswords {
+    pub fn new(server_secret: &[u8]) -> Self {
+        Self {
+            key: hmac::Key::new(hmac::HMAC_SHA256, server_secret),
+        }
+    }
+
+    /// The password of `role`: hex of HMAC-SHA-256(server secret, "pgtenant role password:" + role).
+    pub fn password_for(&self, role: &str) -> String {
+        let mut msg = b"pgtenant role password:".to_vec();
+        msg.extend_from_slice(role.as_bytes());
+        hex::encode(hmac::sign(&self.key, &msg).as_ref())
+    }
+
+    /// The SCRAM-SHA-256 verifier to store for `role`, with a fresh salt.
+    pub fn verifier_for(&self, role: &str) -> String {
+        crate::scram::verifier(&self.password_for(role), &crate::scram::random_salt())
+    }
+}
+
+impl std::fmt::Debug for RolePasswords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RolePasswords(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_stable_per_role_and_differ_between_roles_and_secrets() {
+        let a = RolePasswords::new(b"secret-one-0123456789");
+        let b = RolePasswords::new(b"secret-two-0123456789");
+        assert_eq!(a.password_for("tenant_x"), a.password_for("tenant_x"));
+        assert_ne!(a.password_for("tenant_x"), a.password_for("tenant_y"));
+        assert_ne!(a.password_for("tenant_x"), b.password_for("tenant_x"));
+        assert!(a.verifier_for("tenant_x").starts_with("SCRAM-SHA-256$4096:"));
+        assert!(!a.verifier_for("tenant_x").contains(&a.password_for("tenant_x")));
+    }
+}

@@ -1,0 +1,7 @@
+//! Tenants: onboarding (organization row, role, schema, grants, all tenant migrations, admin user, in one
+//! transaction) and the credentials of tenant roles.
+
+pub mod credentials;
+mod onboard;
+
+pub use onboard::{onboard, find_user_by_email, OnboardError, OnboardRequest, Onboarded};
