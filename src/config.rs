@@ -107,8 +107,14 @@ impl std::fmt::Debug for UpstreamConfig {
             .field("port", &self.port)
             .field("database", &self.database)
             .field("admin_user", &self.admin_user)
-            .field("admin_password", &self.admin_password.as_ref().map(|_| "<redacted>"))
-            .field("server_secret", &self.server_secret.as_ref().map(|_| "<redacted>"))
+            .field(
+                "admin_password",
+                &self.admin_password.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "server_secret",
+                &self.server_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .finish()
     }
@@ -279,6 +285,8 @@ mod tests {
     #[test]
     fn missing_server_secret_is_refused() {
         let config = Config::default();
-        assert!(matches!(config.validate(), Err(ConfigError::Invalid(m)) if m.contains("server_secret")));
+        assert!(
+            matches!(config.validate(), Err(ConfigError::Invalid(m)) if m.contains("server_secret"))
+        );
     }
 }

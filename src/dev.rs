@@ -110,7 +110,8 @@ fn write_private(path: &Path, text: &str) -> Result<(), DevError> {
         .mode(0o600)
         .open(path)
         .map_err(io_err("cannot write", path))?;
-    file.write_all(text.as_bytes()).map_err(io_err("cannot write", path))
+    file.write_all(text.as_bytes())
+        .map_err(io_err("cannot write", path))
 }
 
 /// Runs the dev setup until Ctrl-C or SIGTERM.
@@ -157,11 +158,16 @@ async fn run_with_cluster(
     // The database for the shared schema and the tenants.
     let postgres_db = connect(cluster.superuser_config("postgres")).await?;
     if postgres_db
-        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&DEV_DATABASE])
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&DEV_DATABASE],
+        )
         .await?
         .is_none()
     {
-        postgres_db.batch_execute(&format!("CREATE DATABASE {DEV_DATABASE}")).await?;
+        postgres_db
+            .batch_execute(&format!("CREATE DATABASE {DEV_DATABASE}"))
+            .await?;
     }
     drop(postgres_db);
 
@@ -173,7 +179,10 @@ async fn run_with_cluster(
 
     let mut admin = connect_admin(&config).await?;
     crate::migrate::apply_shared(&mut admin, &config.tenancy.shared_migrations_dir).await?;
-    if tenancy::find_user_by_email(&admin, &args.demo_email).await?.is_none() {
+    if tenancy::find_user_by_email(&admin, &args.demo_email)
+        .await?
+        .is_none()
+    {
         let done = tenancy::onboard(
             &mut admin,
             &config,
@@ -185,10 +194,27 @@ async fn run_with_cluster(
             },
         )
         .await?;
-        eprintln!("onboarded {} (schema {}, role {})", done.slug, done.schema, done.role);
+        eprintln!(
+            "onboarded {} (schema {}, role {})",
+            done.slug, done.schema, done.role
+        );
     }
-    let token = mint_token_for(&admin, &config, &args.demo_email, Duration::from_secs(12 * 3600), false).await?;
-    let admin_token = mint_token_for(&admin, &config, &args.demo_email, Duration::from_secs(12 * 3600), true).await?;
+    let token = mint_token_for(
+        &admin,
+        &config,
+        &args.demo_email,
+        Duration::from_secs(12 * 3600),
+        false,
+    )
+    .await?;
+    let admin_token = mint_token_for(
+        &admin,
+        &config,
+        &args.demo_email,
+        Duration::from_secs(12 * 3600),
+        true,
+    )
+    .await?;
     drop(admin);
 
     let listener = crate::server::bind(&config).await?;
@@ -210,9 +236,17 @@ async fn run_with_cluster(
     );
     println!();
     println!("From a second terminal (same folder):");
-    println!("  pgtenant --config {} onboard --name \"Other Co\" --admin-email admin@other.com", rel(&config_path, cwd));
-    println!("  pgtenant --config {} token --email admin@other.com", rel(&config_path, cwd));
-    println!("An administrator token (for the admin channel, database \"pgtenant\"): {admin_token}");
+    println!(
+        "  pgtenant --config {} onboard --name \"Other Co\" --admin-email admin@other.com",
+        rel(&config_path, cwd)
+    );
+    println!(
+        "  pgtenant --config {} token --email admin@other.com",
+        rel(&config_path, cwd)
+    );
+    println!(
+        "An administrator token (for the admin channel, database \"pgtenant\"): {admin_token}"
+    );
     println!("Ctrl-C stops the proxy and PostgreSQL.");
 
     wait_for_stop_signal().await;
@@ -223,7 +257,10 @@ async fn run_with_cluster(
 }
 
 fn rel(path: &Path, base: &Path) -> String {
-    path.strip_prefix(base).unwrap_or(path).display().to_string()
+    path.strip_prefix(base)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 async fn free_listen_port(preferred: u16) -> SocketAddr {
@@ -256,7 +293,9 @@ fn dev_config_text(pg_port: u16, listen: SocketAddr, secrets: &DevSecrets, cwd: 
     )
 }
 
-async fn connect(config: tokio_postgres::Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+async fn connect(
+    config: tokio_postgres::Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -267,7 +306,9 @@ async fn connect(config: tokio_postgres::Config) -> Result<tokio_postgres::Clien
 }
 
 /// A connection as the configured admin role.
-pub async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+pub async fn connect_admin(
+    config: &Config,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
     connect(config.admin_pg_config()).await
 }
 

@@ -105,7 +105,8 @@ pub struct Directory {
     cache: Mutex<HashMap<String, (Instant, Option<User>)>>,
 }
 
-const USER_COLUMNS: &str = "u.id, u.email, u.disabled, u.role, o.id, o.name, o.slug, o.schema_name::text, \
+const USER_COLUMNS: &str =
+    "u.id, u.email, u.disabled, u.role, o.id, o.name, o.slug, o.schema_name::text, \
      o.role_name::text, o.status";
 
 impl Directory {

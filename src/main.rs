@@ -10,10 +10,19 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "pgtenant", version, about = "PostgreSQL proxy that gives every tenant its own schema, role and pool")]
+#[command(
+    name = "pgtenant",
+    version,
+    about = "PostgreSQL proxy that gives every tenant its own schema, role and pool"
+)]
 struct Cli {
     /// Configuration file.
-    #[arg(long, global = true, env = "PGTENANT_CONFIG", default_value = "config/pgtenant.toml")]
+    #[arg(
+        long,
+        global = true,
+        env = "PGTENANT_CONFIG",
+        default_value = "config/pgtenant.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -67,9 +76,13 @@ enum MigrateTarget {
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("invalid duration: {text}"))?;
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration: {text}"))?;
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -89,7 +102,9 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(cli))
 }
 
@@ -130,10 +145,14 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Migrate { target: MigrateTarget::Shared } => {
+        Command::Migrate {
+            target: MigrateTarget::Shared,
+        } => {
             let config = load(&cli.config)?;
             let mut admin = connect_admin(&config).await?;
-            let applied = pgtenant::migrate::apply_shared(&mut admin, &config.tenancy.shared_migrations_dir).await?;
+            let applied =
+                pgtenant::migrate::apply_shared(&mut admin, &config.tenancy.shared_migrations_dir)
+                    .await?;
             println!("shared migrations applied: {applied:?}");
             Ok(())
         }
@@ -145,7 +164,9 @@ fn load(path: &std::path::Path) -> Result<Config> {
 }
 
 async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client> {
-    pgtenant::dev::connect_admin(config).await.context("connecting to the database as the admin role")
+    pgtenant::dev::connect_admin(config)
+        .await
+        .context("connecting to the database as the admin role")
 }
 
 async fn serve(config: Config) -> Result<()> {

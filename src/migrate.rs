@@ -78,7 +78,8 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
         if !file_name.ends_with(".sql") {
             continue;
         }
-        let (version, name) = parse_file_name(file_name).ok_or_else(|| MigrateError::BadName(path.clone()))?;
+        let (version, name) =
+            parse_file_name(file_name).ok_or_else(|| MigrateError::BadName(path.clone()))?;
         let bytes = std::fs::read(&path).map_err(|source| MigrateError::ReadFile {
             path: path.clone(),
             source,
@@ -111,7 +112,9 @@ fn parse_file_name(file_name: &str) -> Option<(i32, String)> {
     let rest = stem.strip_prefix('V').or_else(|| stem.strip_prefix('v'))?;
     let digits_end = rest.find(|c: char| !c.is_ascii_digit())?;
     let version: i32 = rest[..digits_end].parse().ok()?;
-    let name = rest[digits_end..].strip_prefix("__").or_else(|| rest[digits_end..].strip_prefix('_'))?;
+    let name = rest[digits_end..]
+        .strip_prefix("__")
+        .or_else(|| rest[digits_end..].strip_prefix('_'))?;
     if name.is_empty() {
         return None;
     }
@@ -123,7 +126,10 @@ const SHARED_MIGRATIONS_LOCK: i64 = 0x7067_7465_6e61_0001;
 
 /// Applies pending shared migrations, each in its own transaction with its history row, under an advisory
 /// lock so that two pgtenant processes starting at once do not race. Returns the versions applied.
-pub async fn apply_shared(client: &mut tokio_postgres::Client, dir: &Path) -> Result<Vec<i32>, MigrateError> {
+pub async fn apply_shared(
+    client: &mut tokio_postgres::Client,
+    dir: &Path,
+) -> Result<Vec<i32>, MigrateError> {
     let migrations = load_dir(dir)?;
     client
         .batch_execute(
@@ -138,9 +144,13 @@ pub async fn apply_shared(client: &mut tokio_postgres::Client, dir: &Path) -> Re
              );",
         )
         .await?;
-    client.execute("SELECT pg_advisory_lock($1)", &[&SHARED_MIGRATIONS_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&SHARED_MIGRATIONS_LOCK])
+        .await?;
     let result = apply_shared_locked(client, &migrations).await;
-    client.execute("SELECT pg_advisory_unlock($1)", &[&SHARED_MIGRATIONS_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&SHARED_MIGRATIONS_LOCK])
+        .await?;
     result
 }
 
@@ -149,7 +159,10 @@ async fn apply_shared_locked(
     migrations: &[Migration],
 ) -> Result<Vec<i32>, MigrateError> {
     let applied = client
-        .query("SELECT version, checksum FROM pgtenant.shared_migrations ORDER BY version", &[])
+        .query(
+            "SELECT version, checksum FROM pgtenant.shared_migrations ORDER BY version",
+            &[],
+        )
         .await?;
     for row in &applied {
         let version: i32 = row.get(0);
@@ -174,10 +187,12 @@ async fn apply_shared_locked(
         }
         let started = Instant::now();
         let tx = client.transaction().await?;
-        tx.batch_execute(&m.sql).await.map_err(|source| MigrateError::Failed {
-            file: m.path.display().to_string(),
-            source,
-        })?;
+        tx.batch_execute(&m.sql)
+            .await
+            .map_err(|source| MigrateError::Failed {
+                file: m.path.display().to_string(),
+                source,
+            })?;
         let ms = started.elapsed().as_millis() as i32;
         tx.execute(
             "INSERT INTO pgtenant.shared_migrations (version, name, checksum, duration_ms) VALUES ($1, $2, $3, $4)",
@@ -197,8 +212,14 @@ mod tests {
 
     #[test]
     fn file_names_in_both_forms() {
-        assert_eq!(parse_file_name("V001__initial_schema.sql"), Some((1, "initial_schema".into())));
-        assert_eq!(parse_file_name("V12_add_col.sql"), Some((12, "add_col".into())));
+        assert_eq!(
+            parse_file_name("V001__initial_schema.sql"),
+            Some((1, "initial_schema".into()))
+        );
+        assert_eq!(
+            parse_file_name("V12_add_col.sql"),
+            Some((12, "add_col".into()))
+        );
         assert_eq!(parse_file_name("V1.sql"), None);
         assert_eq!(parse_file_name("001__x.sql"), None);
         assert_eq!(parse_file_name("V__x.sql"), None);

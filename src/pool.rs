@@ -92,7 +92,11 @@ pub struct Checkout {
 
 impl Checkout {
     pub fn conn(&mut self) -> &mut UpstreamConn {
-        &mut self.member.as_mut().expect("checkout holds a connection until checked in").conn
+        &mut self
+            .member
+            .as_mut()
+            .expect("checkout holds a connection until checked in")
+            .conn
     }
 }
 
@@ -129,7 +133,8 @@ impl PoolManager {
     /// Lends a connection of `role`'s pool: an idle one if there is a healthy one, else a new one.
     pub async fn acquire(&self, role: &RoleName) -> Result<Checkout, PoolError> {
         let started = Instant::now();
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout_ms);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout_ms);
         let pool = self.tenant_pool(role);
         let permit = tokio::time::timeout_at(deadline, pool.checkout.clone().acquire_owned())
             .await
@@ -241,9 +246,10 @@ impl PoolManager {
         for pool in pools {
             let expired: Vec<Member> = match pool.idle.lock() {
                 Ok(mut idle) => {
-                    let (keep, drop): (VecDeque<Member>, VecDeque<Member>) = idle
-                        .drain(..)
-                        .partition(|m| m.conn.last_used.elapsed() < idle_timeout && !self.expired(&m.conn));
+                    let (keep, drop): (VecDeque<Member>, VecDeque<Member>) =
+                        idle.drain(..).partition(|m| {
+                            m.conn.last_used.elapsed() < idle_timeout && !self.expired(&m.conn)
+                        });
                     *idle = keep;
                     drop.into_iter().collect()
                 }

@@ -25,7 +25,10 @@ pub enum RelayEnd {
     /// The upstream closed its connection (after a FATAL error, say) or it broke.
     UpstreamGone(Option<std::io::Error>),
     /// A peer broke the framing.
-    Protocol { from_client: bool, error: ProtocolError },
+    Protocol {
+        from_client: bool,
+        error: ProtocolError,
+    },
     /// pgtenant is shutting down.
     Shutdown,
 }
@@ -119,7 +122,8 @@ where
         bytes_from_client,
         bytes_from_upstream,
         upstream_at_boundary: upstream_scanner.at_boundary(),
-        upstream_ended_with_error: shared.last_upstream_tag.load(Ordering::Relaxed) == tag::ERROR_RESPONSE,
+        upstream_ended_with_error: shared.last_upstream_tag.load(Ordering::Relaxed)
+            == tag::ERROR_RESPONSE,
     }
 }
 
@@ -144,7 +148,11 @@ where
         };
         *bytes += n as u64;
         let chunk = &buf[..n];
-        let stop = scanner.scan(chunk, |_| false, |msg_tag, _| note_client_message(shared, msg_tag));
+        let stop = scanner.scan(
+            chunk,
+            |_| false,
+            |msg_tag, _| note_client_message(shared, msg_tag),
+        );
         let stop = match stop {
             Ok(stop) => stop,
             Err(error) => {

@@ -26,7 +26,13 @@ pub enum ScramError {
 
 pub fn salted_password(password: &[u8], salt: &[u8], iterations: NonZeroU32) -> [u8; 32] {
     let mut out = [0u8; 32];
-    pbkdf2::derive(pbkdf2::PBKDF2_HMAC_SHA256, iterations, salt, password, &mut out);
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations,
+        salt,
+        password,
+        &mut out,
+    );
     out
 }
 
@@ -137,7 +143,10 @@ impl ScramClient {
         }
         let server_key = hmac_sha256(&salted, b"Server Key");
         self.expected_server_signature = Some(hmac_sha256(&server_key, auth_message.as_bytes()));
-        Ok(format!("{client_final_without_proof},p={}", B64.encode(proof)))
+        Ok(format!(
+            "{client_final_without_proof},p={}",
+            B64.encode(proof)
+        ))
     }
 
     /// Checks the server-final-message, proving the server knew the verifier.
@@ -181,18 +190,26 @@ mod tests {
         let client_nonce = client_first.rsplit("r=").next().expect("nonce").to_string();
         let server_first = format!("r={client_nonce}SERVERNONCE,s={},i=4096", parts[2]);
         let client_final = client
-            .client_final(server_first.as_bytes(), |s, i| salted_password(b"s3cret", s, i))
+            .client_final(server_first.as_bytes(), |s, i| {
+                salted_password(b"s3cret", s, i)
+            })
             .expect("final");
         let (without_proof, proof) = client_final.rsplit_once(",p=").expect("proof");
         let auth_message = format!("{},{},{}", &client_first[3..], server_first, without_proof);
         let signature = hmac_sha256(&stored_key, auth_message.as_bytes());
         let proof = B64.decode(proof).expect("b64");
-        let client_key: Vec<u8> = proof.iter().zip(signature.iter()).map(|(a, b)| a ^ b).collect();
+        let client_key: Vec<u8> = proof
+            .iter()
+            .zip(signature.iter())
+            .map(|(a, b)| a ^ b)
+            .collect();
         assert_eq!(sha256(&client_key).as_slice(), stored_key.as_slice());
 
         let server_signature = hmac_sha256(&server_key, auth_message.as_bytes());
         let server_final = format!("v={}", B64.encode(server_signature));
-        client.verify_server_final(server_final.as_bytes()).expect("server verifies");
+        client
+            .verify_server_final(server_final.as_bytes())
+            .expect("server verifies");
         assert!(client.verify_server_final(b"v=AAAA").is_err());
     }
 

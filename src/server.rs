@@ -36,7 +36,10 @@ pub enum ServerError {
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 impl Proxy {
-    pub fn from_config(config: Config, shutdown: CancellationToken) -> Result<Arc<Proxy>, ServerError> {
+    pub fn from_config(
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Proxy>, ServerError> {
         let verifier = TokenVerifier::new(&config.auth)?;
         let tls = match (&config.server.tls_cert, &config.server.tls_key) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
@@ -52,7 +55,11 @@ impl Proxy {
             database: config.upstream.database.clone(),
             connect_timeout: config.upstream_connect_timeout(),
         };
-        let pools = PoolManager::new(config.pool.clone(), target, RolePasswords::new(config.server_secret()));
+        let pools = PoolManager::new(
+            config.pool.clone(),
+            target,
+            RolePasswords::new(config.server_secret()),
+        );
         Ok(Arc::new(Proxy {
             config: Arc::new(config),
             verifier,
@@ -99,7 +106,10 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
             }
         };
         let Ok(slot) = client_slots.clone().try_acquire_owned() else {
-            tracker.spawn(refuse_over_limit(tcp, proxy.config.server.max_client_connections));
+            tracker.spawn(refuse_over_limit(
+                tcp,
+                proxy.config.server.max_client_connections,
+            ));
             continue;
         };
         let proxy = proxy.clone();
@@ -110,8 +120,14 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     }
     drop(listener);
     tracker.close();
-    tracing::info!(sessions = tracker.len(), "shutting down: waiting for sessions to end");
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
+    tracing::info!(
+        sessions = tracker.len(),
+        "shutting down: waiting for sessions to end"
+    );
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("sessions still running after the grace period; closing them");
     }
     reaper.abort();

@@ -7,7 +7,9 @@ use crate::cancel::{CancelMap, ClientKey, UpstreamKey};
 use crate::config::Config;
 use crate::directory::{quote_literal, Directory, TenantStatus, User};
 use crate::pool::PoolManager;
-use crate::protocol::{self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus};
+use crate::protocol::{
+    self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus,
+};
 use crate::relay::{self, RelayEnd};
 use crate::tls::{ClientStream, ALPN_POSTGRESQL};
 use crate::upstream::UpstreamConn;
@@ -72,13 +74,24 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         "session started"
     );
     let shutdown = proxy.shutdown.clone();
-    let outcome = relay::relay(&mut client, &mut conn.stream, TxStatus::Idle, shutdown.cancelled()).await;
+    let outcome = relay::relay(
+        &mut client,
+        &mut conn.stream,
+        TxStatus::Idle,
+        shutdown.cancelled(),
+    )
+    .await;
     registration.set_upstream(None);
     match &outcome.end {
         RelayEnd::UpstreamGone(error) => {
             conn.broken = true;
             let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, "server connection lost")
-                .with_detail(error.as_ref().map(|e| e.to_string()).unwrap_or_else(|| "the database server closed the connection".into()));
+                .with_detail(
+                    error
+                        .as_ref()
+                        .map(|e| e.to_string())
+                        .unwrap_or_else(|| "the database server closed the connection".into()),
+                );
             if outcome.upstream_at_boundary && !outcome.upstream_ended_with_error {
                 let _ = send_error(&mut client, &e).await;
             }
@@ -88,12 +101,23 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             let who = if *from_client { "client" } else { "server" };
             tracing::warn!(%peer, %error, "protocol violation by the {who}");
             if *from_client {
-                let _ = send_error(&mut client, &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("invalid frontend message: {error}"))).await;
+                let _ = send_error(
+                    &mut client,
+                    &PgError::fatal(
+                        sqlstate::PROTOCOL_VIOLATION,
+                        format!("invalid frontend message: {error}"),
+                    ),
+                )
+                .await;
             }
         }
         RelayEnd::Shutdown => {
             conn.broken = true;
-            let _ = send_error(&mut client, &PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")).await;
+            let _ = send_error(
+                &mut client,
+                &PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down"),
+            )
+            .await;
         }
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {}
     }
@@ -157,19 +181,28 @@ async fn handshake_and_login(
 
 /// Reads the first packets: SSLRequest / GSSENCRequest / direct TLS, then the StartupMessage. Cancel
 /// requests are served here and end the connection (`Ok(None)`).
-async fn handshake(proxy: &Proxy, mut tcp: TcpStream) -> Result<Option<(ClientStream, StartupParams)>, LoginError> {
+async fn handshake(
+    proxy: &Proxy,
+    mut tcp: TcpStream,
+) -> Result<Option<(ClientStream, StartupParams)>, LoginError> {
     // PostgreSQL 17 clients may open TLS directly (sslnegotiation=direct): a TLS ClientHello starts 0x16.
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await.map_err(ProtocolError::Io)? == 1 && first[0] == 0x16 {
         let Some(acceptor) = &proxy.tls else {
-            return Err(LoginError::Refused("direct TLS without TLS configured".into()));
+            return Err(LoginError::Refused(
+                "direct TLS without TLS configured".into(),
+            ));
         };
         let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
-            return Err(LoginError::Refused("direct TLS without ALPN postgresql".into()));
+            return Err(LoginError::Refused(
+                "direct TLS without ALPN postgresql".into(),
+            ));
         }
         let mut client = ClientStream::Tls(Box::new(tls));
-        return startup_after_tls(proxy, &mut client).await.map(|p| p.map(|p| (client, p)));
+        return startup_after_tls(proxy, &mut client)
+            .await
+            .map(|p| p.map(|p| (client, p)));
     }
     loop {
         match protocol::read_startup_packet(&mut tcp).await? {
@@ -179,13 +212,25 @@ async fn handshake(proxy: &Proxy, mut tcp: TcpStream) -> Result<Option<(ClientSt
                     // Only bytes read after 'S' reach rustls: nothing was read ahead of the handshake.
                     let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
                     let mut client = ClientStream::Tls(Box::new(tls));
-                    return startup_after_tls(proxy, &mut client).await.map(|p| p.map(|p| (client, p)));
+                    return startup_after_tls(proxy, &mut client)
+                        .await
+                        .map(|p| p.map(|p| (client, p)));
                 }
                 None => tcp.write_all(b"N").await.map_err(ProtocolError::Io)?,
             },
             StartupPacket::GssEnc => tcp.write_all(b"N").await.map_err(ProtocolError::Io)?,
-            StartupPacket::Cancel { process_id, secret_key } => {
-                forward_cancel(proxy, ClientKey { process_id, secret_key }).await;
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                forward_cancel(
+                    proxy,
+                    ClientKey {
+                        process_id,
+                        secret_key,
+                    },
+                )
+                .await;
                 return Ok(None);
             }
             StartupPacket::Startup(params) => return Ok(Some((ClientStream::Plain(tcp), params))),
@@ -193,15 +238,31 @@ async fn handshake(proxy: &Proxy, mut tcp: TcpStream) -> Result<Option<(ClientSt
     }
 }
 
-async fn startup_after_tls(proxy: &Proxy, client: &mut ClientStream) -> Result<Option<StartupParams>, LoginError> {
+async fn startup_after_tls(
+    proxy: &Proxy,
+    client: &mut ClientStream,
+) -> Result<Option<StartupParams>, LoginError> {
     match protocol::read_startup_packet(client).await? {
         StartupPacket::Startup(params) => Ok(Some(params)),
-        StartupPacket::Cancel { process_id, secret_key } => {
-            forward_cancel(proxy, ClientKey { process_id, secret_key }).await;
+        StartupPacket::Cancel {
+            process_id,
+            secret_key,
+        } => {
+            forward_cancel(
+                proxy,
+                ClientKey {
+                    process_id,
+                    secret_key,
+                },
+            )
+            .await;
             Ok(None)
         }
         StartupPacket::Ssl | StartupPacket::GssEnc => {
-            let e = PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "encryption request inside an encrypted connection");
+            let e = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "encryption request inside an encrypted connection",
+            );
             let _ = send_error(client, &e).await;
             Err(LoginError::Refused(e.message))
         }
@@ -212,10 +273,15 @@ async fn forward_cancel(proxy: &Proxy, key: ClientKey) {
     // As PostgreSQL, say nothing back either way.
     match proxy.cancels.lookup(key) {
         Some(upstream) => {
-            if let Err(e) = UpstreamConn::cancel(upstream.addr, upstream.process_id, upstream.secret_key).await {
+            if let Err(e) =
+                UpstreamConn::cancel(upstream.addr, upstream.process_id, upstream.secret_key).await
+            {
                 tracing::warn!(error = %e, "could not forward a cancel request upstream");
             } else {
-                tracing::info!(backend_pid = upstream.process_id, "cancel request forwarded");
+                tracing::info!(
+                    backend_pid = upstream.process_id,
+                    "cancel request forwarded"
+                );
             }
         }
         None => tracing::info!("cancel request with an unknown key ignored"),
@@ -234,14 +300,30 @@ async fn login(
         protocol::write::negotiate_protocol_version(&mut out, 0, &params.unsupported_options);
         write_all(client, &out).await?;
     }
-    if params.get("replication").is_some_and(|r| r != "false" && r != "0" && r != "off") {
-        return Err(PgError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, "pgtenant does not serve replication connections"));
+    if params
+        .get("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "pgtenant does not serve replication connections",
+        ));
     }
-    let database = params.get("database").or(params.get("user")).unwrap_or_default();
+    let database = params
+        .get("database")
+        .or(params.get("user"))
+        .unwrap_or_default();
     if database == proxy.config.server.admin_database {
-        return Err(PgError::fatal(sqlstate::FEATURE_NOT_SUPPORTED, "the admin channel is not available in this version of pgtenant"));
+        return Err(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "the admin channel is not available in this version of pgtenant",
+        ));
     }
-    if !client.is_tls() && !peer.ip().is_loopback() && !proxy.config.server.allow_plaintext_password {
+    if plaintext_password_refused(
+        client.is_tls(),
+        peer.ip(),
+        proxy.config.server.allow_plaintext_password,
+    ) {
         return Err(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
             "pgtenant refuses to take a token over an unencrypted connection",
@@ -250,7 +332,10 @@ async fn login(
     }
 
     let token = read_token(proxy, client).await?;
-    let claims = proxy.verifier.verify(&token).map_err(|e| PgError::fatal(e.sqlstate(), format!("token rejected: {e}")))?;
+    let claims = proxy
+        .verifier
+        .verify(&token)
+        .map_err(|e| PgError::fatal(e.sqlstate(), format!("token rejected: {e}")))?;
     drop(token);
 
     let user = proxy
@@ -259,11 +344,22 @@ async fn login(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "directory lookup failed");
-            PgError::fatal(sqlstate::CONNECTION_FAILURE, "pgtenant cannot reach its directory database")
+            PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "pgtenant cannot reach its directory database",
+            )
         })?
-        .ok_or_else(|| PgError::fatal(sqlstate::INVALID_AUTHORIZATION, "the user named by this token does not exist"))?;
+        .ok_or_else(|| {
+            PgError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                "the user named by this token does not exist",
+            )
+        })?;
     if user.disabled {
-        return Err(PgError::fatal(sqlstate::INVALID_AUTHORIZATION, format!("user \"{}\" is disabled", user.email)));
+        return Err(PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("user \"{}\" is disabled", user.email),
+        ));
     }
     match user.tenant.status {
         TenantStatus::Active => {}
@@ -276,7 +372,10 @@ async fn login(
         TenantStatus::Provisioning => {
             return Err(PgError::fatal(
                 sqlstate::CANNOT_CONNECT_NOW,
-                format!("organization \"{}\" is still being set up", user.tenant.name),
+                format!(
+                    "organization \"{}\" is still being set up",
+                    user.tenant.name
+                ),
             ))
         }
     }
@@ -288,8 +387,14 @@ async fn login(
         "",
     ];
     if !accepted.contains(&database) {
-        return Err(PgError::fatal(sqlstate::INVALID_CATALOG_NAME, format!("database \"{database}\" does not exist"))
-            .with_hint(format!("connect to database \"{}\" (or your organization's name)", proxy.config.upstream.database)));
+        return Err(PgError::fatal(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        )
+        .with_hint(format!(
+            "connect to database \"{}\" (or your organization's name)",
+            proxy.config.upstream.database
+        )));
     }
 
     let mut checkout = proxy.pools.acquire(&user.tenant.role).await.map_err(|e| {
@@ -304,6 +409,18 @@ async fn login(
     Ok(Ready { user, checkout })
 }
 
+/// A token sent in clear over a network (not loopback) can be replayed by whoever sees it: refused unless
+/// the operator allows it.
+fn plaintext_password_refused(tls: bool, peer: std::net::IpAddr, allowed: bool) -> bool {
+    let loopback = match peer {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    };
+    !tls && !loopback && !allowed
+}
+
 /// Asks for the password and reads it by hand, so a token up to `max_token_bytes` passes (pgwire's decoder
 /// stops at 10,000 bytes) and a larger one is refused before it is buffered.
 async fn read_token(proxy: &Proxy, client: &mut ClientStream) -> Result<String, PgError> {
@@ -314,21 +431,34 @@ async fn read_token(proxy: &Proxy, client: &mut ClientStream) -> Result<String, 
     let (msg_tag, body) = match protocol::read_message(client, limit).await {
         Ok(m) => m,
         Err(ProtocolError::BadFrameLength { .. }) => {
-            return Err(PgError::fatal(sqlstate::INVALID_PASSWORD, "token rejected: the token is too large"))
+            return Err(PgError::fatal(
+                sqlstate::INVALID_PASSWORD,
+                "token rejected: the token is too large",
+            ))
         }
         Err(e) => return Err(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
     };
     if msg_tag != tag::PASSWORD {
-        return Err(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, "expected a password message"));
+        return Err(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "expected a password message",
+        ));
     }
     let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
-    String::from_utf8(body[..end].to_vec())
-        .map_err(|_| PgError::fatal(sqlstate::INVALID_PASSWORD, "token rejected: the token is not valid UTF-8"))
+    String::from_utf8(body[..end].to_vec()).map_err(|_| {
+        PgError::fatal(
+            sqlstate::INVALID_PASSWORD,
+            "token rejected: the token is not valid UTF-8",
+        )
+    })
 }
 
 /// Passes the client's startup parameters (application_name, client_encoding, DateStyle, TimeZone, `-c`
 /// options …) to the upstream session, as PostgreSQL would have applied them at startup.
-async fn apply_client_settings(conn: &mut UpstreamConn, params: &StartupParams) -> Result<(), PgError> {
+async fn apply_client_settings(
+    conn: &mut UpstreamConn,
+    params: &StartupParams,
+) -> Result<(), PgError> {
     let mut settings: Vec<(String, String)> = params
         .params
         .iter()
@@ -343,7 +473,13 @@ async fn apply_client_settings(conn: &mut UpstreamConn, params: &StartupParams) 
     }
     let calls: Vec<String> = settings
         .iter()
-        .map(|(k, v)| format!("pg_catalog.set_config({}, {}, false)", quote_literal(k), quote_literal(v)))
+        .map(|(k, v)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                quote_literal(k),
+                quote_literal(v)
+            )
+        })
         .collect();
     let sql = format!("SELECT {}", calls.join(", "));
     match conn.run_simple(&[&sql]).await {
@@ -390,14 +526,21 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
             w.strip_prefix("--").map(str::to_string)
         };
         let Some((name, value)) = assignment.as_deref().and_then(|a| a.split_once('=')) else {
-            return Err(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, format!("invalid command-line argument in options: {w}")));
+            return Err(PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid command-line argument in options: {w}"),
+            ));
         };
         settings.push((name.replace('-', "_"), value.to_string()));
     }
     Ok(settings)
 }
 
-async fn send_login_ok(client: &mut ClientStream, conn: &UpstreamConn, key: ClientKey) -> std::io::Result<()> {
+async fn send_login_ok(
+    client: &mut ClientStream,
+    conn: &UpstreamConn,
+    key: ClientKey,
+) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     protocol::write::authentication_ok(&mut out);
     for (name, value) in &conn.parameters {
@@ -416,7 +559,10 @@ async fn write_all(client: &mut ClientStream, bytes: &[u8]) -> Result<(), PgErro
         .await
         .and(Ok(()))
         .map_err(|e| PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
-    client.flush().await.map_err(|e| PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()))
+    client
+        .flush()
+        .await
+        .map_err(|e| PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()))
 }
 
 async fn send_error(client: &mut ClientStream, err: &PgError) -> std::io::Result<()> {
@@ -431,8 +577,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plaintext_tokens_only_from_loopback_unless_allowed() {
+        let lan: std::net::IpAddr = "10.1.2.3".parse().expect("ip");
+        let mapped_loopback: std::net::IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        assert!(plaintext_password_refused(false, lan, false));
+        assert!(!plaintext_password_refused(true, lan, false));
+        assert!(!plaintext_password_refused(false, lan, true));
+        assert!(!plaintext_password_refused(
+            false,
+            "127.0.0.1".parse().expect("ip"),
+            false
+        ));
+        assert!(!plaintext_password_refused(
+            false,
+            "::1".parse().expect("ip"),
+            false
+        ));
+        assert!(!plaintext_password_refused(false, mapped_loopback, false));
+    }
+
+    #[test]
     fn options_are_parsed_like_postgres() {
-        let parsed = parse_options("-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB -c x=with\\ space").expect("parses");
+        let parsed = parse_options(
+            "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB -c x=with\\ space",
+        )
+        .expect("parses");
         assert_eq!(
             parsed,
             vec![

@@ -31,14 +31,23 @@ pub struct Login<'a> {
     pub salted_cache: &'a SaltedPasswordCache,
 }
 
+/// (user, salt, iterations) of a SCRAM login.
+type SaltedKey = (String, Vec<u8>, u32);
+
 /// Cache of SCRAM salted passwords, keyed by (user, salt, iterations).
 #[derive(Default)]
 pub struct SaltedPasswordCache {
-    entries: std::sync::Mutex<std::collections::HashMap<(String, Vec<u8>, u32), [u8; 32]>>,
+    entries: std::sync::Mutex<std::collections::HashMap<SaltedKey, [u8; 32]>>,
 }
 
 impl SaltedPasswordCache {
-    fn get_or_compute(&self, user: &str, password: &str, salt: &[u8], iterations: NonZeroU32) -> [u8; 32] {
+    fn get_or_compute(
+        &self,
+        user: &str,
+        password: &str,
+        salt: &[u8],
+        iterations: NonZeroU32,
+    ) -> [u8; 32] {
         let key = (user.to_string(), salt.to_vec(), iterations.get());
         if let Ok(entries) = self.entries.lock() {
             if let Some(found) = entries.get(&key) {
@@ -128,10 +137,12 @@ impl UpstreamConn {
                 source,
             })?;
         stream.set_nodelay(true).ok();
-        let addr = stream.peer_addr().map_err(|source| UpstreamError::Connect {
-            addr: addr_text.clone(),
-            source,
-        })?;
+        let addr = stream
+            .peer_addr()
+            .map_err(|source| UpstreamError::Connect {
+                addr: addr_text.clone(),
+                source,
+            })?;
         let mut conn = UpstreamConn {
             stream,
             addr,
@@ -148,7 +159,11 @@ impl UpstreamConn {
         Ok(conn)
     }
 
-    async fn startup(&mut self, target: &UpstreamTarget, login: Login<'_>) -> Result<(), UpstreamError> {
+    async fn startup(
+        &mut self,
+        target: &UpstreamTarget,
+        login: Login<'_>,
+    ) -> Result<(), UpstreamError> {
         let mut out = BytesMut::new();
         protocol::write::startup_message(
             &mut out,
@@ -165,7 +180,9 @@ impl UpstreamConn {
             match msg_tag {
                 tag::AUTHENTICATION => {
                     if body.len() < 4 {
-                        return Err(ProtocolError::BadStartup("short authentication message").into());
+                        return Err(
+                            ProtocolError::BadStartup("short authentication message").into()
+                        );
                     }
                     let code = body.get_i32();
                     match code {
@@ -216,7 +233,9 @@ impl UpstreamConn {
                         self.secret_key = body.get_i32();
                     }
                 }
-                tag::ERROR_RESPONSE => return Err(UpstreamError::Refused(ErrorFields::parse(&body))),
+                tag::ERROR_RESPONSE => {
+                    return Err(UpstreamError::Refused(ErrorFields::parse(&body)))
+                }
                 tag::NOTICE_RESPONSE | tag::NEGOTIATE_PROTOCOL_VERSION => {}
                 tag::READY_FOR_QUERY => return Ok(()),
                 other => {
@@ -263,7 +282,10 @@ impl UpstreamConn {
     /// Runs queries pgtenant issues itself, pipelined, each as its own simple Query, and reads until every
     /// ReadyForQuery arrived. Returns the first error the server reported, if any, and the last
     /// transaction status. ParameterStatus changes are recorded; notices are dropped.
-    pub async fn run_simple(&mut self, queries: &[&str]) -> Result<(Option<ErrorFields>, TxStatus), UpstreamError> {
+    pub async fn run_simple(
+        &mut self,
+        queries: &[&str],
+    ) -> Result<(Option<ErrorFields>, TxStatus), UpstreamError> {
         let mut out = BytesMut::new();
         for q in queries {
             protocol::write::query(&mut out, q);
@@ -315,7 +337,9 @@ impl UpstreamConn {
             }
             Ok((None, _)) => {
                 self.broken = true;
-                Err(UpstreamError::Protocol(ProtocolError::BadStartup("session still in a transaction after reset")))
+                Err(UpstreamError::Protocol(ProtocolError::BadStartup(
+                    "session still in a transaction after reset",
+                )))
             }
             Err(e) => {
                 self.broken = true;
@@ -368,7 +392,11 @@ impl UpstreamConn {
         stream.write_all(&out).await?;
         // The server closes the connection once it has read the request.
         let mut sink = [0u8; 16];
-        let _ = tokio::time::timeout(Duration::from_secs(5), tokio::io::AsyncReadExt::read(&mut stream, &mut sink)).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut stream, &mut sink),
+        )
+        .await;
         Ok(())
     }
 

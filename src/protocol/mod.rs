@@ -389,9 +389,17 @@ impl PgError {
     }
     /// An error PostgreSQL reported, passed on with its own SQLSTATE.
     pub fn from_upstream(fields: &ErrorFields) -> Self {
-        let code = if fields.code.len() == 5 { fields.code.clone() } else { "XX000".to_string() };
+        let code = if fields.code.len() == 5 {
+            fields.code.clone()
+        } else {
+            "XX000".to_string()
+        };
         Self {
-            severity: if fields.severity == "ERROR" { Severity::Error } else { Severity::Fatal },
+            severity: if fields.severity == "ERROR" {
+                Severity::Error
+            } else {
+                Severity::Fatal
+            },
             code: std::borrow::Cow::Owned(code),
             message: fields.message.clone(),
             detail: None,
@@ -456,7 +464,11 @@ impl ErrorFields {
 
 impl std::fmt::Display for ErrorFields {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {} (SQLSTATE {})", self.severity, self.message, self.code)
+        write!(
+            f,
+            "{}: {} (SQLSTATE {})",
+            self.severity, self.message, self.code
+        )
     }
 }
 

@@ -20,10 +20,14 @@ fn scanner_sees_every_frame_across_arbitrary_chunk_splits() {
         let mut seen = Vec::new();
         for chunk in stream.chunks(split) {
             let stop = scanner
-                .scan(chunk, |t| t == b'Z', |t, body| {
-                    seen.push((t, body.to_vec()));
-                    true
-                })
+                .scan(
+                    chunk,
+                    |t| t == b'Z',
+                    |t, body| {
+                        seen.push((t, body.to_vec()));
+                        true
+                    },
+                )
                 .expect("valid stream");
             assert_eq!(stop, None);
         }
@@ -63,7 +67,12 @@ fn scanner_stops_just_past_the_requested_frame() {
     // The same Terminate split over two chunks: its start lies in the earlier chunk.
     let mut scanner = FrameScanner::default();
     let first = &stream[..terminate_start + 2];
-    assert_eq!(scanner.scan(first, |_| false, |t, _| t != b'X').expect("valid"), None);
+    assert_eq!(
+        scanner
+            .scan(first, |_| false, |t, _| t != b'X')
+            .expect("valid"),
+        None
+    );
     let stop = scanner
         .scan(&stream[terminate_start + 2..], |_| false, |t, _| t != b'X')
         .expect("valid");
@@ -80,53 +89,81 @@ fn scanner_stops_just_past_the_requested_frame() {
 fn scanner_refuses_length_below_four() {
     let mut scanner = FrameScanner::default();
     let err = scanner.scan(&[b'Q', 0, 0, 0, 3], |_| false, |_, _| true);
-    assert!(matches!(err, Err(ProtocolError::BadFrameLength { len: 3, .. })));
+    assert!(matches!(
+        err,
+        Err(ProtocolError::BadFrameLength { len: 3, .. })
+    ));
 }
 
 #[tokio::test]
 async fn startup_packet_with_params_and_protocol_options() {
     let mut body = Vec::new();
     body.extend_from_slice(&196_610i32.to_be_bytes());
-    for s in ["user", "alice", "database", "app", "_pq_.command_marker", "1", ""] {
+    for s in [
+        "user",
+        "alice",
+        "database",
+        "app",
+        "_pq_.command_marker",
+        "1",
+        "",
+    ] {
         body.extend_from_slice(s.as_bytes());
         body.push(0);
     }
     let mut packet = ((body.len() + 4) as i32).to_be_bytes().to_vec();
     packet.extend(body);
-    let parsed = read_startup_packet(&mut packet.as_slice()).await.expect("parses");
+    let parsed = read_startup_packet(&mut packet.as_slice())
+        .await
+        .expect("parses");
     let StartupPacket::Startup(params) = parsed else {
         panic!("expected startup, got {parsed:?}");
     };
     assert_eq!(params.minor_version, 2);
     assert_eq!(params.get("user"), Some("alice"));
     assert_eq!(params.get("database"), Some("app"));
-    assert_eq!(params.unsupported_options, vec!["_pq_.command_marker".to_string()]);
+    assert_eq!(
+        params.unsupported_options,
+        vec!["_pq_.command_marker".to_string()]
+    );
 }
 
 #[tokio::test]
 async fn startup_packet_length_is_bounded_before_allocation() {
     let packet = 1_000_000i32.to_be_bytes();
     let err = read_startup_packet(&mut packet.as_slice()).await;
-    assert!(matches!(err, Err(ProtocolError::BadStartupLength(1_000_000))));
+    assert!(matches!(
+        err,
+        Err(ProtocolError::BadStartupLength(1_000_000))
+    ));
 }
 
 #[tokio::test]
 async fn cancel_and_ssl_requests_are_recognised() {
     let mut ssl = 8i32.to_be_bytes().to_vec();
     ssl.extend(request_code::SSL.to_be_bytes());
-    assert!(matches!(read_startup_packet(&mut ssl.as_slice()).await, Ok(StartupPacket::Ssl)));
+    assert!(matches!(
+        read_startup_packet(&mut ssl.as_slice()).await,
+        Ok(StartupPacket::Ssl)
+    ));
     let mut cancel = BytesMut::new();
     write::cancel_request(&mut cancel, 42, -7);
     assert!(matches!(
         read_startup_packet(&mut &cancel[..]).await,
-        Ok(StartupPacket::Cancel { process_id: 42, secret_key: -7 })
+        Ok(StartupPacket::Cancel {
+            process_id: 42,
+            secret_key: -7
+        })
     ));
 }
 
 #[test]
 fn error_response_round_trips_through_the_field_parser() {
     let mut buf = BytesMut::new();
-    write::error_response(&mut buf, &PgError::fatal(sqlstate::INVALID_PASSWORD, "bad token\0x"));
+    write::error_response(
+        &mut buf,
+        &PgError::fatal(sqlstate::INVALID_PASSWORD, "bad token\0x"),
+    );
     assert_eq!(buf[0], b'E');
     let fields = ErrorFields::parse(&buf[5..]);
     assert_eq!(fields.code, "28P01");

@@ -46,7 +46,11 @@ mod tests {
         assert_eq!(a.password_for("tenant_x"), a.password_for("tenant_x"));
         assert_ne!(a.password_for("tenant_x"), a.password_for("tenant_y"));
         assert_ne!(a.password_for("tenant_x"), b.password_for("tenant_x"));
-        assert!(a.verifier_for("tenant_x").starts_with("SCRAM-SHA-256$4096:"));
-        assert!(!a.verifier_for("tenant_x").contains(&a.password_for("tenant_x")));
+        assert!(a
+            .verifier_for("tenant_x")
+            .starts_with("SCRAM-SHA-256$4096:"));
+        assert!(!a
+            .verifier_for("tenant_x")
+            .contains(&a.password_for("tenant_x")));
     }
 }

@@ -4,4 +4,4 @@
 pub mod credentials;
 mod onboard;
 
-pub use onboard::{onboard, find_user_by_email, OnboardError, OnboardRequest, Onboarded};
+pub use onboard::{find_user_by_email, onboard, OnboardError, OnboardRequest, Onboarded};

@@ -52,6 +52,9 @@ pub enum OnboardError {
     Db(#[from] tokio_postgres::Error),
 }
 
+/// Advisory lock serializing changes to the database's ACL during onboarding.
+const ONBOARD_DATABASE_ACL_LOCK: i64 = 0x7067_7465_6e61_0002;
+
 /// Makes `Acme Corp!` into `acme-corp`.
 pub fn slugify(name: &str) -> String {
     let mut slug = String::new();
@@ -63,7 +66,11 @@ pub fn slugify(name: &str) -> String {
         }
     }
     let slug = slug.trim_end_matches('-');
-    slug.chars().take(40).collect::<String>().trim_end_matches('-').to_string()
+    slug.chars()
+        .take(40)
+        .collect::<String>()
+        .trim_end_matches('-')
+        .to_string()
 }
 
 fn schema_name(format: SchemaNameFormat, slug: &str, short_id: &str) -> SchemaName {
@@ -77,7 +84,11 @@ fn schema_name(format: SchemaNameFormat, slug: &str, short_id: &str) -> SchemaNa
 }
 
 /// Creates a tenant. Nothing of it remains if any step fails.
-pub async fn onboard(admin: &mut Client, config: &Config, req: &OnboardRequest) -> Result<Onboarded, OnboardError> {
+pub async fn onboard(
+    admin: &mut Client,
+    config: &Config,
+    req: &OnboardRequest,
+) -> Result<Onboarded, OnboardError> {
     let name = req.name.trim();
     if name.is_empty() {
         return Err(OnboardError::EmptyName);
@@ -87,7 +98,11 @@ pub async fn onboard(admin: &mut Client, config: &Config, req: &OnboardRequest) 
         return Err(OnboardError::BadEmail(email));
     }
     let slug = req.slug.clone().unwrap_or_else(|| slugify(name));
-    let slug = if slug.is_empty() { "org".to_string() } else { slug };
+    let slug = if slug.is_empty() {
+        "org".to_string()
+    } else {
+        slug
+    };
     let migrations = migrate::load_dir(&config.tenancy.tenant_migrations_dir)?;
     let short_id = Uuid::new_v4().simple().to_string()[..12].to_string();
     let schema = schema_name(config.tenancy.schema_name_format, &slug, &short_id);
@@ -97,14 +112,20 @@ pub async fn onboard(admin: &mut Client, config: &Config, req: &OnboardRequest) 
 
     let tx = admin.transaction().await?;
     if tx
-        .query_opt("SELECT 1 FROM pgtenant.organizations WHERE slug = $1", &[&slug])
+        .query_opt(
+            "SELECT 1 FROM pgtenant.organizations WHERE slug = $1",
+            &[&slug],
+        )
         .await?
         .is_some()
     {
         return Err(OnboardError::SlugTaken(slug));
     }
     if tx
-        .query_opt("SELECT 1 FROM pgtenant.users WHERE lower(email) = lower($1)", &[&email])
+        .query_opt(
+            "SELECT 1 FROM pgtenant.users WHERE lower(email) = lower($1)",
+            &[&email],
+        )
         .await?
         .is_some()
     {
@@ -118,20 +139,41 @@ pub async fn onboard(admin: &mut Client, config: &Config, req: &OnboardRequest) 
         )
         .await?
         .get(0);
-    let database: String = tx.query_one("SELECT current_database()", &[]).await?.get(0);
     tx.batch_execute(&format!(
         "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS \
              PASSWORD {verifier};
          ALTER ROLE {role} SET search_path = {schema};
-         GRANT CONNECT, TEMPORARY ON DATABASE {database} TO {role};
          CREATE SCHEMA {schema} AUTHORIZATION {role};
          REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;",
         role = role.quoted(),
         schema = schema.quoted(),
         verifier = quote_literal(&verifier),
-        database = quote_ident(&database),
     ))
     .await?;
+    // CONNECT and TEMPORARY come from PUBLIC by default. Where the operator revoked them, grant them to the
+    // role; two onboardings updating the database's ACL at once would collide, hence the lock.
+    let row = tx
+        .query_one(
+            "SELECT current_database()::text,
+                    has_database_privilege($1, current_database(), 'CONNECT')
+                    AND has_database_privilege($1, current_database(), 'TEMPORARY')",
+            &[&role.as_str()],
+        )
+        .await?;
+    let (database, has_privileges): (String, bool) = (row.get(0), row.get(1));
+    if !has_privileges {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&ONBOARD_DATABASE_ACL_LOCK],
+        )
+        .await?;
+        tx.batch_execute(&format!(
+            "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
+            quote_ident(&database),
+            role.quoted()
+        ))
+        .await?;
+    }
 
     tx.batch_execute(&format!(
         "SET LOCAL ROLE {}; SET LOCAL search_path = {};",
@@ -142,16 +184,20 @@ pub async fn onboard(admin: &mut Client, config: &Config, req: &OnboardRequest) 
     let mut history = Vec::new();
     for m in &migrations {
         let started = Instant::now();
-        tx.batch_execute(&m.sql).await.map_err(|source| MigrateError::Failed {
-            file: m.path.display().to_string(),
-            source,
-        })?;
+        tx.batch_execute(&m.sql)
+            .await
+            .map_err(|source| MigrateError::Failed {
+                file: m.path.display().to_string(),
+                source,
+            })?;
         history.push((m, started.elapsed().as_millis() as i32));
     }
     if !config.tenancy.admin_user_sql.trim().is_empty() {
-        tx.execute(config.tenancy.admin_user_sql.as_str(), &[&email]).await?;
+        tx.execute(config.tenancy.admin_user_sql.as_str(), &[&email])
+            .await?;
     }
-    tx.batch_execute("RESET ROLE; SET LOCAL search_path = pg_catalog;").await?;
+    tx.batch_execute("RESET ROLE; SET LOCAL search_path = pg_catalog;")
+        .await?;
 
     for (m, ms) in &history {
         tx.execute(
@@ -181,9 +227,15 @@ pub async fn onboard(admin: &mut Client, config: &Config, req: &OnboardRequest) 
 }
 
 /// The id of the user with this email, if any.
-pub async fn find_user_by_email(admin: &Client, email: &str) -> Result<Option<Uuid>, tokio_postgres::Error> {
+pub async fn find_user_by_email(
+    admin: &Client,
+    email: &str,
+) -> Result<Option<Uuid>, tokio_postgres::Error> {
     Ok(admin
-        .query_opt("SELECT id FROM pgtenant.users WHERE lower(email) = lower($1)", &[&email])
+        .query_opt(
+            "SELECT id FROM pgtenant.users WHERE lower(email) = lower($1)",
+            &[&email],
+        )
         .await?
         .map(|r| r.get(0)))
 }
@@ -197,7 +249,10 @@ mod tests {
         assert_eq!(slugify("Demo Company"), "demo-company");
         assert_eq!(slugify("  Ärzte & Co. GmbH!! "), "rzte-co-gmbh");
         assert_eq!(slugify("!!!"), "");
-        assert_eq!(schema_name(SchemaNameFormat::ShortId, "demo-company", "abc123").as_str(), "org_abc123");
+        assert_eq!(
+            schema_name(SchemaNameFormat::ShortId, "demo-company", "abc123").as_str(),
+            "org_abc123"
+        );
         assert_eq!(
             schema_name(SchemaNameFormat::SlugShortId, "demo-company", "abc123").as_str(),
             "org_demo_company_abc123"
