@@ -190,6 +190,28 @@ impl Directory {
         }))
     }
 
+    /// Sets a tenant role's password back to its derived value (given as a SCRAM verifier). A tenant can
+    /// change its own role's password (`ALTER ROLE CURRENT_USER PASSWORD …` is allowed to every role), which
+    /// would lock pgtenant out of its upstream logins.
+    pub async fn restore_role_password(
+        &self,
+        role: &RoleName,
+        verifier: &str,
+    ) -> Result<(), DirectoryError> {
+        let conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        conn.batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD {}",
+            role.quoted(),
+            quote_literal(verifier)
+        ))
+        .await?;
+        Ok(())
+    }
+
     /// Forgets cached lookups (after a change to users or organizations).
     pub fn invalidate(&self) {
         if let Ok(mut cache) = self.cache.lock() {

@@ -6,13 +6,14 @@ use crate::auth::TokenVerifier;
 use crate::cancel::{CancelMap, ClientKey, UpstreamKey};
 use crate::config::Config;
 use crate::directory::{quote_literal, Directory, TenantStatus, User};
-use crate::pool::PoolManager;
+use crate::pool::{PoolError, PoolManager};
 use crate::protocol::{
     self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus,
 };
 use crate::relay::{self, RelayEnd};
+use crate::tenancy::credentials::RolePasswords;
 use crate::tls::{ClientStream, ALPN_POSTGRESQL};
-use crate::upstream::UpstreamConn;
+use crate::upstream::{UpstreamConn, UpstreamError};
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -397,7 +398,7 @@ async fn login(
         )));
     }
 
-    let mut checkout = proxy.pools.acquire(&user.tenant.role).await.map_err(|e| {
+    let mut checkout = acquire_upstream(proxy, &user).await.map_err(|e| {
         tracing::warn!(tenant = %user.tenant.slug, error = %e, "no server connection for a client");
         e.to_client_error()
     })?;
@@ -407,6 +408,27 @@ async fn login(
         return Err(e);
     }
     Ok(Ready { user, checkout })
+}
+
+/// Takes a server connection for the user's tenant. If the tenant role's password no longer works (the
+/// tenant changed it), it is restored from the server secret and the login tried once more.
+async fn acquire_upstream(proxy: &Proxy, user: &User) -> Result<crate::pool::Checkout, PoolError> {
+    let role = &user.tenant.role;
+    match proxy.pools.acquire(role).await {
+        Err(PoolError::Upstream(UpstreamError::Refused(fields)))
+            if fields.code == sqlstate::INVALID_PASSWORD =>
+        {
+            tracing::warn!(tenant = %user.tenant.slug, %role, "tenant role password was changed outside pgtenant; restoring it");
+            let verifier =
+                RolePasswords::new(proxy.config.server_secret()).verifier_for(role.as_str());
+            if let Err(e) = proxy.directory.restore_role_password(role, &verifier).await {
+                tracing::error!(error = %e, "could not restore the tenant role's password");
+                return Err(PoolError::Upstream(UpstreamError::Refused(fields)));
+            }
+            proxy.pools.acquire(role).await
+        }
+        other => other,
+    }
 }
 
 /// A token sent in clear over a network (not loopback) can be replayed by whoever sees it: refused unless

@@ -218,8 +218,17 @@ pub async fn onboard(label: &str) -> TestTenant {
 }
 
 pub async fn onboard_with(label: &str, ddl_allowed: Option<bool>) -> TestTenant {
+    onboard_full(label, label, ddl_allowed).await
+}
+
+/// Onboards an organization called `name` (plus a unique suffix), admin email made from `email_label`.
+pub async fn onboard_named(name: &str, email_label: &str) -> TestTenant {
+    onboard_full(name, email_label, None).await
+}
+
+async fn onboard_full(label: &str, email_label: &str, ddl_allowed: Option<bool>) -> TestTenant {
     let unique = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let email = format!("admin-{label}-{unique}@example.com");
+    let email = format!("admin-{email_label}-{unique}@example.com");
     let mut admin = superuser().await;
     let onboarded = tenancy::onboard(
         &mut admin,
