@@ -45,6 +45,8 @@ pub struct RelayOutcome {
     pub upstream_at_boundary: bool,
     /// The last message the upstream sent was an ErrorResponse (a FATAL before it closed, typically).
     pub upstream_ended_with_error: bool,
+    /// Requests were still unanswered when the relay ended (a query may be running upstream).
+    pub requests_in_flight: bool,
 }
 
 /// What both directions know of the session.
@@ -124,6 +126,7 @@ where
         upstream_at_boundary: upstream_scanner.at_boundary(),
         upstream_ended_with_error: shared.last_upstream_tag.load(Ordering::Relaxed)
             == tag::ERROR_RESPONSE,
+        requests_in_flight: shared.outstanding.load(Ordering::Relaxed) > 0,
     }
 }
 

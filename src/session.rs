@@ -120,7 +120,17 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             )
             .await;
         }
-        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {}
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {
+            if outcome.requests_in_flight {
+                // Nobody waits for that query any more: stop it rather than let it run to its end.
+                conn.broken = true;
+                if let Err(e) =
+                    UpstreamConn::cancel(conn.addr, conn.process_id, conn.secret_key).await
+                {
+                    tracing::debug!(error = %e, "could not cancel an abandoned query");
+                }
+            }
+        }
     }
     let _ = client.shutdown().await;
     drop(client);
