@@ -60,16 +60,26 @@ struct Shared {
     last_upstream_tag: AtomicU8,
 }
 
-/// Relays until the client leaves, the upstream goes away or `shutdown` completes.
-pub async fn relay<C, U>(
-    client: C,
-    upstream: U,
+/// The two halves of each side of a session.
+pub struct Sides<CR, CW, UR, UW> {
+    pub client_read: CR,
+    pub client_write: CW,
+    pub upstream_read: UR,
+    pub upstream_write: UW,
+}
+
+/// Relays until the client leaves, the upstream goes away or `shutdown` completes. Takes split halves so a
+/// plain TCP client is relayed without the lock `tokio::io::split` puts between its halves.
+pub async fn relay<CR, CW, UR, UW>(
+    sides: Sides<CR, CW, UR, UW>,
     initial_status: TxStatus,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> RelayOutcome
 where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
+    CR: AsyncRead + Unpin,
+    CW: AsyncWrite + Unpin,
+    UR: AsyncRead + Unpin,
+    UW: AsyncWrite + Unpin,
 {
     let shared = Shared {
         outstanding: AtomicI64::new(0),
@@ -77,8 +87,12 @@ where
         status: AtomicU8::new(initial_status.as_byte()),
         last_upstream_tag: AtomicU8::new(0),
     };
-    let (mut client_read, mut client_write) = tokio::io::split(client);
-    let (mut upstream_read, mut upstream_write) = tokio::io::split(upstream);
+    let Sides {
+        mut client_read,
+        mut client_write,
+        mut upstream_read,
+        mut upstream_write,
+    } = sides;
     let mut client_scanner = FrameScanner::default();
     let mut upstream_scanner = FrameScanner::default();
     let mut bytes_from_client = 0u64;

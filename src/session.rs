@@ -75,13 +75,29 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         "session started"
     );
     let shutdown = proxy.shutdown.clone();
-    let outcome = relay::relay(
-        &mut client,
-        &mut conn.stream,
-        TxStatus::Idle,
-        shutdown.cancelled(),
-    )
-    .await;
+    let (upstream_read, upstream_write) = conn.stream.split();
+    let outcome = match &mut client {
+        ClientStream::Plain(tcp) => {
+            let (client_read, client_write) = tcp.split();
+            let sides = relay::Sides {
+                client_read,
+                client_write,
+                upstream_read,
+                upstream_write,
+            };
+            relay::relay(sides, TxStatus::Idle, shutdown.cancelled()).await
+        }
+        ClientStream::Tls(tls) => {
+            let (client_read, client_write) = tokio::io::split(tls.as_mut());
+            let sides = relay::Sides {
+                client_read,
+                client_write,
+                upstream_read,
+                upstream_write,
+            };
+            relay::relay(sides, TxStatus::Idle, shutdown.cancelled()).await
+        }
+    };
     registration.set_upstream(None);
     match &outcome.end {
         RelayEnd::UpstreamGone(error) => {

@@ -309,7 +309,8 @@ pub async fn run_program(
 
 /// Path of a PostgreSQL client program (psql, pgbench).
 pub fn client_program(name: &str) -> String {
-    let in_bindir = cluster().bins.bindir.join(name);
+    let bins = PgBinaries::find().expect("PostgreSQL binaries");
+    let in_bindir = bins.bindir.join(name);
     if in_bindir.exists() {
         return in_bindir.display().to_string();
     }
