@@ -8,7 +8,8 @@ use base64::Engine;
 use std::num::NonZeroU32;
 
 pub const MECHANISM: &str = "SCRAM-SHA-256";
-const ITERATIONS: u32 = 4096;
+/// PostgreSQL's default iteration count, for verifiers of passwords people choose.
+pub const DEFAULT_ITERATIONS: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScramError {
@@ -53,14 +54,14 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 
 /// The verifier PostgreSQL stores in `pg_authid.rolpassword` for a SCRAM-SHA-256 password:
 /// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`.
-pub fn verifier(password: &str, salt: &[u8; 16]) -> String {
-    let iterations = NonZeroU32::new(ITERATIONS).expect("nonzero constant");
+pub fn verifier(password: &str, salt: &[u8; 16], iterations: NonZeroU32) -> String {
     let salted = salted_password(password.as_bytes(), salt, iterations);
     let client_key = hmac_sha256(&salted, b"Client Key");
     let stored_key = sha256(&client_key);
     let server_key = hmac_sha256(&salted, b"Server Key");
     format!(
-        "{MECHANISM}${ITERATIONS}:{}${}:{}",
+        "{MECHANISM}${}:{}${}:{}",
+        iterations.get(),
         B64.encode(salt),
         B64.encode(stored_key),
         B64.encode(server_key)
@@ -178,7 +179,11 @@ mod tests {
     #[test]
     fn client_proof_verifies_against_the_stored_verifier() {
         let salt = random_salt();
-        let stored = verifier("s3cret", &salt);
+        let stored = verifier(
+            "s3cret",
+            &salt,
+            NonZeroU32::new(DEFAULT_ITERATIONS).expect("nonzero"),
+        );
         let parts: Vec<&str> = stored.split(['$', ':']).collect();
         assert_eq!(parts[0], "SCRAM-SHA-256");
         assert_eq!(parts[1], "4096");
