@@ -34,6 +34,26 @@ pub struct Config {
     pub pool: PoolConfig,
     pub auth: AuthConfig,
     pub tenancy: TenancyConfig,
+    pub migrations: MigrationsConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MigrationsConfig {
+    /// Tenants migrated at once by a fan-out.
+    pub concurrency: usize,
+    /// `lock_timeout` of a tenant's migration transaction: a tenant whose tables are locked by its
+    /// application fails (and is retried by the next run) instead of stalling the fan-out.
+    pub lock_timeout_ms: u64,
+}
+
+impl Default for MigrationsConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            lock_timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

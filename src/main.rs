@@ -70,8 +70,32 @@ enum Command {
 
 #[derive(Subcommand)]
 enum MigrateTarget {
-    /// The shared schema (directory tables).
+    /// The shared schema (directory tables): shared-migrations/.
     Shared,
+    /// Every tenant schema: tenant-migrations/, fanned out with bounded concurrency.
+    Tenants {
+        /// Tenants migrated at once (default: migrations.concurrency).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Stop starting new tenants after this many failed.
+        #[arg(long = "stop-after", value_name = "N-FAILURES")]
+        stop_after_failures: Option<usize>,
+        /// Migrate the first N tenants first and stop there if any of them fails.
+        #[arg(long, value_name = "N")]
+        canary: Option<usize>,
+        /// Only this tenant (slug, schema or organization id).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Every tenant's version, and which are behind.
+    Status,
+    /// What `migrate tenants` would apply, per tenant.
+    DryRun {
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Accept the current checksums of applied files that were edited on purpose.
+    Repair,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -145,18 +169,101 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{token}");
             Ok(())
         }
-        Command::Migrate {
-            target: MigrateTarget::Shared,
-        } => {
+        Command::Migrate { target } => {
             let config = load(&cli.config)?;
-            let mut admin = connect_admin(&config).await?;
+            migrate(&config, target).await
+        }
+    }
+}
+
+async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
+    use pgtenant::migrate::progress::Bar;
+    use pgtenant::migrate::tenants::{FanOutOptions, TenantMigrator};
+    match target {
+        MigrateTarget::Shared => {
+            let mut admin = connect_admin(config).await?;
             let applied =
                 pgtenant::migrate::apply_shared(&mut admin, &config.tenancy.shared_migrations_dir)
                     .await?;
             println!("shared migrations applied: {applied:?}");
-            Ok(())
+        }
+        MigrateTarget::Tenants {
+            concurrency,
+            stop_after_failures,
+            canary,
+            tenant,
+        } => {
+            let concurrency = concurrency.unwrap_or(config.migrations.concurrency);
+            let migrator = TenantMigrator::new(config, concurrency)?;
+            let options = FanOutOptions {
+                concurrency,
+                stop_after_failures,
+                canary,
+                only: tenant,
+            };
+            let report = migrator.run(&options, &Bar::new()).await?;
+            println!("{report}");
+            for (slug, failure) in &report.failed {
+                println!("FAILED {slug}: {failure}");
+            }
+            for slug in &report.busy {
+                println!("BUSY {slug}: another migrator holds its lock");
+            }
+            if !report.ok() {
+                bail!("not every tenant was migrated");
+            }
+        }
+        MigrateTarget::Status => {
+            let migrator = TenantMigrator::new(config, 1)?;
+            let latest = migrator.latest();
+            let rows = migrator.status(None).await?;
+            println!(
+                "{:<30} {:<24} {:<10} {:>7}  pending",
+                "tenant", "schema", "status", "version"
+            );
+            let mut behind = 0;
+            for row in &rows {
+                if !row.pending.is_empty() {
+                    behind += 1;
+                }
+                let version = row
+                    .version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<30} {:<24} {:<10} {:>7}  {:?}",
+                    row.slug, row.schema, row.status, version, row.pending
+                );
+            }
+            let latest = latest.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
+            println!(
+                "{} tenants, latest version {latest}, {behind} behind",
+                rows.len()
+            );
+        }
+        MigrateTarget::DryRun { tenant } => {
+            let migrator = TenantMigrator::new(config, 1)?;
+            let plan = migrator.dry_run(tenant.as_deref()).await?;
+            for (tenant, files) in &plan {
+                let names: Vec<String> = files
+                    .iter()
+                    .map(|m| format!("V{}__{}", m.version, m.name))
+                    .collect();
+                println!("{} ({}): {}", tenant.slug, tenant.schema, names.join(", "));
+            }
+            println!("{} tenants would be migrated", plan.len());
+        }
+        MigrateTarget::Repair => {
+            let migrator = TenantMigrator::new(config, 1)?;
+            let changed = migrator.repair().await?;
+            let mut admin = connect_admin(config).await?;
+            let shared =
+                pgtenant::migrate::repair_shared(&mut admin, &config.tenancy.shared_migrations_dir)
+                    .await?;
+            println!("accepted new checksums: {changed} tenant history rows, {shared} shared history rows");
         }
     }
+    Ok(())
 }
 
 fn load(path: &std::path::Path) -> Result<Config> {

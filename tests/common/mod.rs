@@ -105,6 +105,56 @@ pub fn config() -> Config {
     config
 }
 
+/// A database of its own in the test cluster, with the shared schema: for tests that act on every tenant
+/// (fan-out migrations) and must not see other tests' tenants.
+pub struct TestDb {
+    pub name: String,
+    pub config: Config,
+}
+
+pub async fn fresh_database() -> TestDb {
+    let c = cluster();
+    let name = format!("db_{}", uuid::Uuid::new_v4().simple());
+    connect(c.cluster.superuser_config("postgres"))
+        .await
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create database");
+    let mut client = connect(c.cluster.superuser_config(&name)).await;
+    pgtenant::migrate::apply_shared(&mut client, &repo_path("shared-migrations"))
+        .await
+        .expect("shared migrations");
+    let mut config = config();
+    config.upstream.database = name.clone();
+    TestDb { name, config }
+}
+
+impl TestDb {
+    pub async fn superuser(&self) -> tokio_postgres::Client {
+        connect(cluster().cluster.superuser_config(&self.name)).await
+    }
+
+    /// Onboards a tenant into this database (with `config.tenancy.tenant_migrations_dir` as it is).
+    pub async fn onboard(&self, label: &str) -> TestTenant {
+        let unique = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let email = format!("admin-{label}-{unique}@example.com");
+        let mut admin = self.superuser().await;
+        let onboarded = tenancy::onboard(
+            &mut admin,
+            &self.config,
+            &OnboardRequest {
+                name: format!("{label} {unique}"),
+                admin_email: email.clone(),
+                slug: None,
+                ddl_allowed: None,
+            },
+        )
+        .await
+        .expect("onboard");
+        TestTenant { email, onboarded }
+    }
+}
+
 /// Superuser connection to the test database, for checks behind pgtenant's back.
 pub async fn superuser() -> tokio_postgres::Client {
     connect(cluster().cluster.superuser_config(DATABASE)).await

@@ -2,6 +2,14 @@
 //! tenant schema. Files are named `V<number>__<name>.sql` (or `V<number>_<name>.sql`), ordered by number;
 //! each applied file is recorded with its SHA-256 checksum, and an applied file whose checksum changed is an
 //! error.
+//!
+//! - this file: loading migration folders, and applying `shared-migrations/` to the shared schema;
+//! - [`tenants`]: fanning `tenant-migrations/` out over every tenant schema, with history, locks, per-tenant
+//!   failure isolation, resume, dry run, status and repair;
+//! - [`progress`]: progress reporting for the CLI (a progress bar) and the admin channel (NOTICE lines).
+
+pub mod progress;
+pub mod tenants;
 
 use aws_lc_rs::digest;
 use std::path::{Path, PathBuf};
@@ -15,6 +23,20 @@ pub struct Migration {
     pub sql: String,
     /// Hex SHA-256 of the file's bytes.
     pub checksum: String,
+    /// The file asked to run outside a transaction (`-- pgtenant: no-transaction` in its leading comments),
+    /// for statements such as `CREATE INDEX CONCURRENTLY`.
+    pub no_transaction: bool,
+}
+
+/// The header comment that takes a migration out of its tenant's transaction.
+pub const NO_TRANSACTION_HEADER: &str = "pgtenant: no-transaction";
+
+/// True if the comment lines at the top of `sql` hold the no-transaction header.
+fn wants_no_transaction(sql: &str) -> bool {
+    sql.lines()
+        .map(str::trim)
+        .take_while(|l| l.is_empty() || l.starts_with("--"))
+        .any(|l| l.trim_start_matches('-').trim() == NO_TRANSACTION_HEADER)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +66,26 @@ pub enum MigrateError {
     },
     #[error("migration V{version} is recorded as applied but its file is missing")]
     MissingFile { version: i32 },
+    #[error("applied migration V{version} ({name}) was changed since it was applied (checksum on disk {current}); tenants affected: {tenants}. Restore the file, or accept the new checksum on purpose with `pgtenant migrate repair`")]
+    TenantChecksumMismatch {
+        version: i32,
+        name: String,
+        current: String,
+        tenants: String,
+    },
+    #[error("migration V{version} is recorded as applied for tenants ({tenants}) but its file is missing")]
+    TenantMissingFile { version: i32, tenants: String },
+    #[error("V{pending} ({name}) is not applied but a later version V{applied} is, for tenants {tenants}: a new file was added below an applied one")]
+    OutOfOrder {
+        pending: i32,
+        name: String,
+        applied: i32,
+        tenants: String,
+    },
+    #[error("another fan-out migration holds the run lock")]
+    RunLocked,
+    #[error("admin database connection unavailable: {0}")]
+    AdminPool(String),
     #[error("migration {file} failed: {source}")]
     Failed {
         file: String,
@@ -90,6 +132,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
             version,
             name,
             path,
+            no_transaction: wants_no_transaction(&sql),
             sql,
             checksum,
         });
@@ -206,9 +249,42 @@ async fn apply_shared_locked(
     Ok(done)
 }
 
+/// Accepts the checksums on disk for applied shared migrations. Returns the rows changed.
+pub async fn repair_shared(
+    client: &mut tokio_postgres::Client,
+    dir: &Path,
+) -> Result<u64, MigrateError> {
+    let mut changed = 0;
+    for m in load_dir(dir)? {
+        changed += client
+            .execute(
+                "UPDATE pgtenant.shared_migrations SET checksum = $2 WHERE version = $1 AND checksum <> $2",
+                &[&m.version, &m.checksum],
+            )
+            .await?;
+    }
+    Ok(changed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_transaction_header_only_in_leading_comments() {
+        assert!(wants_no_transaction(
+            "-- pgtenant: no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);"
+        ));
+        assert!(wants_no_transaction(
+            "-- builds an index\n\n--   pgtenant: no-transaction\nSELECT 1;"
+        ));
+        assert!(!wants_no_transaction(
+            "SELECT 1;\n-- pgtenant: no-transaction"
+        ));
+        assert!(!wants_no_transaction(
+            "-- pgtenant: no-transactions please\nSELECT 1;"
+        ));
+    }
 
     #[test]
     fn file_names_in_both_forms() {

@@ -1,0 +1,878 @@
+//! Fan-out of `tenant-migrations/` over every tenant schema.
+//!
+//! - **Before anything runs**, every tenant's history is checked against the files: a changed applied file,
+//!   an applied version whose file is gone, or a new file numbered below an applied one stops the run with a
+//!   message naming the file and the tenants.
+//! - **One tenant at a time per task, bounded concurrency.** Each tenant is taken under an advisory lock held
+//!   by the migrator's admin connection (one migrator per tenant), and the run under a run lock (one fan-out
+//!   at a time).
+//! - **As the tenant.** A tenant's pending files run on a connection logged in as the tenant's role, with
+//!   `search_path` set to its schema, in one transaction (a file with the no-transaction header runs alone,
+//!   outside one). Each file's history row is written in the same transaction by
+//!   `pgtenant_api.record_migration`, which only accepts a ticket the admin connection issued for that very
+//!   backend and version: the tenant cannot forge history, nor read anyone's. A DDL-locked tenant's
+//!   migration backend is unlocked the same way (`pgtenant.ddl_unlocks`).
+//! - **Failure isolation and resume.** A failing tenant is rolled back to exactly where it was and reported
+//!   (SQLSTATE, message, file, line); the others go on. A run killed at any point leaves every tenant either
+//!   migrated with its history or untouched; running again applies only what is pending.
+
+use super::progress::Progress;
+use super::{load_dir, MigrateError, Migration};
+use crate::config::Config;
+use crate::directory::SchemaName;
+use crate::tenancy::credentials::RolePasswords;
+use bb8_postgres::PostgresConnectionManager;
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::NoTls;
+use uuid::Uuid;
+
+type AdminPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+/// Advisory lock held for a whole fan-out run.
+const RUN_LOCK: i64 = 0x7067_7465_6e61_0003;
+
+/// Advisory lock key of one tenant (migrations only).
+fn tenant_lock_key(id: &Uuid) -> i64 {
+    let bytes = id.as_bytes();
+    let mut key = [0u8; 8];
+    key.copy_from_slice(&bytes[..8]);
+    i64::from_be_bytes(key) ^ 0x7067_7465_6e61_0000
+}
+
+/// Options of one fan-out.
+#[derive(Debug, Clone)]
+pub struct FanOutOptions {
+    /// Tenants migrated at once.
+    pub concurrency: usize,
+    /// Stop starting new tenants once this many failed.
+    pub stop_after_failures: Option<usize>,
+    /// Migrate these first N tenants (that have pending work) first; if any of them fails, stop there.
+    pub canary: Option<usize>,
+    /// Only this tenant (slug, schema name or organization id).
+    pub only: Option<String>,
+}
+
+impl Default for FanOutOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            stop_after_failures: None,
+            canary: None,
+            only: None,
+        }
+    }
+}
+
+/// Why one tenant failed.
+#[derive(Debug, Clone)]
+pub struct TenantFailure {
+    /// The file being applied, if the failure was in one.
+    pub file: Option<String>,
+    pub version: Option<i32>,
+    pub sqlstate: String,
+    pub message: String,
+    /// Line in the file, when PostgreSQL reported a position.
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for TenantFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}")?;
+            if let Some(line) = self.line {
+                write!(f, " line {line}")?;
+            }
+            write!(f, ": ")?;
+        }
+        write!(f, "{} (SQLSTATE {})", self.message, self.sqlstate)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum TenantOutcome {
+    /// Nothing was pending (another migrator may have done it meanwhile).
+    UpToDate,
+    /// These versions were applied.
+    Migrated(Vec<i32>),
+    /// Nothing of the failing transaction remains; versions committed before it (in earlier
+    /// no-transaction segments) are listed.
+    Failed(TenantFailure),
+    /// Another migrator holds this tenant's lock.
+    Busy,
+    /// The run stopped before this tenant (failure limit or canary).
+    NotStarted,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantResult {
+    pub slug: String,
+    pub schema: String,
+    pub outcome: TenantOutcome,
+    pub elapsed: Duration,
+}
+
+/// What a fan-out did.
+#[derive(Debug, Default)]
+pub struct FanOutReport {
+    pub tenants: usize,
+    pub up_to_date: usize,
+    pub migrated: usize,
+    pub failed: Vec<(String, TenantFailure)>,
+    pub busy: Vec<String>,
+    pub not_started: usize,
+    pub elapsed: Duration,
+}
+
+impl FanOutReport {
+    pub fn ok(&self) -> bool {
+        self.failed.is_empty() && self.busy.is_empty() && self.not_started == 0
+    }
+}
+
+impl fmt::Display for FanOutReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} tenants: {} migrated, {} already up to date, {} failed, {} busy, {} not started ({:.1}s)",
+            self.tenants,
+            self.migrated,
+            self.up_to_date,
+            self.failed.len(),
+            self.busy.len(),
+            self.not_started,
+            self.elapsed.as_secs_f64()
+        )
+    }
+}
+
+/// One tenant as the migrator sees it.
+#[derive(Debug, Clone)]
+pub struct TenantRow {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub schema: SchemaName,
+    pub role: String,
+    pub ddl_allowed: bool,
+    pub status: String,
+    /// (version, checksum) applied, ascending.
+    pub applied: Vec<(i32, String)>,
+}
+
+/// A tenant's version and what it lacks.
+#[derive(Debug, Clone)]
+pub struct TenantVersion {
+    pub slug: String,
+    pub name: String,
+    pub schema: String,
+    pub status: String,
+    pub version: Option<i32>,
+    pub pending: Vec<i32>,
+}
+
+/// Runs tenant migrations. Cheap to clone.
+#[derive(Clone)]
+pub struct TenantMigrator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    admin: AdminPool,
+    tenant_login: TenantLogin,
+    migrations: Vec<Migration>,
+    lock_timeout_ms: u64,
+}
+
+/// How to log in as a tenant role.
+struct TenantLogin {
+    host: String,
+    port: u16,
+    database: String,
+    connect_timeout: Duration,
+    passwords: RolePasswords,
+}
+
+impl TenantMigrator {
+    /// Loads `tenant-migrations/` and prepares an admin pool big enough for `concurrency` tenants at once.
+    pub fn new(config: &Config, concurrency: usize) -> Result<Self, MigrateError> {
+        let migrations = load_dir(&config.tenancy.tenant_migrations_dir)?;
+        let manager = PostgresConnectionManager::new(config.admin_pg_config(), NoTls);
+        let admin = bb8::Pool::builder()
+            .max_size(concurrency.max(1) as u32 + 2)
+            .connection_timeout(Duration::from_secs(30))
+            .test_on_check_out(false)
+            .build_unchecked(manager);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                admin,
+                tenant_login: TenantLogin {
+                    host: config.upstream.host.clone(),
+                    port: config.upstream.port,
+                    database: config.upstream.database.clone(),
+                    connect_timeout: config.upstream_connect_timeout(),
+                    passwords: RolePasswords::new(config.server_secret()),
+                },
+                migrations,
+                lock_timeout_ms: config.migrations.lock_timeout_ms,
+            }),
+        })
+    }
+
+    pub fn migrations(&self) -> &[Migration] {
+        &self.inner.migrations
+    }
+
+    /// The latest version on disk.
+    pub fn latest(&self) -> Option<i32> {
+        self.inner.migrations.last().map(|m| m.version)
+    }
+
+    async fn admin(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, MigrateError> {
+        self.inner
+            .admin
+            .get()
+            .await
+            .map_err(|e| MigrateError::AdminPool(e.to_string()))
+    }
+
+    /// Every tenant (or the one named by `only`) with its history.
+    pub async fn load_tenants(&self, only: Option<&str>) -> Result<Vec<TenantRow>, MigrateError> {
+        let admin = self.admin().await?;
+        let rows = admin
+            .query(
+                "SELECT o.id, o.slug, o.name, o.schema_name::text, o.role_name::text, o.ddl_allowed, o.status,
+                        coalesce(array_agg(m.version ORDER BY m.version) FILTER (WHERE m.version IS NOT NULL), '{}'),
+                        coalesce(array_agg(m.checksum ORDER BY m.version) FILTER (WHERE m.version IS NOT NULL), '{}')
+                 FROM pgtenant.organizations o
+                 LEFT JOIN pgtenant.tenant_migrations m ON m.organization_id = o.id
+                 WHERE o.status <> 'provisioning'
+                   AND ($1::text IS NULL OR o.slug = $1 OR o.schema_name::text = $1 OR o.id::text = $1 OR o.name = $1)
+                 GROUP BY o.id
+                 ORDER BY o.created_at, o.id",
+                &[&only],
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| {
+                let versions: Vec<i32> = r.get(7);
+                let checksums: Vec<String> = r.get(8);
+                TenantRow {
+                    id: r.get(0),
+                    slug: r.get(1),
+                    name: r.get(2),
+                    schema: SchemaName::new(r.get::<_, String>(3)),
+                    role: r.get(4),
+                    ddl_allowed: r.get(5),
+                    status: r.get(6),
+                    applied: versions.into_iter().zip(checksums).collect(),
+                }
+            })
+            .collect())
+    }
+
+    /// Checks histories against the files; returns, per tenant, the indexes of its pending migrations.
+    pub fn check(&self, tenants: &[TenantRow]) -> Result<Vec<Vec<usize>>, MigrateError> {
+        let files = &self.inner.migrations;
+        let mut changed: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+        let mut missing: BTreeMap<i32, Vec<&str>> = BTreeMap::new();
+        let mut out_of_order: BTreeMap<(i32, i32), Vec<&str>> = BTreeMap::new();
+        let mut pending_all = Vec::with_capacity(tenants.len());
+        for tenant in tenants {
+            let applied: HashSet<i32> = tenant.applied.iter().map(|(v, _)| *v).collect();
+            for (version, checksum) in &tenant.applied {
+                match files.iter().find(|m| m.version == *version) {
+                    Some(m) if m.checksum != *checksum => {
+                        changed.entry(*version).or_default().push(&tenant.slug)
+                    }
+                    Some(_) => {}
+                    None => missing.entry(*version).or_default().push(&tenant.slug),
+                }
+            }
+            let max_applied = tenant.applied.iter().map(|(v, _)| *v).max();
+            let pending: Vec<usize> = files
+                .iter()
+                .enumerate()
+                .filter(|(_, m)| !applied.contains(&m.version))
+                .map(|(i, _)| i)
+                .collect();
+            if let (Some(max), Some(first)) = (max_applied, pending.first()) {
+                if files[*first].version < max {
+                    out_of_order
+                        .entry((files[*first].version, max))
+                        .or_default()
+                        .push(&tenant.slug);
+                }
+            }
+            pending_all.push(pending);
+        }
+        if let Some((version, slugs)) = changed.into_iter().next() {
+            let m = files
+                .iter()
+                .find(|m| m.version == version)
+                .expect("found above");
+            return Err(MigrateError::TenantChecksumMismatch {
+                version,
+                name: m.path.display().to_string(),
+                current: m.checksum.clone(),
+                tenants: list_tenants(&slugs),
+            });
+        }
+        if let Some((version, slugs)) = missing.into_iter().next() {
+            return Err(MigrateError::TenantMissingFile {
+                version,
+                tenants: list_tenants(&slugs),
+            });
+        }
+        if let Some(((pending, applied), slugs)) = out_of_order.into_iter().next() {
+            let m = files
+                .iter()
+                .find(|m| m.version == pending)
+                .expect("found above");
+            return Err(MigrateError::OutOfOrder {
+                pending,
+                name: m.path.display().to_string(),
+                applied,
+                tenants: list_tenants(&slugs),
+            });
+        }
+        Ok(pending_all)
+    }
+
+    /// Each tenant's version and pending files.
+    pub async fn status(&self, only: Option<&str>) -> Result<Vec<TenantVersion>, MigrateError> {
+        let tenants = self.load_tenants(only).await?;
+        let files = &self.inner.migrations;
+        Ok(tenants
+            .into_iter()
+            .map(|t| {
+                let applied: HashSet<i32> = t.applied.iter().map(|(v, _)| *v).collect();
+                TenantVersion {
+                    version: t.applied.iter().map(|(v, _)| *v).max(),
+                    pending: files
+                        .iter()
+                        .filter(|m| !applied.contains(&m.version))
+                        .map(|m| m.version)
+                        .collect(),
+                    slug: t.slug,
+                    name: t.name,
+                    schema: t.schema.as_str().to_string(),
+                    status: t.status,
+                }
+            })
+            .collect())
+    }
+
+    /// What a run would apply, per tenant with pending work (after the same checks as a run).
+    pub async fn dry_run(
+        &self,
+        only: Option<&str>,
+    ) -> Result<Vec<(TenantRow, Vec<&Migration>)>, MigrateError> {
+        let tenants = self.load_tenants(only).await?;
+        let pending = self.check(&tenants)?;
+        Ok(tenants
+            .into_iter()
+            .zip(pending)
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(t, p)| {
+                (
+                    t,
+                    p.into_iter().map(|i| &self.inner.migrations[i]).collect(),
+                )
+            })
+            .collect())
+    }
+
+    /// Accepts the checksums of the files on disk for versions already applied (after an intentional edit).
+    /// Returns the number of history rows changed.
+    pub async fn repair(&self) -> Result<u64, MigrateError> {
+        let admin = self.admin().await?;
+        let mut changed = 0;
+        for m in &self.inner.migrations {
+            changed += admin
+                .execute(
+                    "UPDATE pgtenant.tenant_migrations SET checksum = $2 WHERE version = $1 AND checksum <> $2",
+                    &[&m.version, &m.checksum],
+                )
+                .await?;
+        }
+        Ok(changed)
+    }
+
+    /// Migrates every tenant with pending work.
+    pub async fn run(
+        &self,
+        options: &FanOutOptions,
+        progress: &dyn Progress,
+    ) -> Result<FanOutReport, MigrateError> {
+        let started = Instant::now();
+        let run_lock = self.admin().await?;
+        let locked: bool = run_lock
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&RUN_LOCK])
+            .await?
+            .get(0);
+        if !locked {
+            return Err(MigrateError::RunLocked);
+        }
+        let result = self.run_locked(options, progress, started).await;
+        let _ = run_lock
+            .execute("SELECT pg_advisory_unlock($1)", &[&RUN_LOCK])
+            .await;
+        result
+    }
+
+    async fn run_locked(
+        &self,
+        options: &FanOutOptions,
+        progress: &dyn Progress,
+        started: Instant,
+    ) -> Result<FanOutReport, MigrateError> {
+        // Tickets and unlocks left by a migrator that was killed: their backends are gone.
+        {
+            let admin = self.admin().await?;
+            admin
+                .batch_execute(
+                    "DELETE FROM pgtenant.migration_tickets
+                      WHERE backend_pid NOT IN (SELECT pid FROM pg_stat_activity);
+                     DELETE FROM pgtenant.ddl_unlocks
+                      WHERE backend_pid NOT IN (SELECT pid FROM pg_stat_activity);",
+                )
+                .await?;
+        }
+        let tenants = self.load_tenants(options.only.as_deref()).await?;
+        let pending = self.check(&tenants)?;
+        let mut report = FanOutReport {
+            tenants: tenants.len(),
+            ..FanOutReport::default()
+        };
+        let work: Vec<(TenantRow, Vec<usize>)> = tenants
+            .into_iter()
+            .zip(pending)
+            .filter(|(_, p)| {
+                if p.is_empty() {
+                    report.up_to_date += 1;
+                }
+                !p.is_empty()
+            })
+            .collect();
+        progress.start(work.len());
+
+        let (canary, rest) = match options.canary {
+            Some(n) => {
+                let n = n.min(work.len());
+                let mut work = work;
+                let rest = work.split_off(n);
+                (work, rest)
+            }
+            None => (Vec::new(), work),
+        };
+        let failures = Arc::new(AtomicUsize::new(0));
+        let canary_failed = if canary.is_empty() {
+            false
+        } else {
+            let before = failures.load(Ordering::Relaxed);
+            self.fan_out(canary, options, progress, &failures, &mut report)
+                .await;
+            failures.load(Ordering::Relaxed) > before
+        };
+        if canary_failed {
+            for _ in &rest {
+                report.not_started += 1;
+            }
+        } else {
+            self.fan_out(rest, options, progress, &failures, &mut report)
+                .await;
+        }
+        progress.finish();
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    async fn fan_out(
+        &self,
+        work: Vec<(TenantRow, Vec<usize>)>,
+        options: &FanOutOptions,
+        progress: &dyn Progress,
+        failures: &Arc<AtomicUsize>,
+        report: &mut FanOutReport,
+    ) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut results = Vec::new();
+        for (tenant, pending) in work {
+            let permit = limit.clone().acquire_owned().await.expect("never closed");
+            // Take in finished results while waiting, so progress is shown as it happens.
+            while let Some(done) = tasks.try_join_next() {
+                if let Ok(result) = done {
+                    progress.tenant(&result);
+                    results.push(result);
+                }
+            }
+            if stop.load(Ordering::Relaxed) {
+                results.push(TenantResult {
+                    slug: tenant.slug,
+                    schema: tenant.schema.as_str().to_string(),
+                    outcome: TenantOutcome::NotStarted,
+                    elapsed: Duration::ZERO,
+                });
+                continue;
+            }
+            let migrator = self.clone();
+            let failures = failures.clone();
+            let stop = stop.clone();
+            let stop_after = options.stop_after_failures;
+            tasks.spawn(async move {
+                let started = Instant::now();
+                let outcome = migrator.migrate_one(&tenant, &pending).await;
+                if matches!(outcome, TenantOutcome::Failed(_)) {
+                    let failed = failures.fetch_add(1, Ordering::Relaxed) + 1;
+                    if stop_after.is_some_and(|n| failed >= n) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                drop(permit);
+                TenantResult {
+                    slug: tenant.slug,
+                    schema: tenant.schema.as_str().to_string(),
+                    outcome,
+                    elapsed: started.elapsed(),
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(result) => {
+                    progress.tenant(&result);
+                    results.push(result);
+                }
+                Err(e) => tracing::error!(error = %e, "a tenant migration task failed"),
+            }
+        }
+        for result in results {
+            match result.outcome {
+                TenantOutcome::UpToDate => report.up_to_date += 1,
+                TenantOutcome::Migrated(_) => report.migrated += 1,
+                TenantOutcome::Failed(f) => report.failed.push((result.slug, f)),
+                TenantOutcome::Busy => report.busy.push(result.slug),
+                TenantOutcome::NotStarted => report.not_started += 1,
+            }
+        }
+    }
+
+    /// Migrates one tenant under its lock.
+    async fn migrate_one(&self, tenant: &TenantRow, pending: &[usize]) -> TenantOutcome {
+        let admin = match self.admin().await {
+            Ok(a) => a,
+            Err(e) => return TenantOutcome::Failed(plain_failure("08006", e.to_string())),
+        };
+        let key = tenant_lock_key(&tenant.id);
+        match admin
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await
+        {
+            Ok(row) if row.get::<_, bool>(0) => {}
+            Ok(_) => return TenantOutcome::Busy,
+            Err(e) => return TenantOutcome::Failed(db_failure(&e, None, None)),
+        }
+        let outcome = self.apply(&admin, tenant, pending).await;
+        if let Err(e) = admin
+            .execute("SELECT pg_advisory_unlock($1)", &[&key])
+            .await
+        {
+            tracing::warn!(tenant = %tenant.slug, error = %e, "could not release a tenant migration lock");
+        }
+        outcome
+    }
+
+    async fn apply(
+        &self,
+        admin: &tokio_postgres::Client,
+        tenant: &TenantRow,
+        pending: &[usize],
+    ) -> TenantOutcome {
+        // Under the lock, read the history again: another migrator may have finished this tenant.
+        let applied: HashSet<i32> = match admin
+            .query(
+                "SELECT version FROM pgtenant.tenant_migrations WHERE organization_id = $1",
+                &[&tenant.id],
+            )
+            .await
+        {
+            Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+            Err(e) => return TenantOutcome::Failed(db_failure(&e, None, None)),
+        };
+        let pending: Vec<&Migration> = pending
+            .iter()
+            .map(|i| &self.inner.migrations[*i])
+            .filter(|m| !applied.contains(&m.version))
+            .collect();
+        if pending.is_empty() {
+            return TenantOutcome::UpToDate;
+        }
+        let client = match self.connect_as_tenant(tenant).await {
+            Ok(c) => c,
+            Err(e) => return TenantOutcome::Failed(db_failure(&e, None, None)),
+        };
+        let pid: i32 = match client.query_one("SELECT pg_backend_pid()", &[]).await {
+            Ok(r) => r.get(0),
+            Err(e) => return TenantOutcome::Failed(db_failure(&e, None, None)),
+        };
+        if let Err(e) = self.issue_tickets(admin, tenant, pid, &pending).await {
+            return TenantOutcome::Failed(db_failure(&e, None, None));
+        }
+        let outcome = self.run_files(&client, tenant, &pending).await;
+        if let Err(e) = admin
+            .execute(
+                "WITH t AS (DELETE FROM pgtenant.migration_tickets WHERE role_name = $1 AND backend_pid = $2)
+                 DELETE FROM pgtenant.ddl_unlocks WHERE role_name = $1 AND backend_pid = $2",
+                &[&tenant.role, &pid],
+            )
+            .await
+        {
+            tracing::warn!(tenant = %tenant.slug, error = %e, "could not clean up migration tickets");
+        }
+        outcome
+    }
+
+    async fn connect_as_tenant(
+        &self,
+        tenant: &TenantRow,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let login = &self.inner.tenant_login;
+        let password = login.passwords.password_for(&tenant.role);
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(&login.host)
+            .port(login.port)
+            .dbname(&login.database)
+            .user(&tenant.role)
+            .password(password)
+            .application_name("pgtenant-migrate")
+            .connect_timeout(login.connect_timeout);
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    async fn issue_tickets(
+        &self,
+        admin: &tokio_postgres::Client,
+        tenant: &TenantRow,
+        pid: i32,
+        pending: &[&Migration],
+    ) -> Result<(), tokio_postgres::Error> {
+        let versions: Vec<i32> = pending.iter().map(|m| m.version).collect();
+        let names: Vec<&str> = pending.iter().map(|m| m.name.as_str()).collect();
+        let checksums: Vec<&str> = pending.iter().map(|m| m.checksum.as_str()).collect();
+        admin
+            .execute(
+                "WITH u AS (
+                     INSERT INTO pgtenant.ddl_unlocks (role_name, backend_pid)
+                     SELECT $1, $2 WHERE NOT $6 ON CONFLICT DO NOTHING)
+                 INSERT INTO pgtenant.migration_tickets (role_name, backend_pid, version, name, checksum)
+                 SELECT $1, $2, v, n, c FROM unnest($3::int[], $4::text[], $5::text[]) AS t(v, n, c)",
+                &[&tenant.role, &pid, &versions, &names, &checksums, &tenant.ddl_allowed],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Runs the pending files: consecutive transactional files in one transaction, a no-transaction file on
+    /// its own.
+    async fn run_files(
+        &self,
+        client: &tokio_postgres::Client,
+        tenant: &TenantRow,
+        pending: &[&Migration],
+    ) -> TenantOutcome {
+        let schema = tenant.schema.quoted();
+        let lock_timeout = self.inner.lock_timeout_ms;
+        let mut applied = Vec::new();
+        for segment in segments(pending) {
+            let in_transaction = !segment[0].no_transaction;
+            let setup = if in_transaction {
+                format!("BEGIN; SET LOCAL search_path = {schema}; SET LOCAL lock_timeout = '{lock_timeout}ms'")
+            } else {
+                format!("SET search_path = {schema}; SET lock_timeout = '{lock_timeout}ms'")
+            };
+            if let Err(e) = client.batch_execute(&setup).await {
+                return TenantOutcome::Failed(db_failure(&e, None, None));
+            }
+            for m in segment {
+                let started = Instant::now();
+                if let Err(e) = client.batch_execute(&m.sql).await {
+                    if in_transaction {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                    }
+                    return TenantOutcome::Failed(db_failure(&e, Some(m), Some(&m.sql)));
+                }
+                let ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
+                if let Err(e) = client
+                    .execute(
+                        "SELECT pgtenant_api.record_migration($1, $2)",
+                        &[&m.version, &ms],
+                    )
+                    .await
+                {
+                    if in_transaction {
+                        let _ = client.batch_execute("ROLLBACK").await;
+                    }
+                    return TenantOutcome::Failed(db_failure(&e, Some(m), None));
+                }
+            }
+            if in_transaction {
+                if let Err(e) = client.batch_execute("COMMIT").await {
+                    return TenantOutcome::Failed(db_failure(&e, segment.last().copied(), None));
+                }
+            }
+            applied.extend(segment.iter().map(|m| m.version));
+        }
+        TenantOutcome::Migrated(applied)
+    }
+}
+
+/// Splits pending files into runs that share a transaction; a no-transaction file stands alone.
+fn segments<'a, 'm>(pending: &'a [&'m Migration]) -> Vec<&'a [&'m Migration]> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, m) in pending.iter().enumerate() {
+        if m.no_transaction {
+            if start < i {
+                out.push(&pending[start..i]);
+            }
+            out.push(&pending[i..=i]);
+            start = i + 1;
+        }
+    }
+    if start < pending.len() {
+        out.push(&pending[start..]);
+    }
+    out
+}
+
+fn list_tenants(slugs: &[&str]) -> String {
+    const SHOWN: usize = 10;
+    let mut text = slugs
+        .iter()
+        .take(SHOWN)
+        .copied()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if slugs.len() > SHOWN {
+        text.push_str(&format!(" and {} more", slugs.len() - SHOWN));
+    }
+    text
+}
+
+fn plain_failure(sqlstate: &str, message: String) -> TenantFailure {
+    TenantFailure {
+        file: None,
+        version: None,
+        sqlstate: sqlstate.to_string(),
+        message,
+        line: None,
+    }
+}
+
+/// A failure from a database error; `sql` is the text the error position refers to.
+fn db_failure(
+    err: &tokio_postgres::Error,
+    migration: Option<&Migration>,
+    sql: Option<&str>,
+) -> TenantFailure {
+    let file = migration.map(|m| {
+        m.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| m.path.display().to_string())
+    });
+    let version = migration.map(|m| m.version);
+    match err.as_db_error() {
+        Some(db) => {
+            let line = match (db.position(), sql) {
+                (Some(tokio_postgres::error::ErrorPosition::Original(pos)), Some(sql)) => {
+                    Some(line_of(sql, *pos as usize))
+                }
+                _ => None,
+            };
+            TenantFailure {
+                file,
+                version,
+                sqlstate: db.code().code().to_string(),
+                message: db.message().to_string(),
+                line,
+            }
+        }
+        None => TenantFailure {
+            file,
+            version,
+            sqlstate: "08006".into(),
+            message: err.to_string(),
+            line: None,
+        },
+    }
+}
+
+/// 1-based line of the 1-based character position `pos` in `sql`.
+fn line_of(sql: &str, pos: usize) -> usize {
+    sql.chars()
+        .take(pos.saturating_sub(1))
+        .filter(|c| *c == '\n')
+        .count()
+        + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn m(version: i32, no_transaction: bool) -> Migration {
+        Migration {
+            version,
+            name: format!("m{version}"),
+            path: PathBuf::from(format!("V{version}__m.sql")),
+            sql: String::new(),
+            checksum: String::new(),
+            no_transaction,
+        }
+    }
+
+    #[test]
+    fn no_transaction_files_stand_alone() {
+        let files = [m(1, false), m(2, false), m(3, true), m(4, false)];
+        let refs: Vec<&Migration> = files.iter().collect();
+        let versions: Vec<Vec<i32>> = segments(&refs)
+            .iter()
+            .map(|s| s.iter().map(|m| m.version).collect())
+            .collect();
+        assert_eq!(versions, vec![vec![1, 2], vec![3], vec![4]]);
+    }
+
+    #[test]
+    fn error_positions_become_lines() {
+        let sql = "ALTER TABLE a ADD x int;\nALTER TABLE b\n  ADD y int;";
+        assert_eq!(line_of(sql, 1), 1);
+        assert_eq!(line_of(sql, 26), 2);
+        assert_eq!(line_of(sql, 40), 3);
+    }
+
+    #[test]
+    fn tenant_lists_are_shortened() {
+        let slugs: Vec<String> = (0..12).map(|i| format!("t{i}")).collect();
+        let refs: Vec<&str> = slugs.iter().map(String::as_str).collect();
+        assert_eq!(
+            list_tenants(&refs),
+            "t0, t1, t2, t3, t4, t5, t6, t7, t8, t9 and 2 more"
+        );
+    }
+}
