@@ -249,6 +249,118 @@ impl Config {
         Ok(())
     }
 
+    /// Every setting as (key, value) text, secrets shown only as set or not set.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        let secret =
+            |s: &Option<String>| if s.is_some() { "(set)" } else { "(not set)" }.to_string();
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        let (s, u, p, a, t, m) = (
+            &self.server,
+            &self.upstream,
+            &self.pool,
+            &self.auth,
+            &self.tenancy,
+            &self.migrations,
+        );
+        vec![
+            ("server.listen".into(), s.listen.to_string()),
+            ("server.tls_cert".into(), path(&s.tls_cert)),
+            ("server.tls_key".into(), path(&s.tls_key)),
+            (
+                "server.allow_plaintext_password".into(),
+                s.allow_plaintext_password.to_string(),
+            ),
+            (
+                "server.max_client_connections".into(),
+                s.max_client_connections.to_string(),
+            ),
+            (
+                "server.login_timeout_ms".into(),
+                s.login_timeout_ms.to_string(),
+            ),
+            ("server.admin_database".into(), s.admin_database.clone()),
+            ("upstream.host".into(), u.host.clone()),
+            ("upstream.port".into(), u.port.to_string()),
+            ("upstream.database".into(), u.database.clone()),
+            ("upstream.admin_user".into(), u.admin_user.clone()),
+            ("upstream.admin_password".into(), secret(&u.admin_password)),
+            ("upstream.server_secret".into(), secret(&u.server_secret)),
+            (
+                "upstream.connect_timeout_ms".into(),
+                u.connect_timeout_ms.to_string(),
+            ),
+            ("pool.size_per_tenant".into(), p.size_per_tenant.to_string()),
+            (
+                "pool.max_server_connections".into(),
+                p.max_server_connections.to_string(),
+            ),
+            (
+                "pool.acquire_timeout_ms".into(),
+                p.acquire_timeout_ms.to_string(),
+            ),
+            (
+                "pool.idle_timeout_secs".into(),
+                p.idle_timeout_secs.to_string(),
+            ),
+            (
+                "pool.max_lifetime_secs".into(),
+                p.max_lifetime_secs.to_string(),
+            ),
+            ("auth.algorithms".into(), a.algorithms.join(",")),
+            ("auth.hs_secret".into(), secret(&a.hs_secret)),
+            (
+                "auth.public_key_files".into(),
+                a.public_key_files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "auth.identity_claim".into(),
+                a.identity_claim.claim_name().to_string(),
+            ),
+            (
+                "auth.audience".into(),
+                a.audience.clone().unwrap_or_default(),
+            ),
+            ("auth.issuer".into(), a.issuer.clone().unwrap_or_default()),
+            ("auth.max_token_bytes".into(), a.max_token_bytes.to_string()),
+            ("auth.leeway_secs".into(), a.leeway_secs.to_string()),
+            ("auth.admin_claim".into(), a.admin_claim.clone()),
+            (
+                "tenancy.schema_name_format".into(),
+                format!("{:?}", t.schema_name_format),
+            ),
+            (
+                "tenancy.allow_tenant_ddl".into(),
+                t.allow_tenant_ddl.to_string(),
+            ),
+            (
+                "tenancy.tenant_migrations_dir".into(),
+                t.tenant_migrations_dir.display().to_string(),
+            ),
+            (
+                "tenancy.shared_migrations_dir".into(),
+                t.shared_migrations_dir.display().to_string(),
+            ),
+            (
+                "tenancy.directory_cache_ttl_ms".into(),
+                t.directory_cache_ttl_ms.to_string(),
+            ),
+            ("tenancy.admin_user_sql".into(), t.admin_user_sql.clone()),
+            ("migrations.concurrency".into(), m.concurrency.to_string()),
+            (
+                "migrations.lock_timeout_ms".into(),
+                m.lock_timeout_ms.to_string(),
+            ),
+        ]
+    }
+
     pub fn server_secret(&self) -> &[u8] {
         self.upstream
             .server_secret
@@ -287,7 +399,7 @@ mod tests {
         config.upstream.admin_password = Some("admin-pass-xyz".into());
         config.upstream.server_secret = Some("server-secret-xyz".into());
         config.auth.hs_secret = Some("jwt-secret-xyz".into());
-        let printed = format!("{config:?}");
+        let printed = format!("{config:?} {:?}", config.describe());
         for secret in ["admin-pass-xyz", "server-secret-xyz", "jwt-secret-xyz"] {
             assert!(!printed.contains(secret), "{secret} leaked into {printed}");
         }

@@ -46,6 +46,8 @@ pub enum DevError {
     #[error(transparent)]
     Server(#[from] crate::server::ServerError),
     #[error(transparent)]
+    Proxy(#[from] crate::proxy::ProxyError),
+    #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Token(String),
@@ -219,7 +221,7 @@ async fn run_with_cluster(
 
     let listener = crate::server::bind(&config).await?;
     let shutdown = CancellationToken::new();
-    let proxy = Proxy::from_config(config, shutdown.clone())?;
+    let proxy = Proxy::from_config_file(config, config_path.clone(), shutdown.clone())?;
     let server = tokio::spawn(crate::server::run(listener, proxy));
 
     let user = &args.demo_email;

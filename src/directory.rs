@@ -3,6 +3,7 @@
 //! every query schema-qualified; cached for a short TTL.
 
 use crate::auth::Identity;
+use crate::tenancy::ops::DirectoryEvent;
 use bb8_postgres::PostgresConnectionManager;
 use std::collections::HashMap;
 use std::fmt;
@@ -58,6 +59,7 @@ pub enum TenantStatus {
     Active,
     Suspended,
     Provisioning,
+    Archived,
 }
 
 impl TenantStatus {
@@ -65,6 +67,7 @@ impl TenantStatus {
         match s {
             "active" => Self::Active,
             "provisioning" => Self::Provisioning,
+            "archived" => Self::Archived,
             _ => Self::Suspended,
         }
     }
@@ -190,6 +193,16 @@ impl Directory {
         }))
     }
 
+    /// A connection as the admin role, from the directory's small pool (admin channel commands use it).
+    pub async fn admin(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DirectoryError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| DirectoryError::Unavailable(e.to_string()))
+    }
+
     /// Sets a tenant role's password back to its derived value (given as a SCRAM verifier). A tenant can
     /// change its own role's password (`ALTER ROLE CURRENT_USER PASSWORD …` is allowed to every role), which
     /// would lock pgtenant out of its upstream logins.
@@ -210,6 +223,75 @@ impl Directory {
         ))
         .await?;
         Ok(())
+    }
+
+    /// Listens for directory changes announced by any pgtenant or CLI (see `tenancy::ops`), forgets cached
+    /// lookups on each, and hands each event to `on_event`. Reconnects after a second if the connection
+    /// drops (and then forgets everything, since announcements may have been missed). Runs until `stop`.
+    pub fn spawn_listener(
+        self: &Arc<Self>,
+        admin: tokio_postgres::Config,
+        stop: tokio_util::sync::CancellationToken,
+        on_event: impl Fn(DirectoryEvent) + Send + Sync + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let directory = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    result = directory.listen_once(&admin, &on_event) => {
+                        if let Err(e) = result {
+                            tracing::warn!(error = %e, "directory change listener disconnected; reconnecting");
+                        }
+                    }
+                }
+                directory.invalidate();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        })
+    }
+
+    async fn listen_once(
+        &self,
+        admin: &tokio_postgres::Config,
+        on_event: &(impl Fn(DirectoryEvent) + Send + Sync),
+    ) -> Result<(), tokio_postgres::Error> {
+        let (client, mut connection) = admin.connect(NoTls).await?;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let driver = tokio::spawn(async move {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                        if tx.send(n.payload().to_string()).is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(()),
+                }
+            }
+        });
+        client
+            .batch_execute(&format!(
+                "LISTEN {}",
+                crate::tenancy::ops::DIRECTORY_CHANNEL
+            ))
+            .await?;
+        // Anything that changed before LISTEN took effect.
+        self.invalidate();
+        while let Some(payload) = rx.recv().await {
+            self.invalidate();
+            on_event(DirectoryEvent::parse(&payload));
+        }
+        drop(client);
+        match driver.await {
+            Ok(result) => result,
+            Err(_) => Ok(()),
+        }
     }
 
     /// Forgets cached lookups (after a change to users or organizations).

@@ -15,6 +15,10 @@
 //! - [`pool`]: one pool per tenant of raw upstream protocol connections logged in as the tenant's role, with a
 //!   global cap and eviction of other tenants' idle connections.
 //! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
+//! - [`proxy`]: the state all sessions share (reloadable configuration, verifier, directory, pools).
+//! - [`session`]: one client connection from its first byte to its end: handshake, login, relay, check-in.
+//! - [`sessions`]: the registry of running sessions (admin views, ending a suspended tenant's sessions).
+//! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
 //! - [`relay`]: the byte-level relay of one client session to its upstream connection.
 //! - [`scram`]: SCRAM-SHA-256, client side and stored verifiers.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
@@ -24,6 +28,7 @@
 //! - [`pgcluster`]: finding PostgreSQL's binaries and running a throwaway cluster (for `pgtenant dev` and tests).
 //! - [`dev`]: the `pgtenant dev` command.
 
+pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod config;
@@ -33,10 +38,12 @@ pub mod migrate;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
+pub mod proxy;
 pub mod relay;
 pub mod scram;
 pub mod server;
 pub mod session;
+pub mod sessions;
 pub mod tenancy;
 pub mod tls;
 pub mod upstream;

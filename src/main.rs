@@ -55,7 +55,7 @@ enum Command {
         /// Lifetime, e.g. 30m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
-        /// Mark the token as an administrator's (auth.admin_claim).
+        /// Mark the token as an administrator's (auth.admin_claim): it opens the admin channel.
         #[arg(long)]
         admin: bool,
     },
@@ -64,8 +64,32 @@ enum Command {
         #[command(subcommand)]
         target: MigrateTarget,
     },
+    /// Existing tenants: list, suspend, resume, archive or drop, check.
+    Tenant {
+        #[command(subcommand)]
+        action: TenantAction,
+    },
     /// Start a throwaway local PostgreSQL, migrate it, onboard a demo tenant and run the proxy.
     Dev(pgtenant::dev::DevArgs),
+}
+
+#[derive(Subcommand)]
+enum TenantAction {
+    /// Every tenant with its status, migration version and size.
+    List,
+    /// Refuse new logins and end the tenant's sessions on every pgtenant.
+    Suspend { tenant: String },
+    /// Let a suspended or archived tenant log in again.
+    Resume { tenant: String },
+    /// Archive the tenant (logins refused, data kept), or with --confirm <slug> drop it for good.
+    Drop {
+        tenant: String,
+        /// The tenant's slug, to drop its schema, role, users and history.
+        #[arg(long)]
+        confirm: Option<String>,
+    },
+    /// Log in as every tenant's role and report its health.
+    Check,
 }
 
 #[derive(Subcommand)]
@@ -135,7 +159,7 @@ fn main() -> Result<()> {
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Dev(args) => Ok(pgtenant::dev::run(args).await?),
-        Command::Serve => serve(load(&cli.config)?).await,
+        Command::Serve => serve(load(&cli.config)?, cli.config.clone()).await,
         Command::Onboard {
             name,
             admin_email,
@@ -168,6 +192,10 @@ async fn run(cli: Cli) -> Result<()> {
             let token = pgtenant::dev::mint_token_for(&client, &config, &email, ttl, admin).await?;
             println!("{token}");
             Ok(())
+        }
+        Command::Tenant { action } => {
+            let config = load(&cli.config)?;
+            tenant_action(&config, action).await
         }
         Command::Migrate { target } => {
             let config = load(&cli.config)?;
@@ -266,6 +294,71 @@ async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
     Ok(())
 }
 
+async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
+    use pgtenant::tenancy::ops;
+    let mut admin = connect_admin(config).await?;
+    match action {
+        TenantAction::List => {
+            println!(
+                "{:<30} {:<20} {:<10} {:>7} {:>12}",
+                "slug", "schema", "status", "version", "bytes"
+            );
+            for l in ops::list_tenants(&admin).await? {
+                let version = l
+                    .version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "-".into());
+                println!(
+                    "{:<30} {:<20} {:<10} {:>7} {:>12}",
+                    l.tenant.slug, l.tenant.schema, l.tenant.status, version, l.size_bytes
+                );
+            }
+        }
+        TenantAction::Suspend { tenant } => {
+            let t = ops::suspend(&mut admin, &tenant).await?;
+            println!("suspended {}", t.slug);
+        }
+        TenantAction::Resume { tenant } => {
+            let t = ops::resume(&mut admin, &tenant).await?;
+            println!("resumed {}", t.slug);
+        }
+        TenantAction::Drop { tenant, confirm } => match confirm {
+            None => {
+                let t = ops::archive(&mut admin, &tenant).await?;
+                println!(
+                    "archived {} (data kept; drop for good with --confirm {})",
+                    t.slug, t.slug
+                );
+            }
+            Some(word) => {
+                let t = ops::drop_tenant(&mut admin, &tenant, &word).await?;
+                println!("dropped {} (schema {}, role {})", t.slug, t.schema, t.role);
+            }
+        },
+        TenantAction::Check => {
+            let results = ops::check_tenants(&admin, config, config.migrations.concurrency).await?;
+            let mut unhealthy = 0;
+            for h in &results {
+                match &h.error {
+                    None => println!(
+                        "{:<30} healthy ({} ms)",
+                        h.tenant.slug,
+                        h.elapsed.as_millis()
+                    ),
+                    Some(e) => {
+                        unhealthy += 1;
+                        println!("{:<30} UNHEALTHY: {e}", h.tenant.slug);
+                    }
+                }
+            }
+            if unhealthy > 0 {
+                bail!("{unhealthy} of {} tenants unhealthy", results.len());
+            }
+        }
+    }
+    Ok(())
+}
+
 fn load(path: &std::path::Path) -> Result<Config> {
     Config::load(path).with_context(|| format!("loading {}", path.display()))
 }
@@ -276,16 +369,38 @@ async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client> {
         .context("connecting to the database as the admin role")
 }
 
-async fn serve(config: Config) -> Result<()> {
+async fn serve(config: Config, path: PathBuf) -> Result<()> {
     if config.auth.hs_secret.is_none() && config.auth.public_key_files.is_empty() {
         bail!("no token keys configured: set auth.hs_secret (or PGTENANT_JWT_SECRET) or auth.public_key_files");
     }
     let listener = pgtenant::server::bind(&config).await?;
     let shutdown = CancellationToken::new();
-    let proxy = Proxy::from_config(config, shutdown.clone())?;
+    let proxy = Proxy::from_config_file(config, path, shutdown.clone())?;
     tokio::spawn(stop_on_signal(shutdown));
+    tokio::spawn(reload_on_sighup(proxy.clone()));
     pgtenant::server::run(listener, proxy).await;
     Ok(())
+}
+
+async fn reload_on_sighup(proxy: std::sync::Arc<Proxy>) {
+    let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+    else {
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        match proxy.reload() {
+            Ok(needs_restart) if needs_restart.is_empty() => {
+                tracing::info!("SIGHUP: configuration reloaded")
+            }
+            Ok(needs_restart) => tracing::warn!(
+                ?needs_restart,
+                "SIGHUP: reloaded; some changes need a restart"
+            ),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: reload failed; the running configuration stays")
+            }
+        }
+    }
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {

@@ -297,6 +297,32 @@ impl PoolManager {
             .collect()
     }
 
+    /// Idle server connections: (role, backend pid, seconds idle, seconds since connected).
+    pub fn idle_servers(&self) -> Vec<(RoleName, i32, u64, u64)> {
+        let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
+            Ok(t) => t.values().cloned().collect(),
+            Err(_) => return Vec::new(),
+        };
+        let mut servers = Vec::new();
+        for pool in pools {
+            if let Ok(idle) = pool.idle.lock() {
+                for m in idle.iter() {
+                    servers.push((
+                        pool.role.clone(),
+                        m.conn.process_id,
+                        m.conn.last_used.elapsed().as_secs(),
+                        m.conn.created_at.elapsed().as_secs(),
+                    ));
+                }
+            }
+        }
+        servers
+    }
+
+    pub fn size_per_tenant(&self) -> usize {
+        self.config.size_per_tenant
+    }
+
     /// Live server connections across all tenants.
     pub fn server_connections(&self) -> usize {
         self.config.max_server_connections - self.global.available_permits()

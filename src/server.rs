@@ -1,30 +1,19 @@
 //! The listener: builds the shared [`Proxy`] from the configuration, accepts client connections under the
 //! client cap, runs one task per client, reaps idle server connections, and shuts down cleanly.
 
-use crate::auth::TokenVerifier;
-use crate::cancel::CancelMap;
 use crate::config::Config;
-use crate::directory::Directory;
-use crate::pool::PoolManager;
 use crate::protocol::{self, sqlstate, PgError};
 use crate::session::{self, Proxy};
-use crate::tenancy::credentials::RolePasswords;
-use crate::upstream::UpstreamTarget;
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error(transparent)]
-    Auth(#[from] crate::auth::AuthConfigError),
-    #[error(transparent)]
-    Tls(#[from] crate::tls::TlsConfigError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -34,43 +23,6 @@ pub enum ServerError {
 
 /// How long running sessions get to finish after shutdown was asked for, before they are cut.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-
-impl Proxy {
-    pub fn from_config(
-        config: Config,
-        shutdown: CancellationToken,
-    ) -> Result<Arc<Proxy>, ServerError> {
-        let verifier = TokenVerifier::new(&config.auth)?;
-        let tls = match (&config.server.tls_cert, &config.server.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
-            _ => None,
-        };
-        let directory = Directory::new(
-            config.admin_pg_config(),
-            Duration::from_millis(config.tenancy.directory_cache_ttl_ms),
-        );
-        let target = UpstreamTarget {
-            host: config.upstream.host.clone(),
-            port: config.upstream.port,
-            database: config.upstream.database.clone(),
-            connect_timeout: config.upstream_connect_timeout(),
-        };
-        let pools = PoolManager::new(
-            config.pool.clone(),
-            target,
-            RolePasswords::new(config.server_secret()),
-        );
-        Ok(Arc::new(Proxy {
-            config: Arc::new(config),
-            verifier,
-            directory,
-            pools,
-            cancels: CancelMap::new(),
-            tls,
-            shutdown,
-        }))
-    }
-}
 
 /// Binds the configured address.
 pub async fn bind(config: &Config) -> Result<TcpListener, ServerError> {
@@ -86,8 +38,9 @@ pub async fn bind(config: &Config) -> Result<TcpListener, ServerError> {
 /// (up to a grace period) and returns.
 pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     let tracker = TaskTracker::new();
-    let client_slots = Arc::new(Semaphore::new(proxy.config.server.max_client_connections));
+    let client_slots = Arc::new(Semaphore::new(proxy.config().server.max_client_connections));
     let reaper = tokio::spawn(reap_idle_connections(proxy.clone()));
+    let listener_task = proxy.spawn_directory_listener();
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "pgtenant listening");
     }
@@ -108,7 +61,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
         let Ok(slot) = client_slots.clone().try_acquire_owned() else {
             tracker.spawn(refuse_over_limit(
                 tcp,
-                proxy.config.server.max_client_connections,
+                proxy.config().server.max_client_connections,
             ));
             continue;
         };
@@ -131,6 +84,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
         tracing::warn!("sessions still running after the grace period; closing them");
     }
     reaper.abort();
+    listener_task.abort();
     proxy.pools.close_idle(None);
     // Give the goodbyes a moment to leave.
     tokio::time::sleep(Duration::from_millis(50)).await;

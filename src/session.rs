@@ -2,15 +2,15 @@
 //! directory), the upstream connection (pool, startup parameters), the relay, and giving the upstream back.
 //! Every refusal is an ErrorResponse with a SQLSTATE; no token or password reaches a log or an error.
 
-use crate::auth::TokenVerifier;
-use crate::cancel::{CancelMap, ClientKey, UpstreamKey};
-use crate::config::Config;
-use crate::directory::{quote_literal, Directory, TenantStatus, User};
-use crate::pool::{PoolError, PoolManager};
+use crate::cancel::{ClientKey, UpstreamKey};
+use crate::directory::{quote_literal, TenantStatus, User};
+use crate::pool::PoolError;
 use crate::protocol::{
     self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus,
 };
+pub use crate::proxy::Proxy;
 use crate::relay::{self, RelayEnd};
+use crate::sessions::SessionInfo;
 use crate::tenancy::credentials::RolePasswords;
 use crate::tls::{ClientStream, ALPN_POSTGRESQL};
 use crate::upstream::{UpstreamConn, UpstreamError};
@@ -20,19 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
-
-/// Everything a session needs, shared by all sessions.
-pub struct Proxy {
-    pub config: Arc<Config>,
-    pub verifier: TokenVerifier,
-    pub directory: Arc<Directory>,
-    pub pools: Arc<PoolManager>,
-    pub cancels: Arc<CancelMap>,
-    pub tls: Option<TlsAcceptor>,
-    pub shutdown: CancellationToken,
-}
 
 /// Startup parameters that are not session settings and so are not passed on with `set_config`.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -40,10 +27,14 @@ const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 /// Serves one client connection to its end.
 pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     tcp.set_nodelay(true).ok();
-    let login_timeout = Duration::from_millis(proxy.config.server.login_timeout_ms);
+    let login_timeout = Duration::from_millis(proxy.config().server.login_timeout_ms);
     let login = tokio::time::timeout(login_timeout, handshake_and_login(&proxy, tcp, peer)).await;
     let (mut client, mut ready) = match login {
-        Ok(Ok(Some(ready))) => ready,
+        Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, *ready),
+        Ok(Ok(Some((client, LoggedIn::Admin(admin))))) => {
+            crate::admin::serve(proxy, client, admin, peer).await;
+            return;
+        }
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "connection ended during login");
@@ -74,7 +65,27 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         tls = client.is_tls(),
         "session started"
     );
-    let shutdown = proxy.shutdown.clone();
+    let session = proxy.sessions.register(SessionInfo {
+        id: 0,
+        peer,
+        user_email: ready.user.email.clone(),
+        tenant_id: ready.user.tenant.id,
+        tenant_slug: ready.user.tenant.slug.clone(),
+        role: ready.user.tenant.role.as_str().to_string(),
+        backend_pid: conn.process_id,
+        tls: client.is_tls(),
+        connected_at: std::time::SystemTime::now(),
+    });
+    let shutdown = {
+        let proxy_shutdown = proxy.shutdown.clone();
+        let session_end = session.cancel.clone();
+        async move {
+            tokio::select! {
+                _ = proxy_shutdown.cancelled() => {}
+                _ = session_end.cancelled() => {}
+            }
+        }
+    };
     let (upstream_read, upstream_write) = conn.stream.split();
     let outcome = match &mut client {
         ClientStream::Plain(tcp) => {
@@ -85,7 +96,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
                 upstream_read,
                 upstream_write,
             };
-            relay::relay(sides, TxStatus::Idle, shutdown.cancelled()).await
+            relay::relay(sides, TxStatus::Idle, shutdown).await
         }
         ClientStream::Tls(tls) => {
             let (client_read, client_write) = tokio::io::split(tls.as_mut());
@@ -95,7 +106,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
                 upstream_read,
                 upstream_write,
             };
-            relay::relay(sides, TxStatus::Idle, shutdown.cancelled()).await
+            relay::relay(sides, TxStatus::Idle, shutdown).await
         }
     };
     registration.set_upstream(None);
@@ -130,22 +141,18 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         }
         RelayEnd::Shutdown => {
             conn.broken = true;
-            let _ = send_error(
-                &mut client,
-                &PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down"),
-            )
-            .await;
+            let reason = session.reason().unwrap_or_else(|| {
+                PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
+            });
+            let _ = send_error(&mut client, &reason).await;
         }
-        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {
-            if outcome.requests_in_flight {
-                // Nobody waits for that query any more: stop it rather than let it run to its end.
-                conn.broken = true;
-                if let Err(e) =
-                    UpstreamConn::cancel(conn.addr, conn.process_id, conn.secret_key).await
-                {
-                    tracing::debug!(error = %e, "could not cancel an abandoned query");
-                }
-            }
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {}
+    }
+    if outcome.requests_in_flight && !matches!(outcome.end, RelayEnd::UpstreamGone(_)) {
+        // Nobody waits for that query any more: stop it rather than let it run to its end.
+        conn.broken = true;
+        if let Err(e) = UpstreamConn::cancel(conn.addr, conn.process_id, conn.secret_key).await {
+            tracing::debug!(error = %e, "could not cancel an abandoned query");
         }
     }
     let _ = client.shutdown().await;
@@ -172,6 +179,12 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     proxy.pools.check_in(ready.checkout, reusable);
 }
 
+/// Who logged in.
+enum LoggedIn {
+    Tenant(Box<Ready>),
+    Admin(crate::admin::AdminIdentity),
+}
+
 /// A logged-in client with its upstream connection, ready for the relay.
 struct Ready {
     user: User,
@@ -192,7 +205,7 @@ async fn handshake_and_login(
     proxy: &Proxy,
     tcp: TcpStream,
     peer: SocketAddr,
-) -> Result<Option<(ClientStream, Ready)>, LoginError> {
+) -> Result<Option<(ClientStream, LoggedIn)>, LoginError> {
     let Some((mut client, params)) = handshake(proxy, tcp).await? else {
         return Ok(None);
     };
@@ -215,7 +228,7 @@ async fn handshake(
     // PostgreSQL 17 clients may open TLS directly (sslnegotiation=direct): a TLS ClientHello starts 0x16.
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await.map_err(ProtocolError::Io)? == 1 && first[0] == 0x16 {
-        let Some(acceptor) = &proxy.tls else {
+        let Some(acceptor) = &proxy.tls() else {
             return Err(LoginError::Refused(
                 "direct TLS without TLS configured".into(),
             ));
@@ -233,7 +246,7 @@ async fn handshake(
     }
     loop {
         match protocol::read_startup_packet(&mut tcp).await? {
-            StartupPacket::Ssl => match &proxy.tls {
+            StartupPacket::Ssl => match &proxy.tls() {
                 Some(acceptor) => {
                     tcp.write_all(b"S").await.map_err(ProtocolError::Io)?;
                     // Only bytes read after 'S' reach rustls: nothing was read ahead of the handshake.
@@ -321,7 +334,7 @@ async fn login(
     client: &mut ClientStream,
     params: &StartupParams,
     peer: SocketAddr,
-) -> Result<Ready, PgError> {
+) -> Result<LoggedIn, PgError> {
     if params.minor_version > 0 || !params.unsupported_options.is_empty() {
         let mut out = BytesMut::new();
         protocol::write::negotiate_protocol_version(&mut out, 0, &params.unsupported_options);
@@ -340,16 +353,10 @@ async fn login(
         .get("database")
         .or(params.get("user"))
         .unwrap_or_default();
-    if database == proxy.config.server.admin_database {
-        return Err(PgError::fatal(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "the admin channel is not available in this version of pgtenant",
-        ));
-    }
     if plaintext_password_refused(
         client.is_tls(),
         peer.ip(),
-        proxy.config.server.allow_plaintext_password,
+        proxy.config().server.allow_plaintext_password,
     ) {
         return Err(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
@@ -360,10 +367,26 @@ async fn login(
 
     let token = read_token(proxy, client).await?;
     let claims = proxy
-        .verifier
+        .verifier()
         .verify(&token)
         .map_err(|e| PgError::fatal(e.sqlstate(), format!("token rejected: {e}")))?;
     drop(token);
+
+    if database == proxy.config().server.admin_database {
+        if !claims.is_admin {
+            return Err(PgError::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "this token does not grant access to the pgtenant admin channel",
+            )
+            .with_hint("the admin channel needs a token whose admin claim is true (pgtenant token --admin)"));
+        }
+        return Ok(LoggedIn::Admin(crate::admin::AdminIdentity {
+            name: claims
+                .email
+                .clone()
+                .unwrap_or_else(|| claims.identity.value().to_string()),
+        }));
+    }
 
     let user = proxy
         .directory
@@ -396,6 +419,12 @@ async fn login(
                 format!("organization \"{}\" is suspended", user.tenant.name),
             ))
         }
+        TenantStatus::Archived => {
+            return Err(PgError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("organization \"{}\" was removed", user.tenant.name),
+            ))
+        }
         TenantStatus::Provisioning => {
             return Err(PgError::fatal(
                 sqlstate::CANNOT_CONNECT_NOW,
@@ -406,8 +435,9 @@ async fn login(
             ))
         }
     }
+    let config = proxy.config();
     let accepted = [
-        proxy.config.upstream.database.as_str(),
+        config.upstream.database.as_str(),
         user.tenant.slug.as_str(),
         user.tenant.schema.as_str(),
         params.get("user").unwrap_or_default(),
@@ -420,7 +450,7 @@ async fn login(
         )
         .with_hint(format!(
             "connect to database \"{}\" (or your organization's name)",
-            proxy.config.upstream.database
+            proxy.config().upstream.database
         )));
     }
 
@@ -433,7 +463,7 @@ async fn login(
         proxy.pools.check_in(checkout, reusable);
         return Err(e);
     }
-    Ok(Ready { user, checkout })
+    Ok(LoggedIn::Tenant(Box::new(Ready { user, checkout })))
 }
 
 /// Takes a server connection for the user's tenant. If the tenant role's password no longer works (the
@@ -446,7 +476,7 @@ async fn acquire_upstream(proxy: &Proxy, user: &User) -> Result<crate::pool::Che
         {
             tracing::warn!(tenant = %user.tenant.slug, %role, "tenant role password was changed outside pgtenant; restoring it");
             let verifier =
-                RolePasswords::new(proxy.config.server_secret()).verifier_for(role.as_str());
+                RolePasswords::new(proxy.config().server_secret()).verifier_for(role.as_str());
             if let Err(e) = proxy.directory.restore_role_password(role, &verifier).await {
                 tracing::error!(error = %e, "could not restore the tenant role's password");
                 return Err(PoolError::Upstream(UpstreamError::Refused(fields)));
@@ -475,7 +505,7 @@ async fn read_token(proxy: &Proxy, client: &mut ClientStream) -> Result<String, 
     let mut out = BytesMut::new();
     protocol::write::authentication_cleartext(&mut out);
     write_all(client, &out).await?;
-    let limit = proxy.config.auth.max_token_bytes + 1;
+    let limit = proxy.config().auth.max_token_bytes + 1;
     let (msg_tag, body) = match protocol::read_message(client, limit).await {
         Ok(m) => m,
         Err(ProtocolError::BadFrameLength { .. }) => {

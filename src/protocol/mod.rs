@@ -38,6 +38,9 @@ pub mod tag {
     pub const COMMAND_COMPLETE: u8 = b'C';
 }
 
+/// Type OID of `text`.
+pub const TEXT_OID: i32 = 25;
+
 /// Request codes that take the place of a protocol version in the first packet.
 pub mod request_code {
     pub const SSL: i32 = 80_877_103;
@@ -302,6 +305,42 @@ pub mod write {
         b.put_u8(0);
     }
 
+    /// RowDescription with every column of type text, in text format.
+    pub fn row_description(buf: &mut BytesMut, columns: &[&str]) {
+        frame(buf, b'T', |b| {
+            b.put_i16(columns.len() as i16);
+            for name in columns {
+                put_cstr(b, name);
+                b.put_i32(0); // table oid
+                b.put_i16(0); // column number
+                b.put_i32(TEXT_OID);
+                b.put_i16(-1); // variable length
+                b.put_i32(-1); // no type modifier
+                b.put_i16(0); // text format
+            }
+        });
+    }
+    pub fn data_row(buf: &mut BytesMut, values: &[Option<String>]) {
+        frame(buf, b'D', |b| {
+            b.put_i16(values.len() as i16);
+            for value in values {
+                match value {
+                    Some(v) => {
+                        b.put_i32(v.len() as i32);
+                        b.extend_from_slice(v.as_bytes());
+                    }
+                    None => b.put_i32(-1),
+                }
+            }
+        });
+    }
+    pub fn command_complete(buf: &mut BytesMut, tag_text: &str) {
+        frame(buf, tag::COMMAND_COMPLETE, |b| put_cstr(b, tag_text));
+    }
+    pub fn empty_query_response(buf: &mut BytesMut) {
+        frame(buf, b'I', |_| {});
+    }
+
     // Frontend messages pgtenant sends upstream.
     pub fn startup_message(buf: &mut BytesMut, params: &[(&str, &str)]) {
         let len_pos = buf.len();
@@ -429,6 +468,9 @@ pub mod sqlstate {
     pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const INVALID_PARAMETER_VALUE: &str = "22023";
+    pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const SYNTAX_ERROR: &str = "42601";
 }
 
 /// Fields of an ErrorResponse / NoticeResponse body read from upstream.

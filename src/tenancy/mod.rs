@@ -3,5 +3,6 @@
 
 pub mod credentials;
 mod onboard;
+pub mod ops;
 
 pub use onboard::{find_user_by_email, onboard, OnboardError, OnboardRequest, Onboarded};

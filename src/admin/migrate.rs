@@ -1,0 +1,86 @@
+//! MIGRATE TENANTS / MIGRATE TENANT x [DRY RUN]: the fan-out engine, with progress as NOTICE lines.
+
+use super::{Notices, Reply, Table};
+use crate::migrate::progress::Lines;
+use crate::migrate::tenants::{FanOutOptions, TenantMigrator};
+use crate::migrate::MigrateError;
+use crate::protocol::{sqlstate, PgError};
+use crate::proxy::Proxy;
+use std::time::Duration;
+
+fn migrate_error(e: MigrateError) -> PgError {
+    let code = match &e {
+        MigrateError::RunLocked => "55P03",
+        MigrateError::TenantChecksumMismatch { .. }
+        | MigrateError::OutOfOrder { .. }
+        | MigrateError::TenantMissingFile { .. } => "55000",
+        MigrateError::Db(_) | MigrateError::AdminPool(_) => sqlstate::CONNECTION_FAILURE,
+        _ => "58030",
+    };
+    PgError::error(code, e.to_string())
+}
+
+fn text(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+pub async fn run(
+    proxy: &Proxy,
+    tenant: Option<String>,
+    dry_run: bool,
+    notices: Notices,
+) -> Result<Reply, PgError> {
+    let config = proxy.config();
+    let migrator =
+        TenantMigrator::new(&config, config.migrations.concurrency).map_err(migrate_error)?;
+    if dry_run {
+        let plan = migrator
+            .dry_run(tenant.as_deref())
+            .await
+            .map_err(migrate_error)?;
+        let mut table = Table::new(&["tenant", "schema", "would_apply"]);
+        for (t, files) in &plan {
+            let names: Vec<String> = files
+                .iter()
+                .map(|m| format!("V{}__{}", m.version, m.name))
+                .collect();
+            table.row(vec![text(&t.slug), text(&t.schema), text(names.join(", "))]);
+        }
+        return Ok(Reply::Rows {
+            table,
+            tag: format!("DRY RUN {}", plan.len()),
+        });
+    }
+    let progress = Lines::new(Duration::from_secs(1), move |line| {
+        let _ = notices.send(line);
+    });
+    let options = FanOutOptions {
+        concurrency: config.migrations.concurrency,
+        only: tenant,
+        ..FanOutOptions::default()
+    };
+    let report = migrator
+        .run(&options, &progress)
+        .await
+        .map_err(migrate_error)?;
+    let mut table = Table::new(&["tenant", "result", "detail"]);
+    for (slug, failure) in &report.failed {
+        table.row(vec![text(slug), text("failed"), text(failure)]);
+    }
+    for slug in &report.busy {
+        table.row(vec![
+            text(slug),
+            text("busy"),
+            text("another migrator holds its lock"),
+        ]);
+    }
+    table.row(vec![
+        text("(all)"),
+        text(if report.ok() { "ok" } else { "incomplete" }),
+        text(&report),
+    ]);
+    Ok(Reply::Rows {
+        table,
+        tag: format!("MIGRATE {}", report.migrated),
+    })
+}

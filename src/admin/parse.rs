@@ -1,0 +1,430 @@
+//! The admin channel's command language: keywords (any case), names as bare words or quoted ('…' or "…"),
+//! statements separated by `;`.
+
+/// One admin command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    ShowTenants,
+    ShowPools,
+    ShowClients,
+    ShowServers,
+    ShowMigrations {
+        tenant: Option<String>,
+    },
+    ShowConfig,
+    ShowVersion,
+    CreateTenant {
+        name: String,
+        admin_email: String,
+        ddl: bool,
+    },
+    Migrate {
+        tenant: Option<String>,
+        dry_run: bool,
+    },
+    SuspendTenant {
+        tenant: String,
+    },
+    ResumeTenant {
+        tenant: String,
+    },
+    DropTenant {
+        tenant: String,
+        confirm: Option<String>,
+    },
+    CheckTenants,
+    Reload,
+    Help,
+}
+
+/// What was wrong with a command, with a hint toward the right form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyntaxError {
+    pub message: String,
+    pub hint: String,
+}
+
+/// The forms of every command, for HELP and for hints.
+pub const FORMS: &[(&str, &str)] = &[
+    (
+        "SHOW TENANTS",
+        "every tenant: schema, status, migration version, size, clients, server connections",
+    ),
+    ("SHOW POOLS", "server connection pools per tenant"),
+    ("SHOW CLIENTS", "client sessions of this pgtenant"),
+    ("SHOW SERVERS", "server connections of this pgtenant"),
+    (
+        "SHOW MIGRATIONS [tenant]",
+        "migration version of every tenant, or one tenant's history",
+    ),
+    ("SHOW CONFIG", "the running configuration (secrets hidden)"),
+    ("SHOW VERSION", "pgtenant's version"),
+    (
+        "CREATE TENANT 'name' ADMIN 'email' [NO DDL]",
+        "onboard a tenant: organization, role, schema, migrations, admin user",
+    ),
+    (
+        "MIGRATE TENANTS [DRY RUN]",
+        "apply pending tenant migrations to every tenant",
+    ),
+    (
+        "MIGRATE TENANT x [DRY RUN]",
+        "apply pending tenant migrations to one tenant",
+    ),
+    (
+        "SUSPEND TENANT x",
+        "refuse new logins of a tenant and end its sessions",
+    ),
+    (
+        "RESUME TENANT x",
+        "let a suspended or archived tenant log in again",
+    ),
+    (
+        "DROP TENANT x",
+        "archive a tenant: logins refused, data kept",
+    ),
+    (
+        "DROP TENANT x CONFIRM 'x'",
+        "drop a tenant's schema, role, users and history for good",
+    ),
+    (
+        "CHECK TENANTS",
+        "log in as every tenant's role and report its health",
+    ),
+    ("RELOAD", "re-read the configuration file"),
+    ("HELP", "this list"),
+];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Token {
+    Word(String),
+    Quoted(String),
+    Semicolon,
+}
+
+fn tokenize(text: &str) -> Result<Vec<Token>, SyntaxError> {
+    let mut tokens = Vec::new();
+    let mut chars = text.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c == ';' {
+            chars.next();
+            tokens.push(Token::Semicolon);
+        } else if c == '-' && text_starts_comment(&mut chars.clone()) {
+            // `-- comment` to the end of the line.
+            for c in chars.by_ref() {
+                if c == '\n' {
+                    break;
+                }
+            }
+        } else if c == '\'' || c == '"' {
+            let quote = c;
+            chars.next();
+            let mut value = String::new();
+            loop {
+                match chars.next() {
+                    Some(q) if q == quote => {
+                        if chars.peek() == Some(&quote) {
+                            chars.next();
+                            value.push(quote);
+                        } else {
+                            break;
+                        }
+                    }
+                    Some(other) => value.push(other),
+                    None => {
+                        return Err(SyntaxError {
+                            message: format!("unterminated quoted string starting with {quote}"),
+                            hint: format!("close it with {quote}"),
+                        })
+                    }
+                }
+            }
+            tokens.push(Token::Quoted(value));
+        } else {
+            let mut word = String::new();
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() || c == ';' || c == '\'' || c == '"' {
+                    break;
+                }
+                word.push(c);
+                chars.next();
+            }
+            tokens.push(Token::Word(word));
+        }
+    }
+    Ok(tokens)
+}
+
+fn text_starts_comment(chars: &mut std::iter::Peekable<std::str::Chars<'_>>) -> bool {
+    chars.next() == Some('-') && chars.next() == Some('-')
+}
+
+/// Parses a Query message's text into its statements. An empty text gives no statements.
+pub fn parse(text: &str) -> Result<Vec<Command>, SyntaxError> {
+    let tokens = tokenize(text)?;
+    let mut commands = Vec::new();
+    for statement in tokens.split(|t| *t == Token::Semicolon) {
+        if statement.is_empty() {
+            continue;
+        }
+        commands.push(parse_statement(statement)?);
+    }
+    Ok(commands)
+}
+
+struct Cursor<'a> {
+    tokens: &'a [Token],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn keyword(&mut self, word: &str) -> bool {
+        match self.tokens.get(self.pos) {
+            Some(Token::Word(w)) if w.eq_ignore_ascii_case(word) => {
+                self.pos += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+    fn keywords(&mut self, words: &[&str]) -> bool {
+        let start = self.pos;
+        if words.iter().all(|w| self.keyword(w)) {
+            true
+        } else {
+            self.pos = start;
+            false
+        }
+    }
+    /// A name: a bare word or a quoted string.
+    fn name(&mut self) -> Option<String> {
+        match self.tokens.get(self.pos) {
+            Some(Token::Word(w)) | Some(Token::Quoted(w)) => {
+                self.pos += 1;
+                Some(w.clone())
+            }
+            _ => None,
+        }
+    }
+    fn done(&self) -> bool {
+        self.pos >= self.tokens.len()
+    }
+}
+
+fn syntax(form: &str, got: &[Token]) -> SyntaxError {
+    let text: Vec<String> = got
+        .iter()
+        .map(|t| match t {
+            Token::Word(w) => w.clone(),
+            Token::Quoted(q) => format!("'{q}'"),
+            Token::Semicolon => ";".into(),
+        })
+        .collect();
+    SyntaxError {
+        message: format!("syntax error in admin command \"{}\"", text.join(" ")),
+        hint: format!("expected: {form}; type HELP for every command"),
+    }
+}
+
+fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
+    let mut c = Cursor { tokens, pos: 0 };
+    let command = if c.keyword("SHOW") {
+        let form =
+            "SHOW TENANTS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION";
+        if c.keyword("TENANTS") {
+            Command::ShowTenants
+        } else if c.keyword("POOLS") {
+            Command::ShowPools
+        } else if c.keyword("CLIENTS") {
+            Command::ShowClients
+        } else if c.keyword("SERVERS") {
+            Command::ShowServers
+        } else if c.keyword("MIGRATIONS") {
+            Command::ShowMigrations { tenant: c.name() }
+        } else if c.keyword("CONFIG") {
+            Command::ShowConfig
+        } else if c.keyword("VERSION") {
+            Command::ShowVersion
+        } else {
+            return Err(syntax(form, tokens));
+        }
+    } else if c.keyword("CREATE") {
+        let form = "CREATE TENANT 'name' ADMIN 'email' [NO DDL]";
+        if !c.keyword("TENANT") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(name) = c.name() else {
+            return Err(syntax(form, tokens));
+        };
+        if !c.keyword("ADMIN") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(admin_email) = c.name() else {
+            return Err(syntax(form, tokens));
+        };
+        let ddl = !c.keywords(&["NO", "DDL"]);
+        Command::CreateTenant {
+            name,
+            admin_email,
+            ddl,
+        }
+    } else if c.keyword("MIGRATE") {
+        let form = "MIGRATE TENANTS [DRY RUN] | MIGRATE TENANT x [DRY RUN]";
+        let tenant = if c.keyword("TENANTS") || c.keyword("ALL") {
+            None
+        } else if c.keyword("TENANT") {
+            match c.name() {
+                Some(t) => Some(t),
+                None => return Err(syntax(form, tokens)),
+            }
+        } else {
+            return Err(syntax(form, tokens));
+        };
+        let dry_run = c.keywords(&["DRY", "RUN"]);
+        Command::Migrate { tenant, dry_run }
+    } else if c.keyword("SUSPEND") || c.keyword("RESUME") {
+        let suspend = matches!(&tokens[0], Token::Word(w) if w.eq_ignore_ascii_case("SUSPEND"));
+        let form = if suspend {
+            "SUSPEND TENANT x"
+        } else {
+            "RESUME TENANT x"
+        };
+        if !c.keyword("TENANT") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(tenant) = c.name() else {
+            return Err(syntax(form, tokens));
+        };
+        if suspend {
+            Command::SuspendTenant { tenant }
+        } else {
+            Command::ResumeTenant { tenant }
+        }
+    } else if c.keyword("DROP") {
+        let form = "DROP TENANT x [CONFIRM 'x']";
+        if !c.keyword("TENANT") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(tenant) = c.name() else {
+            return Err(syntax(form, tokens));
+        };
+        let confirm = if c.keyword("CONFIRM") {
+            match c.name() {
+                Some(word) => Some(word),
+                None => return Err(syntax(form, tokens)),
+            }
+        } else {
+            None
+        };
+        Command::DropTenant { tenant, confirm }
+    } else if c.keyword("CHECK") {
+        if !c.keyword("TENANTS") {
+            return Err(syntax("CHECK TENANTS", tokens));
+        }
+        Command::CheckTenants
+    } else if c.keyword("RELOAD") {
+        Command::Reload
+    } else if c.keyword("HELP") {
+        Command::Help
+    } else {
+        return Err(SyntaxError {
+            message: format!("unknown admin command \"{}\"", first_words(tokens)),
+            hint: "type HELP for the list of commands".into(),
+        });
+    };
+    if !c.done() {
+        let form = FORMS
+            .iter()
+            .find(|(f, _)| {
+                first_words(tokens)
+                    .to_uppercase()
+                    .starts_with(f.split(' ').next().unwrap_or(""))
+            })
+            .map(|(f, _)| *f)
+            .unwrap_or("HELP");
+        return Err(syntax(form, tokens));
+    }
+    Ok(command)
+}
+
+fn first_words(tokens: &[Token]) -> String {
+    tokens
+        .iter()
+        .take(3)
+        .map(|t| match t {
+            Token::Word(w) => w.clone(),
+            Token::Quoted(q) => format!("'{q}'"),
+            Token::Semicolon => ";".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_form_parses() {
+        assert_eq!(
+            parse("show tenants;").expect("ok"),
+            vec![Command::ShowTenants]
+        );
+        assert_eq!(
+            parse("SHOW MIGRATIONS acme").expect("ok"),
+            vec![Command::ShowMigrations {
+                tenant: Some("acme".into())
+            }]
+        );
+        assert_eq!(
+            parse("CREATE TENANT 'Acme ''Corp''' ADMIN 'a@b.c' NO DDL").expect("ok"),
+            vec![Command::CreateTenant {
+                name: "Acme 'Corp'".into(),
+                admin_email: "a@b.c".into(),
+                ddl: false
+            }]
+        );
+        assert_eq!(
+            parse("migrate tenants dry run").expect("ok"),
+            vec![Command::Migrate {
+                tenant: None,
+                dry_run: true
+            }]
+        );
+        assert_eq!(
+            parse("MIGRATE TENANT \"acme\"").expect("ok"),
+            vec![Command::Migrate {
+                tenant: Some("acme".into()),
+                dry_run: false
+            }]
+        );
+        assert_eq!(
+            parse("DROP TENANT acme CONFIRM 'acme'; RELOAD; -- done\nHELP").expect("ok"),
+            vec![
+                Command::DropTenant {
+                    tenant: "acme".into(),
+                    confirm: Some("acme".into())
+                },
+                Command::Reload,
+                Command::Help
+            ]
+        );
+        assert_eq!(parse("  ;  ").expect("ok"), vec![]);
+    }
+
+    #[test]
+    fn malformed_commands_get_a_hint() {
+        let err = parse("SHOW TENANT").expect_err("bad");
+        assert!(err.hint.contains("SHOW TENANTS"), "{err:?}");
+        let err = parse("CREATE TENANT 'x'").expect_err("bad");
+        assert!(err.hint.contains("ADMIN"), "{err:?}");
+        let err = parse("SELECT 1").expect_err("bad");
+        assert!(err.message.contains("unknown admin command"));
+        assert!(err.hint.contains("HELP"));
+        let err = parse("SHOW TENANTS extra").expect_err("bad");
+        assert!(err.hint.contains("SHOW"), "{err:?}");
+        assert!(parse("CREATE TENANT 'unterminated").is_err());
+    }
+}

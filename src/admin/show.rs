@@ -1,0 +1,242 @@
+//! SHOW commands and HELP.
+
+use super::{db_error, Reply, Table};
+use crate::admin::parse::FORMS;
+use crate::migrate::tenants::TenantMigrator;
+use crate::protocol::PgError;
+use crate::proxy::Proxy;
+use crate::tenancy::ops;
+use std::collections::HashMap;
+use std::time::SystemTime;
+
+fn text(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+fn rows(table: Table) -> Reply {
+    Reply::Rows {
+        table,
+        tag: "SHOW".into(),
+    }
+}
+
+/// 1536 → "1536 bytes", 10 MB → "10 MB", as pg_size_pretty.
+pub fn pretty_size(bytes: i64) -> String {
+    const UNITS: &[&str] = &["bytes", "kB", "MB", "GB", "TB"];
+    let mut size = bytes as f64;
+    let mut unit = 0;
+    while size.abs() >= 10.0 * 1024.0 && unit + 1 < UNITS.len() {
+        size /= 1024.0;
+        unit += 1;
+    }
+    format!("{:.0} {}", size, UNITS[unit])
+}
+
+/// Server connections (active, idle) per role in this pgtenant.
+fn servers_by_role(proxy: &Proxy) -> HashMap<String, (usize, usize)> {
+    proxy
+        .pools
+        .stats()
+        .into_iter()
+        .map(|s| (s.role.as_str().to_string(), (s.active, s.idle)))
+        .collect()
+}
+
+pub async fn tenants(proxy: &Proxy) -> Result<Reply, PgError> {
+    let admin = proxy.directory.admin().await.map_err(db_error)?;
+    let listing = ops::list_tenants(&admin).await.map_err(db_error)?;
+    let clients = proxy.sessions.count_by_tenant();
+    let servers = servers_by_role(proxy);
+    let mut table = Table::new(&[
+        "name", "slug", "schema", "status", "version", "size", "clients", "servers",
+    ]);
+    for l in listing {
+        let (active, idle) = servers
+            .get(l.tenant.role.as_str())
+            .copied()
+            .unwrap_or((0, 0));
+        table.row(vec![
+            text(&l.tenant.name),
+            text(&l.tenant.slug),
+            text(&l.tenant.schema),
+            text(&l.tenant.status),
+            l.version.map(|v| v.to_string()),
+            text(pretty_size(l.size_bytes)),
+            text(clients.get(&l.tenant.id).copied().unwrap_or(0)),
+            text(active + idle),
+        ]);
+    }
+    Ok(rows(table))
+}
+
+pub async fn pools(proxy: &Proxy) -> Result<Reply, PgError> {
+    let admin = proxy.directory.admin().await.map_err(db_error)?;
+    let slugs: HashMap<String, String> = ops::list_tenants(&admin)
+        .await
+        .map_err(db_error)?
+        .into_iter()
+        .map(|l| (l.tenant.role.as_str().to_string(), l.tenant.slug))
+        .collect();
+    let mut stats = proxy.pools.stats();
+    stats.sort_by(|a, b| a.role.cmp(&b.role));
+    let mut table = Table::new(&["tenant", "role", "active", "idle", "size"]);
+    for s in stats {
+        table.row(vec![
+            slugs.get(s.role.as_str()).cloned(),
+            text(&s.role),
+            text(s.active),
+            text(s.idle),
+            text(proxy.pools.size_per_tenant()),
+        ]);
+    }
+    Ok(rows(table))
+}
+
+fn seconds_since(t: SystemTime) -> u64 {
+    t.elapsed().map(|d| d.as_secs()).unwrap_or(0)
+}
+
+pub fn clients(proxy: &Proxy) -> Reply {
+    let mut table = Table::new(&[
+        "id",
+        "user",
+        "tenant",
+        "address",
+        "tls",
+        "backend_pid",
+        "connected_seconds",
+    ]);
+    for s in proxy.sessions.list() {
+        table.row(vec![
+            text(s.id),
+            text(&s.user_email),
+            text(&s.tenant_slug),
+            text(s.peer),
+            text(s.tls),
+            text(s.backend_pid),
+            text(seconds_since(s.connected_at)),
+        ]);
+    }
+    rows(table)
+}
+
+pub fn servers(proxy: &Proxy) -> Reply {
+    let mut table = Table::new(&[
+        "role",
+        "backend_pid",
+        "state",
+        "client_id",
+        "idle_seconds",
+        "age_seconds",
+    ]);
+    for s in proxy.sessions.list() {
+        table.row(vec![
+            text(&s.role),
+            text(s.backend_pid),
+            text("active"),
+            text(s.id),
+            None,
+            None,
+        ]);
+    }
+    for (role, pid, idle, age) in proxy.pools.idle_servers() {
+        table.row(vec![
+            text(role),
+            text(pid),
+            text("idle"),
+            None,
+            text(idle),
+            text(age),
+        ]);
+    }
+    rows(table)
+}
+
+pub async fn migrations(proxy: &Proxy, tenant: Option<&str>) -> Result<Reply, PgError> {
+    let config = proxy.config();
+    match tenant {
+        None => {
+            let migrator = TenantMigrator::new(&config, 1)
+                .map_err(|e| PgError::error("58030", e.to_string()))?;
+            let status = migrator.status(None).await.map_err(db_error)?;
+            let mut table =
+                Table::new(&["tenant", "schema", "status", "version", "latest", "pending"]);
+            let latest = migrator.latest();
+            for t in status {
+                let pending: Vec<String> = t.pending.iter().map(|v| v.to_string()).collect();
+                table.row(vec![
+                    text(&t.slug),
+                    text(&t.schema),
+                    text(&t.status),
+                    t.version.map(|v| v.to_string()),
+                    latest.map(|v| v.to_string()),
+                    text(pending.join(",")),
+                ]);
+            }
+            Ok(rows(table))
+        }
+        Some(selector) => {
+            let admin = proxy.directory.admin().await.map_err(db_error)?;
+            let tenant = ops::find_tenant(&admin, selector).await.map_err(|e| {
+                PgError::error(crate::protocol::sqlstate::UNDEFINED_OBJECT, e.to_string())
+            })?;
+            let history = admin
+                .query(
+                    "SELECT version, name, checksum, applied_at::text, duration_ms
+                     FROM pgtenant.tenant_migrations WHERE organization_id = $1 ORDER BY version",
+                    &[&tenant.id],
+                )
+                .await
+                .map_err(db_error)?;
+            let mut table =
+                Table::new(&["version", "name", "checksum", "applied_at", "duration_ms"]);
+            for r in history {
+                table.row(vec![
+                    text(r.get::<_, i32>(0)),
+                    text(r.get::<_, String>(1)),
+                    text(r.get::<_, String>(2)),
+                    text(r.get::<_, String>(3)),
+                    text(r.get::<_, i32>(4)),
+                ]);
+            }
+            Ok(rows(table))
+        }
+    }
+}
+
+pub fn config(proxy: &Proxy) -> Reply {
+    let mut table = Table::new(&["key", "value"]);
+    for (key, value) in proxy.config().describe() {
+        table.row(vec![text(key), text(value)]);
+    }
+    rows(table)
+}
+
+pub fn version() -> Reply {
+    let mut table = Table::new(&["version"]);
+    table.row(vec![text(format!(
+        "pgtenant {}",
+        env!("CARGO_PKG_VERSION")
+    ))]);
+    rows(table)
+}
+
+pub fn help() -> Reply {
+    let mut table = Table::new(&["command", "description"]);
+    for (form, description) in FORMS {
+        table.row(vec![text(form), text(description)]);
+    }
+    rows(table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_pretty() {
+        assert_eq!(pretty_size(8192), "8192 bytes");
+        assert_eq!(pretty_size(16 * 1024 * 1024), "16 MB");
+        assert_eq!(pretty_size(40 * 1024), "40 kB");
+    }
+}

@@ -1,0 +1,151 @@
+//! CREATE / SUSPEND / RESUME / DROP TENANT and CHECK TENANTS: the same functions the CLI calls.
+
+use super::{db_error, Notices, Reply, Table};
+use crate::protocol::{sqlstate, PgError};
+use crate::proxy::Proxy;
+use crate::tenancy::ops::{self, DirectoryEvent, TenantOpError};
+use crate::tenancy::{self, OnboardError, OnboardRequest};
+
+fn op_error(e: TenantOpError) -> PgError {
+    match e {
+        TenantOpError::NotFound(_) => PgError::error(sqlstate::UNDEFINED_OBJECT, e.to_string()),
+        TenantOpError::NotConfirmed { .. } => {
+            PgError::error(sqlstate::INSUFFICIENT_PRIVILEGE, e.to_string())
+        }
+        TenantOpError::Db(e) => db_error(e),
+    }
+}
+
+fn text(v: impl ToString) -> Option<String> {
+    Some(v.to_string())
+}
+
+pub async fn create(
+    proxy: &Proxy,
+    name: String,
+    admin_email: String,
+    ddl: bool,
+) -> Result<Reply, PgError> {
+    let config = proxy.config();
+    let mut admin = proxy.directory.admin().await.map_err(db_error)?;
+    let request = OnboardRequest {
+        name,
+        admin_email,
+        slug: None,
+        ddl_allowed: (!ddl).then_some(false),
+    };
+    let done = tenancy::onboard(&mut admin, &config, &request)
+        .await
+        .map_err(|e| match e {
+            OnboardError::EmptyName | OnboardError::BadEmail(_) => {
+                PgError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
+            }
+            OnboardError::SlugTaken(_) | OnboardError::EmailTaken(_) => {
+                PgError::error("42710", e.to_string())
+            }
+            other => db_error(other),
+        })?;
+    let mut table = Table::new(&[
+        "slug",
+        "schema",
+        "role",
+        "organization_id",
+        "admin_user_id",
+        "migrations",
+    ]);
+    table.row(vec![
+        text(&done.slug),
+        text(&done.schema),
+        text(&done.role),
+        text(done.organization_id),
+        text(done.admin_user_id),
+        text(done.migrations_applied),
+    ]);
+    Ok(Reply::Rows {
+        table,
+        tag: "CREATE TENANT".into(),
+    })
+}
+
+pub async fn suspend(proxy: &Proxy, selector: &str) -> Result<Reply, PgError> {
+    let mut admin = proxy.directory.admin().await.map_err(db_error)?;
+    let tenant = ops::suspend(&mut admin, selector).await.map_err(op_error)?;
+    // The announcement reaches every pgtenant, this one too; act at once here all the same.
+    proxy.directory.invalidate();
+    proxy.on_directory_event(DirectoryEvent::Closed {
+        tenant_id: tenant.id,
+        role: tenant.role.as_str().to_string(),
+        why: "suspended".into(),
+    });
+    Ok(Reply::Done {
+        tag: "SUSPEND TENANT".into(),
+    })
+}
+
+pub async fn resume(proxy: &Proxy, selector: &str) -> Result<Reply, PgError> {
+    let mut admin = proxy.directory.admin().await.map_err(db_error)?;
+    ops::resume(&mut admin, selector).await.map_err(op_error)?;
+    proxy.directory.invalidate();
+    Ok(Reply::Done {
+        tag: "RESUME TENANT".into(),
+    })
+}
+
+pub async fn drop(proxy: &Proxy, selector: &str, confirm: Option<&str>) -> Result<Reply, PgError> {
+    let mut admin = proxy.directory.admin().await.map_err(db_error)?;
+    let (tenant, tag) = match confirm {
+        None => (
+            ops::archive(&mut admin, selector).await.map_err(op_error)?,
+            "ARCHIVE TENANT",
+        ),
+        Some(word) => (
+            ops::drop_tenant(&mut admin, selector, word)
+                .await
+                .map_err(op_error)?,
+            "DROP TENANT",
+        ),
+    };
+    proxy.directory.invalidate();
+    proxy.on_directory_event(DirectoryEvent::Closed {
+        tenant_id: tenant.id,
+        role: tenant.role.as_str().to_string(),
+        why: if confirm.is_some() {
+            "dropped"
+        } else {
+            "archived"
+        }
+        .into(),
+    });
+    Ok(Reply::Done { tag: tag.into() })
+}
+
+pub async fn check(proxy: &Proxy, notices: &Notices) -> Result<Reply, PgError> {
+    let config = proxy.config();
+    let admin = proxy.directory.admin().await.map_err(db_error)?;
+    let _ = notices.send("logging in as every tenant's role…".to_string());
+    let results = ops::check_tenants(&admin, &config, config.migrations.concurrency)
+        .await
+        .map_err(op_error)?;
+    let mut table = Table::new(&["tenant", "schema", "status", "health", "ms"]);
+    let mut unhealthy = 0;
+    for h in &results {
+        if h.error.is_some() {
+            unhealthy += 1;
+        }
+        table.row(vec![
+            text(&h.tenant.slug),
+            text(&h.tenant.schema),
+            text(&h.tenant.status),
+            text(h.error.clone().unwrap_or_else(|| "healthy".into())),
+            text(h.elapsed.as_millis()),
+        ]);
+    }
+    let _ = notices.send(format!(
+        "{} tenants checked, {unhealthy} unhealthy",
+        results.len()
+    ));
+    Ok(Reply::Rows {
+        table,
+        tag: "CHECK TENANTS".into(),
+    })
+}

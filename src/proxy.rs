@@ -1,0 +1,210 @@
+//! The state shared by every session of one pgtenant process: configuration (reloadable), token verifier,
+//! directory, pools, cancel keys, running sessions, TLS, shutdown signal.
+
+use crate::auth::TokenVerifier;
+use crate::cancel::CancelMap;
+use crate::config::Config;
+use crate::directory::{Directory, RoleName};
+use crate::pool::PoolManager;
+use crate::protocol::{sqlstate, PgError};
+use crate::sessions::SessionRegistry;
+use crate::tenancy::credentials::RolePasswords;
+use crate::tenancy::ops::DirectoryEvent;
+use crate::upstream::UpstreamTarget;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthConfigError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsConfigError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("pgtenant was started without a config file: nothing to reload")]
+    NoConfigFile,
+}
+
+/// Live parts of the configuration, swapped as a whole by [`Proxy::reload`].
+struct Live {
+    config: Arc<Config>,
+    verifier: TokenVerifier,
+    tls: Option<TlsAcceptor>,
+}
+
+pub struct Proxy {
+    live: RwLock<Live>,
+    /// The file the configuration came from, for RELOAD.
+    pub config_path: Option<PathBuf>,
+    pub directory: Arc<Directory>,
+    pub pools: Arc<PoolManager>,
+    pub cancels: Arc<CancelMap>,
+    pub sessions: Arc<SessionRegistry>,
+    pub shutdown: CancellationToken,
+    pub started_at: std::time::SystemTime,
+}
+
+fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ProxyError> {
+    Ok(match (&config.server.tls_cert, &config.server.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+        _ => None,
+    })
+}
+
+impl Proxy {
+    pub fn from_config(
+        config: Config,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Proxy>, ProxyError> {
+        Self::build(config, None, shutdown)
+    }
+
+    /// As [`Proxy::from_config`], remembering the file for RELOAD.
+    pub fn from_config_file(
+        config: Config,
+        path: PathBuf,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Proxy>, ProxyError> {
+        Self::build(config, Some(path), shutdown)
+    }
+
+    fn build(
+        config: Config,
+        config_path: Option<PathBuf>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Proxy>, ProxyError> {
+        let verifier = TokenVerifier::new(&config.auth)?;
+        let tls = tls_acceptor(&config)?;
+        let directory = Directory::new(
+            config.admin_pg_config(),
+            Duration::from_millis(config.tenancy.directory_cache_ttl_ms),
+        );
+        let target = UpstreamTarget {
+            host: config.upstream.host.clone(),
+            port: config.upstream.port,
+            database: config.upstream.database.clone(),
+            connect_timeout: config.upstream_connect_timeout(),
+        };
+        let pools = PoolManager::new(
+            config.pool.clone(),
+            target,
+            RolePasswords::new(config.server_secret()),
+        );
+        Ok(Arc::new(Proxy {
+            live: RwLock::new(Live {
+                config: Arc::new(config),
+                verifier,
+                tls,
+            }),
+            config_path,
+            directory,
+            pools,
+            cancels: CancelMap::new(),
+            sessions: SessionRegistry::new(),
+            shutdown,
+            started_at: std::time::SystemTime::now(),
+        }))
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .config
+            .clone()
+    }
+
+    pub fn verifier(&self) -> TokenVerifier {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .verifier
+            .clone()
+    }
+
+    pub fn tls(&self) -> Option<TlsAcceptor> {
+        self.live
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .tls
+            .clone()
+    }
+
+    /// Re-reads the config file: token keys and claims rules, TLS certificate, timeouts and limits read per
+    /// session take effect for new sessions; running sessions are untouched. Returns the settings that differ
+    /// but only take effect after a restart (listen address, upstream, pool sizes).
+    pub fn reload(&self) -> Result<Vec<&'static str>, ProxyError> {
+        let path = self.config_path.as_ref().ok_or(ProxyError::NoConfigFile)?;
+        let config = Config::load(path)?;
+        let verifier = TokenVerifier::new(&config.auth)?;
+        let tls = tls_acceptor(&config)?;
+        let mut needs_restart = Vec::new();
+        {
+            let old = self.config();
+            if old.server.listen != config.server.listen {
+                needs_restart.push("server.listen");
+            }
+            if old.upstream.host != config.upstream.host
+                || old.upstream.port != config.upstream.port
+                || old.upstream.database != config.upstream.database
+                || old.upstream.admin_user != config.upstream.admin_user
+            {
+                needs_restart.push("upstream");
+            }
+            if old.pool.size_per_tenant != config.pool.size_per_tenant
+                || old.pool.max_server_connections != config.pool.max_server_connections
+            {
+                needs_restart.push("pool sizes");
+            }
+            if old.server.max_client_connections != config.server.max_client_connections {
+                needs_restart.push("server.max_client_connections");
+            }
+        }
+        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
+        *live = Live {
+            config: Arc::new(config),
+            verifier,
+            tls,
+        };
+        drop(live);
+        self.directory.invalidate();
+        tracing::info!(?needs_restart, "configuration reloaded");
+        Ok(needs_restart)
+    }
+
+    /// Acts on a directory change announced by any pgtenant or CLI.
+    pub fn on_directory_event(&self, event: DirectoryEvent) {
+        if let DirectoryEvent::Closed {
+            tenant_id,
+            role,
+            why,
+        } = event
+        {
+            let reason = PgError::fatal(
+                sqlstate::ADMIN_SHUTDOWN,
+                format!("terminating connection: the organization was {why}"),
+            );
+            let ended = self.sessions.end_tenant_sessions(tenant_id, &reason);
+            self.pools.close_idle(Some(&RoleName::new(role)));
+            tracing::info!(%tenant_id, %why, sessions_ended = ended, "tenant closed");
+        }
+    }
+
+    /// Starts the directory change listener; it stops with `shutdown`.
+    pub fn spawn_directory_listener(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let proxy = Arc::downgrade(self);
+        self.directory.spawn_listener(
+            self.config().admin_pg_config(),
+            self.shutdown.clone(),
+            move |event| {
+                if let Some(proxy) = proxy.upgrade() {
+                    proxy.on_directory_event(event);
+                }
+            },
+        )
+    }
+}

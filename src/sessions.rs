@@ -1,0 +1,130 @@
+//! The client sessions running in this pgtenant process: for `SHOW CLIENTS` / `SHOW SERVERS`, and to end the
+//! sessions of a tenant that was suspended or dropped.
+
+use crate::protocol::PgError;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// What is known of one running session.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub id: u64,
+    pub peer: SocketAddr,
+    pub user_email: String,
+    pub tenant_id: Uuid,
+    pub tenant_slug: String,
+    pub role: String,
+    pub backend_pid: i32,
+    pub tls: bool,
+    pub connected_at: SystemTime,
+}
+
+struct Entry {
+    info: SessionInfo,
+    cancel: CancellationToken,
+    /// Why the session was ended from outside, told to its client.
+    reason: Option<PgError>,
+}
+
+#[derive(Default)]
+pub struct SessionRegistry {
+    next_id: AtomicU64,
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+/// A session's entry, removed when dropped.
+pub struct SessionHandle {
+    registry: Arc<SessionRegistry>,
+    pub id: u64,
+    pub cancel: CancellationToken,
+}
+
+impl SessionRegistry {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Registers a session; `info.id` is assigned here.
+    pub fn register(self: &Arc<Self>, mut info: SessionInfo) -> SessionHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        info.id = id;
+        let cancel = CancellationToken::new();
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.insert(
+                id,
+                Entry {
+                    info,
+                    cancel: cancel.clone(),
+                    reason: None,
+                },
+            );
+        }
+        SessionHandle {
+            registry: self.clone(),
+            id,
+            cancel,
+        }
+    }
+
+    pub fn list(&self) -> Vec<SessionInfo> {
+        let mut list: Vec<SessionInfo> = self
+            .entries
+            .lock()
+            .map(|e| e.values().map(|e| e.info.clone()).collect())
+            .unwrap_or_default();
+        list.sort_by_key(|s| s.id);
+        list
+    }
+
+    /// Number of sessions per tenant id.
+    pub fn count_by_tenant(&self) -> HashMap<Uuid, usize> {
+        let mut counts = HashMap::new();
+        if let Ok(entries) = self.entries.lock() {
+            for e in entries.values() {
+                *counts.entry(e.info.tenant_id).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Ends every session of a tenant; each client is told `reason`. Returns how many were ended.
+    pub fn end_tenant_sessions(&self, tenant_id: Uuid, reason: &PgError) -> usize {
+        let Ok(mut entries) = self.entries.lock() else {
+            return 0;
+        };
+        let mut ended = 0;
+        for entry in entries
+            .values_mut()
+            .filter(|e| e.info.tenant_id == tenant_id)
+        {
+            entry.reason = Some(reason.clone());
+            entry.cancel.cancel();
+            ended += 1;
+        }
+        ended
+    }
+}
+
+impl SessionHandle {
+    /// Why the session was ended from outside, if it was.
+    pub fn reason(&self) -> Option<PgError> {
+        self.registry
+            .entries
+            .lock()
+            .ok()
+            .and_then(|e| e.get(&self.id).and_then(|e| e.reason.clone()))
+    }
+}
+
+impl Drop for SessionHandle {
+    fn drop(&mut self) {
+        if let Ok(mut entries) = self.registry.entries.lock() {
+            entries.remove(&self.id);
+        }
+    }
+}
