@@ -198,7 +198,7 @@ impl TestProxy {
             .port(self.addr.port())
             .user(user)
             .password(token)
-            .dbname(DATABASE)
+            .dbname(&self.config.upstream.database)
             .connect_timeout(Duration::from_secs(10));
         c
     }
@@ -225,9 +225,10 @@ impl TestProxy {
     /// A libpq connection string (for psql, pgbench, psycopg).
     pub fn conninfo(&self, tenant: &TestTenant) -> String {
         format!(
-            "host=127.0.0.1 port={} user={} dbname={DATABASE} password={} sslmode=disable",
+            "host=127.0.0.1 port={} user={} dbname={} password={} sslmode=disable",
             self.addr.port(),
             tenant.email,
+            self.config.upstream.database,
             tenant.token()
         )
     }
