@@ -41,11 +41,16 @@ impl CancelMap {
         Arc::new(Self::default())
     }
 
-    /// Issues a fresh key for a client session.
-    pub fn register(self: &Arc<Self>) -> CancelRegistration {
+    /// Issues a fresh key for a client session: with `process_id` as its process id if given and free (the
+    /// upstream backend's pid in session pooling, so `pg_backend_pid()` matches BackendKeyData as it does
+    /// directly), else a random one. The secret is always pgtenant's own.
+    pub fn register(self: &Arc<Self>, process_id: Option<i32>) -> CancelRegistration {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let mut preferred = process_id.filter(|pid| *pid > 0);
         loop {
-            let process_id = rand::random::<i32>() & 0x7fff_ffff;
+            let process_id = preferred
+                .take()
+                .unwrap_or_else(|| rand::random::<i32>() & 0x7fff_ffff);
             if process_id == 0 || entries.contains_key(&process_id) {
                 continue;
             }
@@ -113,7 +118,13 @@ mod tests {
     #[test]
     fn lookup_needs_the_right_secret_and_ends_with_the_session() {
         let map = CancelMap::new();
-        let reg = map.register();
+        let reg = map.register(Some(77));
+        assert_eq!(reg.key.process_id, 77);
+        assert_ne!(
+            map.register(Some(77)).key.process_id,
+            77,
+            "a taken pid is not reused"
+        );
         let upstream = UpstreamKey {
             addr: "127.0.0.1:5432".parse().expect("addr"),
             process_id: 77,

@@ -19,6 +19,8 @@
 //! - [`session`]: one client connection from its first byte to its end: handshake, login, relay, check-in.
 //! - [`sessions`]: the registry of running sessions (admin views, ending a suspended tenant's sessions).
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
+//! - [`txn`]: transaction pooling: a server connection per transaction, prepared statements that follow the
+//!   client, settings synchronised on each checkout.
 //! - [`relay`]: the byte-level relay of one client session to its upstream connection.
 //! - [`scram`]: SCRAM-SHA-256, client side and stored verifiers.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
@@ -46,4 +48,5 @@ pub mod session;
 pub mod sessions;
 pub mod tenancy;
 pub mod tls;
+pub mod txn;
 pub mod upstream;

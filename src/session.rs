@@ -45,8 +45,8 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let registration = proxy.cancels.register();
     let conn = ready.checkout.conn();
+    let registration = proxy.cancels.register(Some(conn.process_id));
     registration.set_upstream(Some(UpstreamKey {
         addr: conn.addr,
         process_id: conn.process_id,

@@ -124,6 +124,8 @@ pub struct UpstreamConn {
     pub last_used: Instant,
     /// Set when the connection must not be reused.
     pub broken: bool,
+    /// Prepared statements pgtenant created on it (transaction pooling); emptied by a reset.
+    pub prepared: crate::txn::statements::ServerStatements,
 }
 
 impl UpstreamConn {
@@ -152,6 +154,7 @@ impl UpstreamConn {
             created_at: Instant::now(),
             last_used: Instant::now(),
             broken: false,
+            prepared: Default::default(),
         };
         tokio::time::timeout(target.connect_timeout, conn.startup(target, login))
             .await
@@ -167,11 +170,9 @@ impl UpstreamConn {
         let mut out = BytesMut::new();
         protocol::write::startup_message(
             &mut out,
-            &[
-                ("user", login.user),
-                ("database", &target.database),
-                ("application_name", "pgtenant"),
-            ],
+            // No application_name: a client that sets none sees '' as it would directly, and a reset
+            // brings a reused connection back to that.
+            &[("user", login.user), ("database", &target.database)],
         );
         self.send(&out).await?;
         let mut scram: Option<ScramClient> = None;
@@ -324,6 +325,7 @@ impl UpstreamConn {
     /// (prepared statements, portals, LISTEN, advisory locks, temp tables, settings). Marks the connection
     /// broken if that fails.
     pub async fn reset(&mut self, status: TxStatus) -> Result<(), UpstreamError> {
+        self.prepared.clear();
         let queries: &[&str] = if status == TxStatus::Idle {
             &["DISCARD ALL"]
         } else {

@@ -269,9 +269,11 @@ pub mod write {
     pub fn ready_for_query(buf: &mut BytesMut, status: TxStatus) {
         frame(buf, tag::READY_FOR_QUERY, |b| b.put_u8(status.as_byte()));
     }
+    /// NegotiateProtocolVersion: the newest protocol pgtenant speaks (3.`minor`, sent as the full version
+    /// number as PostgreSQL does) and the protocol options it does not know.
     pub fn negotiate_protocol_version(buf: &mut BytesMut, minor: i32, unsupported: &[String]) {
         frame(buf, tag::NEGOTIATE_PROTOCOL_VERSION, |b| {
-            b.put_i32(minor);
+            b.put_i32((3 << 16) | minor);
             b.put_i32(unsupported.len() as i32);
             for option in unsupported {
                 put_cstr(b, option);

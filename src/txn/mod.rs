@@ -1,0 +1,4 @@
+//! Transaction pooling (being built).
+
+pub mod expect;
+pub mod statements;

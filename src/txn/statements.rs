@@ -1,0 +1,247 @@
+//! Named prepared statements in transaction pooling.
+//!
+//! A client's statement names mean nothing on the server connection it happens to get, so pgtenant keeps,
+//! per client, the Parse of every named statement, and gives it a server-side name derived from the query
+//! text and parameter types (`pgt_<hash>`): every client of a tenant that prepares the same query shares it
+//! on a server connection. Each server connection remembers which server-side names it has prepared
+//! (bounded, least recently used evicted); a Bind or Describe of a statement the connection lacks is
+//! preceded by an injected Parse.
+
+use aws_lc_rs::digest;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use std::collections::HashMap;
+
+/// A named statement a client prepared.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    /// Name on server connections.
+    pub server_name: String,
+    /// The Parse message to send to a server connection that lacks it (already using `server_name`).
+    pub parse: Bytes,
+}
+
+/// The statements of one client.
+#[derive(Debug, Default)]
+pub struct ClientStatements {
+    by_name: HashMap<String, Statement>,
+}
+
+impl ClientStatements {
+    pub fn get(&self, name: &str) -> Option<&Statement> {
+        self.by_name.get(name)
+    }
+    pub fn insert(&mut self, name: String, statement: Statement) {
+        self.by_name.insert(name, statement);
+    }
+    pub fn remove(&mut self, name: &str) -> Option<Statement> {
+        self.by_name.remove(name)
+    }
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// The server-side name of a statement: the same for the same query and parameter types.
+pub fn server_name(query: &[u8], param_types: &[u8]) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&(query.len() as u64).to_be_bytes());
+    ctx.update(query);
+    ctx.update(param_types);
+    let d = ctx.finish();
+    format!("pgt_{}", hex::encode(&d.as_ref()[..12]))
+}
+
+/// A decoded Parse message body.
+pub struct Parse<'a> {
+    pub name: &'a [u8],
+    pub query: &'a [u8],
+    /// The parameter-type part (count and OIDs), kept as bytes.
+    pub param_types: &'a [u8],
+}
+
+fn cstr(body: &[u8]) -> Option<(&[u8], &[u8])> {
+    let end = body.iter().position(|b| *b == 0)?;
+    Some((&body[..end], &body[end + 1..]))
+}
+
+pub fn parse_parse(body: &[u8]) -> Option<Parse<'_>> {
+    let (name, rest) = cstr(body)?;
+    let (query, rest) = cstr(rest)?;
+    Some(Parse {
+        name,
+        query,
+        param_types: rest,
+    })
+}
+
+/// A Parse message (whole frame) for `name`.
+pub fn encode_parse(name: &str, query: &[u8], param_types: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(query.len() + param_types.len() + name.len() + 8);
+    out.put_u8(b'P');
+    out.put_i32((4 + name.len() + 1 + query.len() + 1 + param_types.len()) as i32);
+    out.extend_from_slice(name.as_bytes());
+    out.put_u8(0);
+    out.extend_from_slice(query);
+    out.put_u8(0);
+    out.extend_from_slice(param_types);
+    out.freeze()
+}
+
+/// The statement name a Bind body refers to: (portal, statement, rest after the statement name).
+pub fn parse_bind(body: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (portal, rest) = cstr(body)?;
+    let (statement, rest) = cstr(rest)?;
+    Some((portal, statement, rest))
+}
+
+/// A Bind frame with the statement name replaced.
+pub fn encode_bind(portal: &[u8], statement: &str, rest: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(portal.len() + statement.len() + rest.len() + 8);
+    out.put_u8(b'B');
+    out.put_i32((4 + portal.len() + 1 + statement.len() + 1 + rest.len()) as i32);
+    out.extend_from_slice(portal);
+    out.put_u8(0);
+    out.extend_from_slice(statement.as_bytes());
+    out.put_u8(0);
+    out.extend_from_slice(rest);
+    out.freeze()
+}
+
+/// Describe or Close: (kind 'S' or 'P', name).
+pub fn parse_target(body: &[u8]) -> Option<(u8, &[u8])> {
+    let (&kind, rest) = body.split_first()?;
+    let (name, _) = cstr(rest)?;
+    Some((kind, name))
+}
+
+/// A Describe ('D') or Close ('C') frame for a statement or portal.
+pub fn encode_target(tag: u8, kind: u8, name: &str) -> Bytes {
+    let mut out = BytesMut::with_capacity(name.len() + 8);
+    out.put_u8(tag);
+    out.put_i32((4 + 1 + name.len() + 1) as i32);
+    out.put_u8(kind);
+    out.extend_from_slice(name.as_bytes());
+    out.put_u8(0);
+    out.freeze()
+}
+
+/// Server-side statements prepared on one server connection, least recently used first out.
+#[derive(Debug, Default)]
+pub struct ServerStatements {
+    /// name → last use tick
+    names: HashMap<String, u64>,
+    tick: u64,
+    /// Statements the server reported as stale (a table changed under them): to be closed before reuse.
+    stale: Vec<String>,
+}
+
+impl ServerStatements {
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    pub fn touch(&mut self, name: &str) {
+        self.tick += 1;
+        if let Some(t) = self.names.get_mut(name) {
+            *t = self.tick;
+        }
+    }
+
+    pub fn insert(&mut self, name: String) {
+        self.tick += 1;
+        self.names.insert(name, self.tick);
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.names.remove(name);
+    }
+
+    pub fn clear(&mut self) {
+        self.names.clear();
+        self.stale.clear();
+    }
+
+    /// The server said this statement's plan no longer fits: close it on the server before the next use.
+    pub fn mark_stale(&mut self, name: &str) {
+        if self.names.remove(name).is_some() {
+            self.stale.push(name.to_string());
+        }
+    }
+
+    pub fn take_stale(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.stale)
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// The least recently used name, to close when the cache is full.
+    pub fn least_recently_used(&self) -> Option<String> {
+        self.names
+            .iter()
+            .min_by_key(|(_, t)| **t)
+            .map(|(n, _)| n.clone())
+    }
+}
+
+/// Reads the 1-byte tag and the body of a complete frame.
+pub fn split_frame(frame: &[u8]) -> (u8, &[u8]) {
+    let mut header = &frame[..5];
+    let tag = header.get_u8();
+    (tag, &frame[5..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_bind_and_targets_round_trip() {
+        let parse = encode_parse("pgt_x", b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        let (tag, body) = split_frame(&parse);
+        assert_eq!(tag, b'P');
+        let p = parse_parse(body).expect("parse");
+        assert_eq!(p.name, b"pgt_x");
+        assert_eq!(p.query, b"SELECT $1");
+        assert_eq!(p.param_types, &[0, 1, 0, 0, 0, 23]);
+
+        let bind = encode_bind(b"", "pgt_x", &[0, 0, 0, 0, 0, 0]);
+        let (tag, body) = split_frame(&bind);
+        assert_eq!(tag, b'B');
+        let (portal, statement, rest) = parse_bind(body).expect("bind");
+        assert_eq!(
+            (portal, statement, rest),
+            (&b""[..], &b"pgt_x"[..], &[0u8, 0, 0, 0, 0, 0][..])
+        );
+
+        let describe = encode_target(b'D', b'S', "pgt_x");
+        let (_, body) = split_frame(&describe);
+        assert_eq!(parse_target(body), Some((b'S', &b"pgt_x"[..])));
+    }
+
+    #[test]
+    fn server_names_depend_on_query_and_types() {
+        let a = server_name(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
+        assert_eq!(a, server_name(b"SELECT $1", &[0, 1, 0, 0, 0, 23]));
+        assert_ne!(a, server_name(b"SELECT $1", &[0, 1, 0, 0, 0, 25]));
+        assert_ne!(a, server_name(b"SELECT $2", &[0, 1, 0, 0, 0, 23]));
+        assert!(a.len() < 64, "fits NAMEDATALEN");
+    }
+
+    #[test]
+    fn server_cache_evicts_least_recently_used() {
+        let mut cache = ServerStatements::default();
+        cache.insert("a".into());
+        cache.insert("b".into());
+        cache.touch("a");
+        assert_eq!(cache.least_recently_used().as_deref(), Some("b"));
+    }
+}
