@@ -140,9 +140,38 @@ impl std::fmt::Debug for UpstreamConfig {
     }
 }
 
+/// How long a client keeps a server connection.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolMode {
+    /// For its whole session.
+    #[default]
+    Session,
+    /// For one transaction (or lone statement); prepared statements and settings follow the client.
+    Transaction,
+}
+
+impl PoolMode {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "session" => Some(Self::Session),
+            "transaction" => Some(Self::Transaction),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::Transaction => "transaction",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
+    /// Session or transaction pooling, for tenants whose directory row does not say.
+    pub mode: PoolMode,
     /// Server connections per tenant.
     pub size_per_tenant: usize,
     /// Server connections across all tenants; idle connections of other tenants are closed to make room.
@@ -158,6 +187,7 @@ pub struct PoolConfig {
 impl Default for PoolConfig {
     fn default() -> Self {
         Self {
+            mode: PoolMode::Session,
             size_per_tenant: 10,
             max_server_connections: 90,
             acquire_timeout_ms: 5_000,
@@ -293,6 +323,7 @@ impl Config {
                 "upstream.connect_timeout_ms".into(),
                 u.connect_timeout_ms.to_string(),
             ),
+            ("pool.mode".into(), p.mode.as_str().to_string()),
             ("pool.size_per_tenant".into(), p.size_per_tenant.to_string()),
             (
                 "pool.max_server_connections".into(),

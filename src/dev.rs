@@ -31,6 +31,12 @@ pub struct DevArgs {
     /// Its administrator.
     #[arg(long, default_value = "admin@demo.com")]
     pub demo_email: String,
+    /// Pooling mode: session or transaction.
+    #[arg(long, default_value = "session", value_parser = ["session", "transaction"])]
+    pub pool_mode: String,
+    /// Server connections per tenant.
+    #[arg(long, default_value_t = 10)]
+    pub pool_size: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +181,14 @@ async fn run_with_cluster(
 
     let listen = free_listen_port(args.port).await;
     let config_path = dir.join("dev.toml");
-    let config_text = dev_config_text(cluster.port(), listen, secrets, cwd);
+    let config_text = dev_config_text(
+        cluster.port(),
+        listen,
+        secrets,
+        cwd,
+        &args.pool_mode,
+        args.pool_size,
+    );
     write_private(&config_path, &config_text)?;
     let config = Config::load(&config_path)?;
 
@@ -275,17 +288,25 @@ async fn free_listen_port(preferred: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-fn dev_config_text(pg_port: u16, listen: SocketAddr, secrets: &DevSecrets, cwd: &Path) -> String {
+fn dev_config_text(
+    pg_port: u16,
+    listen: SocketAddr,
+    secrets: &DevSecrets,
+    cwd: &Path,
+    pool_mode: &str,
+    pool_size: usize,
+) -> String {
     let toml_str = |s: &str| toml::Value::String(s.to_string()).to_string();
     format!(
         "# Written by `pgtenant dev`; rewritten at each start. Holds development secrets: do not commit.\n\
          [server]\nlisten = {listen}\n\n\
          [upstream]\nhost = \"127.0.0.1\"\nport = {pg_port}\ndatabase = {db}\nadmin_user = \"postgres\"\n\
          admin_password = {admin_password}\nserver_secret = {server_secret}\n\n\
-         [pool]\nsize_per_tenant = 10\nmax_server_connections = 80\n\n\
+         [pool]\nmode = {mode}\nsize_per_tenant = {pool_size}\nmax_server_connections = 80\n\n\
          [auth]\nalgorithms = [\"HS256\"]\nhs_secret = {jwt}\n\n\
          [tenancy]\ntenant_migrations_dir = {tenant_dir}\nshared_migrations_dir = {shared_dir}\n",
         listen = toml_str(&listen.to_string()),
+        mode = toml_str(pool_mode),
         db = toml_str(DEV_DATABASE),
         admin_password = toml_str(&secrets.superuser_password),
         server_secret = toml_str(&secrets.server_secret),

@@ -81,6 +81,8 @@ pub struct Tenant {
     pub schema: SchemaName,
     pub role: RoleName,
     pub status: TenantStatus,
+    /// The tenant's own pooling mode, overriding `pool.mode`.
+    pub pool_mode: Option<crate::config::PoolMode>,
 }
 
 #[derive(Clone, Debug)]
@@ -110,7 +112,7 @@ pub struct Directory {
 
 const USER_COLUMNS: &str =
     "u.id, u.email, u.disabled, u.role, o.id, o.name, o.slug, o.schema_name::text, \
-     o.role_name::text, o.status";
+     o.role_name::text, o.status, o.pool_mode";
 
 impl Directory {
     /// Connects lazily: the first lookup opens the first admin connection.
@@ -189,6 +191,9 @@ impl Directory {
                 schema: SchemaName::new(r.get::<_, String>(7)),
                 role: RoleName::new(r.get::<_, String>(8)),
                 status: TenantStatus::parse(r.get::<_, &str>(9)),
+                pool_mode: r
+                    .get::<_, Option<&str>>(10)
+                    .and_then(crate::config::PoolMode::parse),
             },
         }))
     }

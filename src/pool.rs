@@ -132,25 +132,49 @@ impl PoolManager {
 
     /// Lends a connection of `role`'s pool: an idle one if there is a healthy one, else a new one.
     pub async fn acquire(&self, role: &RoleName) -> Result<Checkout, PoolError> {
+        match self.acquire_inner(role, true).await? {
+            Some(checkout) => Ok(checkout),
+            None => unreachable!("a waiting acquire returns a connection or an error"),
+        }
+    }
+
+    /// A connection only if one can be had without waiting for another client to give one back
+    /// (an idle one, or room to open one). `Ok(None)` otherwise.
+    pub async fn try_acquire(&self, role: &RoleName) -> Result<Option<Checkout>, PoolError> {
+        self.acquire_inner(role, false).await
+    }
+
+    async fn acquire_inner(
+        &self,
+        role: &RoleName,
+        wait: bool,
+    ) -> Result<Option<Checkout>, PoolError> {
         let started = Instant::now();
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout_ms);
         let pool = self.tenant_pool(role);
-        let permit = tokio::time::timeout_at(deadline, pool.checkout.clone().acquire_owned())
-            .await
-            .map_err(|_| PoolError::TenantBusy {
-                size: self.config.size_per_tenant,
-                waited: started.elapsed(),
-            })?
-            .expect("pool semaphores are never closed");
+        let permit = if wait {
+            tokio::time::timeout_at(deadline, pool.checkout.clone().acquire_owned())
+                .await
+                .map_err(|_| PoolError::TenantBusy {
+                    size: self.config.size_per_tenant,
+                    waited: started.elapsed(),
+                })?
+                .expect("pool semaphores are never closed")
+        } else {
+            match pool.checkout.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(_) => return Ok(None),
+            }
+        };
 
         while let Some(mut member) = pool.idle.lock().ok().and_then(|mut idle| idle.pop_back()) {
             if member.conn.check_idle() && !self.expired(&member.conn) {
-                return Ok(Checkout {
+                return Ok(Some(Checkout {
                     member: Some(member),
                     pool,
                     _permit: permit,
-                });
+                }));
             }
             tracing::debug!(role = %role, "dropping a stale idle server connection");
         }
@@ -159,6 +183,7 @@ impl PoolManager {
             match self.global.clone().try_acquire_owned() {
                 Ok(p) => break p,
                 Err(_) if self.evict_least_recently_used() => continue,
+                Err(_) if !wait => return Ok(None),
                 Err(_) => {
                     break tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
                         .await
@@ -181,14 +206,14 @@ impl PoolManager {
         )
         .await?;
         tracing::debug!(role = %role, backend_pid = conn.process_id, "opened server connection");
-        Ok(Checkout {
+        Ok(Some(Checkout {
             member: Some(Member {
                 conn,
                 _global: global,
             }),
             pool,
             _permit: permit,
-        })
+        }))
     }
 
     fn expired(&self, conn: &UpstreamConn) -> bool {

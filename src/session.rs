@@ -3,8 +3,9 @@
 //! Every refusal is an ErrorResponse with a SQLSTATE; no token or password reaches a log or an error.
 
 use crate::cancel::{ClientKey, UpstreamKey};
+use crate::config::PoolMode;
 use crate::directory::{quote_literal, TenantStatus, User};
-use crate::pool::PoolError;
+use crate::pool::{Checkout, PoolError};
 use crate::protocol::{
     self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus,
 };
@@ -29,7 +30,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     tcp.set_nodelay(true).ok();
     let login_timeout = Duration::from_millis(proxy.config().server.login_timeout_ms);
     let login = tokio::time::timeout(login_timeout, handshake_and_login(&proxy, tcp, peer)).await;
-    let (mut client, mut ready) = match login {
+    let (mut client, ready) = match login {
         Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, *ready),
         Ok(Ok(Some((client, LoggedIn::Admin(admin))))) => {
             crate::admin::serve(proxy, client, admin, peer).await;
@@ -45,37 +46,57 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let conn = ready.checkout.conn();
+    let Ready { user, checkout } = ready;
+    let mode = user.tenant.pool_mode.unwrap_or(proxy.config().pool.mode);
+    let ended = match mode {
+        PoolMode::Session => serve_session(&proxy, &mut client, checkout, &user, peer).await,
+        PoolMode::Transaction => {
+            serve_transaction(&proxy, &mut client, checkout, &user, peer).await
+        }
+    };
+    let Some(ended) = ended else {
+        return;
+    };
+    finish(&proxy, client, ended, &user, peer).await;
+}
+
+/// How a session's relay ended, for [`finish`].
+struct Ended {
+    end: RelayEnd,
+    /// The server connection the client held at the end, if any.
+    held: Option<Checkout>,
+    reusable_with_status: Option<TxStatus>,
+    requests_in_flight: bool,
+    /// pgtenant may add a message of its own to the client's stream (it stands between messages).
+    may_add_message: bool,
+    bytes_from_client: u64,
+    bytes_from_upstream: u64,
+    /// Why the session was ended from outside (suspended tenant), if it was.
+    reason: Option<PgError>,
+}
+
+/// Session pooling: the client keeps the server connection it logged in with.
+async fn serve_session(
+    proxy: &Proxy,
+    client: &mut ClientStream,
+    mut checkout: Checkout,
+    user: &User,
+    peer: SocketAddr,
+) -> Option<Ended> {
+    let conn = checkout.conn();
     let registration = proxy.cancels.register(Some(conn.process_id));
     registration.set_upstream(Some(UpstreamKey {
         addr: conn.addr,
         process_id: conn.process_id,
         secret_key: conn.secret_key,
     }));
-    if let Err(e) = send_login_ok(&mut client, conn, registration.key).await {
+    if let Err(e) = send_login_ok(client, conn, registration.key).await {
         tracing::debug!(%peer, error = %e, "client left before login completed");
-        proxy.pools.check_in(ready.checkout, false);
-        return;
+        proxy.pools.check_in(checkout, false);
+        return None;
     }
-    tracing::info!(
-        %peer,
-        user = %ready.user.email,
-        tenant = %ready.user.tenant.slug,
-        backend_pid = conn.process_id,
-        tls = client.is_tls(),
-        "session started"
-    );
-    let session = proxy.sessions.register(SessionInfo {
-        id: 0,
-        peer,
-        user_email: ready.user.email.clone(),
-        tenant_id: ready.user.tenant.id,
-        tenant_slug: ready.user.tenant.slug.clone(),
-        role: ready.user.tenant.role.as_str().to_string(),
-        backend_pid: conn.process_id,
-        tls: client.is_tls(),
-        connected_at: std::time::SystemTime::now(),
-    });
+    let session = register_session(proxy, user, peer, conn.process_id, client.is_tls());
+    tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
     let shutdown = {
         let proxy_shutdown = proxy.shutdown.clone();
         let session_end = session.cancel.clone();
@@ -87,7 +108,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     let (upstream_read, upstream_write) = conn.stream.split();
-    let outcome = match &mut client {
+    let outcome = match client {
         ClientStream::Plain(tcp) => {
             let (client_read, client_write) = tcp.split();
             let sides = relay::Sides {
@@ -110,9 +131,115 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     registration.set_upstream(None);
-    match &outcome.end {
+    let reason = session.reason();
+    let held = Some(checkout);
+    Some(Ended {
+        may_add_message: match outcome.end {
+            RelayEnd::UpstreamGone(_) => {
+                outcome.upstream_at_boundary && !outcome.upstream_ended_with_error
+            }
+            _ => true,
+        },
+        end: outcome.end,
+        held,
+        reusable_with_status: outcome.reusable_with_status,
+        requests_in_flight: outcome.requests_in_flight,
+        bytes_from_client: outcome.bytes_from_client,
+        bytes_from_upstream: outcome.bytes_from_upstream,
+        reason,
+    })
+}
+
+/// Transaction pooling: the login's server connection goes back to the pool; the client gets one per
+/// transaction.
+async fn serve_transaction(
+    proxy: &Proxy,
+    client: &mut ClientStream,
+    mut checkout: Checkout,
+    user: &User,
+    peer: SocketAddr,
+) -> Option<Ended> {
+    let conn = checkout.conn();
+    let registration = proxy.cancels.register(None);
+    if let Err(e) = send_login_ok(client, conn, registration.key).await {
+        tracing::debug!(%peer, error = %e, "client left before login completed");
+        proxy.pools.check_in(checkout, true);
+        return None;
+    }
+    let desired = conn.parameters.clone();
+    proxy.pools.check_in(checkout, true);
+    let session = register_session(proxy, user, peer, 0, client.is_tls());
+    tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, tls = client.is_tls(), mode = "transaction", "session started");
+    let txn = crate::txn::TxnSession {
+        pools: &proxy.pools,
+        role: &user.tenant.role,
+        cancel: &registration,
+        desired,
+    };
+    let outcome = txn
+        .run(
+            client,
+            session.cancel.clone().cancelled_owned(),
+            proxy.shutdown.clone().cancelled_owned(),
+        )
+        .await;
+    registration.set_upstream(None);
+    Some(Ended {
+        may_add_message: outcome.may_add_message,
+        end: outcome.end,
+        held: outcome.held,
+        reusable_with_status: outcome.reusable_with_status,
+        requests_in_flight: outcome.requests_in_flight,
+        bytes_from_client: outcome.bytes_from_client,
+        bytes_from_upstream: outcome.bytes_from_upstream,
+        reason: session.reason(),
+    })
+}
+
+fn register_session(
+    proxy: &Proxy,
+    user: &User,
+    peer: SocketAddr,
+    backend_pid: i32,
+    tls: bool,
+) -> crate::sessions::SessionHandle {
+    proxy.sessions.register(SessionInfo {
+        id: 0,
+        peer,
+        user_email: user.email.clone(),
+        tenant_id: user.tenant.id,
+        tenant_slug: user.tenant.slug.clone(),
+        role: user.tenant.role.as_str().to_string(),
+        backend_pid,
+        tls,
+        connected_at: std::time::SystemTime::now(),
+    })
+}
+
+/// Tells the client why its session ended when pgtenant ended it, stops a query nobody waits for, and
+/// gives the server connection back clean (rolled back, `DISCARD ALL`) or closes it.
+async fn finish(
+    proxy: &Proxy,
+    mut client: ClientStream,
+    ended: Ended,
+    user: &User,
+    peer: SocketAddr,
+) {
+    let Ended {
+        end,
+        held,
+        reusable_with_status,
+        requests_in_flight,
+        may_add_message,
+        bytes_from_client,
+        bytes_from_upstream,
+        reason,
+    } = ended;
+    let mut held = held;
+    let mut broken = false;
+    match &end {
         RelayEnd::UpstreamGone(error) => {
-            conn.broken = true;
+            broken = true;
             let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, "server connection lost")
                 .with_detail(
                     error
@@ -120,12 +247,12 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
                         .map(|e| e.to_string())
                         .unwrap_or_else(|| "the database server closed the connection".into()),
                 );
-            if outcome.upstream_at_boundary && !outcome.upstream_ended_with_error {
+            if may_add_message {
                 let _ = send_error(&mut client, &e).await;
             }
         }
         RelayEnd::Protocol { from_client, error } => {
-            conn.broken = true;
+            broken = true;
             let who = if *from_client { "client" } else { "server" };
             tracing::warn!(%peer, %error, "protocol violation by the {who}");
             if *from_client {
@@ -140,43 +267,53 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             }
         }
         RelayEnd::Shutdown => {
-            conn.broken = true;
-            let reason = session.reason().unwrap_or_else(|| {
+            broken = true;
+            let reason = reason.unwrap_or_else(|| {
                 PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
             });
             let _ = send_error(&mut client, &reason).await;
         }
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {}
     }
-    if outcome.requests_in_flight && !matches!(outcome.end, RelayEnd::UpstreamGone(_)) {
-        // Nobody waits for that query any more: stop it rather than let it run to its end.
-        conn.broken = true;
-        if let Err(e) = UpstreamConn::cancel(conn.addr, conn.process_id, conn.secret_key).await {
-            tracing::debug!(error = %e, "could not cancel an abandoned query");
-        }
-    }
     let _ = client.shutdown().await;
     drop(client);
-    let reusable = match outcome.reusable_with_status {
-        Some(status) if !conn.broken => match conn.reset(status).await {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::warn!(tenant = %ready.user.tenant.slug, error = %e, "server connection reset failed; closing it");
-                false
+    let mut reused = false;
+    if let Some(checkout) = held.as_mut() {
+        let conn = checkout.conn();
+        if broken {
+            conn.broken = true;
+        }
+        if requests_in_flight && !matches!(end, RelayEnd::UpstreamGone(_)) {
+            // Nobody waits for that query any more: stop it rather than let it run to its end.
+            conn.broken = true;
+            if let Err(e) = UpstreamConn::cancel(conn.addr, conn.process_id, conn.secret_key).await
+            {
+                tracing::debug!(error = %e, "could not cancel an abandoned query");
             }
-        },
-        _ => false,
-    };
+        }
+        reused = match reusable_with_status {
+            Some(status) if !conn.broken => match conn.reset(status).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(tenant = %user.tenant.slug, error = %e, "server connection reset failed; closing it");
+                    false
+                }
+            },
+            _ => false,
+        };
+    }
+    if let Some(checkout) = held {
+        proxy.pools.check_in(checkout, reused);
+    }
     tracing::info!(
         %peer,
-        tenant = %ready.user.tenant.slug,
-        end = ?outcome.end,
-        bytes_in = outcome.bytes_from_client,
-        bytes_out = outcome.bytes_from_upstream,
-        server_reused = reusable,
+        tenant = %user.tenant.slug,
+        end = ?end,
+        bytes_in = bytes_from_client,
+        bytes_out = bytes_from_upstream,
+        server_reused = reused,
         "session ended"
     );
-    proxy.pools.check_in(ready.checkout, reusable);
 }
 
 /// Who logged in.
@@ -188,7 +325,7 @@ enum LoggedIn {
 /// A logged-in client with its upstream connection, ready for the relay.
 struct Ready {
     user: User,
-    checkout: crate::pool::Checkout,
+    checkout: Checkout,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,861 @@
-//! Transaction pooling (being built).
+//! Transaction pooling: a client holds a server connection only from the first message of a transaction (or
+//! of a lone statement, or of a pipelined batch) until the server says ReadyForQuery with status idle and no
+//! request is outstanding; then the connection goes back to the tenant's pool.
+//!
+//! What makes that invisible to drivers:
+//! - named prepared statements follow the client ([`statements`]): Parse / Bind / Describe / Close are
+//!   rewritten to server-side names, a connection lacking a statement gets it injected, and the server's
+//!   answers are matched against what the client expects ([`expect`]) to swallow injected ones and add
+//!   pgtenant's own;
+//! - the reported settings (client_encoding, DateStyle, TimeZone, IntervalStyle, standard_conforming_strings,
+//!   application_name) are set on each connection the client gets to the values the client last saw;
+//! - a statement whose plan went stale after DDL ("cached plan must not change result type") is closed on
+//!   that connection, so the next use prepares it afresh.
+//!
+//! The loop is an event loop over two output buffers: it keeps reading both sides while writes are pending
+//! (up to a high-water mark), so a large pipelined batch cannot deadlock client, pgtenant and server.
 
 pub mod expect;
 pub mod statements;
+
+use crate::cancel::{CancelRegistration, UpstreamKey};
+use crate::directory::RoleName;
+use crate::pool::{Checkout, PoolError, PoolManager};
+use crate::protocol::{self, sqlstate, tag, ErrorFields, PgError, ProtocolError, TxStatus};
+use crate::relay::RelayEnd;
+use crate::tls::ClientStream;
+use crate::upstream::UpstreamConn;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use expect::{Disposition, Expect, Expectations};
+use statements::{ClientStatements, Statement};
+use std::future::Future;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Settings that follow a client onto each server connection it gets.
+pub const TRACKED_SETTINGS: &[&str] = &[
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "IntervalStyle",
+    "standard_conforming_strings",
+    "application_name",
+];
+
+/// Stop reading a side while this much is waiting to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+const READ_SIZE: usize = 32 * 1024;
+/// Largest message pgtenant reads whole (Parse, Bind, Describe, Close; server error and status messages).
+const MAX_WHOLE_MESSAGE: usize = 1 << 30;
+/// Prepared statements kept per server connection before the least recently used is closed.
+pub const SERVER_STATEMENT_CACHE: usize = 500;
+
+/// How a transaction-pooled session ended, and the server connection it held then (if any).
+pub struct TxnOutcome {
+    pub end: RelayEnd,
+    /// pgtenant may add a message of its own to the client's stream.
+    pub may_add_message: bool,
+    pub held: Option<Checkout>,
+    /// The held connection stands cleanly between requests, with this status.
+    pub reusable_with_status: Option<TxStatus>,
+    pub requests_in_flight: bool,
+    pub bytes_from_client: u64,
+    pub bytes_from_upstream: u64,
+    pub transactions: u64,
+}
+
+/// One client session in transaction pooling.
+pub struct TxnSession<'a> {
+    pub pools: &'a PoolManager,
+    pub role: &'a RoleName,
+    pub cancel: &'a CancelRegistration,
+    /// The reported settings as the client last saw them.
+    pub desired: Vec<(String, String)>,
+}
+
+struct State {
+    server: Option<Checkout>,
+    statements: ClientStatements,
+    expect: Expectations,
+    /// Query / Sync / FunctionCall forwarded and not yet answered by ReadyForQuery.
+    pending: usize,
+    /// Extended-protocol messages forwarded since the last Sync.
+    unsynced: bool,
+    /// After pgtenant answered an extended message with an error itself: drop messages up to the Sync.
+    skipping_to_sync: bool,
+    status: TxStatus,
+    to_client: BytesMut,
+    to_server: BytesMut,
+    client_in: BytesMut,
+    /// Body bytes of a large client frame still to stream through.
+    client_streaming: usize,
+    server_in: BytesMut,
+    /// Body bytes of a large server frame still to stream through.
+    server_streaming: usize,
+    /// The last server message was an ErrorResponse (a FATAL before it closed, typically).
+    last_server_error: bool,
+    desired: Vec<(String, String)>,
+    bytes_from_client: u64,
+    bytes_from_upstream: u64,
+    transactions: u64,
+}
+
+enum Step {
+    Continue,
+    End(RelayEnd),
+}
+
+/// Reads from `r` if there is one; never completes otherwise. Cancel-safe (a read either happened or not).
+async fn read_opt<R: AsyncRead + Unpin>(
+    r: Option<&mut R>,
+    buf: &mut [u8],
+) -> std::io::Result<usize> {
+    match r {
+        Some(r) => r.read(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes some of `buf` if there is a writer and anything to write; never completes otherwise. Cancel-safe.
+async fn write_opt<W: AsyncWrite + Unpin>(w: Option<&mut W>, buf: &[u8]) -> std::io::Result<usize> {
+    match w {
+        Some(w) if !buf.is_empty() => w.write(buf).await,
+        _ => std::future::pending().await,
+    }
+}
+
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ClientWrote(std::io::Result<usize>),
+    ServerWrote(std::io::Result<usize>),
+    Kicked,
+    Drain,
+}
+
+fn frame_header(buf: &[u8]) -> (u8, i32) {
+    (buf[0], i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
+}
+
+/// Client messages pgtenant must see whole (to rewrite statement names, or to stop at).
+fn client_needs_whole(msg_tag: u8) -> bool {
+    matches!(
+        msg_tag,
+        tag::PARSE
+            | tag::BIND
+            | tag::DESCRIBE
+            | tag::CLOSE
+            | tag::TERMINATE
+            | tag::SYNC
+            | tag::FLUSH
+    )
+}
+
+/// Server messages pgtenant reads whole: small ones it acts on.
+fn server_needs_whole(msg_tag: u8) -> bool {
+    matches!(
+        msg_tag,
+        b'Z' | b'E' | b'S' | b'C' | b'1' | b'2' | b'3' | b'n' | b'I' | b's'
+    )
+}
+
+fn simple_frame(msg_tag: u8) -> Bytes {
+    let mut b = BytesMut::with_capacity(5);
+    b.put_u8(msg_tag);
+    b.put_i32(4);
+    b.freeze()
+}
+
+impl TxnSession<'_> {
+    /// Serves the client until it leaves, a side fails, it is kicked out (`kick`), or pgtenant drains
+    /// (`drain`: the client's running transaction may finish first).
+    pub async fn run(
+        self,
+        client: &mut ClientStream,
+        kick: impl Future<Output = ()>,
+        drain: impl Future<Output = ()>,
+    ) -> TxnOutcome {
+        let mut state = State {
+            server: None,
+            statements: ClientStatements::default(),
+            expect: Expectations::default(),
+            pending: 0,
+            unsynced: false,
+            skipping_to_sync: false,
+            status: TxStatus::Idle,
+            to_client: BytesMut::with_capacity(READ_SIZE),
+            to_server: BytesMut::with_capacity(READ_SIZE),
+            client_in: BytesMut::with_capacity(READ_SIZE),
+            client_streaming: 0,
+            server_in: BytesMut::with_capacity(READ_SIZE),
+            server_streaming: 0,
+            last_server_error: false,
+            desired: self.desired.clone(),
+            bytes_from_client: 0,
+            bytes_from_upstream: 0,
+            transactions: 0,
+        };
+        let end = match client {
+            ClientStream::Plain(tcp) => {
+                let (mut r, mut w) = tcp.split();
+                self.event_loop(&mut state, &mut r, &mut w, kick, drain)
+                    .await
+            }
+            ClientStream::Tls(tls) => {
+                let (mut r, mut w) = tokio::io::split(tls.as_mut());
+                self.event_loop(&mut state, &mut r, &mut w, kick, drain)
+                    .await
+            }
+        };
+        let clean = state.pending == 0
+            && state.expect.is_empty()
+            && !state.unsynced
+            && state.client_streaming == 0
+            && state.server_streaming == 0
+            && state.server_in.is_empty()
+            && state.to_server.is_empty();
+        TxnOutcome {
+            may_add_message: state.server_streaming == 0 && !state.last_server_error,
+            reusable_with_status: (clean && state.server.is_some()).then_some(state.status),
+            requests_in_flight: state.pending > 0,
+            held: state.server.take(),
+            end,
+            bytes_from_client: state.bytes_from_client,
+            bytes_from_upstream: state.bytes_from_upstream,
+            transactions: state.transactions,
+        }
+    }
+
+    async fn event_loop<CR, CW>(
+        &self,
+        state: &mut State,
+        client_read: &mut CR,
+        client_write: &mut CW,
+        kick: impl Future<Output = ()>,
+        drain: impl Future<Output = ()>,
+    ) -> RelayEnd
+    where
+        CR: AsyncRead + Unpin,
+        CW: AsyncWrite + Unpin,
+    {
+        tokio::pin!(kick);
+        tokio::pin!(drain);
+        let mut draining = false;
+        let mut client_buf = vec![0u8; READ_SIZE];
+        let mut server_buf = vec![0u8; READ_SIZE];
+        loop {
+            self.release_if_done(state);
+            if draining && state.server.is_none() {
+                // Between transactions: flush what the client is owed, then end.
+                if !state.to_client.is_empty() {
+                    let _ = client_write.write_all(&state.to_client).await;
+                }
+                return RelayEnd::Shutdown;
+            }
+            let client_readable = state.to_server.len() < HIGH_WATER;
+            let server_readable = state.to_client.len() < HIGH_WATER;
+            let event = {
+                let (server_read, server_write) = match state.server.as_mut() {
+                    Some(checkout) => {
+                        let (r, w) = checkout.conn().stream.split();
+                        (Some(r), Some(w))
+                    }
+                    None => (None, None),
+                };
+                let (mut server_read, mut server_write) = (server_read, server_write);
+                tokio::select! {
+                    r = read_opt(client_readable.then_some(&mut *client_read), &mut client_buf) => Event::ClientRead(r),
+                    r = read_opt(server_read.as_mut().filter(|_| server_readable), &mut server_buf) => Event::ServerRead(r),
+                    r = write_opt(Some(&mut *client_write), &state.to_client) => Event::ClientWrote(r),
+                    r = write_opt(server_write.as_mut(), &state.to_server) => Event::ServerWrote(r),
+                    _ = &mut kick => Event::Kicked,
+                    _ = &mut drain, if !draining => Event::Drain,
+                }
+            };
+            match event {
+                Event::ClientRead(Ok(0)) => return RelayEnd::ClientGone(None),
+                Event::ClientRead(Err(e)) => return RelayEnd::ClientGone(Some(e)),
+                Event::ClientRead(Ok(n)) => {
+                    state.bytes_from_client += n as u64;
+                    state.client_in.extend_from_slice(&client_buf[..n]);
+                    match self.process_client(state).await {
+                        Ok(Step::Continue) => {}
+                        Ok(Step::End(end)) => {
+                            let _ = client_write.write_all(&state.to_client).await;
+                            return end;
+                        }
+                        Err(error) => {
+                            return RelayEnd::Protocol {
+                                from_client: true,
+                                error,
+                            }
+                        }
+                    }
+                }
+                Event::ServerRead(Ok(0)) => {
+                    let _ = client_write.write_all(&state.to_client).await;
+                    return RelayEnd::UpstreamGone(None);
+                }
+                Event::ServerRead(Err(e)) => {
+                    let _ = client_write.write_all(&state.to_client).await;
+                    return RelayEnd::UpstreamGone(Some(e));
+                }
+                Event::ServerRead(Ok(n)) => {
+                    state.bytes_from_upstream += n as u64;
+                    if let Err(error) = self.process_server(state, &server_buf[..n]) {
+                        return RelayEnd::Protocol {
+                            from_client: false,
+                            error,
+                        };
+                    }
+                }
+                Event::ClientWrote(Ok(n)) => state.to_client.advance(n),
+                Event::ClientWrote(Err(e)) => return RelayEnd::ClientGone(Some(e)),
+                Event::ServerWrote(Ok(n)) => state.to_server.advance(n),
+                Event::ServerWrote(Err(e)) => return RelayEnd::UpstreamGone(Some(e)),
+                Event::Kicked => return RelayEnd::Shutdown,
+                Event::Drain => draining = true,
+            }
+        }
+    }
+
+    /// Gives the server connection back once the client stands between transactions.
+    fn release_if_done(&self, state: &mut State) {
+        let done = state.server.is_some()
+            && state.pending == 0
+            && state.expect.is_empty()
+            && !state.unsynced
+            && !state.skipping_to_sync
+            && state.status == TxStatus::Idle
+            && state.client_streaming == 0
+            && state.server_streaming == 0
+            && state.server_in.is_empty()
+            && state.to_server.is_empty();
+        if done {
+            if let Some(checkout) = state.server.take() {
+                self.cancel.set_upstream(None);
+                self.pools.check_in(checkout, true);
+            }
+        }
+    }
+
+    /// Takes a server connection for the client if it has none, with the client's settings applied.
+    async fn ensure_server(&self, state: &mut State) -> Result<(), PgError> {
+        if state.server.is_some() {
+            return Ok(());
+        }
+        let checkout = self.pools.acquire(self.role).await.map_err(pool_error)?;
+        self.attach(state, checkout).await
+    }
+
+    /// As [`Self::ensure_server`], but only if a connection is free right now. Returns whether the client
+    /// has one.
+    async fn try_ensure_server(&self, state: &mut State) -> Result<bool, PgError> {
+        if state.server.is_some() {
+            return Ok(true);
+        }
+        match self
+            .pools
+            .try_acquire(self.role)
+            .await
+            .map_err(pool_error)?
+        {
+            Some(checkout) => self.attach(state, checkout).await.map(|_| true),
+            None => Ok(false),
+        }
+    }
+
+    async fn attach(&self, state: &mut State, mut checkout: Checkout) -> Result<(), PgError> {
+        let conn = checkout.conn();
+        if let Err(e) = sync_settings(conn, &state.desired).await {
+            self.pools.check_in(checkout, false);
+            return Err(e);
+        }
+        self.cancel.set_upstream(Some(UpstreamKey {
+            addr: conn.addr,
+            process_id: conn.process_id,
+            secret_key: conn.secret_key,
+        }));
+        state.status = TxStatus::Idle;
+        state.transactions += 1;
+        state.server = Some(checkout);
+        Ok(())
+    }
+
+    /// Handles every complete client message buffered (streaming large ones through).
+    async fn process_client(&self, state: &mut State) -> Result<Step, ProtocolError> {
+        loop {
+            if state.client_streaming > 0 {
+                let n = state.client_streaming.min(state.client_in.len());
+                if n == 0 {
+                    return Ok(Step::Continue);
+                }
+                let chunk = state.client_in.split_to(n);
+                if !state.skipping_to_sync {
+                    state.to_server.extend_from_slice(&chunk);
+                }
+                state.client_streaming -= n;
+                continue;
+            }
+            if state.client_in.len() < 5 {
+                return Ok(Step::Continue);
+            }
+            let (msg_tag, len) = frame_header(&state.client_in);
+            if len < 4 || len as usize > MAX_WHOLE_MESSAGE {
+                return Err(ProtocolError::BadFrameLength {
+                    tag: msg_tag as char,
+                    len: len.max(0) as usize,
+                });
+            }
+            let total = 1 + len as usize;
+            let whole = state.client_in.len() >= total;
+            if !whole && (client_needs_whole(msg_tag) || state.client_in.len() < 5) {
+                return Ok(Step::Continue);
+            }
+            if whole {
+                let frame = state.client_in.split_to(total).freeze();
+                if let Step::End(end) = self.client_message(state, msg_tag, frame).await {
+                    return Ok(Step::End(end));
+                }
+            } else {
+                // A large Query, CopyData or FunctionCall: account for it, then stream its bytes.
+                let available = state.client_in.len();
+                let head = state.client_in.split_to(available).freeze();
+                if let Step::End(end) = self.client_message(state, msg_tag, head).await {
+                    return Ok(Step::End(end));
+                }
+                state.client_streaming = total - available;
+            }
+            self.emit_synthetic(state);
+        }
+    }
+
+    /// One client message (or the head of a large one).
+    async fn client_message(&self, state: &mut State, msg_tag: u8, frame: Bytes) -> Step {
+        if msg_tag == tag::TERMINATE {
+            return Step::End(RelayEnd::ClientTerminated);
+        }
+        if state.skipping_to_sync {
+            if msg_tag == tag::SYNC {
+                state.skipping_to_sync = false;
+                if state.server.is_none() {
+                    protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
+                } else {
+                    state.pending += 1;
+                    state.expect.push(Expect::Sync);
+                    state.to_server.extend_from_slice(&frame);
+                }
+            }
+            return Step::Continue;
+        }
+        let body = &frame[5.min(frame.len())..];
+        // Answered without a server: closing a named statement, and a Sync or Flush with nothing pending.
+        if state.server.is_none() {
+            match msg_tag {
+                tag::CLOSE => {
+                    if let Some((b'S', name)) = statements::parse_target(body) {
+                        if !name.is_empty() {
+                            state.statements.remove(&String::from_utf8_lossy(name));
+                            state.to_client.extend_from_slice(&simple_frame(b'3'));
+                            return Step::Continue;
+                        }
+                    }
+                }
+                tag::PARSE => {
+                    // A named Parse between transactions (a driver preparing, e.g. libpq's PQprepare, which
+                    // blocks its caller) must not wait for a connection another of that caller's clients
+                    // holds: if none is free now, the statement is kept and prepared on the server at its
+                    // first Bind or Describe, and the client gets ParseComplete at once.
+                    if let Some(p) = statements::parse_parse(body).filter(|p| !p.name.is_empty()) {
+                        match self.try_ensure_server(state).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                let server_name = statements::server_name(p.query, p.param_types);
+                                let statement = Statement {
+                                    parse: statements::encode_parse(
+                                        &server_name,
+                                        p.query,
+                                        p.param_types,
+                                    ),
+                                    server_name,
+                                };
+                                state.statements.insert(
+                                    String::from_utf8_lossy(p.name).into_owned(),
+                                    statement,
+                                );
+                                state.to_client.extend_from_slice(&simple_frame(b'1'));
+                                return Step::Continue;
+                            }
+                            Err(error) => {
+                                protocol::write::error_response(&mut state.to_client, &error);
+                                state.skipping_to_sync = true;
+                                return Step::Continue;
+                            }
+                        }
+                    }
+                }
+                tag::SYNC if state.expect.is_empty() && state.pending == 0 => {
+                    protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
+                    return Step::Continue;
+                }
+                tag::FLUSH => return Step::Continue,
+                _ => {}
+            }
+        }
+        if let Err(error) = self.ensure_server(state).await {
+            protocol::write::error_response(&mut state.to_client, &error);
+            match msg_tag {
+                tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => {
+                    protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle)
+                }
+                _ => state.skipping_to_sync = true,
+            }
+            return Step::Continue;
+        }
+        let Some(checkout) = state.server.as_mut() else {
+            return Step::Continue;
+        };
+        let conn = checkout.conn();
+        match msg_tag {
+            tag::QUERY | tag::FUNCTION_CALL => {
+                state.pending += 1;
+                state.expect.push(if msg_tag == tag::QUERY {
+                    Expect::Query
+                } else {
+                    Expect::FunctionCall
+                });
+                state.to_server.extend_from_slice(&frame);
+            }
+            tag::SYNC => {
+                state.pending += 1;
+                state.unsynced = false;
+                state.expect.push(Expect::Sync);
+                state.to_server.extend_from_slice(&frame);
+            }
+            tag::PARSE => {
+                close_stale(conn, &mut state.to_server, &mut state.expect);
+                state.unsynced = true;
+                match statements::parse_parse(body) {
+                    Some(p) if !p.name.is_empty() => {
+                        let server_name = statements::server_name(p.query, p.param_types);
+                        let statement = Statement {
+                            parse: statements::encode_parse(&server_name, p.query, p.param_types),
+                            server_name: server_name.clone(),
+                        };
+                        let client_name = String::from_utf8_lossy(p.name).into_owned();
+                        if conn.prepared.contains(&server_name) {
+                            conn.prepared.touch(&server_name);
+                            state.expect.push(Expect::Synthetic(simple_frame(b'1')));
+                        } else {
+                            make_room(conn, &mut state.to_server, &mut state.expect);
+                            state.to_server.extend_from_slice(&statement.parse);
+                            conn.prepared.insert(server_name.clone());
+                            state.expect.push(Expect::Parse {
+                                server_name: Some(server_name),
+                                swallow: false,
+                            });
+                        }
+                        state.statements.insert(client_name, statement);
+                    }
+                    _ => {
+                        state.to_server.extend_from_slice(&frame);
+                        state.expect.push(Expect::Parse {
+                            server_name: None,
+                            swallow: false,
+                        });
+                    }
+                }
+            }
+            tag::BIND => {
+                close_stale(conn, &mut state.to_server, &mut state.expect);
+                state.unsynced = true;
+                let named = statements::parse_bind(body).and_then(|(portal, name, rest)| {
+                    let statement = state
+                        .statements
+                        .get(&String::from_utf8_lossy(name))?
+                        .clone();
+                    Some((portal.to_vec(), statement, rest.to_vec()))
+                });
+                match named {
+                    Some((portal, statement, rest)) if !statement.server_name.is_empty() => {
+                        ensure_prepared(conn, &mut state.to_server, &mut state.expect, &statement);
+                        state.to_server.extend_from_slice(&statements::encode_bind(
+                            &portal,
+                            &statement.server_name,
+                            &rest,
+                        ));
+                        state.expect.push(Expect::Bind {
+                            server_name: Some(statement.server_name),
+                        });
+                    }
+                    _ => {
+                        state.to_server.extend_from_slice(&frame);
+                        state.expect.push(Expect::Bind { server_name: None });
+                    }
+                }
+            }
+            tag::DESCRIBE => {
+                close_stale(conn, &mut state.to_server, &mut state.expect);
+                state.unsynced = true;
+                match statements::parse_target(body) {
+                    Some((b'S', name)) => {
+                        let known = state
+                            .statements
+                            .get(&String::from_utf8_lossy(name))
+                            .cloned();
+                        match known {
+                            Some(statement) => {
+                                ensure_prepared(
+                                    conn,
+                                    &mut state.to_server,
+                                    &mut state.expect,
+                                    &statement,
+                                );
+                                state
+                                    .to_server
+                                    .extend_from_slice(&statements::encode_target(
+                                        tag::DESCRIBE,
+                                        b'S',
+                                        &statement.server_name,
+                                    ));
+                            }
+                            None => state.to_server.extend_from_slice(&frame),
+                        }
+                        state.expect.push(Expect::DescribeStatement);
+                    }
+                    _ => {
+                        state.to_server.extend_from_slice(&frame);
+                        state.expect.push(Expect::DescribePortal);
+                    }
+                }
+            }
+            tag::CLOSE => {
+                state.unsynced = true;
+                match statements::parse_target(body) {
+                    Some((b'S', name)) if !name.is_empty() => {
+                        // The server-side statement stays for other clients; the client's name goes.
+                        state.statements.remove(&String::from_utf8_lossy(name));
+                        state.expect.push(Expect::Synthetic(simple_frame(b'3')));
+                    }
+                    _ => {
+                        state.to_server.extend_from_slice(&frame);
+                        state.expect.push(Expect::Close { swallow: false });
+                    }
+                }
+            }
+            tag::EXECUTE => {
+                state.unsynced = true;
+                state.expect.push(Expect::Execute);
+                state.to_server.extend_from_slice(&frame);
+            }
+            _ => state.to_server.extend_from_slice(&frame),
+        }
+        Step::Continue
+    }
+
+    /// Sends synthetic responses that reached the head of the queue.
+    fn emit_synthetic(&self, state: &mut State) {
+        for frame in state.expect.take_synthetic_head() {
+            state.to_client.extend_from_slice(&frame);
+        }
+    }
+
+    /// Walks server bytes: matches each message against what the client expects, forwards, swallows,
+    /// adds pgtenant's own, and follows settings and transaction status.
+    fn process_server(&self, state: &mut State, data: &[u8]) -> Result<(), ProtocolError> {
+        state.server_in.extend_from_slice(data);
+        loop {
+            if state.server_streaming > 0 {
+                let n = state.server_streaming.min(state.server_in.len());
+                if n == 0 {
+                    return Ok(());
+                }
+                let chunk = state.server_in.split_to(n);
+                state.to_client.extend_from_slice(&chunk);
+                state.server_streaming -= n;
+                continue;
+            }
+            if state.server_in.len() < 5 {
+                return Ok(());
+            }
+            let (msg_tag, len) = frame_header(&state.server_in);
+            if len < 4 || len as usize > MAX_WHOLE_MESSAGE {
+                return Err(ProtocolError::BadFrameLength {
+                    tag: msg_tag as char,
+                    len: len.max(0) as usize,
+                });
+            }
+            let total = 1 + len as usize;
+            let whole = state.server_in.len() >= total;
+            if !whole && server_needs_whole(msg_tag) {
+                return Ok(());
+            }
+            let mut error_code = None;
+            let mut notice_after = None;
+            if whole {
+                let body = &state.server_in[5..total];
+                match msg_tag {
+                    b'E' => {
+                        let fields = ErrorFields::parse(body);
+                        if fields.code == "0A000"
+                            && fields
+                                .message
+                                .contains("cached plan must not change result type")
+                        {
+                            if let (Some(name), Some(checkout)) =
+                                (state.expect.head_bind_statement(), state.server.as_mut())
+                            {
+                                checkout.conn().prepared.mark_stale(name);
+                            }
+                        }
+                        error_code = Some(fields.code);
+                    }
+                    b'S' => {
+                        let mut b = BytesMut::from(body);
+                        if let (Some(name), Some(value)) =
+                            (protocol::get_cstr(&mut b), protocol::get_cstr(&mut b))
+                        {
+                            if let Some(checkout) = state.server.as_mut() {
+                                checkout.conn().set_parameter(name.clone(), value.clone());
+                            }
+                            match state.desired.iter_mut().find(|(n, _)| *n == name) {
+                                Some(entry) => entry.1 = value,
+                                None => state.desired.push((name, value)),
+                            }
+                        }
+                    }
+                    b'Z' => {
+                        state.status = body
+                            .first()
+                            .and_then(|b| TxStatus::from_byte(*b))
+                            .unwrap_or(TxStatus::Failed);
+                        state.pending = state.pending.saturating_sub(1);
+                    }
+                    b'C' => {
+                        let command = body.split(|b| *b == 0).next().unwrap_or(&[]);
+                        notice_after = session_feature_notice(command);
+                    }
+                    _ => {}
+                }
+            }
+            state.last_server_error = msg_tag == b'E';
+            let outcome = state
+                .expect
+                .on_server_message(msg_tag, error_code.as_deref());
+            if let (Some(name), Some(checkout)) = (outcome.forget, state.server.as_mut()) {
+                checkout.conn().prepared.remove(&name);
+            }
+            let take = if whole { total } else { state.server_in.len() };
+            let frame = state.server_in.split_to(take);
+            if outcome.disposition != Some(Disposition::Swallow) {
+                state.to_client.extend_from_slice(&frame);
+            }
+            if !whole {
+                state.server_streaming = total - take;
+            }
+            if let Some(notice) = notice_after {
+                protocol::write::notice_response(&mut state.to_client, &notice);
+            }
+            self.emit_synthetic(state);
+        }
+    }
+}
+
+fn pool_error(e: PoolError) -> PgError {
+    match e {
+        PoolError::Upstream(u) => PgError::error(sqlstate::CONNECTION_FAILURE, u.to_string()),
+        other => PgError::error(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
+    }
+}
+
+/// A NOTICE for commands whose effect cannot outlast the transaction in transaction pooling.
+fn session_feature_notice(command: &[u8]) -> Option<PgError> {
+    let text = match command {
+        b"LISTEN" => "LISTEN has no lasting effect in transaction pooling: notifications reach this client only while it holds a server connection (inside a transaction); use session pooling for LISTEN",
+        b"PREPARE" => "SQL PREPARE does not outlast the transaction in transaction pooling; use the protocol's prepared statements (your driver's), which pgtenant carries across server connections",
+        _ => return None,
+    };
+    Some(PgError {
+        severity: protocol::Severity::Notice,
+        ..PgError::error("01000", text)
+    })
+}
+
+/// Closes statements the server reported stale, before the next extended message on this connection.
+fn close_stale(conn: &mut UpstreamConn, to_server: &mut BytesMut, expect: &mut Expectations) {
+    for name in conn.prepared.take_stale() {
+        to_server.extend_from_slice(&statements::encode_target(tag::CLOSE, b'S', &name));
+        expect.push(Expect::Close { swallow: true });
+    }
+}
+
+/// Closes the least recently used statement on a full connection.
+fn make_room(conn: &mut UpstreamConn, to_server: &mut BytesMut, expect: &mut Expectations) {
+    while conn.prepared.len() >= SERVER_STATEMENT_CACHE {
+        let Some(victim) = conn.prepared.least_recently_used() else {
+            break;
+        };
+        conn.prepared.remove(&victim);
+        to_server.extend_from_slice(&statements::encode_target(tag::CLOSE, b'S', &victim));
+        expect.push(Expect::Close { swallow: true });
+    }
+}
+
+/// Injects the Parse of a statement the connection lacks.
+fn ensure_prepared(
+    conn: &mut UpstreamConn,
+    to_server: &mut BytesMut,
+    expect: &mut Expectations,
+    statement: &Statement,
+) {
+    if conn.prepared.contains(&statement.server_name) {
+        conn.prepared.touch(&statement.server_name);
+        return;
+    }
+    make_room(conn, to_server, expect);
+    to_server.extend_from_slice(&statement.parse);
+    conn.prepared.insert(statement.server_name.clone());
+    expect.push(Expect::Parse {
+        server_name: Some(statement.server_name.clone()),
+        swallow: true,
+    });
+}
+
+/// Sets the tracked settings that differ on this connection from what the client last saw.
+pub async fn sync_settings(
+    conn: &mut UpstreamConn,
+    desired: &[(String, String)],
+) -> Result<(), PgError> {
+    let calls: Vec<String> = desired
+        .iter()
+        .filter(|(name, _)| TRACKED_SETTINGS.contains(&name.as_str()))
+        .filter(|(name, value)| {
+            conn.parameters
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v != value)
+                .unwrap_or(true)
+        })
+        .map(|(name, value)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                crate::directory::quote_literal(name),
+                crate::directory::quote_literal(value)
+            )
+        })
+        .collect();
+    if calls.is_empty() {
+        return Ok(());
+    }
+    match conn
+        .run_simple(&[&format!("SELECT {}", calls.join(", "))])
+        .await
+    {
+        Ok((None, TxStatus::Idle)) => Ok(()),
+        Ok((Some(fields), _)) => Err(PgError::from_upstream(&fields)),
+        Ok((None, _)) => Err(PgError::error(
+            sqlstate::INTERNAL_ERROR,
+            "server connection left in a transaction",
+        )),
+        Err(e) => Err(PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())),
+    }
+}
