@@ -72,6 +72,12 @@ pub struct ServerConfig {
     pub login_timeout_ms: u64,
     /// Database name reserved for the admin channel.
     pub admin_database: String,
+    /// On SIGTERM (or the admin SHUTDOWN), how long sessions get to finish their transaction.
+    pub shutdown_grace_secs: u64,
+    /// Address of the Prometheus `/metrics` endpoint (HTTP). Off when unset.
+    pub metrics_listen: Option<SocketAddr>,
+    /// A client idle (not in a transaction) for this long is disconnected; 0: never.
+    pub client_idle_timeout_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +90,9 @@ impl Default for ServerConfig {
             max_client_connections: 10_000,
             login_timeout_ms: 15_000,
             admin_database: "pgtenant".into(),
+            shutdown_grace_secs: 30,
+            metrics_listen: None,
+            client_idle_timeout_secs: 0,
         }
     }
 }
@@ -182,6 +191,12 @@ pub struct PoolConfig {
     pub idle_timeout_secs: u64,
     /// Server connections are closed after this long, at their next check-in.
     pub max_lifetime_secs: u64,
+    /// Server connections a tenant keeps even while other tenants wait for room under the global cap.
+    pub reserve_per_tenant: usize,
+    /// Client connections per tenant; the next one is refused with 53300.
+    pub max_clients_per_tenant: usize,
+    /// A server connection idle for longer than this answers an empty query before it is handed out.
+    pub health_check_after_secs: u64,
 }
 
 impl Default for PoolConfig {
@@ -193,6 +208,9 @@ impl Default for PoolConfig {
             acquire_timeout_ms: 5_000,
             idle_timeout_secs: 600,
             max_lifetime_secs: 3_600,
+            reserve_per_tenant: 1,
+            max_clients_per_tenant: 1_000,
+            health_check_after_secs: 30,
         }
     }
 }
@@ -313,6 +331,18 @@ impl Config {
                 s.login_timeout_ms.to_string(),
             ),
             ("server.admin_database".into(), s.admin_database.clone()),
+            (
+                "server.shutdown_grace_secs".into(),
+                s.shutdown_grace_secs.to_string(),
+            ),
+            (
+                "server.metrics_listen".into(),
+                s.metrics_listen.map(|a| a.to_string()).unwrap_or_default(),
+            ),
+            (
+                "server.client_idle_timeout_secs".into(),
+                s.client_idle_timeout_secs.to_string(),
+            ),
             ("upstream.host".into(), u.host.clone()),
             ("upstream.port".into(), u.port.to_string()),
             ("upstream.database".into(), u.database.clone()),

@@ -23,6 +23,7 @@
 //!   client, settings synchronised on each checkout.
 //! - [`relay`]: the byte-level relay of one client session to its upstream connection.
 //! - [`scram`]: SCRAM-SHA-256, client side and stored verifiers.
+//! - [`metrics`]: counters and latency histograms per tenant, for SHOW STATS and Prometheus.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
 //! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and the credentials
 //!   of tenant roles (derived passwords, SCRAM verifiers).
@@ -36,6 +37,8 @@ pub mod cancel;
 pub mod config;
 pub mod dev;
 pub mod directory;
+pub mod metrics;
+pub mod metrics_http;
 pub mod migrate;
 pub mod pgcluster;
 pub mod pool;

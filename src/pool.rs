@@ -17,6 +17,7 @@ use crate::protocol::{sqlstate, PgError};
 use crate::tenancy::credentials::RolePasswords;
 use crate::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamError, UpstreamTarget};
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -47,6 +48,23 @@ impl PoolError {
 struct Member {
     conn: UpstreamConn,
     _global: OwnedSemaphorePermit,
+    _live: LiveCount,
+}
+
+/// Counts a tenant's live connections (idle or lent) while it exists.
+struct LiveCount(Arc<AtomicUsize>);
+
+impl LiveCount {
+    fn new(counter: &Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter.clone())
+    }
+}
+
+impl Drop for LiveCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 struct TenantPool {
@@ -55,6 +73,12 @@ struct TenantPool {
     checkout: Arc<Semaphore>,
     /// Idle connections, oldest first.
     idle: Mutex<VecDeque<Member>>,
+    /// Live connections (idle or lent).
+    live: Arc<AtomicUsize>,
+    /// Clients waiting for a connection of this tenant.
+    waiting: AtomicUsize,
+    /// Of those, waiting for room under the global cap.
+    waiting_global: AtomicUsize,
 }
 
 impl TenantPool {
@@ -72,6 +96,8 @@ pub struct TenantPoolStats {
     pub role: RoleName,
     pub active: usize,
     pub idle: usize,
+    /// Clients waiting for a connection.
+    pub waiting: usize,
 }
 
 pub struct PoolManager {
@@ -80,7 +106,34 @@ pub struct PoolManager {
     passwords: RolePasswords,
     salted: SaltedPasswordCache,
     global: Arc<Semaphore>,
+    /// Clients waiting for room under the global cap.
+    global_waiting: AtomicUsize,
     tenants: Mutex<HashMap<RoleName, Arc<TenantPool>>>,
+    pauses: Pauses,
+}
+
+/// PAUSE / RESUME: tenants (or all) whose new transactions are held.
+#[derive(Default)]
+struct Pauses {
+    all: std::sync::atomic::AtomicBool,
+    tenants: Mutex<std::collections::HashSet<RoleName>>,
+    resumed: tokio::sync::Notify,
+}
+
+/// Counts a waiting client while it waits.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// A connection lent to one client. Dropping it closes the connection; `PoolManager::check_in` returns it.
@@ -104,6 +157,8 @@ impl PoolManager {
     pub fn new(config: PoolConfig, target: UpstreamTarget, passwords: RolePasswords) -> Arc<Self> {
         Arc::new(Self {
             global: Arc::new(Semaphore::new(config.max_server_connections)),
+            global_waiting: AtomicUsize::new(0),
+            pauses: Pauses::default(),
             config,
             target,
             passwords,
@@ -125,6 +180,9 @@ impl PoolManager {
                     role: role.clone(),
                     checkout: Arc::new(Semaphore::new(self.config.size_per_tenant)),
                     idle: Mutex::new(VecDeque::new()),
+                    live: Arc::new(AtomicUsize::new(0)),
+                    waiting: AtomicUsize::new(0),
+                    waiting_global: AtomicUsize::new(0),
                 })
             })
             .clone()
@@ -154,6 +212,7 @@ impl PoolManager {
             tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout_ms);
         let pool = self.tenant_pool(role);
         let permit = if wait {
+            let _waiting = Waiting::new(&pool.waiting);
             tokio::time::timeout_at(deadline, pool.checkout.clone().acquire_owned())
                 .await
                 .map_err(|_| PoolError::TenantBusy {
@@ -169,7 +228,10 @@ impl PoolManager {
         };
 
         while let Some(mut member) = pool.idle.lock().ok().and_then(|mut idle| idle.pop_back()) {
-            if member.conn.check_idle() && !self.expired(&member.conn) {
+            if member.conn.check_idle()
+                && !self.expired(&member.conn)
+                && self.healthy(&mut member.conn).await
+            {
                 return Ok(Some(Checkout {
                     member: Some(member),
                     pool,
@@ -185,13 +247,15 @@ impl PoolManager {
                 Err(_) if self.evict_least_recently_used() => continue,
                 Err(_) if !wait => return Ok(None),
                 Err(_) => {
+                    let _waiting = Waiting::new(&self.global_waiting);
+                    let _waiting_here = Waiting::new(&pool.waiting_global);
                     break tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
                         .await
                         .map_err(|_| PoolError::GlobalBusy {
                             max: self.config.max_server_connections,
                             waited: started.elapsed(),
                         })?
-                        .expect("pool semaphores are never closed")
+                        .expect("pool semaphores are never closed");
                 }
             }
         };
@@ -210,10 +274,20 @@ impl PoolManager {
             member: Some(Member {
                 conn,
                 _global: global,
+                _live: LiveCount::new(&pool.live),
             }),
             pool,
             _permit: permit,
         }))
+    }
+
+    /// A connection idle for longer than `pool.health_check_after_secs` answers an empty query first.
+    async fn healthy(&self, conn: &mut UpstreamConn) -> bool {
+        if conn.last_used.elapsed() < Duration::from_secs(self.config.health_check_after_secs) {
+            return true;
+        }
+        let check = tokio::time::timeout(Duration::from_secs(5), conn.run_simple(&[""]));
+        matches!(check.await, Ok(Ok((None, crate::protocol::TxStatus::Idle))))
     }
 
     fn expired(&self, conn: &UpstreamConn) -> bool {
@@ -252,6 +326,17 @@ impl PoolManager {
             return;
         };
         if !reusable || member.conn.broken || self.expired(&member.conn) {
+            spawn_terminate(member);
+            return;
+        }
+        // Fair sharing: while other tenants wait for room under the global cap, a tenant above its reserve
+        // gives its connection back to the cap instead of keeping it idle.
+        let live = checkout.pool.live.load(Ordering::Relaxed);
+        let others_waiting = self
+            .global_waiting
+            .load(Ordering::Relaxed)
+            .saturating_sub(checkout.pool.waiting_global.load(Ordering::Relaxed));
+        if others_waiting > 0 && live > self.config.reserve_per_tenant {
             spawn_terminate(member);
             return;
         }
@@ -318,6 +403,7 @@ impl PoolManager {
                 role: p.role.clone(),
                 active: self.config.size_per_tenant - p.checkout.available_permits(),
                 idle: p.idle.lock().map(|i| i.len()).unwrap_or(0),
+                waiting: p.waiting.load(Ordering::Relaxed),
             })
             .collect()
     }
@@ -348,6 +434,68 @@ impl PoolManager {
         self.config.size_per_tenant
     }
 
+    /// Holds new transactions (and logins) of `role`, or of every tenant.
+    pub fn pause(&self, role: Option<&RoleName>) {
+        match role {
+            None => self.pauses.all.store(true, Ordering::SeqCst),
+            Some(role) => {
+                if let Ok(mut t) = self.pauses.tenants.lock() {
+                    t.insert(role.clone());
+                }
+            }
+        }
+    }
+
+    /// Lets held transactions go on. `None` resumes everything (the global pause and every tenant's).
+    pub fn resume(&self, role: Option<&RoleName>) {
+        match role {
+            None => {
+                self.pauses.all.store(false, Ordering::SeqCst);
+                if let Ok(mut t) = self.pauses.tenants.lock() {
+                    t.clear();
+                }
+            }
+            Some(role) => {
+                if let Ok(mut t) = self.pauses.tenants.lock() {
+                    t.remove(role);
+                }
+            }
+        }
+        self.pauses.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self, role: &RoleName) -> bool {
+        self.pauses.all.load(Ordering::SeqCst)
+            || self
+                .pauses
+                .tenants
+                .lock()
+                .map(|t| t.contains(role))
+                .unwrap_or(false)
+    }
+
+    /// Waits while `role` is paused.
+    pub async fn wait_unpaused(&self, role: &RoleName) {
+        loop {
+            let resumed = self.pauses.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.is_paused(role) {
+                return;
+            }
+            resumed.await;
+        }
+    }
+
+    /// Server connections lent out for `role` (or all tenants).
+    pub fn active(&self, role: Option<&RoleName>) -> usize {
+        self.stats()
+            .iter()
+            .filter(|s| role.is_none_or(|r| *r == s.role))
+            .map(|s| s.active)
+            .sum()
+    }
+
     /// Live server connections across all tenants.
     pub fn server_connections(&self) -> usize {
         self.config.max_server_connections - self.global.available_permits()
@@ -356,8 +504,13 @@ impl PoolManager {
 
 fn spawn_terminate(member: Member) {
     // The global permit is given back at once, so the room is usable before the goodbye is sent.
-    let Member { conn, _global } = member;
+    let Member {
+        conn,
+        _global,
+        _live,
+    } = member;
     drop(_global);
+    drop(_live);
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn(conn.terminate());
     }

@@ -44,7 +44,11 @@ pub struct Proxy {
     pub pools: Arc<PoolManager>,
     pub cancels: Arc<CancelMap>,
     pub sessions: Arc<SessionRegistry>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+    /// Stop accepting; sessions end when they stand idle between transactions.
     pub shutdown: CancellationToken,
+    /// The shutdown grace period ran out: sessions end at once.
+    pub force_close: CancellationToken,
     pub started_at: std::time::SystemTime,
 }
 
@@ -105,7 +109,9 @@ impl Proxy {
             pools,
             cancels: CancelMap::new(),
             sessions: SessionRegistry::new(),
+            metrics: crate::metrics::Metrics::new(),
             shutdown,
+            force_close: CancellationToken::new(),
             started_at: std::time::SystemTime::now(),
         }))
     }

@@ -9,6 +9,7 @@
 //! From these it tells the session whether the upstream connection can be reset and reused when the client
 //! leaves, or must be closed.
 
+use crate::metrics::Recorder;
 use crate::protocol::{tag, FrameScanner, ProtocolError, TxStatus};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -58,6 +59,17 @@ struct Shared {
     status: AtomicU8,
     /// Tag of the last message the upstream sent.
     last_upstream_tag: AtomicU8,
+    /// pgtenant is shutting down: end at the next moment the session stands idle.
+    draining: AtomicBool,
+    recorder: std::sync::Mutex<Recorder>,
+}
+
+impl Shared {
+    fn idle(&self) -> bool {
+        self.outstanding.load(Ordering::Relaxed) == 0
+            && !self.unsynced.load(Ordering::Relaxed)
+            && self.status.load(Ordering::Relaxed) == b'I'
+    }
 }
 
 /// The two halves of each side of a session.
@@ -68,12 +80,15 @@ pub struct Sides<CR, CW, UR, UW> {
     pub upstream_write: UW,
 }
 
-/// Relays until the client leaves, the upstream goes away or `shutdown` completes. Takes split halves so a
-/// plain TCP client is relayed without the lock `tokio::io::split` puts between its halves.
+/// Relays until the client leaves, the upstream goes away, `kick` completes (ends at once), or `drain`
+/// completes and the session then stands idle between transactions. Takes split halves so a plain TCP
+/// client is relayed without the lock `tokio::io::split` puts between its halves.
 pub async fn relay<CR, CW, UR, UW>(
     sides: Sides<CR, CW, UR, UW>,
     initial_status: TxStatus,
-    shutdown: impl std::future::Future<Output = ()>,
+    recorder: Recorder,
+    kick: impl std::future::Future<Output = ()>,
+    drain: impl std::future::Future<Output = ()>,
 ) -> RelayOutcome
 where
     CR: AsyncRead + Unpin,
@@ -86,6 +101,8 @@ where
         unsynced: AtomicBool::new(false),
         status: AtomicU8::new(initial_status.as_byte()),
         last_upstream_tag: AtomicU8::new(0),
+        draining: AtomicBool::new(false),
+        recorder: std::sync::Mutex::new(recorder),
     };
     let Sides {
         mut client_read,
@@ -113,16 +130,32 @@ where
             &shared,
             &mut bytes_from_upstream,
         );
-        tokio::pin!(shutdown);
+        tokio::pin!(to_upstream);
+        tokio::pin!(to_client);
+        tokio::pin!(kick);
+        tokio::pin!(drain);
         // Each direction future is cancel-safe at its awaits: a chunk is scanned (state updated) right
         // after it is read and before the next await, so dropping the other direction loses no state.
-        tokio::select! {
-            end = to_upstream => end,
-            end = to_client => (end, false),
-            _ = &mut shutdown => (RelayEnd::Shutdown, false),
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                end = &mut to_upstream => break end,
+                end = &mut to_client => break (end, false),
+                _ = &mut kick => break (RelayEnd::Shutdown, false),
+                _ = &mut drain, if !draining => {
+                    draining = true;
+                    shared.draining.store(true, Ordering::Relaxed);
+                    if shared.idle() {
+                        break (RelayEnd::Shutdown, false);
+                    }
+                }
+            }
         }
     };
     let _ = client_write.flush().await;
+    if let Ok(recorder) = shared.recorder.lock() {
+        recorder.bytes(bytes_from_client, bytes_from_upstream);
+    }
 
     let leaves_cleanly = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(_));
     let reusable = leaves_cleanly
@@ -210,10 +243,16 @@ fn note_client_message(shared: &Shared, msg_tag: u8) -> bool {
     match msg_tag {
         tag::QUERY | tag::FUNCTION_CALL => {
             shared.outstanding.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut r) = shared.recorder.lock() {
+                r.request_sent();
+            }
         }
         tag::SYNC => {
             shared.outstanding.fetch_add(1, Ordering::Relaxed);
             shared.unsynced.store(false, Ordering::Relaxed);
+            if let Ok(mut r) = shared.recorder.lock() {
+                r.request_sent();
+            }
         }
         tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
             shared.unsynced.store(true, Ordering::Relaxed);
@@ -253,6 +292,13 @@ where
                     shared.outstanding.fetch_sub(1, Ordering::Relaxed);
                     if let Some(status) = body.first() {
                         shared.status.store(*status, Ordering::Relaxed);
+                        if let Ok(mut r) = shared.recorder.lock() {
+                            r.ready(*status);
+                        }
+                    }
+                } else if msg_tag == tag::ERROR_RESPONSE {
+                    if let Ok(r) = shared.recorder.lock() {
+                        r.error();
                     }
                 }
                 true
@@ -269,6 +315,9 @@ where
         }
         if let Err(e) = client.flush().await {
             return RelayEnd::ClientGone(Some(e));
+        }
+        if shared.draining.load(Ordering::Relaxed) && shared.idle() {
+            return RelayEnd::Shutdown;
         }
     }
 }

@@ -21,8 +21,8 @@ pub enum ServerError {
     },
 }
 
-/// How long running sessions get to finish after shutdown was asked for, before they are cut.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// After the grace period, sessions are cut; this is how long they get to say goodbye.
+const FORCE_CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Binds the configured address.
 pub async fn bind(config: &Config) -> Result<TcpListener, ServerError> {
@@ -41,6 +41,16 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     let client_slots = Arc::new(Semaphore::new(proxy.config().server.max_client_connections));
     let reaper = tokio::spawn(reap_idle_connections(proxy.clone()));
     let listener_task = proxy.spawn_directory_listener();
+    let metrics_task = match proxy.config().server.metrics_listen {
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(tokio::spawn(crate::metrics_http::serve(l, proxy.clone()))),
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen for /metrics; going on without it");
+                None
+            }
+        },
+        None => None,
+    };
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "pgtenant listening");
     }
@@ -77,13 +87,19 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
         sessions = tracker.len(),
         "shutting down: waiting for sessions to end"
     );
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("sessions still running after the grace period; closing them");
+    let grace = Duration::from_secs(proxy.config().server.shutdown_grace_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            sessions = tracker.len(),
+            "sessions still in a transaction after the grace period; closing them"
+        );
+        proxy.force_close.cancel();
+        let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, tracker.wait()).await;
     }
     reaper.abort();
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
     listener_task.abort();
     proxy.pools.close_idle(None);
     // Give the goodbyes a moment to leave.
@@ -109,5 +125,6 @@ async fn reap_idle_connections(proxy: Arc<Proxy>) {
     loop {
         tick.tick().await;
         proxy.pools.reap_idle();
+        proxy.metrics.sample();
     }
 }

@@ -5,6 +5,7 @@
 use crate::cancel::{ClientKey, UpstreamKey};
 use crate::config::PoolMode;
 use crate::directory::{quote_literal, TenantStatus, User};
+use crate::metrics::Recorder;
 use crate::pool::{Checkout, PoolError};
 use crate::protocol::{
     self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus,
@@ -97,16 +98,9 @@ async fn serve_session(
     }
     let session = register_session(proxy, user, peer, conn.process_id, client.is_tls());
     tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
-    let shutdown = {
-        let proxy_shutdown = proxy.shutdown.clone();
-        let session_end = session.cancel.clone();
-        async move {
-            tokio::select! {
-                _ = proxy_shutdown.cancelled() => {}
-                _ = session_end.cancelled() => {}
-            }
-        }
-    };
+    let kick = kick_signal(proxy, &session);
+    let drain = proxy.shutdown.clone().cancelled_owned();
+    let recorder = Recorder::new(proxy.metrics.tenant(&user.tenant.slug));
     let (upstream_read, upstream_write) = conn.stream.split();
     let outcome = match client {
         ClientStream::Plain(tcp) => {
@@ -117,7 +111,7 @@ async fn serve_session(
                 upstream_read,
                 upstream_write,
             };
-            relay::relay(sides, TxStatus::Idle, shutdown).await
+            relay::relay(sides, TxStatus::Idle, recorder, kick, drain).await
         }
         ClientStream::Tls(tls) => {
             let (client_read, client_write) = tokio::io::split(tls.as_mut());
@@ -127,7 +121,7 @@ async fn serve_session(
                 upstream_read,
                 upstream_write,
             };
-            relay::relay(sides, TxStatus::Idle, shutdown).await
+            relay::relay(sides, TxStatus::Idle, recorder, kick, drain).await
         }
     };
     registration.set_upstream(None);
@@ -175,6 +169,7 @@ async fn serve_transaction(
         role: &user.tenant.role,
         cancel: &registration,
         desired,
+        metrics: proxy.metrics.tenant(&user.tenant.slug),
     };
     let outcome = txn
         .run(
@@ -194,6 +189,22 @@ async fn serve_transaction(
         bytes_from_upstream: outcome.bytes_from_upstream,
         reason: session.reason(),
     })
+}
+
+/// Completes when the session must end at once: its tenant was closed, or pgtenant's shutdown grace
+/// period ran out.
+fn kick_signal(
+    proxy: &Proxy,
+    session: &crate::sessions::SessionHandle,
+) -> impl std::future::Future<Output = ()> {
+    let session_end = session.cancel.clone();
+    let force = proxy.force_close.clone();
+    async move {
+        tokio::select! {
+            _ = session_end.cancelled() => {}
+            _ = force.cancelled() => {}
+        }
+    }
 }
 
 fn register_session(
@@ -591,16 +602,35 @@ async fn login(
         )));
     }
 
+    let max_clients = proxy.config().pool.max_clients_per_tenant;
+    if proxy.sessions.count_for(user.tenant.id) >= max_clients {
+        return Err(PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "too many clients for organization \"{}\" (limit {max_clients})",
+                user.tenant.name
+            ),
+        ));
+    }
+    proxy.pools.wait_unpaused(&user.tenant.role).await;
+    let wait_started = std::time::Instant::now();
     let mut checkout = acquire_upstream(proxy, &user).await.map_err(|e| {
         tracing::warn!(tenant = %user.tenant.slug, error = %e, "no server connection for a client");
         e.to_client_error()
     })?;
+    note_wait(proxy, &user, wait_started.elapsed());
     if let Err(e) = apply_client_settings(checkout.conn(), params).await {
         let reusable = checkout.conn().reset(TxStatus::Idle).await.is_ok();
         proxy.pools.check_in(checkout, reusable);
         return Err(e);
     }
     Ok(LoggedIn::Tenant(Box::new(Ready { user, checkout })))
+}
+
+fn note_wait(proxy: &Proxy, user: &User, waited: Duration) {
+    if waited >= Duration::from_millis(1) {
+        proxy.metrics.tenant(&user.tenant.slug).add_wait(waited);
+    }
 }
 
 /// Takes a server connection for the user's tenant. If the tenant role's password no longer works (the

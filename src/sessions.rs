@@ -92,6 +92,13 @@ impl SessionRegistry {
         counts
     }
 
+    pub fn count_for(&self, tenant_id: Uuid) -> usize {
+        self.entries
+            .lock()
+            .map(|e| e.values().filter(|e| e.info.tenant_id == tenant_id).count())
+            .unwrap_or(0)
+    }
+
     /// Ends every session of a tenant; each client is told `reason`. Returns how many were ended.
     pub fn end_tenant_sessions(&self, tenant_id: Uuid, reason: &PgError) -> usize {
         let Ok(mut entries) = self.entries.lock() else {

@@ -693,10 +693,10 @@ async fn migrator_killed_mid_fan_out_leaves_each_tenant_whole_and_resumes() {
 }
 
 /// A killed migrator's tenant backend can outlive it (PostgreSQL only notices the lost client at its next
-/// read or write, so a backend blocked on a lock or busy in a long statement stays). The next run's clean-up
-/// keeps tickets and DDL unlocks of backends that are still alive, and nothing removes them later in that
-/// run: they stay, keyed by a pid that no longer exists, for a future backend of the same role that gets
-/// that pid (record_migration and ddl_guard trust role + pid alone).
+/// read or write, so a backend blocked on a lock or busy in a long statement stays). The next run must end
+/// that orphan and remove its ticket and DDL unlock, which would otherwise wait, keyed by a pid that no
+/// longer exists, for a future backend of the same role that gets that pid. (Tickets are also bound to the
+/// backend's start time since shared migration V006.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tickets_of_a_killed_migrators_blocked_backend_are_gone_after_the_next_run() {
     let (db, dir) = fresh().await;
@@ -778,12 +778,24 @@ async fn tickets_of_a_killed_migrators_blocked_backend_are_gone_after_the_next_r
         "the killed run's ticket and unlock"
     );
 
-    // Run again right away, while the killed run's backend still waits.
+    // Run again right away, while the killed run's backend still waits. The new run ends that orphan
+    // (its transaction rolls back) before it migrates, so one migration backend waits: the new one.
     let task = {
         let m = migrator(&config, 1);
         tokio::spawn(async move { m.run(&options(1), &Silent).await })
     };
-    waiting(2).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pids = waiting(1).await;
+        if !pids.contains(&zombie) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the orphaned migration backend {zombie} was not ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     blocker.batch_execute("ROLLBACK").await.expect("release");
     let report = within(30, "the second run", task)
         .await

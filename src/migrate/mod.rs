@@ -9,6 +9,7 @@
 //! - [`progress`]: progress reporting for the CLI (a progress bar) and the admin channel (NOTICE lines).
 
 pub mod progress;
+pub mod split;
 pub mod tenants;
 
 use aws_lc_rs::digest;
@@ -26,6 +27,8 @@ pub struct Migration {
     /// The file asked to run outside a transaction (`-- pgtenant: no-transaction` in its leading comments),
     /// for statements such as `CREATE INDEX CONCURRENTLY`.
     pub no_transaction: bool,
+    /// The file's statements, each run on its own (so errors name their line).
+    pub statements: Vec<split::Statement>,
 }
 
 /// The header comment that takes a migration out of its tenant's transaction.
@@ -133,6 +136,7 @@ pub fn load_dir(dir: &Path) -> Result<Vec<Migration>, MigrateError> {
             name,
             path,
             no_transaction: wants_no_transaction(&sql),
+            statements: split::split(&sql),
             sql,
             checksum,
         });

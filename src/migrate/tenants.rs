@@ -98,8 +98,8 @@ pub enum TenantOutcome {
     UpToDate,
     /// These versions were applied.
     Migrated(Vec<i32>),
-    /// Nothing of the failing transaction remains; versions committed before it (in earlier
-    /// no-transaction segments) are listed.
+    /// Nothing of the failing transaction remains (versions committed before it, in earlier segments
+    /// split by a no-transaction file, stay applied and recorded).
     Failed(TenantFailure),
     /// Another migrator holds this tenant's lock.
     Busy,
@@ -433,15 +433,21 @@ impl TenantMigrator {
         progress: &dyn Progress,
         started: Instant,
     ) -> Result<FanOutReport, MigrateError> {
-        // Tickets and unlocks left by a migrator that was killed: their backends are gone.
+        // Tickets and unlocks left by a migrator that was killed. Under the run lock no other migrator is
+        // at work, so a backend still holding a ticket is an orphan (maybe blocked mid-migration): end it
+        // (its transaction rolls back), then drop every leftover ticket and unlock.
         {
             let admin = self.admin().await?;
             admin
                 .batch_execute(
-                    "DELETE FROM pgtenant.migration_tickets
-                      WHERE backend_pid NOT IN (SELECT pid FROM pg_stat_activity);
-                     DELETE FROM pgtenant.ddl_unlocks
-                      WHERE backend_pid NOT IN (SELECT pid FROM pg_stat_activity);",
+                    "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+                      WHERE a.pid <> pg_backend_pid()
+                        AND (EXISTS (SELECT 1 FROM pgtenant.migration_tickets t
+                                     WHERE t.backend_pid = a.pid AND t.role_name = a.usename)
+                          OR EXISTS (SELECT 1 FROM pgtenant.ddl_unlocks u
+                                     WHERE u.backend_pid = a.pid AND u.role_name = a.usename));
+                     DELETE FROM pgtenant.migration_tickets;
+                     DELETE FROM pgtenant.ddl_unlocks;",
                 )
                 .await?;
         }
@@ -675,11 +681,14 @@ impl TenantMigrator {
         let checksums: Vec<&str> = pending.iter().map(|m| m.checksum.as_str()).collect();
         admin
             .execute(
-                "WITH u AS (
-                     INSERT INTO pgtenant.ddl_unlocks (role_name, backend_pid)
-                     SELECT $1, $2 WHERE NOT $6 ON CONFLICT DO NOTHING)
-                 INSERT INTO pgtenant.migration_tickets (role_name, backend_pid, version, name, checksum)
-                 SELECT $1, $2, v, n, c FROM unnest($3::int[], $4::text[], $5::text[]) AS t(v, n, c)",
+                "WITH b AS (SELECT backend_start FROM pg_stat_activity WHERE pid = $2),
+                 u AS (
+                     INSERT INTO pgtenant.ddl_unlocks (role_name, backend_pid, backend_start)
+                     SELECT $1, $2, b.backend_start FROM b WHERE NOT $6
+                     ON CONFLICT (role_name, backend_pid) DO UPDATE SET backend_start = EXCLUDED.backend_start)
+                 INSERT INTO pgtenant.migration_tickets (role_name, backend_pid, backend_start, version, name, checksum)
+                 SELECT $1, $2, b.backend_start, v, n, c
+                 FROM b, unnest($3::int[], $4::text[], $5::text[]) AS t(v, n, c)",
                 &[&tenant.role, &pid, &versions, &names, &checksums, &tenant.ddl_allowed],
             )
             .await?;
@@ -709,11 +718,15 @@ impl TenantMigrator {
             }
             for m in segment {
                 let started = Instant::now();
-                if let Err(e) = client.batch_execute(&m.sql).await {
-                    if in_transaction {
-                        let _ = client.batch_execute("ROLLBACK").await;
+                for statement in &m.statements {
+                    if let Err(e) = client.batch_execute(&statement.sql).await {
+                        if in_transaction {
+                            let _ = client.batch_execute("ROLLBACK").await;
+                        }
+                        let mut failure = db_failure(&e, Some(m), Some(&statement.sql));
+                        failure.line = Some(statement.line + failure.line.map_or(0, |l| l - 1));
+                        return TenantOutcome::Failed(failure);
                     }
-                    return TenantOutcome::Failed(db_failure(&e, Some(m), Some(&m.sql)));
                 }
                 let ms = started.elapsed().as_millis().min(i32::MAX as u128) as i32;
                 if let Err(e) = client
@@ -844,6 +857,7 @@ mod tests {
             sql: String::new(),
             checksum: String::new(),
             no_transaction,
+            statements: Vec::new(),
         }
     }
 

@@ -184,7 +184,14 @@ pub async fn onboard(
     let mut history = Vec::new();
     for m in &migrations {
         let started = Instant::now();
-        tx.batch_execute(&m.sql)
+        // A no-transaction file (CREATE INDEX CONCURRENTLY …) joins the onboarding transaction without
+        // CONCURRENTLY: its tables are new, empty and seen by nobody else yet.
+        let sql = if m.no_transaction {
+            without_concurrently(&m.sql)
+        } else {
+            m.sql.clone()
+        };
+        tx.batch_execute(&sql)
             .await
             .map_err(|source| MigrateError::Failed {
                 file: m.path.display().to_string(),
@@ -235,6 +242,20 @@ pub async fn onboard(
     })
 }
 
+/// `sql` with the keyword CONCURRENTLY removed from its statements.
+fn without_concurrently(sql: &str) -> String {
+    crate::migrate::split::split(sql)
+        .into_iter()
+        .map(|s| {
+            s.sql
+                .split_inclusive(char::is_whitespace)
+                .filter(|w| !w.trim().eq_ignore_ascii_case("CONCURRENTLY"))
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The id of the user with this email, if any.
 pub async fn find_user_by_email(
     admin: &Client,
@@ -252,6 +273,16 @@ pub async fn find_user_by_email(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrently_is_dropped_for_onboarding() {
+        assert_eq!(
+            without_concurrently(
+                "-- pgtenant: no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);\nDROP INDEX concurrently j;"
+            ),
+            "CREATE INDEX i ON t (x);\nDROP INDEX j;"
+        );
+    }
 
     #[test]
     fn slugs_and_schema_names() {

@@ -20,6 +20,7 @@ pub mod statements;
 
 use crate::cancel::{CancelRegistration, UpstreamKey};
 use crate::directory::RoleName;
+use crate::metrics::Recorder;
 use crate::pool::{Checkout, PoolError, PoolManager};
 use crate::protocol::{self, sqlstate, tag, ErrorFields, PgError, ProtocolError, TxStatus};
 use crate::relay::RelayEnd;
@@ -70,6 +71,7 @@ pub struct TxnSession<'a> {
     pub cancel: &'a CancelRegistration,
     /// The reported settings as the client last saw them.
     pub desired: Vec<(String, String)>,
+    pub metrics: std::sync::Arc<crate::metrics::TenantMetrics>,
 }
 
 struct State {
@@ -94,6 +96,7 @@ struct State {
     /// The last server message was an ErrorResponse (a FATAL before it closed, typically).
     last_server_error: bool,
     desired: Vec<(String, String)>,
+    recorder: Recorder,
     bytes_from_client: u64,
     bytes_from_upstream: u64,
     transactions: u64,
@@ -190,6 +193,7 @@ impl TxnSession<'_> {
             server_streaming: 0,
             last_server_error: false,
             desired: self.desired.clone(),
+            recorder: Recorder::new(self.metrics.clone()),
             bytes_from_client: 0,
             bytes_from_upstream: 0,
             transactions: 0,
@@ -206,6 +210,9 @@ impl TxnSession<'_> {
                     .await
             }
         };
+        state
+            .recorder
+            .bytes(state.bytes_from_client, state.bytes_from_upstream);
         let clean = state.pending == 0
             && state.expect.is_empty()
             && !state.unsynced
@@ -343,7 +350,13 @@ impl TxnSession<'_> {
         if state.server.is_some() {
             return Ok(());
         }
+        self.pools.wait_unpaused(self.role).await;
+        let started = std::time::Instant::now();
         let checkout = self.pools.acquire(self.role).await.map_err(pool_error)?;
+        let waited = started.elapsed();
+        if waited >= std::time::Duration::from_millis(1) {
+            self.metrics.add_wait(waited);
+        }
         self.attach(state, checkout).await
     }
 
@@ -518,6 +531,7 @@ impl TxnSession<'_> {
         match msg_tag {
             tag::QUERY | tag::FUNCTION_CALL => {
                 state.pending += 1;
+                state.recorder.request_sent();
                 state.expect.push(if msg_tag == tag::QUERY {
                     Expect::Query
                 } else {
@@ -527,6 +541,7 @@ impl TxnSession<'_> {
             }
             tag::SYNC => {
                 state.pending += 1;
+                state.recorder.request_sent();
                 state.unsynced = false;
                 state.expect.push(Expect::Sync);
                 state.to_server.extend_from_slice(&frame);
@@ -695,6 +710,7 @@ impl TxnSession<'_> {
                 let body = &state.server_in[5..total];
                 match msg_tag {
                     b'E' => {
+                        state.recorder.error();
                         let fields = ErrorFields::parse(body);
                         if fields.code == "0A000"
                             && fields

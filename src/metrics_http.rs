@@ -1,0 +1,168 @@
+//! The Prometheus endpoint: `GET /metrics` in the text exposition format, on `server.metrics_listen`.
+//! A deliberately small HTTP/1.1 responder: one request per connection, nothing else served.
+
+use crate::proxy::Proxy;
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics endpoint listening");
+    }
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let mut request = vec![0u8; 4096];
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
+            let Ok(Ok(n)) = read else {
+                return;
+            };
+            let first_line = String::from_utf8_lossy(&request[..n])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            let response = if first_line.starts_with("GET /metrics ")
+                || first_line == "GET /metrics"
+            {
+                let body = render(&proxy);
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_string()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The metrics in Prometheus text format.
+pub fn render(proxy: &Proxy) -> String {
+    let mut out = String::new();
+    let tenants = proxy.metrics.all();
+    let clients = proxy.sessions.list();
+    let pools = proxy.pools.stats();
+    let counters: [(&str, &str, fn(&crate::metrics::TenantMetrics) -> u64); 6] = [
+        (
+            "pgtenant_transactions_total",
+            "Transactions completed (ReadyForQuery idle).",
+            |m| m.transactions.load(Ordering::Relaxed),
+        ),
+        (
+            "pgtenant_queries_total",
+            "Requests answered (Query, Sync, FunctionCall).",
+            |m| m.queries.load(Ordering::Relaxed),
+        ),
+        (
+            "pgtenant_received_bytes_total",
+            "Bytes received from clients.",
+            |m| m.bytes_in.load(Ordering::Relaxed),
+        ),
+        (
+            "pgtenant_sent_bytes_total",
+            "Bytes sent to clients from servers.",
+            |m| m.bytes_out.load(Ordering::Relaxed),
+        ),
+        (
+            "pgtenant_errors_total",
+            "ErrorResponses from servers.",
+            |m| m.errors.load(Ordering::Relaxed),
+        ),
+        (
+            "pgtenant_waits_total",
+            "Times a client waited for a server connection.",
+            |m| m.waits.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (tenant, m) in &tenants {
+            let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", escape(tenant), get(m));
+        }
+    }
+    let _ = writeln!(out, "# HELP pgtenant_wait_seconds_total Time clients waited for a server connection.\n# TYPE pgtenant_wait_seconds_total counter");
+    for (tenant, m) in &tenants {
+        let secs = m.wait_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "pgtenant_wait_seconds_total{{tenant=\"{}\"}} {secs}",
+            escape(tenant)
+        );
+    }
+    let _ = writeln!(out, "# HELP pgtenant_query_latency_seconds Request latency quantiles since start.\n# TYPE pgtenant_query_latency_seconds summary");
+    for (tenant, m) in &tenants {
+        let l = m.latency();
+        for (q, v) in [
+            ("0.5", l.p50),
+            ("0.9", l.p90),
+            ("0.99", l.p99),
+            ("0.999", l.p999),
+        ] {
+            let _ = writeln!(
+                out,
+                "pgtenant_query_latency_seconds{{tenant=\"{}\",quantile=\"{q}\"}} {}",
+                escape(tenant),
+                v as f64 / 1e6
+            );
+        }
+        let _ = writeln!(
+            out,
+            "pgtenant_query_latency_seconds_count{{tenant=\"{}\"}} {}",
+            escape(tenant),
+            l.count
+        );
+    }
+    let mut by_tenant = std::collections::BTreeMap::<String, usize>::new();
+    for c in &clients {
+        *by_tenant.entry(c.tenant_slug.clone()).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP pgtenant_clients Client sessions.\n# TYPE pgtenant_clients gauge"
+    );
+    for (tenant, n) in &by_tenant {
+        let _ = writeln!(out, "pgtenant_clients{{tenant=\"{}\"}} {n}", escape(tenant));
+    }
+    let _ = writeln!(out, "# HELP pgtenant_server_connections Server connections by state.\n# TYPE pgtenant_server_connections gauge");
+    let _ = writeln!(out, "# HELP pgtenant_queued_clients Clients waiting for a server connection.\n# TYPE pgtenant_queued_clients gauge");
+    for p in &pools {
+        let role = escape(p.role.as_str());
+        let _ = writeln!(
+            out,
+            "pgtenant_server_connections{{role=\"{role}\",state=\"active\"}} {}",
+            p.active
+        );
+        let _ = writeln!(
+            out,
+            "pgtenant_server_connections{{role=\"{role}\",state=\"idle\"}} {}",
+            p.idle
+        );
+        let _ = writeln!(
+            out,
+            "pgtenant_queued_clients{{role=\"{role}\"}} {}",
+            p.waiting
+        );
+    }
+    let _ = writeln!(out, "# HELP pgtenant_clients_total_current All client sessions.\n# TYPE pgtenant_clients_total_current gauge\npgtenant_clients_total_current {}", clients.len());
+    out
+}
