@@ -49,6 +49,9 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     }
 }
 
+/// A counter: name, help text, how to read it from a tenant's metrics.
+type Counter = (&'static str, &'static str, fn(&crate::metrics::TenantMetrics) -> u64);
+
 fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")
@@ -62,7 +65,7 @@ pub fn render(proxy: &Proxy) -> String {
     let tenants = proxy.metrics.all();
     let clients = proxy.sessions.list();
     let pools = proxy.pools.stats();
-    let counters: [(&str, &str, fn(&crate::metrics::TenantMetrics) -> u64); 6] = [
+    let counters: [Counter; 6] = [
         (
             "pgtenant_transactions_total",
             "Transactions completed (ReadyForQuery idle).",
