@@ -50,7 +50,11 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
 }
 
 /// A counter: name, help text, how to read it from a tenant's metrics.
-type Counter = (&'static str, &'static str, fn(&crate::metrics::TenantMetrics) -> u64);
+type Counter = (
+    &'static str,
+    &'static str,
+    fn(&crate::metrics::TenantMetrics) -> u64,
+);
 
 fn escape(label: &str) -> String {
     label

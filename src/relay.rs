@@ -30,8 +30,10 @@ pub enum RelayEnd {
         from_client: bool,
         error: ProtocolError,
     },
-    /// pgtenant is shutting down.
+    /// pgtenant is shutting down (or the session was ended from outside).
     Shutdown,
+    /// The client stayed idle, between transactions, past `server.client_idle_timeout_secs`.
+    IdleTimeout,
 }
 
 /// The result of a relay: why it ended, and the upstream's transaction status if the connection stands
@@ -89,6 +91,7 @@ pub async fn relay<CR, CW, UR, UW>(
     recorder: Recorder,
     kick: impl std::future::Future<Output = ()>,
     drain: impl std::future::Future<Output = ()>,
+    idle_timeout: Option<std::time::Duration>,
 ) -> RelayOutcome
 where
     CR: AsyncRead + Unpin,
@@ -122,6 +125,7 @@ where
             &mut client_scanner,
             &shared,
             &mut bytes_from_client,
+            idle_timeout,
         );
         let to_client = upstream_to_client(
             &mut upstream_read,
@@ -157,7 +161,10 @@ where
         recorder.bytes(bytes_from_client, bytes_from_upstream);
     }
 
-    let leaves_cleanly = matches!(end, RelayEnd::ClientTerminated | RelayEnd::ClientGone(_));
+    let leaves_cleanly = matches!(
+        end,
+        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) | RelayEnd::IdleTimeout
+    );
     let reusable = leaves_cleanly
         && client_clean
         && upstream_scanner.at_boundary()
@@ -184,6 +191,7 @@ async fn client_to_upstream<R, W>(
     scanner: &mut FrameScanner,
     shared: &Shared,
     bytes: &mut u64,
+    idle_timeout: Option<std::time::Duration>,
 ) -> (RelayEnd, bool)
 where
     R: AsyncRead + Unpin,
@@ -191,7 +199,16 @@ where
 {
     let mut buf = vec![0u8; BUFFER_SIZE];
     loop {
-        let n = match client.read(&mut buf).await {
+        let read = match idle_timeout {
+            Some(limit) if shared.idle() => {
+                match tokio::time::timeout(limit, client.read(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_) => return (RelayEnd::IdleTimeout, scanner.at_boundary()),
+                }
+            }
+            _ => client.read(&mut buf).await,
+        };
+        let n = match read {
             Ok(0) => return (RelayEnd::ClientGone(None), scanner.at_boundary()),
             Ok(n) => n,
             Err(e) => return (RelayEnd::ClientGone(Some(e)), false),

@@ -101,6 +101,7 @@ async fn serve_session(
     let kick = kick_signal(proxy, &session);
     let drain = proxy.shutdown.clone().cancelled_owned();
     let recorder = Recorder::new(proxy.metrics.tenant(&user.tenant.slug));
+    let idle_timeout = client_idle_timeout(proxy);
     let (upstream_read, upstream_write) = conn.stream.split();
     let outcome = match client {
         ClientStream::Plain(tcp) => {
@@ -111,7 +112,7 @@ async fn serve_session(
                 upstream_read,
                 upstream_write,
             };
-            relay::relay(sides, TxStatus::Idle, recorder, kick, drain).await
+            relay::relay(sides, TxStatus::Idle, recorder, kick, drain, idle_timeout).await
         }
         ClientStream::Tls(tls) => {
             let (client_read, client_write) = tokio::io::split(tls.as_mut());
@@ -121,7 +122,7 @@ async fn serve_session(
                 upstream_read,
                 upstream_write,
             };
-            relay::relay(sides, TxStatus::Idle, recorder, kick, drain).await
+            relay::relay(sides, TxStatus::Idle, recorder, kick, drain, idle_timeout).await
         }
     };
     registration.set_upstream(None);
@@ -170,6 +171,7 @@ async fn serve_transaction(
         cancel: &registration,
         desired,
         metrics: proxy.metrics.tenant(&user.tenant.slug),
+        idle_timeout: client_idle_timeout(proxy),
     };
     let outcome = txn
         .run(
@@ -189,6 +191,13 @@ async fn serve_transaction(
         bytes_from_upstream: outcome.bytes_from_upstream,
         reason: session.reason(),
     })
+}
+
+fn client_idle_timeout(proxy: &Proxy) -> Option<Duration> {
+    match proxy.config().server.client_idle_timeout_secs {
+        0 => None,
+        secs => Some(Duration::from_secs(secs)),
+    }
 }
 
 /// Completes when the session must end at once: its tenant was closed, or pgtenant's shutdown grace
@@ -283,6 +292,16 @@ async fn finish(
                 PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
             });
             let _ = send_error(&mut client, &reason).await;
+        }
+        RelayEnd::IdleTimeout => {
+            let _ = send_error(
+                &mut client,
+                &PgError::fatal(
+                    "57P05",
+                    "terminating connection due to idle-session timeout",
+                ),
+            )
+            .await;
         }
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {}
     }

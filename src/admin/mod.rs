@@ -257,6 +257,17 @@ async fn execute(proxy: Arc<Proxy>, command: Command, notices: Notices) -> Resul
             migrate::run(&proxy, tenant, dry_run, notices).await
         }
         Command::Reload => reload(&proxy, &notices),
+        Command::ShowStats => Ok(show::stats(&proxy)),
+        Command::Pause { tenant } => tenants::pause(&proxy, tenant.as_deref(), &notices).await,
+        Command::Unpause { tenant } => tenants::unpause(&proxy, tenant.as_deref()).await,
+        Command::Shutdown => {
+            let _ = notices
+                .send("pgtenant stops accepting clients; running transactions may finish".into());
+            proxy.shutdown.cancel();
+            Ok(Reply::Done {
+                tag: "SHUTDOWN".into(),
+            })
+        }
     }
 }
 

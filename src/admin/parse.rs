@@ -33,6 +33,16 @@ pub enum Command {
         confirm: Option<String>,
     },
     CheckTenants,
+    ShowStats,
+    /// Hold new transactions of a tenant (or of all).
+    Pause {
+        tenant: Option<String>,
+    },
+    /// Let paused transactions go on.
+    Unpause {
+        tenant: Option<String>,
+    },
+    Shutdown,
     Reload,
     Help,
 }
@@ -57,6 +67,7 @@ pub const FORMS: &[(&str, &str)] = &[
         "SHOW MIGRATIONS [tenant]",
         "migration version of every tenant, or one tenant's history",
     ),
+    ("SHOW STATS", "per tenant: transactions and queries per second, latency percentiles, bytes, errors, waits"),
     ("SHOW CONFIG", "the running configuration (secrets hidden)"),
     ("SHOW VERSION", "pgtenant's version"),
     (
@@ -243,6 +254,8 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
             Command::ShowServers
         } else if c.keyword("MIGRATIONS") {
             Command::ShowMigrations { tenant: c.name() }
+        } else if c.keyword("STATS") {
+            Command::ShowStats
         } else if c.keyword("CONFIG") {
             Command::ShowConfig
         } else if c.keyword("VERSION") {
@@ -284,6 +297,15 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
         };
         let dry_run = c.keywords(&["DRY", "RUN"]);
         Command::Migrate { tenant, dry_run }
+    } else if c.keyword("PAUSE") {
+        Command::Pause { tenant: c.name() }
+    } else if c.keyword("SHUTDOWN") {
+        Command::Shutdown
+    } else if matches!(&tokens[0], Token::Word(w) if w.eq_ignore_ascii_case("RESUME"))
+        && !matches!(tokens.get(1), Some(Token::Word(w)) if w.eq_ignore_ascii_case("TENANT"))
+    {
+        c.keyword("RESUME");
+        Command::Unpause { tenant: c.name() }
     } else if c.keyword("SUSPEND") || c.keyword("RESUME") {
         let suspend = matches!(&tokens[0], Token::Word(w) if w.eq_ignore_ascii_case("SUSPEND"));
         let form = if suspend {
@@ -412,6 +434,28 @@ mod tests {
             ]
         );
         assert_eq!(parse("  ;  ").expect("ok"), vec![]);
+        assert_eq!(
+            parse("PAUSE").expect("ok"),
+            vec![Command::Pause { tenant: None }]
+        );
+        assert_eq!(
+            parse("pause acme; resume acme; RESUME; RESUME TENANT acme; SHOW STATS; SHUTDOWN")
+                .expect("ok"),
+            vec![
+                Command::Pause {
+                    tenant: Some("acme".into())
+                },
+                Command::Unpause {
+                    tenant: Some("acme".into())
+                },
+                Command::Unpause { tenant: None },
+                Command::ResumeTenant {
+                    tenant: "acme".into()
+                },
+                Command::ShowStats,
+                Command::Shutdown
+            ]
+        );
     }
 
     #[test]

@@ -204,6 +204,52 @@ pub async fn migrations(proxy: &Proxy, tenant: Option<&str>) -> Result<Reply, Pg
     }
 }
 
+pub fn stats(proxy: &Proxy) -> Reply {
+    use std::sync::atomic::Ordering;
+    let clients = proxy.sessions.list();
+    let mut table = Table::new(&[
+        "tenant",
+        "clients",
+        "tps",
+        "qps",
+        "transactions",
+        "queries",
+        "p50_us",
+        "p90_us",
+        "p99_us",
+        "p999_us",
+        "bytes_in",
+        "bytes_out",
+        "errors",
+        "waits",
+        "avg_wait_us",
+    ]);
+    for (tenant, m) in proxy.metrics.all() {
+        let rates = m.rates();
+        let latency = m.latency();
+        let waits = m.waits.load(Ordering::Relaxed);
+        let wait_micros = m.wait_micros.load(Ordering::Relaxed);
+        table.row(vec![
+            text(&tenant),
+            text(clients.iter().filter(|c| c.tenant_slug == tenant).count()),
+            text(format!("{:.1}", rates.transactions_per_sec)),
+            text(format!("{:.1}", rates.queries_per_sec)),
+            text(m.transactions.load(Ordering::Relaxed)),
+            text(m.queries.load(Ordering::Relaxed)),
+            text(latency.p50),
+            text(latency.p90),
+            text(latency.p99),
+            text(latency.p999),
+            text(m.bytes_in.load(Ordering::Relaxed)),
+            text(m.bytes_out.load(Ordering::Relaxed)),
+            text(m.errors.load(Ordering::Relaxed)),
+            text(waits),
+            text(wait_micros.checked_div(waits).unwrap_or(0)),
+        ]);
+    }
+    rows(table)
+}
+
 pub fn config(proxy: &Proxy) -> Reply {
     let mut table = Table::new(&["key", "value"]);
     for (key, value) in proxy.config().describe() {

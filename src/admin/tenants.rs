@@ -149,3 +149,60 @@ pub async fn check(proxy: &Proxy, notices: &Notices) -> Result<Reply, PgError> {
         tag: "CHECK TENANTS".into(),
     })
 }
+
+/// The role of a tenant named in an admin command.
+async fn role_of(proxy: &Proxy, selector: &str) -> Result<crate::directory::RoleName, PgError> {
+    let admin = proxy.directory.admin().await.map_err(db_error)?;
+    Ok(ops::find_tenant(&admin, selector)
+        .await
+        .map_err(op_error)?
+        .role)
+}
+
+pub async fn pause(
+    proxy: &Proxy,
+    selector: Option<&str>,
+    notices: &Notices,
+) -> Result<Reply, PgError> {
+    let role = match selector {
+        Some(s) => Some(role_of(proxy, s).await?),
+        None => None,
+    };
+    proxy.pools.pause(role.as_ref());
+    // Wait for transactions already running to finish (their connections to come back).
+    let started = std::time::Instant::now();
+    let mut last_notice = std::time::Instant::now();
+    loop {
+        let active = proxy.pools.active(role.as_ref());
+        if active == 0 {
+            break;
+        }
+        if last_notice.elapsed() >= std::time::Duration::from_secs(1) {
+            last_notice = std::time::Instant::now();
+            let _ = notices.send(format!(
+                "waiting for {active} running transactions to finish"
+            ));
+        }
+        if started.elapsed() >= std::time::Duration::from_secs(60) {
+            let _ = notices.send(format!(
+                "{active} server connections still busy after 60 s (sessions in session pooling hold theirs); new transactions stay held"
+            ));
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    Ok(Reply::Done {
+        tag: "PAUSE".into(),
+    })
+}
+
+pub async fn unpause(proxy: &Proxy, selector: Option<&str>) -> Result<Reply, PgError> {
+    let role = match selector {
+        Some(s) => Some(role_of(proxy, s).await?),
+        None => None,
+    };
+    proxy.pools.resume(role.as_ref());
+    Ok(Reply::Done {
+        tag: "RESUME".into(),
+    })
+}

@@ -72,6 +72,8 @@ pub struct TxnSession<'a> {
     /// The reported settings as the client last saw them.
     pub desired: Vec<(String, String)>,
     pub metrics: std::sync::Arc<crate::metrics::TenantMetrics>,
+    /// End the session when the client stays idle between transactions this long.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 struct State {
@@ -126,6 +128,14 @@ async fn write_opt<W: AsyncWrite + Unpin>(w: Option<&mut W>, buf: &[u8]) -> std:
     }
 }
 
+/// Completes when the client has been idle for `limit` since `since`; never without a limit.
+async fn idle_deadline(limit: Option<std::time::Duration>, since: tokio::time::Instant) {
+    match limit {
+        Some(limit) => tokio::time::sleep_until(since + limit).await,
+        None => std::future::pending().await,
+    }
+}
+
 enum Event {
     ClientRead(std::io::Result<usize>),
     ServerRead(std::io::Result<usize>),
@@ -133,6 +143,7 @@ enum Event {
     ServerWrote(std::io::Result<usize>),
     Kicked,
     Drain,
+    IdleTimeout,
 }
 
 fn frame_header(buf: &[u8]) -> (u8, i32) {
@@ -249,6 +260,7 @@ impl TxnSession<'_> {
         let mut draining = false;
         let mut client_buf = vec![0u8; READ_SIZE];
         let mut server_buf = vec![0u8; READ_SIZE];
+        let mut last_client_activity = tokio::time::Instant::now();
         loop {
             self.release_if_done(state);
             if draining && state.server.is_none() {
@@ -260,6 +272,7 @@ impl TxnSession<'_> {
             }
             let client_readable = state.to_server.len() < HIGH_WATER;
             let server_readable = state.to_client.len() < HIGH_WATER;
+            let between_transactions = state.server.is_none();
             let event = {
                 let (server_read, server_write) = match state.server.as_mut() {
                     Some(checkout) => {
@@ -276,12 +289,14 @@ impl TxnSession<'_> {
                     r = write_opt(server_write.as_mut(), &state.to_server) => Event::ServerWrote(r),
                     _ = &mut kick => Event::Kicked,
                     _ = &mut drain, if !draining => Event::Drain,
+                    _ = idle_deadline(self.idle_timeout, last_client_activity), if between_transactions => Event::IdleTimeout,
                 }
             };
             match event {
                 Event::ClientRead(Ok(0)) => return RelayEnd::ClientGone(None),
                 Event::ClientRead(Err(e)) => return RelayEnd::ClientGone(Some(e)),
                 Event::ClientRead(Ok(n)) => {
+                    last_client_activity = tokio::time::Instant::now();
                     state.bytes_from_client += n as u64;
                     state.client_in.extend_from_slice(&client_buf[..n]);
                     match self.process_client(state).await {
@@ -321,6 +336,7 @@ impl TxnSession<'_> {
                 Event::ServerWrote(Err(e)) => return RelayEnd::UpstreamGone(Some(e)),
                 Event::Kicked => return RelayEnd::Shutdown,
                 Event::Drain => draining = true,
+                Event::IdleTimeout => return RelayEnd::IdleTimeout,
             }
         }
     }
