@@ -247,15 +247,26 @@ impl PoolManager {
                 Err(_) if self.evict_least_recently_used() => continue,
                 Err(_) if !wait => return Ok(None),
                 Err(_) => {
+                    // Wait for room, looking again now and then for an idle connection to close: one may
+                    // have gone idle since (another tenant's, kept while nobody waited).
                     let _waiting = Waiting::new(&self.global_waiting);
                     let _waiting_here = Waiting::new(&pool.waiting_global);
-                    break tokio::time::timeout_at(deadline, self.global.clone().acquire_owned())
-                        .await
-                        .map_err(|_| PoolError::GlobalBusy {
-                            max: self.config.max_server_connections,
-                            waited: started.elapsed(),
-                        })?
-                        .expect("pool semaphores are never closed");
+                    let slice = tokio::time::Instant::now() + Duration::from_millis(50);
+                    match tokio::time::timeout_at(
+                        slice.min(deadline),
+                        self.global.clone().acquire_owned(),
+                    )
+                    .await
+                    {
+                        Ok(permit) => break permit.expect("pool semaphores are never closed"),
+                        Err(_) if tokio::time::Instant::now() >= deadline => {
+                            return Err(PoolError::GlobalBusy {
+                                max: self.config.max_server_connections,
+                                waited: started.elapsed(),
+                            })
+                        }
+                        Err(_) => continue,
+                    }
                 }
             }
         };
