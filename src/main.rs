@@ -141,6 +141,21 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(number * seconds))
 }
 
+/// Threads serving clients: `PGTENANT_WORKER_THREADS`, else half the cores (at least one). Every core the
+/// proxy keeps busy is taken from PostgreSQL on the same machine, and fewer threads mean fewer cross-thread
+/// wake-ups per message.
+fn worker_threads() -> usize {
+    std::env::var("PGTENANT_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| (n.get() / 2).max(1))
+                .unwrap_or(1)
+        })
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -151,6 +166,7 @@ fn main() -> Result<()> {
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
         .enable_all()
         .build()?;
     runtime.block_on(run(cli))
