@@ -79,6 +79,9 @@ struct TenantPool {
     waiting: AtomicUsize,
     /// Of those, waiting for room under the global cap.
     waiting_global: AtomicUsize,
+    /// Statement generations: a statement that went stale after DDL is retired, and the next Parse of the
+    /// same query gets a new server-side name (transaction pooling).
+    statement_generations: Mutex<HashMap<String, u32>>,
 }
 
 impl TenantPool {
@@ -183,6 +186,7 @@ impl PoolManager {
                     live: Arc::new(AtomicUsize::new(0)),
                     waiting: AtomicUsize::new(0),
                     waiting_global: AtomicUsize::new(0),
+                    statement_generations: Mutex::new(HashMap::new()),
                 })
             })
             .clone()
@@ -443,6 +447,34 @@ impl PoolManager {
 
     pub fn size_per_tenant(&self) -> usize {
         self.config.size_per_tenant
+    }
+
+    /// The current generation of a statement's server-side name (see `txn::statements`).
+    pub fn statement_generation(&self, role: &RoleName, base: &str) -> u32 {
+        let pool = self.tenant_pool(role);
+        let generations = pool
+            .statement_generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        generations.get(base).copied().unwrap_or(0)
+    }
+
+    /// Retires a server-side statement name that went stale: later Parses of its query get a new name.
+    pub fn retire_statement(&self, role: &RoleName, server_name: &str) {
+        let (base, generation) = crate::txn::statements::generation_of(server_name);
+        let pool = self.tenant_pool(role);
+        let mut generations = pool
+            .statement_generations
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let current = generations.entry(base.to_string()).or_insert(0);
+        *current = (*current).max(generation + 1);
+    }
+
+    /// Whether a server-side statement name belongs to an older generation than the current one.
+    pub fn is_retired(&self, role: &RoleName, server_name: &str) -> bool {
+        let (base, generation) = crate::txn::statements::generation_of(server_name);
+        generation < self.statement_generation(role, base)
     }
 
     /// Holds new transactions (and logins) of `role`, or of every tenant.

@@ -638,6 +638,14 @@ async fn login(
         e.to_client_error()
     })?;
     note_wait(proxy, &user, wait_started.elapsed());
+    if user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction {
+        // Transaction pooling does not reset connections between clients: start this client from the
+        // role's defaults, not from the settings an earlier client left.
+        if let Err(e) = checkout.conn().run_simple(&["RESET ALL"]).await {
+            proxy.pools.check_in(checkout, false);
+            return Err(e.to_client_error());
+        }
+    }
     if let Err(e) = apply_client_settings(checkout.conn(), params).await {
         let reusable = checkout.conn().reset(TxStatus::Idle).await.is_ok();
         proxy.pools.check_in(checkout, reusable);

@@ -1,39 +1,100 @@
 //! What the server owes the client: one entry per request forwarded in the current batches, in order, plus
 //! responses pgtenant makes itself. Server responses are matched against it to know which to swallow (the
-//! ParseComplete of a Parse pgtenant injected) and where to insert pgtenant's own (the ParseComplete of a
-//! Parse the server connection already had).
+//! answers to requests pgtenant injected) and where to insert pgtenant's own (the ParseComplete of a Parse
+//! the server connection already had). When an error makes the server skip the rest of a batch, the
+//! entries skipped say what to undo: a client's statement that was never created, a server statement that
+//! was never prepared, a name that was not closed after all.
 
+use super::statements::Statement;
 use bytes::Bytes;
 use std::collections::VecDeque;
 
+/// Something to undo when the server skipped (or failed) the request it belonged to.
+#[derive(Debug, Clone)]
+pub enum Undo {
+    /// The client's statement of this name (if it still maps to this server name) does not exist.
+    ForgetClientStatement {
+        client_name: String,
+        server_name: String,
+    },
+    /// The client's Close of this statement did not happen.
+    RestoreClientStatement {
+        client_name: String,
+        statement: Statement,
+    },
+    /// The server connection still has this statement (a Close of it was skipped).
+    ServerStillHas(String),
+}
+
 #[derive(Debug)]
 pub enum Expect {
-    /// A Parse sent upstream. `server_name` is set for named statements (removed from the connection's
-    /// cache if it fails); `swallow` for Parses pgtenant injected.
+    /// A Parse sent upstream. `server_name` is set for named statements; `swallow` for Parses pgtenant
+    /// injected; `client_name` when the client's own named Parse.
     Parse {
         server_name: Option<String>,
         swallow: bool,
+        client_name: Option<String>,
     },
     Bind {
         server_name: Option<String>,
+        swallow: bool,
+        /// The client's name for the statement, to put back into errors that name the server's.
+        client_name: Option<String>,
     },
-    DescribeStatement,
+    /// `names`: (server name, client name) of a named statement.
+    DescribeStatement {
+        names: Option<(String, String)>,
+    },
     DescribePortal,
     Execute,
+    /// A Close sent upstream; `swallow` (with the statement's name) for Closes pgtenant injected.
     Close {
-        swallow: bool,
+        swallow: Option<String>,
     },
     Sync,
     Query,
     FunctionCall,
     /// A response pgtenant gives in the server's place, when it reaches the head of the queue.
-    Synthetic(Bytes),
+    Synthetic {
+        frame: Bytes,
+        undo: Option<Undo>,
+    },
 }
 
 impl Expect {
     /// Ends with ReadyForQuery.
     pub fn is_sync_point(&self) -> bool {
         matches!(self, Expect::Sync | Expect::Query | Expect::FunctionCall)
+    }
+
+    pub fn synthetic(frame: Bytes) -> Self {
+        Expect::Synthetic { frame, undo: None }
+    }
+
+    /// What skipping this entry undoes.
+    fn undo_when_skipped(self, outcome: &mut Outcome) {
+        match self {
+            Expect::Parse {
+                server_name: Some(server_name),
+                client_name,
+                ..
+            } => {
+                if let Some(client_name) = client_name {
+                    outcome.undo.push(Undo::ForgetClientStatement {
+                        client_name,
+                        server_name: server_name.clone(),
+                    });
+                }
+                outcome.forget.push(server_name);
+            }
+            Expect::Close {
+                swallow: Some(server_name),
+            } => outcome.undo.push(Undo::ServerStillHas(server_name)),
+            Expect::Synthetic {
+                undo: Some(undo), ..
+            } => outcome.undo.push(undo),
+            _ => {}
+        }
     }
 }
 
@@ -50,12 +111,13 @@ pub enum Disposition {
     Swallow,
 }
 
-/// A statement the server reported as unusable, to forget on this connection.
+/// What one server message means for pgtenant's books.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub disposition: Option<Disposition>,
-    /// A Parse of this server-side name failed or was closed: the connection does not have it.
-    pub forget: Option<String>,
+    /// Server-side names the connection does not have after all (their Parse failed or was skipped).
+    pub forget: Vec<String>,
+    pub undo: Vec<Undo>,
     /// A ReadyForQuery was received.
     pub ready: bool,
 }
@@ -76,16 +138,16 @@ impl Expectations {
     /// Synthetic responses now at the head, in order, removed from the queue.
     pub fn take_synthetic_head(&mut self) -> Vec<Bytes> {
         let mut out = Vec::new();
-        while let Some(Expect::Synthetic(_)) = self.queue.front() {
-            if let Some(Expect::Synthetic(bytes)) = self.queue.pop_front() {
-                out.push(bytes);
+        while let Some(Expect::Synthetic { .. }) = self.queue.front() {
+            if let Some(Expect::Synthetic { frame, .. }) = self.queue.pop_front() {
+                out.push(frame);
             }
         }
         out
     }
 
-    /// Matches one server message (by tag; `error_code` for ErrorResponse) against the head.
-    pub fn on_server_message(&mut self, tag: u8, error_code: Option<&str>) -> Outcome {
+    /// Matches one server message (by tag) against the head.
+    pub fn on_server_message(&mut self, tag: u8) -> Outcome {
         let mut outcome = Outcome {
             disposition: Some(Disposition::Forward),
             ..Outcome::default()
@@ -104,17 +166,10 @@ impl Expectations {
                         if front.is_sync_point() {
                             break;
                         }
-                        if let Some(Expect::Parse {
-                            server_name: Some(name),
-                            ..
-                        }) = self.queue.pop_front()
-                        {
-                            outcome.forget = Some(name);
+                        if let Some(entry) = self.queue.pop_front() {
+                            entry.undo_when_skipped(&mut outcome);
                         }
                     }
-                }
-                if error_code == Some("0A000") {
-                    // "cached plan must not change result type": handled by the caller via Bind names.
                 }
             }
             b'Z' => {
@@ -132,13 +187,16 @@ impl Expectations {
                 }
             }
             b'2' => {
-                if matches!(self.queue.front(), Some(Expect::Bind { .. })) {
+                if let Some(Expect::Bind { swallow, .. }) = self.queue.front() {
+                    if *swallow {
+                        outcome.disposition = Some(Disposition::Swallow);
+                    }
                     self.queue.pop_front();
                 }
             }
             b'3' => {
                 if let Some(Expect::Close { swallow }) = self.queue.front() {
-                    if *swallow {
+                    if swallow.is_some() {
                         outcome.disposition = Some(Disposition::Swallow);
                     }
                     self.queue.pop_front();
@@ -147,7 +205,7 @@ impl Expectations {
             b'T' | b'n' => {
                 if matches!(
                     self.queue.front(),
-                    Some(Expect::DescribeStatement) | Some(Expect::DescribePortal)
+                    Some(Expect::DescribeStatement { .. }) | Some(Expect::DescribePortal)
                 ) {
                     self.queue.pop_front();
                 }
@@ -165,7 +223,22 @@ impl Expectations {
     /// The server-side statement name of the Bind at the head, if any (for stale-plan handling).
     pub fn head_bind_statement(&self) -> Option<&str> {
         match self.queue.front() {
-            Some(Expect::Bind { server_name }) => server_name.as_deref(),
+            Some(Expect::Bind { server_name, .. }) => server_name.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// (server name, client name) of the statement the request at the head names, if any.
+    pub fn head_statement_names(&self) -> Option<(&str, &str)> {
+        match self.queue.front() {
+            Some(Expect::Bind {
+                server_name: Some(s),
+                client_name: Some(c),
+                ..
+            }) => Some((s, c)),
+            Some(Expect::DescribeStatement {
+                names: Some((s, c)),
+            }) => Some((s, c)),
             _ => None,
         }
     }
@@ -175,50 +248,69 @@ impl Expectations {
 mod tests {
     use super::*;
 
+    fn parse(name: &str, swallow: bool, client: Option<&str>) -> Expect {
+        Expect::Parse {
+            server_name: Some(name.into()),
+            swallow,
+            client_name: client.map(str::to_string),
+        }
+    }
+
     #[test]
     fn injected_parse_complete_is_swallowed_and_synthetic_ones_wait_their_turn() {
         let mut q = Expectations::default();
-        q.push(Expect::Parse {
-            server_name: Some("pgt_a".into()),
-            swallow: true,
-        });
+        q.push(parse("pgt_a", true, None));
         q.push(Expect::Bind {
             server_name: Some("pgt_a".into()),
+            swallow: false,
+            client_name: None,
         });
-        q.push(Expect::Synthetic(Bytes::from_static(b"3\0\0\0\x04")));
+        q.push(Expect::synthetic(Bytes::from_static(b"3\0\0\0\x04")));
         q.push(Expect::Sync);
         assert!(q.take_synthetic_head().is_empty());
         assert_eq!(
-            q.on_server_message(b'1', None).disposition,
+            q.on_server_message(b'1').disposition,
             Some(Disposition::Swallow)
         );
         assert_eq!(
-            q.on_server_message(b'2', None).disposition,
+            q.on_server_message(b'2').disposition,
             Some(Disposition::Forward)
         );
         assert_eq!(q.take_synthetic_head().len(), 1);
-        let z = q.on_server_message(b'Z', None);
-        assert!(z.ready);
+        assert!(q.on_server_message(b'Z').ready);
         assert!(q.is_empty());
     }
 
     #[test]
-    fn an_error_skips_to_the_sync_and_forgets_a_failed_parse() {
+    fn an_error_skips_to_the_sync_and_undoes_every_skipped_parse_and_close() {
         let mut q = Expectations::default();
-        q.push(Expect::Parse {
-            server_name: Some("pgt_bad".into()),
-            swallow: false,
-        });
+        q.push(parse("pgt_bad", false, Some("bad")));
+        q.push(parse("pgt_other", false, Some("other")));
         q.push(Expect::Bind {
             server_name: Some("pgt_bad".into()),
+            swallow: false,
+            client_name: Some("bad".into()),
         });
-        q.push(Expect::Synthetic(Bytes::from_static(b"1\0\0\0\x04")));
+        q.push(Expect::Close {
+            swallow: Some("pgt_old".into()),
+        });
+        q.push(Expect::Synthetic {
+            frame: Bytes::from_static(b"1\0\0\0\x04"),
+            undo: Some(Undo::ForgetClientStatement {
+                client_name: "dup".into(),
+                server_name: "pgt_dup".into(),
+            }),
+        });
         q.push(Expect::Execute);
         q.push(Expect::Sync);
-        let e = q.on_server_message(b'E', Some("42601"));
-        assert_eq!(e.forget.as_deref(), Some("pgt_bad"));
+        let e = q.on_server_message(b'E');
+        assert_eq!(
+            e.forget,
+            vec!["pgt_bad".to_string(), "pgt_other".to_string()]
+        );
+        assert_eq!(e.undo.len(), 4, "{:?}", e.undo);
         assert_eq!(q.len(), 1, "only the Sync remains");
-        assert!(q.on_server_message(b'Z', None).ready);
+        assert!(q.on_server_message(b'Z').ready);
         assert!(q.is_empty());
     }
 
@@ -229,10 +321,11 @@ mod tests {
         q.push(Expect::Parse {
             server_name: None,
             swallow: false,
+            client_name: None,
         });
-        q.on_server_message(b'E', Some("42P01"));
+        q.on_server_message(b'E');
         assert_eq!(q.len(), 2);
-        assert!(q.on_server_message(b'Z', None).ready);
+        assert!(q.on_server_message(b'Z').ready);
         assert_eq!(q.len(), 1);
     }
 }

@@ -27,7 +27,7 @@ use crate::relay::RelayEnd;
 use crate::tls::ClientStream;
 use crate::upstream::UpstreamConn;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use expect::{Disposition, Expect, Expectations};
+use expect::{Disposition, Expect, Expectations, Undo};
 use statements::{ClientStatements, Statement};
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -495,22 +495,20 @@ impl TxnSession<'_> {
                     // holds: if none is free now, the statement is kept and prepared on the server at its
                     // first Bind or Describe, and the client gets ParseComplete at once.
                     if let Some(p) = statements::parse_parse(body).filter(|p| !p.name.is_empty()) {
+                        let client_name = String::from_utf8_lossy(p.name).into_owned();
+                        if state.statements.get(&client_name).is_some() {
+                            protocol::write::error_response(
+                                &mut state.to_client,
+                                &duplicate_statement(&client_name),
+                            );
+                            state.skipping_to_sync = true;
+                            return Step::Continue;
+                        }
                         match self.try_ensure_server(state).await {
                             Ok(true) => {}
                             Ok(false) => {
-                                let server_name = statements::server_name(p.query, p.param_types);
-                                let statement = Statement {
-                                    parse: statements::encode_parse(
-                                        &server_name,
-                                        p.query,
-                                        p.param_types,
-                                    ),
-                                    server_name,
-                                };
-                                state.statements.insert(
-                                    String::from_utf8_lossy(p.name).into_owned(),
-                                    statement,
-                                );
+                                let statement = self.new_statement(p.query, p.param_types);
+                                state.statements.insert(client_name, statement);
                                 state.to_client.extend_from_slice(&simple_frame(b'1'));
                                 return Step::Continue;
                             }
@@ -567,31 +565,46 @@ impl TxnSession<'_> {
                 state.unsynced = true;
                 match statements::parse_parse(body) {
                     Some(p) if !p.name.is_empty() => {
-                        let server_name = statements::server_name(p.query, p.param_types);
-                        let statement = Statement {
-                            parse: statements::encode_parse(&server_name, p.query, p.param_types),
-                            server_name: server_name.clone(),
-                        };
                         let client_name = String::from_utf8_lossy(p.name).into_owned();
-                        if conn.prepared.contains(&server_name) {
-                            conn.prepared.touch(&server_name);
-                            state.expect.push(Expect::Synthetic(simple_frame(b'1')));
+                        if state.statements.get(&client_name).is_some() {
+                            // As PostgreSQL: the name is taken; the server raises the error, so the batch
+                            // (and an open transaction) fails there too.
+                            inject_error(
+                                &mut state.to_server,
+                                &mut state.expect,
+                                &duplicate_statement(&client_name),
+                            );
                         } else {
-                            make_room(conn, &mut state.to_server, &mut state.expect);
-                            state.to_server.extend_from_slice(&statement.parse);
-                            conn.prepared.insert(server_name.clone());
-                            state.expect.push(Expect::Parse {
-                                server_name: Some(server_name),
-                                swallow: false,
-                            });
+                            let statement = self.new_statement(p.query, p.param_types);
+                            let server_name = statement.server_name.clone();
+                            if conn.prepared.contains(&server_name) {
+                                conn.prepared.touch(&server_name);
+                                state.expect.push(Expect::Synthetic {
+                                    frame: simple_frame(b'1'),
+                                    undo: Some(Undo::ForgetClientStatement {
+                                        client_name: client_name.clone(),
+                                        server_name,
+                                    }),
+                                });
+                            } else {
+                                make_room(conn, &mut state.to_server, &mut state.expect);
+                                state.to_server.extend_from_slice(&statement.parse);
+                                conn.prepared.insert(server_name.clone());
+                                state.expect.push(Expect::Parse {
+                                    server_name: Some(server_name),
+                                    swallow: false,
+                                    client_name: Some(client_name.clone()),
+                                });
+                            }
+                            state.statements.insert(client_name, statement);
                         }
-                        state.statements.insert(client_name, statement);
                     }
                     _ => {
                         state.to_server.extend_from_slice(&frame);
                         state.expect.push(Expect::Parse {
                             server_name: None,
                             swallow: false,
+                            client_name: None,
                         });
                     }
                 }
@@ -600,14 +613,15 @@ impl TxnSession<'_> {
                 close_stale(conn, &mut state.to_server, &mut state.expect);
                 state.unsynced = true;
                 let named = statements::parse_bind(body).and_then(|(portal, name, rest)| {
-                    let statement = state
-                        .statements
-                        .get(&String::from_utf8_lossy(name))?
-                        .clone();
-                    Some((portal.to_vec(), statement, rest.to_vec()))
+                    let client_name = String::from_utf8_lossy(name).into_owned();
+                    let statement = state.statements.get(&client_name)?.clone();
+                    Some((portal.to_vec(), statement, rest.to_vec(), client_name))
                 });
                 match named {
-                    Some((portal, statement, rest)) if !statement.server_name.is_empty() => {
+                    Some((_, statement, _, _)) if self.is_retired(conn, &statement) => {
+                        inject_error(&mut state.to_server, &mut state.expect, &stale_plan());
+                    }
+                    Some((portal, statement, rest, client_name)) => {
                         ensure_prepared(conn, &mut state.to_server, &mut state.expect, &statement);
                         state.to_server.extend_from_slice(&statements::encode_bind(
                             &portal,
@@ -616,11 +630,17 @@ impl TxnSession<'_> {
                         ));
                         state.expect.push(Expect::Bind {
                             server_name: Some(statement.server_name),
+                            swallow: false,
+                            client_name: Some(client_name),
                         });
                     }
-                    _ => {
+                    None => {
                         state.to_server.extend_from_slice(&frame);
-                        state.expect.push(Expect::Bind { server_name: None });
+                        state.expect.push(Expect::Bind {
+                            server_name: None,
+                            swallow: false,
+                            client_name: None,
+                        });
                     }
                 }
             }
@@ -629,11 +649,20 @@ impl TxnSession<'_> {
                 state.unsynced = true;
                 match statements::parse_target(body) {
                     Some((b'S', name)) => {
-                        let known = state
-                            .statements
-                            .get(&String::from_utf8_lossy(name))
-                            .cloned();
+                        let client_name = String::from_utf8_lossy(name).into_owned();
+                        let known = state.statements.get(&client_name).cloned();
+                        let names = known
+                            .as_ref()
+                            .map(|s| (s.server_name.clone(), client_name.clone()));
                         match known {
+                            Some(statement) if self.is_retired(conn, &statement) => {
+                                inject_error(
+                                    &mut state.to_server,
+                                    &mut state.expect,
+                                    &stale_plan(),
+                                );
+                                return Step::Continue;
+                            }
                             Some(statement) => {
                                 ensure_prepared(
                                     conn,
@@ -651,7 +680,7 @@ impl TxnSession<'_> {
                             }
                             None => state.to_server.extend_from_slice(&frame),
                         }
-                        state.expect.push(Expect::DescribeStatement);
+                        state.expect.push(Expect::DescribeStatement { names });
                     }
                     _ => {
                         state.to_server.extend_from_slice(&frame);
@@ -663,13 +692,23 @@ impl TxnSession<'_> {
                 state.unsynced = true;
                 match statements::parse_target(body) {
                     Some((b'S', name)) if !name.is_empty() => {
-                        // The server-side statement stays for other clients; the client's name goes.
-                        state.statements.remove(&String::from_utf8_lossy(name));
-                        state.expect.push(Expect::Synthetic(simple_frame(b'3')));
+                        // The server-side statement stays for other clients; the client's name goes
+                        // (unless an earlier error makes the server skip this Close).
+                        let client_name = String::from_utf8_lossy(name).into_owned();
+                        let undo = state.statements.remove(&client_name).map(|statement| {
+                            Undo::RestoreClientStatement {
+                                client_name,
+                                statement,
+                            }
+                        });
+                        state.expect.push(Expect::Synthetic {
+                            frame: simple_frame(b'3'),
+                            undo,
+                        });
                     }
                     _ => {
                         state.to_server.extend_from_slice(&frame);
-                        state.expect.push(Expect::Close { swallow: false });
+                        state.expect.push(Expect::Close { swallow: None });
                     }
                 }
             }
@@ -681,6 +720,65 @@ impl TxnSession<'_> {
             _ => state.to_server.extend_from_slice(&frame),
         }
         Step::Continue
+    }
+
+    /// The client statement for a Parse: its server-side name carries the generation of that query (bumped
+    /// each time a statement of it went stale).
+    fn new_statement(&self, query: &[u8], param_types: &[u8]) -> Statement {
+        let base = statements::server_name(query, param_types);
+        let generation = self.pools.statement_generation(self.role, &base);
+        let server_name = statements::with_generation(&base, generation);
+        Statement {
+            parse: statements::encode_parse(&server_name, query, param_types),
+            server_name,
+        }
+    }
+
+    /// The statement went stale after DDL and this connection does not have it: PostgreSQL would keep
+    /// failing it, so pgtenant must not prepare it again under the client's old name.
+    fn is_retired(&self, conn: &UpstreamConn, statement: &Statement) -> bool {
+        !conn.prepared.contains(&statement.server_name)
+            && self.pools.is_retired(self.role, &statement.server_name)
+    }
+
+    /// Applies what a server message implied for the books of the client and the connection.
+    fn apply(&self, state: &mut State, outcome: &expect::Outcome) {
+        if let Some(checkout) = state.server.as_mut() {
+            let conn = checkout.conn();
+            for name in &outcome.forget {
+                conn.prepared.remove(name);
+            }
+            for undo in &outcome.undo {
+                if let Undo::ServerStillHas(name) = undo {
+                    if !name.is_empty() {
+                        conn.prepared.insert(name.clone());
+                    }
+                }
+            }
+        }
+        for undo in &outcome.undo {
+            match undo {
+                Undo::ForgetClientStatement {
+                    client_name,
+                    server_name,
+                } => {
+                    if state
+                        .statements
+                        .get(client_name)
+                        .is_some_and(|s| s.server_name == *server_name)
+                    {
+                        state.statements.remove(client_name);
+                    }
+                }
+                Undo::RestoreClientStatement {
+                    client_name,
+                    statement,
+                } => state
+                    .statements
+                    .insert(client_name.clone(), statement.clone()),
+                Undo::ServerStillHas(_) => {}
+            }
+        }
     }
 
     /// Sends synthetic responses that reached the head of the queue.
@@ -720,7 +818,6 @@ impl TxnSession<'_> {
             if !whole && server_needs_whole(msg_tag) {
                 return Ok(());
             }
-            let mut error_code = None;
             let mut notice_after = None;
             if whole {
                 let body = &state.server_in[5..total];
@@ -736,10 +833,12 @@ impl TxnSession<'_> {
                             if let (Some(name), Some(checkout)) =
                                 (state.expect.head_bind_statement(), state.server.as_mut())
                             {
+                                // Stale everywhere: no client statement may be quietly re-prepared under it
+                                // with another result shape; new Parses get a new name.
                                 checkout.conn().prepared.mark_stale(name);
+                                self.pools.retire_statement(self.role, name);
                             }
                         }
-                        error_code = Some(fields.code);
                     }
                     b'S' => {
                         let mut b = BytesMut::from(body);
@@ -764,20 +863,37 @@ impl TxnSession<'_> {
                     }
                     b'C' => {
                         let command = body.split(|b| *b == 0).next().unwrap_or(&[]);
+                        if command == b"DEALLOCATE ALL" || command == b"DISCARD ALL" {
+                            // Every prepared statement of the session is gone: pgtenant's and the client's.
+                            if let Some(checkout) = state.server.as_mut() {
+                                checkout.conn().prepared.clear();
+                            }
+                            state.statements = ClientStatements::default();
+                        }
                         notice_after = session_feature_notice(command);
                     }
                     _ => {}
                 }
             }
             state.last_server_error = msg_tag == b'E';
-            let outcome = state
-                .expect
-                .on_server_message(msg_tag, error_code.as_deref());
-            if let (Some(name), Some(checkout)) = (outcome.forget, state.server.as_mut()) {
-                checkout.conn().prepared.remove(&name);
-            }
+            // An error naming pgtenant's server-side statement names the client's instead.
+            let renamed = if msg_tag == b'E' && whole {
+                state
+                    .expect
+                    .head_statement_names()
+                    .and_then(|(server, client)| {
+                        rename_in_error(&state.server_in[..total], server, client)
+                    })
+            } else {
+                None
+            };
+            let outcome = state.expect.on_server_message(msg_tag);
+            self.apply(state, &outcome);
             let take = if whole { total } else { state.server_in.len() };
-            let frame = state.server_in.split_to(take);
+            let mut frame = state.server_in.split_to(take);
+            if let Some(renamed) = renamed {
+                frame = renamed;
+            }
             if outcome.disposition != Some(Disposition::Swallow) {
                 state.to_client.extend_from_slice(&frame);
             }
@@ -799,6 +915,22 @@ fn pool_error(e: PoolError) -> PgError {
     }
 }
 
+/// The ErrorResponse `frame` with `"server"` replaced by `"client"`, if it names it.
+fn rename_in_error(frame: &[u8], server: &str, client: &str) -> Option<BytesMut> {
+    let needle = format!("\"{server}\"");
+    let body = &frame[5..];
+    let text = String::from_utf8_lossy(body);
+    if !text.contains(&needle) {
+        return None;
+    }
+    let replaced = text.replace(&needle, &format!("\"{client}\""));
+    let mut out = BytesMut::with_capacity(replaced.len() + 5);
+    out.put_u8(b'E');
+    out.put_i32((replaced.len() + 4) as i32);
+    out.extend_from_slice(replaced.as_bytes());
+    Some(out)
+}
+
 /// A NOTICE for commands whose effect cannot outlast the transaction in transaction pooling.
 fn session_feature_notice(command: &[u8]) -> Option<PgError> {
     let text = match command {
@@ -816,7 +948,11 @@ fn session_feature_notice(command: &[u8]) -> Option<PgError> {
 fn close_stale(conn: &mut UpstreamConn, to_server: &mut BytesMut, expect: &mut Expectations) {
     for name in conn.prepared.take_stale() {
         to_server.extend_from_slice(&statements::encode_target(tag::CLOSE, b'S', &name));
-        expect.push(Expect::Close { swallow: true });
+        // If skipped, the stale statement stays; it is not listed as prepared, and it is retired, so it
+        // is never injected again under that name.
+        expect.push(Expect::Close {
+            swallow: Some(String::new()),
+        });
     }
 }
 
@@ -828,7 +964,9 @@ fn make_room(conn: &mut UpstreamConn, to_server: &mut BytesMut, expect: &mut Exp
         };
         conn.prepared.remove(&victim);
         to_server.extend_from_slice(&statements::encode_target(tag::CLOSE, b'S', &victim));
-        expect.push(Expect::Close { swallow: true });
+        expect.push(Expect::Close {
+            swallow: Some(victim),
+        });
     }
 }
 
@@ -849,7 +987,44 @@ fn ensure_prepared(
     expect.push(Expect::Parse {
         server_name: Some(statement.server_name.clone()),
         swallow: true,
+        client_name: None,
     });
+}
+
+/// Makes the server raise `error` in the client's batch, in place of the request that PostgreSQL would
+/// have refused: the batch and an open transaction then fail on the server exactly as they would
+/// directly. (Uses the unnamed statement and portal, as a client's failed request leaves them unusable.)
+fn inject_error(to_server: &mut BytesMut, expect: &mut Expectations, error: &PgError) {
+    let body = format!(
+        "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END$pgtenant$",
+        crate::directory::quote_literal(&error.code),
+        crate::directory::quote_literal(&error.message.replace("$pgtenant$", "")),
+    );
+    to_server.extend_from_slice(&statements::encode_parse("", body.as_bytes(), &[0, 0]));
+    expect.push(Expect::Parse {
+        server_name: None,
+        swallow: true,
+        client_name: None,
+    });
+    to_server.extend_from_slice(&statements::encode_bind(b"", "", &[0, 0, 0, 0, 0, 0]));
+    expect.push(Expect::Bind {
+        server_name: None,
+        swallow: true,
+        client_name: None,
+    });
+    to_server.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    expect.push(Expect::Execute);
+}
+
+fn duplicate_statement(name: &str) -> PgError {
+    PgError::error(
+        "42P05",
+        format!("prepared statement \"{name}\" already exists"),
+    )
+}
+
+fn stale_plan() -> PgError {
+    PgError::error("0A000", "cached plan must not change result type")
 }
 
 /// Sets the tracked settings that differ on this connection from what the client last saw.

@@ -54,6 +54,26 @@ pub fn server_name(query: &[u8], param_types: &[u8]) -> String {
     format!("pgt_{}", hex::encode(&d.as_ref()[..12]))
 }
 
+/// The server-side name of generation `generation` of a statement (0: the base name).
+pub fn with_generation(base: &str, generation: u32) -> String {
+    if generation == 0 {
+        base.to_string()
+    } else {
+        format!("{base}_g{generation}")
+    }
+}
+
+/// The base name and generation of a server-side name.
+pub fn generation_of(name: &str) -> (&str, u32) {
+    match name.rsplit_once("_g") {
+        Some((base, g)) => match g.parse() {
+            Ok(g) => (base, g),
+            Err(_) => (name, 0),
+        },
+        None => (name, 0),
+    }
+}
+
 /// A decoded Parse message body.
 pub struct Parse<'a> {
     pub name: &'a [u8],
@@ -234,6 +254,17 @@ mod tests {
         assert_ne!(a, server_name(b"SELECT $1", &[0, 1, 0, 0, 0, 25]));
         assert_ne!(a, server_name(b"SELECT $2", &[0, 1, 0, 0, 0, 23]));
         assert!(a.len() < 64, "fits NAMEDATALEN");
+    }
+
+    #[test]
+    fn generations_round_trip() {
+        let base = server_name(b"SELECT 1", &[0, 0]);
+        assert_eq!(with_generation(&base, 0), base);
+        assert_eq!(
+            generation_of(&with_generation(&base, 3)),
+            (base.as_str(), 3)
+        );
+        assert_eq!(generation_of(&base), (base.as_str(), 0));
     }
 
     #[test]
