@@ -22,7 +22,9 @@ WORK=$(mktemp -d /tmp/pgtenant-bench.XXXXXX)
 chmod 755 "$WORK"
 PROXY_PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
-PGTENANT_LOG=warn "$BIN" dev --dir "$WORK/dev" --port "$PROXY_PORT" >"$WORK/dev.out" 2>"$WORK/dev.err" &
+# Session pooling: every client holds a server connection, so the pool is as large as the largest run.
+MAX_CLIENTS=$(printf '%s\n' "${CLIENTS[@]}" | sort -n | tail -1)
+PGTENANT_LOG=warn "$BIN" dev --dir "$WORK/dev" --port "$PROXY_PORT" --pool-size "$MAX_CLIENTS" >"$WORK/dev.out" 2>"$WORK/dev.err" &
 DEV_PID=$!
 cleanup() {
   kill -INT "$DEV_PID" 2>/dev/null || true
