@@ -170,10 +170,6 @@ impl PoolManager {
         })
     }
 
-    pub fn target(&self) -> &UpstreamTarget {
-        &self.target
-    }
-
     fn tenant_pool(&self, role: &RoleName) -> Arc<TenantPool> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         tenants
@@ -537,11 +533,6 @@ impl PoolManager {
             .filter(|s| role.is_none_or(|r| *r == s.role))
             .map(|s| s.active)
             .sum()
-    }
-
-    /// Live server connections across all tenants.
-    pub fn server_connections(&self) -> usize {
-        self.config.max_server_connections - self.global.available_permits()
     }
 }
 

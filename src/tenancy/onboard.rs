@@ -222,14 +222,7 @@ pub async fn onboard(
         .await?
         .get(0);
     // Other pgtenants may have cached "no such user" for this email.
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[
-            &super::ops::DIRECTORY_CHANNEL,
-            &super::ops::DirectoryEvent::Changed.payload(),
-        ],
-    )
-    .await?;
+    super::ops::announce(&tx, &super::ops::DirectoryEvent::Changed).await?;
     tx.commit().await?;
     tracing::info!(%slug, %schema, %role, migrations = history.len(), "tenant onboarded");
     Ok(Onboarded {

@@ -76,7 +76,7 @@ impl DirectoryEvent {
 
 /// Announces a change to every pgtenant (in the caller's transaction, if any).
 pub async fn announce(
-    client: &Client,
+    client: &impl tokio_postgres::GenericClient,
     event: &DirectoryEvent,
 ) -> Result<(), tokio_postgres::Error> {
     client
@@ -165,11 +165,7 @@ pub async fn resume(client: &mut Client, selector: &str) -> Result<TenantRef, Te
         &[&tenant.id],
     )
     .await?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&DIRECTORY_CHANNEL, &DirectoryEvent::Changed.payload()],
-    )
-    .await?;
+    announce(&tx, &DirectoryEvent::Changed).await?;
     tx.commit().await?;
     Ok(TenantRef {
         status: "active".into(),
@@ -199,11 +195,7 @@ async fn set_status(
     } else {
         DirectoryEvent::Changed
     };
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&DIRECTORY_CHANNEL, &event.payload()],
-    )
-    .await?;
+    announce(&tx, &event).await?;
     tx.commit().await?;
     Ok(TenantRef {
         status: status.to_string(),
@@ -227,11 +219,7 @@ pub async fn archive(client: &mut Client, selector: &str) -> Result<TenantRef, T
         role: tenant.role.as_str().to_string(),
         why: "archived".into(),
     };
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&DIRECTORY_CHANNEL, &event.payload()],
-    )
-    .await?;
+    announce(&tx, &event).await?;
     tx.commit().await?;
     Ok(TenantRef {
         status: "archived".into(),
