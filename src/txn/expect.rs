@@ -54,6 +54,10 @@ pub enum Expect {
     Sync,
     Query,
     FunctionCall,
+    /// Not a response: marks where the client ended a COPY (CopyDone or CopyFail), so that the Syncs the
+    /// client sent between a COPY's Execute and its end, which the server ignores in copy-in mode, can be
+    /// told from the Syncs it will answer.
+    CopyEnd,
     /// A response pgtenant gives in the server's place, when it reaches the head of the queue.
     Synthetic {
         frame: Bytes,
@@ -102,6 +106,10 @@ impl Expect {
 #[derive(Debug, Default)]
 pub struct Expectations {
     queue: VecDeque<Expect>,
+    /// The server is in copy-in mode and the client has not yet ended the COPY: Syncs the client sends
+    /// now are ignored by the server ("The backend will ignore Flush and Sync messages received during
+    /// copy-in mode").
+    in_copy_in: bool,
 }
 
 /// What to do with one server message.
@@ -120,6 +128,8 @@ pub struct Outcome {
     pub undo: Vec<Undo>,
     /// A ReadyForQuery was received.
     pub ready: bool,
+    /// Syncs the client sent that the server ignores (they came during copy-in mode).
+    pub syncs_ignored: usize,
 }
 
 impl Expectations {
@@ -129,6 +139,55 @@ impl Expectations {
 
     pub fn is_empty(&self) -> bool {
         self.queue.is_empty()
+    }
+
+    /// The client sent a Sync: whether the server will answer it with a ReadyForQuery (it will not while
+    /// it is in copy-in mode). Pushes the Sync if so.
+    pub fn client_sync(&mut self) -> bool {
+        if self.in_copy_in {
+            return false;
+        }
+        self.queue.push_back(Expect::Sync);
+        true
+    }
+
+    /// The client ended a COPY (CopyDone or CopyFail).
+    pub fn client_copy_end(&mut self) {
+        if self.in_copy_in {
+            self.in_copy_in = false;
+        } else if !self.queue.is_empty() {
+            // The server has not yet said it entered copy-in mode: mark the spot for when it does.
+            self.queue.push_back(Expect::CopyEnd);
+        }
+    }
+
+    /// The server entered copy-in mode (CopyInResponse or CopyBothResponse) for the request at the head:
+    /// the client's Syncs up to its end of the COPY will get no answer. Removes them and returns how many.
+    fn copy_in_started(&mut self) -> usize {
+        let mut ignored = 0;
+        let mut i = 1;
+        while i < self.queue.len() {
+            match self.queue[i] {
+                Expect::Sync => {
+                    self.queue.remove(i);
+                    ignored += 1;
+                }
+                Expect::CopyEnd => {
+                    self.queue.remove(i);
+                    return ignored;
+                }
+                _ => i += 1,
+            }
+        }
+        self.in_copy_in = true;
+        ignored
+    }
+
+    /// Drops COPY end markers at the head: their COPY is over (or never started).
+    fn drop_spent_markers(&mut self) {
+        while matches!(self.queue.front(), Some(Expect::CopyEnd)) {
+            self.queue.pop_front();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -152,10 +211,15 @@ impl Expectations {
             disposition: Some(Disposition::Forward),
             ..Outcome::default()
         };
+        self.drop_spent_markers();
         match tag {
             // Asynchronous messages may come at any time.
             b'N' | b'A' | b'S' => {}
+            b'G' | b'W' => outcome.syncs_ignored = self.copy_in_started(),
             b'E' => {
+                // An error ends copy-in mode: the server now skips to the next Sync (or, in a simple
+                // query, ends it), so the client's Syncs count again.
+                self.in_copy_in = false;
                 let in_simple = matches!(
                     self.queue.front(),
                     Some(Expect::Query) | Some(Expect::FunctionCall)
@@ -217,6 +281,7 @@ impl Expectations {
             }
             _ => {}
         }
+        self.drop_spent_markers();
         outcome
     }
 
@@ -327,5 +392,66 @@ mod tests {
         assert_eq!(q.len(), 2);
         assert!(q.on_server_message(b'Z').ready);
         assert_eq!(q.len(), 1);
+    }
+
+    /// tokio-postgres: Bind, Execute, Sync before the data; CopyDone, Sync after. The first Sync comes
+    /// during copy-in mode and gets no ReadyForQuery, whether the server's CopyInResponse arrives before or
+    /// after the client's CopyDone.
+    #[test]
+    fn syncs_sent_during_copy_in_get_no_ready_for_query() {
+        for copy_done_first in [false, true] {
+            let mut q = Expectations::default();
+            q.push(Expect::Bind {
+                server_name: None,
+                swallow: false,
+                client_name: None,
+            });
+            q.push(Expect::Execute);
+            assert!(q.client_sync());
+            let mut ignored = 0;
+            assert_eq!(
+                q.on_server_message(b'2').disposition,
+                Some(Disposition::Forward)
+            );
+            if copy_done_first {
+                q.client_copy_end();
+                assert!(q.client_sync());
+                ignored += q.on_server_message(b'G').syncs_ignored;
+            } else {
+                ignored += q.on_server_message(b'G').syncs_ignored;
+                assert!(!q.client_sync(), "a Sync inside copy-in mode is ignored");
+                q.client_copy_end();
+                assert!(q.client_sync());
+            }
+            assert_eq!(ignored, 1);
+            q.on_server_message(b'C');
+            assert!(q.on_server_message(b'Z').ready);
+            assert!(q.is_empty(), "{q:?}");
+        }
+    }
+
+    /// An error in the middle of a COPY ends copy-in mode: the server skips to the next Sync, and a
+    /// CopyFail the client sends after it leaves nothing behind.
+    #[test]
+    fn an_error_during_copy_in_waits_for_the_next_sync() {
+        let mut q = Expectations::default();
+        q.push(Expect::Execute);
+        assert!(q.client_sync());
+        assert_eq!(q.on_server_message(b'G').syncs_ignored, 1);
+        q.on_server_message(b'E');
+        q.client_copy_end();
+        assert!(
+            q.client_sync(),
+            "after the error the server answers the Sync"
+        );
+        assert!(q.on_server_message(b'Z').ready);
+        assert!(q.is_empty(), "{q:?}");
+        // Simple query COPY with an error: the CopyDone marker is dropped with its query.
+        q.push(Expect::Query);
+        q.on_server_message(b'G');
+        q.on_server_message(b'E');
+        q.client_copy_end();
+        assert!(q.on_server_message(b'Z').ready);
+        assert!(q.is_empty(), "{q:?}");
     }
 }

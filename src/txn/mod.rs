@@ -469,8 +469,9 @@ impl TxnSession<'_> {
                 if state.server.is_none() {
                     protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
                 } else {
-                    state.pending += 1;
-                    state.expect.push(Expect::Sync);
+                    if state.expect.client_sync() {
+                        state.pending += 1;
+                    }
                     state.to_server.extend_from_slice(&frame);
                 }
             }
@@ -554,10 +555,15 @@ impl TxnSession<'_> {
                 state.to_server.extend_from_slice(&frame);
             }
             tag::SYNC => {
-                state.pending += 1;
-                state.recorder.request_sent();
+                if state.expect.client_sync() {
+                    state.pending += 1;
+                    state.recorder.request_sent();
+                }
                 state.unsynced = false;
-                state.expect.push(Expect::Sync);
+                state.to_server.extend_from_slice(&frame);
+            }
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                state.expect.client_copy_end();
                 state.to_server.extend_from_slice(&frame);
             }
             tag::PARSE => {
@@ -888,6 +894,7 @@ impl TxnSession<'_> {
                 None
             };
             let outcome = state.expect.on_server_message(msg_tag);
+            state.pending = state.pending.saturating_sub(outcome.syncs_ignored);
             self.apply(state, &outcome);
             let take = if whole { total } else { state.server_in.len() };
             let mut frame = state.server_in.split_to(take);
