@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod wire;
+
 use pgtenant::auth::{mint_hs256, MintRequest};
 use pgtenant::config::Config;
 use pgtenant::pgcluster::{Cluster, ClusterSpec, PgBinaries};
