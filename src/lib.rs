@@ -21,6 +21,7 @@
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
 //! - [`txn`]: transaction pooling: a server connection per transaction, prepared statements that follow the
 //!   client, settings synchronised on each checkout.
+//! - [`sql`]: a lexer for SQL text (literals, quoted names, comments told from identifiers).
 //! - [`relay`]: the byte-level relay of one client session to its upstream connection.
 //! - [`scram`]: SCRAM-SHA-256, client side and stored verifiers.
 //! - [`metrics`]: counters and latency histograms per tenant, for SHOW STATS and Prometheus.
@@ -49,6 +50,7 @@ pub mod scram;
 pub mod server;
 pub mod session;
 pub mod sessions;
+pub mod sql;
 pub mod tenancy;
 pub mod tls;
 pub mod txn;

@@ -768,3 +768,91 @@ async fn raw_errors_in_every_phase_match_postgres() {
     }
     assert_no_differences("errors", &differences);
 }
+
+/// `pg_prepared_statements` in transaction pooling: a client sees its own statements under its own names, as
+/// directly, and never the statements other clients of the tenant left on the shared server connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_prepared_statements_shows_only_the_clients_own_statements() {
+    let tenant = onboard("txnprepview").await;
+    let proxy = txn_proxy(1).await;
+    let a = proxy.connect(&tenant).await;
+    let b = proxy.connect(&tenant).await;
+    let direct = superuser().await;
+    let listing = "SELECT name, statement FROM pg_prepared_statements ORDER BY name";
+    let rows = |messages: Vec<tokio_postgres::SimpleQueryMessage>| -> Vec<(String, String)> {
+        messages
+            .into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => Some((
+                    r.get(0).unwrap_or_default().to_string(),
+                    r.get(1).unwrap_or_default().to_string(),
+                )),
+                _ => None,
+            })
+            .collect()
+    };
+    // Client a's statements stay on the one server connection.
+    for i in 0..3 {
+        let s = a
+            .prepare(&format!("SELECT 'a-secret-{i}'::text"))
+            .await
+            .expect("prepare a");
+        a.query(&s, &[]).await.expect("query a");
+    }
+    // b and a direct session prepare the same statements and list them the same way.
+    for client in [&b, &direct] {
+        let s = client
+            .prepare("SELECT 'b-own'::text")
+            .await
+            .expect("prepare b");
+        client.query(&s, &[]).await.expect("query b");
+    }
+    let through = rows(
+        b.simple_query(listing)
+            .await
+            .expect("listing through pgtenant"),
+    );
+    let directly = rows(
+        direct
+            .simple_query(listing)
+            .await
+            .expect("listing directly"),
+    );
+    assert_eq!(
+        through, directly,
+        "what b sees through pgtenant vs directly"
+    );
+    assert!(
+        through.iter().all(|(_, text)| !text.contains("a-secret")),
+        "{through:?}"
+    );
+    // Qualified, aliased, counted, in a transaction: still only b's own.
+    for sql in [
+        "SELECT count(*) FROM pg_catalog.pg_prepared_statements p WHERE p.statement LIKE '%secret%'",
+        "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%secret%'",
+    ] {
+        let n = b.simple_query(sql).await.expect("count");
+        let n = rows_first(&n);
+        assert_eq!(n.as_deref(), Some("0"), "{sql}");
+    }
+    b.batch_execute("BEGIN; PREPARE in_sql AS SELECT 1")
+        .await
+        .expect("sql prepare");
+    let inside = rows(b.simple_query(listing).await.expect("listing"));
+    assert!(
+        inside.iter().any(|(name, _)| name == "in_sql"),
+        "{inside:?}"
+    );
+    assert!(
+        inside.iter().all(|(_, text)| !text.contains("a-secret")),
+        "{inside:?}"
+    );
+    b.batch_execute("ROLLBACK").await.expect("rollback");
+}
+
+fn rows_first(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String> {
+    messages.iter().find_map(|m| match m {
+        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+        _ => None,
+    })
+}

@@ -16,6 +16,7 @@
 //! (up to a high-water mark), so a large pipelined batch cannot deadlock client, pgtenant and server.
 
 pub mod expect;
+pub mod introspection;
 pub mod statements;
 
 use crate::cancel::{CancelRegistration, UpstreamKey};
@@ -148,6 +149,11 @@ enum Event {
 
 fn frame_header(buf: &[u8]) -> (u8, i32) {
     (buf[0], i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
+}
+
+/// Whether `frame` holds its whole message (not the head of a large one being streamed).
+fn is_whole(frame: &[u8]) -> bool {
+    frame.len() >= 5 && frame_header(frame).1 as usize + 1 == frame.len()
 }
 
 /// Client messages pgtenant must see whole (to rewrite statement names, or to stop at).
@@ -477,6 +483,12 @@ impl TxnSession<'_> {
             }
             return Step::Continue;
         }
+        let frame = match msg_tag {
+            tag::QUERY | tag::PARSE if is_whole(&frame) => {
+                introspection::rewrite_frame(msg_tag, &frame, &state.statements).unwrap_or(frame)
+            }
+            _ => frame,
+        };
         let body = &frame[5.min(frame.len())..];
         // Answered without a server: closing a named statement, and a Sync or Flush with nothing pending.
         if state.server.is_none() {

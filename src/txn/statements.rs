@@ -42,6 +42,10 @@ impl ClientStatements {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
+    /// (client name, statement) of every statement.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Statement)> {
+        self.by_name.iter().map(|(n, s)| (n.as_str(), s))
+    }
 }
 
 /// The server-side name of a statement: the same for the same query and parameter types.
