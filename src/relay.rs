@@ -8,13 +8,27 @@
 //!
 //! From these it tells the session whether the upstream connection can be reset and reused when the client
 //! leaves, or must be closed.
+//!
+//! The relay is one state machine polled as one future over both streams (no split halves, no locks, no
+//! `select!`): each wake-up moves whatever bytes can move in both directions, then checks the session's own
+//! end signals. A direction reads again only once its last chunk is written, which is the backpressure.
 
 use crate::metrics::Recorder;
 use crate::protocol::{tag, FrameScanner, ProtocolError, TxStatus};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 const BUFFER_SIZE: usize = 32 * 1024;
+
+/// Which peer a failure came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Upstream,
+}
 
 /// Why a relay ended.
 #[derive(Debug)]
@@ -26,10 +40,7 @@ pub enum RelayEnd {
     /// The upstream closed its connection (after a FATAL error, say) or it broke.
     UpstreamGone(Option<std::io::Error>),
     /// A peer broke the framing.
-    Protocol {
-        from_client: bool,
-        error: ProtocolError,
-    },
+    Protocol { from: Side, error: ProtocolError },
     /// pgtenant is shutting down (or the session was ended from outside).
     Shutdown,
     /// The client stayed idle, between transactions, past `server.client_idle_timeout_secs`.
@@ -52,289 +63,381 @@ pub struct RelayOutcome {
     pub requests_in_flight: bool,
 }
 
-/// What both directions know of the session.
-struct Shared {
+/// What the relay knows of the session's protocol state.
+struct Books {
     /// Requests sent (Query, Sync, FunctionCall) minus ReadyForQuery received.
-    outstanding: AtomicI64,
+    outstanding: i64,
     /// Extended-protocol messages sent since the last Sync.
-    unsynced: AtomicBool,
-    status: AtomicU8,
+    unsynced: bool,
+    status: u8,
     /// Tag of the last message the upstream sent.
-    last_upstream_tag: AtomicU8,
-    /// pgtenant is shutting down: end at the next moment the session stands idle.
-    draining: AtomicBool,
-    recorder: std::sync::Mutex<Recorder>,
+    last_upstream_tag: u8,
+    recorder: Recorder,
 }
 
-impl Shared {
+impl Books {
     fn idle(&self) -> bool {
-        self.outstanding.load(Ordering::Relaxed) == 0
-            && !self.unsynced.load(Ordering::Relaxed)
-            && self.status.load(Ordering::Relaxed) == b'I'
+        self.outstanding == 0 && !self.unsynced && self.status == b'I'
+    }
+
+    /// Follows one client message; returns false at a Terminate.
+    fn client_message(&mut self, msg_tag: u8) -> bool {
+        match msg_tag {
+            tag::QUERY | tag::FUNCTION_CALL => {
+                self.outstanding += 1;
+                self.recorder.request_sent();
+            }
+            tag::SYNC => {
+                self.outstanding += 1;
+                self.unsynced = false;
+                self.recorder.request_sent();
+            }
+            tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
+                self.unsynced = true;
+            }
+            tag::TERMINATE => return false,
+            _ => {}
+        }
+        true
+    }
+
+    fn upstream_message(&mut self, msg_tag: u8, body: &[u8]) {
+        self.last_upstream_tag = msg_tag;
+        if msg_tag == tag::READY_FOR_QUERY {
+            self.outstanding -= 1;
+            if let Some(status) = body.first() {
+                self.status = *status;
+                self.recorder.ready(*status);
+            }
+        } else if msg_tag == tag::ERROR_RESPONSE {
+            self.recorder.error();
+        }
     }
 }
 
-/// The two halves of each side of a session.
-pub struct Sides<CR, CW, UR, UW> {
-    pub client_read: CR,
-    pub client_write: CW,
-    pub upstream_read: UR,
-    pub upstream_write: UW,
+/// One direction: a buffer holding the chunk read last until it is written on.
+struct Pipe {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    scanner: FrameScanner,
+    bytes: u64,
+    /// The writer was given bytes and not yet flushed.
+    unflushed: bool,
 }
 
-/// Relays until the client leaves, the upstream goes away, `kick` completes (ends at once), or `drain`
-/// completes and the session then stands idle between transactions. Takes split halves so a plain TCP
-/// client is relayed without the lock `tokio::io::split` puts between its halves.
-pub async fn relay<CR, CW, UR, UW>(
-    sides: Sides<CR, CW, UR, UW>,
-    initial_status: TxStatus,
-    recorder: Recorder,
-    kick: impl std::future::Future<Output = ()>,
-    drain: impl std::future::Future<Output = ()>,
-    idle_timeout: Option<std::time::Duration>,
-) -> RelayOutcome
-where
-    CR: AsyncRead + Unpin,
-    CW: AsyncWrite + Unpin,
-    UR: AsyncRead + Unpin,
-    UW: AsyncWrite + Unpin,
-{
-    let shared = Shared {
-        outstanding: AtomicI64::new(0),
-        unsynced: AtomicBool::new(false),
-        status: AtomicU8::new(initial_status.as_byte()),
-        last_upstream_tag: AtomicU8::new(0),
-        draining: AtomicBool::new(false),
-        recorder: std::sync::Mutex::new(recorder),
-    };
-    let Sides {
-        mut client_read,
-        mut client_write,
-        mut upstream_read,
-        mut upstream_write,
-    } = sides;
-    let mut client_scanner = FrameScanner::default();
-    let mut upstream_scanner = FrameScanner::default();
-    let mut bytes_from_client = 0u64;
-    let mut bytes_from_upstream = 0u64;
+impl Pipe {
+    fn new() -> Self {
+        Pipe {
+            buf: vec![0u8; BUFFER_SIZE].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            scanner: FrameScanner::default(),
+            bytes: 0,
+            unflushed: false,
+        }
+    }
 
-    let (end, client_clean) = {
-        let to_upstream = client_to_upstream(
-            &mut client_read,
-            &mut upstream_write,
-            &mut client_scanner,
-            &shared,
-            &mut bytes_from_client,
-            idle_timeout,
-        );
-        let to_client = upstream_to_client(
-            &mut upstream_read,
-            &mut client_write,
-            &mut upstream_scanner,
-            &shared,
-            &mut bytes_from_upstream,
-        );
-        tokio::pin!(to_upstream);
-        tokio::pin!(to_client);
-        tokio::pin!(kick);
-        tokio::pin!(drain);
-        // Each direction future is cancel-safe at its awaits: a chunk is scanned (state updated) right
-        // after it is read and before the next await, so dropping the other direction loses no state.
-        let mut draining = false;
+    fn has_pending(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Writes what is pending; `Ready(Ok)` once all of it is written (and flushed, with `flush`).
+    fn poll_write_out<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        writer: &mut W,
+        flush: bool,
+        progress: &mut bool,
+    ) -> Poll<std::io::Result<()>> {
+        while self.start < self.end {
+            match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.start += n;
+                    self.unflushed = true;
+                    *progress = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if flush && self.unflushed {
+            match Pin::new(&mut *writer).poll_flush(cx) {
+                Poll::Ready(Ok(())) => self.unflushed = false,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads the next chunk; `Ready(Ok(n))` with n = 0 at end of stream.
+    fn poll_read_in<R: AsyncRead + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+    ) -> Poll<std::io::Result<usize>> {
+        let mut read = ReadBuf::new(&mut self.buf);
+        match Pin::new(reader).poll_read(cx, &mut read) {
+            Poll::Ready(Ok(())) => {
+                let n = read.filled().len();
+                self.start = 0;
+                self.end = n;
+                self.bytes += n as u64;
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// How the loop ended: why, and whether the client's stream ended exactly at a frame boundary.
+type Finish = (RelayEnd, bool);
+
+/// The relay's state between polls.
+struct State<K, D> {
+    books: Books,
+    to_upstream: Pipe,
+    to_client: Pipe,
+    /// The client sent Terminate: end once what came before it is written.
+    terminated: Option<Finish>,
+    kick: Pin<Box<K>>,
+    drain: Pin<Box<D>>,
+    draining: bool,
+    idle_timeout: Option<Duration>,
+    idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
+    fn restart_idle_timer(&mut self) {
+        if let (Some(limit), Some(timer)) = (self.idle_timeout, self.idle_timer.as_mut()) {
+            timer.as_mut().reset(tokio::time::Instant::now() + limit);
+        }
+    }
+
+    fn poll_relay<C, U>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        upstream: &mut U,
+    ) -> Poll<Finish>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        U: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.kick.as_mut().poll(cx).is_ready() {
+            return Poll::Ready((RelayEnd::Shutdown, false));
+        }
+        if !self.draining && self.drain.as_mut().poll(cx).is_ready() {
+            self.draining = true;
+        }
         loop {
-            tokio::select! {
-                end = &mut to_upstream => break end,
-                end = &mut to_client => break (end, false),
-                _ = &mut kick => break (RelayEnd::Shutdown, false),
-                _ = &mut drain, if !draining => {
-                    draining = true;
-                    shared.draining.store(true, Ordering::Relaxed);
-                    if shared.idle() {
-                        break (RelayEnd::Shutdown, false);
-                    }
+            let mut progress = false;
+            if let Poll::Ready(finish) =
+                self.poll_client_to_upstream(cx, client, upstream, &mut progress)
+            {
+                return Poll::Ready(finish);
+            }
+            if let Poll::Ready(end) =
+                self.poll_upstream_to_client(cx, client, upstream, &mut progress)
+            {
+                return Poll::Ready((end, false));
+            }
+            if self.draining && self.books.idle() && !self.to_client.has_pending() {
+                return Poll::Ready((RelayEnd::Shutdown, false));
+            }
+            if !progress {
+                break;
+            }
+        }
+        if self.books.idle() && !self.to_upstream.has_pending() {
+            if let Some(timer) = self.idle_timer.as_mut() {
+                if timer.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready((
+                        RelayEnd::IdleTimeout,
+                        self.to_upstream.scanner.at_boundary(),
+                    ));
                 }
             }
         }
-    };
-    let _ = client_write.flush().await;
-    if let Ok(recorder) = shared.recorder.lock() {
-        recorder.bytes(bytes_from_client, bytes_from_upstream);
+        Poll::Pending
     }
+
+    fn poll_client_to_upstream<C, U>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        upstream: &mut U,
+        progress: &mut bool,
+    ) -> Poll<Finish>
+    where
+        C: AsyncRead + Unpin,
+        U: AsyncWrite + Unpin,
+    {
+        match self
+            .to_upstream
+            .poll_write_out(cx, upstream, false, progress)
+        {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready((RelayEnd::UpstreamGone(Some(e)), false)),
+            Poll::Pending => return Poll::Pending,
+        }
+        if let Some(finish) = self.terminated.take() {
+            return Poll::Ready(finish);
+        }
+        let n = match self.to_upstream.poll_read_in(cx, client) {
+            Poll::Ready(Ok(0)) => {
+                let at_boundary = self.to_upstream.scanner.at_boundary();
+                return Poll::Ready((RelayEnd::ClientGone(None), at_boundary));
+            }
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready((RelayEnd::ClientGone(Some(e)), false)),
+            Poll::Pending => return Poll::Pending,
+        };
+        *progress = true;
+        self.restart_idle_timer();
+        let books = &mut self.books;
+        let stop = self.to_upstream.scanner.scan(
+            &self.to_upstream.buf[..n],
+            |_| false,
+            |msg_tag, _| books.client_message(msg_tag),
+        );
+        match stop {
+            Ok(None) => {}
+            Ok(Some(at)) => {
+                // Terminate: forward what came before it, keep the upstream.
+                match at.frame_start {
+                    Some(start) => {
+                        self.to_upstream.end = start;
+                        self.terminated = Some((RelayEnd::ClientTerminated, true));
+                    }
+                    // Part of the Terminate already went upstream: that connection is not clean.
+                    None => return Poll::Ready((RelayEnd::ClientTerminated, false)),
+                }
+            }
+            Err(error) => {
+                let end = RelayEnd::Protocol {
+                    from: Side::Client,
+                    error,
+                };
+                return Poll::Ready((end, false));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn poll_upstream_to_client<C, U>(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &mut C,
+        upstream: &mut U,
+        progress: &mut bool,
+    ) -> Poll<RelayEnd>
+    where
+        C: AsyncWrite + Unpin,
+        U: AsyncRead + Unpin,
+    {
+        match self.to_client.poll_write_out(cx, client, true, progress) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::ClientGone(Some(e))),
+            Poll::Pending => return Poll::Pending,
+        }
+        if self.draining && self.books.idle() {
+            return Poll::Ready(RelayEnd::Shutdown);
+        }
+        let n = match self.to_client.poll_read_in(cx, upstream) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::UpstreamGone(None)),
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(RelayEnd::UpstreamGone(Some(e))),
+            Poll::Pending => return Poll::Pending,
+        };
+        *progress = true;
+        let books = &mut self.books;
+        let scanned = self.to_client.scanner.scan(
+            &self.to_client.buf[..n],
+            |msg_tag| msg_tag == tag::READY_FOR_QUERY,
+            |msg_tag, body| {
+                books.upstream_message(msg_tag, body);
+                true
+            },
+        );
+        if let Err(error) = scanned {
+            return Poll::Ready(RelayEnd::Protocol {
+                from: Side::Upstream,
+                error,
+            });
+        }
+        if self.books.idle() {
+            // The idle time counts from the moment the session stands idle.
+            self.restart_idle_timer();
+        }
+        Poll::Pending
+    }
+}
+
+/// Relays until the client leaves, the upstream goes away, `kick` completes (ends at once), or `drain`
+/// completes and the session then stands idle between transactions.
+pub async fn relay<C, U>(
+    client: &mut C,
+    upstream: &mut U,
+    initial_status: TxStatus,
+    recorder: Recorder,
+    kick: impl Future<Output = ()>,
+    drain: impl Future<Output = ()>,
+    idle_timeout: Option<Duration>,
+) -> RelayOutcome
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut state = State {
+        books: Books {
+            outstanding: 0,
+            unsynced: false,
+            status: initial_status.as_byte(),
+            last_upstream_tag: 0,
+            recorder,
+        },
+        to_upstream: Pipe::new(),
+        to_client: Pipe::new(),
+        terminated: None,
+        kick: Box::pin(kick),
+        drain: Box::pin(drain),
+        draining: false,
+        idle_timeout,
+        idle_timer: idle_timeout.map(|limit| Box::pin(tokio::time::sleep(limit))),
+    };
+    let (end, client_clean) =
+        std::future::poll_fn(|cx| state.poll_relay(cx, &mut *client, &mut *upstream)).await;
+    let _ = client.flush().await;
+    let books = &state.books;
+    books
+        .recorder
+        .bytes(state.to_upstream.bytes, state.to_client.bytes);
 
     let leaves_cleanly = matches!(
         end,
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) | RelayEnd::IdleTimeout
     );
+    let upstream_at_boundary = state.to_client.scanner.at_boundary();
     let reusable = leaves_cleanly
         && client_clean
-        && upstream_scanner.at_boundary()
-        && shared.outstanding.load(Ordering::Relaxed) == 0
-        && !shared.unsynced.load(Ordering::Relaxed);
+        && upstream_at_boundary
+        && books.outstanding == 0
+        && !books.unsynced;
     RelayOutcome {
         end,
         reusable_with_status: reusable
-            .then(|| TxStatus::from_byte(shared.status.load(Ordering::Relaxed)))
+            .then(|| TxStatus::from_byte(books.status))
             .flatten(),
-        bytes_from_client,
-        bytes_from_upstream,
-        upstream_at_boundary: upstream_scanner.at_boundary(),
-        upstream_ended_with_error: shared.last_upstream_tag.load(Ordering::Relaxed)
-            == tag::ERROR_RESPONSE,
-        requests_in_flight: shared.outstanding.load(Ordering::Relaxed) > 0,
-    }
-}
-
-/// Returns why it ended, and whether the client's byte stream ended exactly at a frame boundary.
-async fn client_to_upstream<R, W>(
-    client: &mut R,
-    upstream: &mut W,
-    scanner: &mut FrameScanner,
-    shared: &Shared,
-    bytes: &mut u64,
-    idle_timeout: Option<std::time::Duration>,
-) -> (RelayEnd, bool)
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER_SIZE];
-    loop {
-        let read = match idle_timeout {
-            Some(limit) if shared.idle() => {
-                match tokio::time::timeout(limit, client.read(&mut buf)).await {
-                    Ok(read) => read,
-                    Err(_) => return (RelayEnd::IdleTimeout, scanner.at_boundary()),
-                }
-            }
-            _ => client.read(&mut buf).await,
-        };
-        let n = match read {
-            Ok(0) => return (RelayEnd::ClientGone(None), scanner.at_boundary()),
-            Ok(n) => n,
-            Err(e) => return (RelayEnd::ClientGone(Some(e)), false),
-        };
-        *bytes += n as u64;
-        let chunk = &buf[..n];
-        let stop = scanner.scan(
-            chunk,
-            |_| false,
-            |msg_tag, _| note_client_message(shared, msg_tag),
-        );
-        let stop = match stop {
-            Ok(stop) => stop,
-            Err(error) => {
-                return (
-                    RelayEnd::Protocol {
-                        from_client: true,
-                        error,
-                    },
-                    false,
-                )
-            }
-        };
-        match stop {
-            None => {
-                if let Err(e) = upstream.write_all(chunk).await {
-                    return (RelayEnd::UpstreamGone(Some(e)), false);
-                }
-            }
-            Some(at) => {
-                // Terminate: forward what came before it, keep the upstream.
-                let Some(start) = at.frame_start else {
-                    // Part of the Terminate already went upstream: that connection is not clean.
-                    return (RelayEnd::ClientTerminated, false);
-                };
-                if start > 0 {
-                    if let Err(e) = upstream.write_all(&chunk[..start]).await {
-                        return (RelayEnd::UpstreamGone(Some(e)), false);
-                    }
-                }
-                return (RelayEnd::ClientTerminated, true);
-            }
-        }
-    }
-}
-
-/// Follows one client message; returns false at a Terminate.
-fn note_client_message(shared: &Shared, msg_tag: u8) -> bool {
-    match msg_tag {
-        tag::QUERY | tag::FUNCTION_CALL => {
-            shared.outstanding.fetch_add(1, Ordering::Relaxed);
-            if let Ok(mut r) = shared.recorder.lock() {
-                r.request_sent();
-            }
-        }
-        tag::SYNC => {
-            shared.outstanding.fetch_add(1, Ordering::Relaxed);
-            shared.unsynced.store(false, Ordering::Relaxed);
-            if let Ok(mut r) = shared.recorder.lock() {
-                r.request_sent();
-            }
-        }
-        tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
-            shared.unsynced.store(true, Ordering::Relaxed);
-        }
-        tag::TERMINATE => return false,
-        _ => {}
-    }
-    true
-}
-
-async fn upstream_to_client<R, W>(
-    upstream: &mut R,
-    client: &mut W,
-    scanner: &mut FrameScanner,
-    shared: &Shared,
-    bytes: &mut u64,
-) -> RelayEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; BUFFER_SIZE];
-    loop {
-        let n = match upstream.read(&mut buf).await {
-            Ok(0) => return RelayEnd::UpstreamGone(None),
-            Ok(n) => n,
-            Err(e) => return RelayEnd::UpstreamGone(Some(e)),
-        };
-        *bytes += n as u64;
-        let chunk = &buf[..n];
-        let scanned = scanner.scan(
-            chunk,
-            |msg_tag| msg_tag == tag::READY_FOR_QUERY,
-            |msg_tag, body| {
-                shared.last_upstream_tag.store(msg_tag, Ordering::Relaxed);
-                if msg_tag == tag::READY_FOR_QUERY {
-                    shared.outstanding.fetch_sub(1, Ordering::Relaxed);
-                    if let Some(status) = body.first() {
-                        shared.status.store(*status, Ordering::Relaxed);
-                        if let Ok(mut r) = shared.recorder.lock() {
-                            r.ready(*status);
-                        }
-                    }
-                } else if msg_tag == tag::ERROR_RESPONSE {
-                    if let Ok(r) = shared.recorder.lock() {
-                        r.error();
-                    }
-                }
-                true
-            },
-        );
-        if let Err(error) = scanned {
-            return RelayEnd::Protocol {
-                from_client: false,
-                error,
-            };
-        }
-        if let Err(e) = client.write_all(chunk).await {
-            return RelayEnd::ClientGone(Some(e));
-        }
-        if let Err(e) = client.flush().await {
-            return RelayEnd::ClientGone(Some(e));
-        }
-        if shared.draining.load(Ordering::Relaxed) && shared.idle() {
-            return RelayEnd::Shutdown;
-        }
+        bytes_from_client: state.to_upstream.bytes,
+        bytes_from_upstream: state.to_client.bytes,
+        upstream_at_boundary,
+        upstream_ended_with_error: books.last_upstream_tag == tag::ERROR_RESPONSE,
+        requests_in_flight: books.outstanding > 0,
     }
 }

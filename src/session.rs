@@ -98,33 +98,20 @@ async fn serve_session(
     }
     let session = register_session(proxy, user, peer, conn.process_id, client.is_tls());
     tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
-    let kick = kick_signal(proxy, &session);
-    let drain = proxy.shutdown.clone().cancelled_owned();
+    let kick = session.cancel.clone().cancelled_owned();
+    let drain = proxy.shutdown.child_token().cancelled_owned();
     let recorder = Recorder::new(proxy.metrics.tenant(&user.tenant.slug));
     let idle_timeout = client_idle_timeout(proxy);
-    let (upstream_read, upstream_write) = conn.stream.split();
-    let outcome = match client {
-        ClientStream::Plain(tcp) => {
-            let (client_read, client_write) = tcp.split();
-            let sides = relay::Sides {
-                client_read,
-                client_write,
-                upstream_read,
-                upstream_write,
-            };
-            relay::relay(sides, TxStatus::Idle, recorder, kick, drain, idle_timeout).await
-        }
-        ClientStream::Tls(tls) => {
-            let (client_read, client_write) = tokio::io::split(tls.as_mut());
-            let sides = relay::Sides {
-                client_read,
-                client_write,
-                upstream_read,
-                upstream_write,
-            };
-            relay::relay(sides, TxStatus::Idle, recorder, kick, drain, idle_timeout).await
-        }
-    };
+    let outcome = relay::relay(
+        client,
+        &mut conn.stream,
+        TxStatus::Idle,
+        recorder,
+        kick,
+        drain,
+        idle_timeout,
+    )
+    .await;
     registration.set_upstream(None);
     let reason = session.reason();
     let held = Some(checkout);
@@ -177,7 +164,7 @@ async fn serve_transaction(
         .run(
             client,
             session.cancel.clone().cancelled_owned(),
-            proxy.shutdown.clone().cancelled_owned(),
+            proxy.shutdown.child_token().cancelled_owned(),
         )
         .await;
     registration.set_upstream(None);
@@ -200,22 +187,6 @@ fn client_idle_timeout(proxy: &Proxy) -> Option<Duration> {
     }
 }
 
-/// Completes when the session must end at once: its tenant was closed, or pgtenant's shutdown grace
-/// period ran out.
-fn kick_signal(
-    proxy: &Proxy,
-    session: &crate::sessions::SessionHandle,
-) -> impl std::future::Future<Output = ()> {
-    let session_end = session.cancel.clone();
-    let force = proxy.force_close.clone();
-    async move {
-        tokio::select! {
-            _ = session_end.cancelled() => {}
-            _ = force.cancelled() => {}
-        }
-    }
-}
-
 fn register_session(
     proxy: &Proxy,
     user: &User,
@@ -223,17 +194,21 @@ fn register_session(
     backend_pid: i32,
     tls: bool,
 ) -> crate::sessions::SessionHandle {
-    proxy.sessions.register(SessionInfo {
-        id: 0,
-        peer,
-        user_email: user.email.clone(),
-        tenant_id: user.tenant.id,
-        tenant_slug: user.tenant.slug.clone(),
-        role: user.tenant.role.as_str().to_string(),
-        backend_pid,
-        tls,
-        connected_at: std::time::SystemTime::now(),
-    })
+    // Ended at once when its tenant is closed or pgtenant's shutdown grace period runs out (`force_close`).
+    proxy.sessions.register(
+        SessionInfo {
+            id: 0,
+            peer,
+            user_email: user.email.clone(),
+            tenant_id: user.tenant.id,
+            tenant_slug: user.tenant.slug.clone(),
+            role: user.tenant.role.as_str().to_string(),
+            backend_pid,
+            tls,
+            connected_at: std::time::SystemTime::now(),
+        },
+        &proxy.force_close,
+    )
 }
 
 /// Tells the client why its session ended when pgtenant ended it, stops a query nobody waits for, and
@@ -271,11 +246,14 @@ async fn finish(
                 let _ = send_error(&mut client, &e).await;
             }
         }
-        RelayEnd::Protocol { from_client, error } => {
+        RelayEnd::Protocol { from, error } => {
             broken = true;
-            let who = if *from_client { "client" } else { "server" };
+            let who = match from {
+                relay::Side::Client => "client",
+                relay::Side::Upstream => "server",
+            };
             tracing::warn!(%peer, %error, "protocol violation by the {who}");
-            if *from_client {
+            if *from == relay::Side::Client {
                 let _ = send_error(
                     &mut client,
                     &PgError::fatal(

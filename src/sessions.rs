@@ -49,11 +49,16 @@ impl SessionRegistry {
         Arc::new(Self::default())
     }
 
-    /// Registers a session; `info.id` is assigned here.
-    pub fn register(self: &Arc<Self>, mut info: SessionInfo) -> SessionHandle {
+    /// Registers a session; `info.id` is assigned here. Its token is a child of `ends_all` (cancelling that
+    /// ends every session), so a session waits on a token of its own, never on one every session shares.
+    pub fn register(
+        self: &Arc<Self>,
+        mut info: SessionInfo,
+        ends_all: &CancellationToken,
+    ) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         info.id = id;
-        let cancel = CancellationToken::new();
+        let cancel = ends_all.child_token();
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(
                 id,

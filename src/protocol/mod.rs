@@ -530,10 +530,15 @@ pub struct FrameScanner {
     frame_start: Option<usize>,
 }
 
+/// Largest body [`FrameScanner`] collects for a peek.
+const PEEK_MAX: usize = 256;
+
+/// A short body being collected, inline (no allocation per message).
 #[derive(Debug)]
 struct PeekBody {
     tag: u8,
-    body: Vec<u8>,
+    body: [u8; PEEK_MAX],
+    len: usize,
     want: usize,
 }
 
@@ -557,13 +562,14 @@ impl FrameScanner {
         let mut pos = 0;
         while pos < chunk.len() {
             if let Some(peek) = &mut self.peek {
-                let take = (peek.want - peek.body.len()).min(chunk.len() - pos);
-                peek.body.extend_from_slice(&chunk[pos..pos + take]);
+                let take = (peek.want - peek.len).min(chunk.len() - pos);
+                peek.body[peek.len..peek.len + take].copy_from_slice(&chunk[pos..pos + take]);
+                peek.len += take;
                 pos += take;
                 self.remaining -= take;
-                if peek.body.len() == peek.want {
+                if peek.len == peek.want {
                     let peek = self.peek.take().expect("peek present");
-                    if !on_frame(peek.tag, &peek.body) {
+                    if !on_frame(peek.tag, &peek.body[..peek.len]) {
                         return Ok(Some(StopAt {
                             frame_start: self.frame_start.take(),
                             frame_end: pos,
@@ -605,10 +611,24 @@ impl FrameScanner {
             }
             let body_len = len as usize - 4;
             self.remaining = body_len;
-            if body_len > 0 && body_len <= 256 && want_body(tag) {
+            if body_len > 0 && body_len <= PEEK_MAX && want_body(tag) {
+                if chunk.len() - pos >= body_len {
+                    // The whole body is in this chunk: hand out the slice.
+                    let body = &chunk[pos..pos + body_len];
+                    pos += body_len;
+                    self.remaining = 0;
+                    if !on_frame(tag, body) {
+                        return Ok(Some(StopAt {
+                            frame_start: self.frame_start.take(),
+                            frame_end: pos,
+                        }));
+                    }
+                    continue;
+                }
                 self.peek = Some(PeekBody {
                     tag,
-                    body: Vec::with_capacity(body_len),
+                    body: [0; PEEK_MAX],
+                    len: 0,
                     want: body_len,
                 });
                 continue;

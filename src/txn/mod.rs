@@ -24,7 +24,7 @@ use crate::directory::RoleName;
 use crate::metrics::Recorder;
 use crate::pool::{Checkout, PoolError, PoolManager};
 use crate::protocol::{self, sqlstate, tag, ErrorFields, PgError, ProtocolError, TxStatus};
-use crate::relay::RelayEnd;
+use crate::relay::{RelayEnd, Side};
 use crate::tls::ClientStream;
 use crate::upstream::UpstreamConn;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -313,7 +313,7 @@ impl TxnSession<'_> {
                         }
                         Err(error) => {
                             return RelayEnd::Protocol {
-                                from_client: true,
+                                from: Side::Client,
                                 error,
                             }
                         }
@@ -331,7 +331,7 @@ impl TxnSession<'_> {
                     state.bytes_from_upstream += n as u64;
                     if let Err(error) = self.process_server(state, &server_buf[..n]) {
                         return RelayEnd::Protocol {
-                            from_client: false,
+                            from: Side::Upstream,
                             error,
                         };
                     }
