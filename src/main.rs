@@ -6,6 +6,7 @@ use pgtenant::config::Config;
 use pgtenant::session::Proxy;
 use pgtenant::tenancy::{self, OnboardRequest};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -156,7 +157,9 @@ fn worker_threads() -> usize {
         })
 }
 
-fn main() -> Result<()> {
+/// Errors end the process with one line on stderr, `error: ` and the chain of causes, and exit code 1 (never
+/// a backtrace, whatever `RUST_BACKTRACE` says: what went wrong is the user's to read, not a bug report).
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
@@ -165,6 +168,16 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn try_main(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
         .enable_all()
