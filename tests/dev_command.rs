@@ -358,6 +358,11 @@ async fn a_user_error_is_one_line_without_a_backtrace() {
         lines[0].contains(missing),
         "the error does not name the file: {stderr}"
     );
+    assert_eq!(
+        lines[0].matches("(os error 2)").count(),
+        1,
+        "the cause is said once: {stderr}"
+    );
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
     assert!(
         out.stdout.is_empty(),
