@@ -188,7 +188,14 @@ async fn dev_runs_end_to_end_and_restarts_on_the_same_cluster() {
         "t",
         "the other tenant does not see the demo tenant's table"
     );
-    stop_dev(started).await;
+    // The postgres user reaches the state dir: the cluster lives in it, as it always did.
+    assert!(
+        dir.join("pgdata/PG_VERSION").is_file(),
+        "no cluster in {}",
+        dir.display()
+    );
+    let said = stop_dev(started).await;
+    assert!(!said.iter().any(|l| l.contains("cannot reach")), "{said:?}");
 
     // Second start: same cluster, same tenants, the table is still there.
     let started = start_dev(&dir, port).await;
