@@ -1,6 +1,7 @@
 //! `pgtenant dev`: a throwaway local setup in one command. Finds PostgreSQL's binaries, creates (or reuses) a
-//! cluster under `.pgtenant/`, applies the shared migrations, onboards a demo tenant, writes the config it
-//! runs with to `.pgtenant/dev.toml`, starts the proxy and prints a psql line and a URL with a fresh token.
+//! cluster under `.pgtenant/` (or, when the postgres OS user cannot reach that folder, in a folder derived
+//! from its path: [`cluster_home`]), applies the shared migrations, onboards a demo tenant, writes the config
+//! it runs with to `.pgtenant/dev.toml`, starts the proxy and prints a psql line and a URL with a fresh token.
 //! Ctrl-C stops the proxy and the cluster; the next `pgtenant dev` reuses both the cluster and its tenants.
 //!
 //! Also home of small helpers the CLI shares with it: admin connection, token minting, stop signals.
@@ -16,10 +17,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+pub mod cluster_home;
+
+pub use cluster_home::ClusterHome;
+
 /// Options of `pgtenant dev`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct DevArgs {
-    /// Folder for the cluster, its log and dev.toml.
+    /// Folder for dev.toml, the secrets and (when the postgres OS user can reach it) the cluster and its log.
     #[arg(long, default_value = ".pgtenant")]
     pub dir: PathBuf,
     /// Port the proxy listens on (127.0.0.1); the next free one is taken if it is busy.
@@ -65,6 +70,8 @@ pub enum DevError {
     },
     #[error("folder {0} not found: run pgtenant dev from the project's root folder (it needs shared-migrations/ and tenant-migrations/)")]
     MissingMigrations(PathBuf),
+    #[error("refusing to keep the cluster in {}: {reason}", path.display())]
+    UnsafeClusterHome { path: PathBuf, reason: String },
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -134,8 +141,18 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
     std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
     let secrets = load_or_create_secrets(&dir)?;
 
-    let data_dir = dir.join("pgdata");
-    let spec = ClusterSpec::new(&data_dir, "postgres", &secrets.superuser_password);
+    let state_dir = dir.clone();
+    let home = tokio::task::spawn_blocking(move || ClusterHome::choose(&state_dir)).await??;
+    if home.derived {
+        eprintln!(
+            "The OS user {} cannot reach {} (a folder on its path is private), so the cluster lives in {} \
+             (the same folder on every run from here).",
+            pgcluster::POSTGRES_OS_USER,
+            dir.display(),
+            home.dir.display()
+        );
+    }
+    let spec = ClusterSpec::new(home.data_dir(), "postgres", &secrets.superuser_password);
     let cluster = tokio::task::spawn_blocking(move || {
         let bins = PgBinaries::find()?;
         Cluster::start(&bins, spec)

@@ -6,6 +6,7 @@ use pgtenant::config::Config;
 use pgtenant::session::Proxy;
 use pgtenant::tenancy::{self, OnboardRequest};
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -156,7 +157,9 @@ fn worker_threads() -> usize {
         })
 }
 
-fn main() -> Result<()> {
+/// Errors end the process with one line on stderr, `error: ` and the chain of causes, and exit code 1 (never
+/// a backtrace, whatever `RUST_BACKTRACE` says: what went wrong is the user's to read, not a bug report).
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
@@ -165,6 +168,33 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    match try_main(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {}", one_line(&err));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `err` and its causes, joined by `: ` as `{err:#}` does, minus each cause the text before it already holds:
+/// most error types of the library print their source in their own message.
+fn one_line(err: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+fn try_main(cli: Cli) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(worker_threads())
         .enable_all()

@@ -6,7 +6,8 @@
 //! user's uid and gid (supplementary groups dropped) before `exec`, which is what `runuser -u postgres --` does
 //! minus PAM. The data directory, the socket directory and the log file are created by this module and
 //! `chown`ed to that user; their parent directories must be traversable by it (checked before `initdb`, with a
-//! clear error). When the current process is not root, everything runs as the current user.
+//! clear error; `postgres_can_reach` lets a caller ask first and choose another place). When the current
+//! process is not root, everything runs as the current user.
 //!
 //! Layout for a data directory `DIR/data`:
 //! - `DIR/data.log`: the server log (`pg_ctl -l`), appended to across starts.
@@ -361,6 +362,19 @@ pub fn prepare_dir(path: &Path) -> Result<(), ClusterError> {
         chown_to(path, &user)?;
     }
     Ok(())
+}
+
+/// Whether the OS user PostgreSQL runs as can reach the directory `dir`: search it, through every parent.
+/// Always true when the current process is not root. Asked of that user itself (`test -x` run as it), so
+/// modes, groups and ACLs all count.
+pub fn postgres_can_reach(dir: &Path) -> Result<bool, ClusterError> {
+    let Some(user) = postgres_os_user()? else {
+        return Ok(true);
+    };
+    let mut cmd = pg_command("/bin/sh", Some(&user));
+    cmd.args(["-c", r#"[ -d "$1" ] && [ -x "$1" ]"#, "sh"])
+        .arg(dir);
+    Ok(run_output(&mut cmd)?.status.success())
 }
 
 fn chown_to(path: &Path, user: &OsUser) -> Result<(), ClusterError> {
@@ -1394,6 +1408,24 @@ mod tests {
         println!("expected error: {msg}");
         assert!(matches!(err, ClusterError::OsUser(_)), "{msg}");
         assert!(msg.contains("traversable"), "{msg}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reachability_by_the_postgres_user() {
+        let dir = test_dir("reach");
+        assert!(postgres_can_reach(&dir).unwrap());
+        assert!(!postgres_can_reach(&dir.join("missing")).unwrap());
+        if is_root() {
+            let private = dir.join("private");
+            fs::DirBuilder::new().mode(0o700).create(&private).unwrap(); // root-owned, 0700
+            let inside = private.join("project");
+            fs::DirBuilder::new().mode(0o755).create(&inside).unwrap();
+            assert!(!postgres_can_reach(&private).unwrap());
+            assert!(!postgres_can_reach(&inside).unwrap());
+        } else {
+            println!("not root: only the trivial cases are checked");
+        }
         fs::remove_dir_all(&dir).unwrap();
     }
 
