@@ -383,3 +383,49 @@ async fn sigterm_under_load_in_transaction_pooling() {
 async fn sigterm_under_load_in_session_pooling() {
     sigterm_under_load("session").await;
 }
+
+/// A client still in a transaction when the shutdown grace period runs out gets 57P01, in both pooling
+/// modes (transaction pooling once ignored the forced close and only had its socket cut).
+async fn forced_close_after_grace(mode: PoolMode, label: &str) {
+    let tenant = onboard(label).await;
+    let proxy = TestProxy::start_with(|c| {
+        c.pool.mode = mode;
+        c.server.shutdown_grace_secs = 1;
+    })
+    .await;
+    let (client, connection) = proxy
+        .client_config(&tenant.email, &tenant.token())
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let connection = tokio::spawn(connection);
+    client.batch_execute("BEGIN").await.expect("begin");
+    client
+        .simple_query("SELECT 1")
+        .await
+        .expect("in the transaction");
+    let started = Instant::now();
+    proxy.proxy.shutdown.cancel();
+    // The connection task ends with the server's error once pgtenant closes the session.
+    let ended = tokio::time::timeout(Duration::from_secs(20), connection)
+        .await
+        .unwrap_or_else(|_| panic!("{mode:?}: the session was not closed after the grace period"))
+        .expect("connection task");
+    let err = ended.expect_err("the connection ends with an error");
+    assert_eq!(sqlstate(&err), "57P01", "{mode:?}: {err}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{mode:?}: closed before the grace period"
+    );
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_close_after_the_grace_period_in_transaction_pooling() {
+    forced_close_after_grace(PoolMode::Transaction, "forcetxn").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_close_after_the_grace_period_in_session_pooling() {
+    forced_close_after_grace(PoolMode::Session, "forcesess").await;
+}
