@@ -54,7 +54,7 @@ def strace_run(pid, target, clients, mode, seconds):
     with open(out) as f:
         for line in f:
             m = re.match(r"\s*[0-9.]+\s+[0-9.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)$", line)
-            if m:
+            if m and m.group(2) != "total":
                 calls[m.group(2)] = int(m.group(1))
     os.unlink(out)
     return res, calls

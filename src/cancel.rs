@@ -13,9 +13,13 @@ pub struct UpstreamKey {
     pub secret_key: i32,
 }
 
+/// Where the client's cancels go now: set by its session (once per transaction in transaction pooling)
+/// without touching the process-wide map.
+type UpstreamSlot = Arc<Mutex<Option<UpstreamKey>>>;
+
 struct Entry {
     secret_key: i32,
-    upstream: Option<UpstreamKey>,
+    upstream: UpstreamSlot,
 }
 
 /// The key pgtenant gave a client.
@@ -33,6 +37,7 @@ pub struct CancelMap {
 /// Removes the client's entry when the session ends.
 pub struct CancelRegistration {
     map: Arc<CancelMap>,
+    slot: UpstreamSlot,
     pub key: ClientKey,
 }
 
@@ -55,15 +60,17 @@ impl CancelMap {
                 continue;
             }
             let secret_key = rand::random::<i32>();
+            let slot = UpstreamSlot::default();
             entries.insert(
                 process_id,
                 Entry {
                     secret_key,
-                    upstream: None,
+                    upstream: slot.clone(),
                 },
             );
             return CancelRegistration {
                 map: self.clone(),
+                slot,
                 key: ClientKey {
                     process_id,
                     secret_key,
@@ -80,7 +87,10 @@ impl CancelMap {
         if (entry.secret_key ^ key.secret_key) != 0 {
             return None;
         }
-        entry.upstream
+        let slot = entry.upstream.clone();
+        drop(entries);
+        let upstream = *slot.lock().ok()?;
+        upstream
     }
 
     pub fn len(&self) -> usize {
@@ -95,10 +105,8 @@ impl CancelMap {
 impl CancelRegistration {
     /// Points the client's key at the upstream connection it now holds (or at none).
     pub fn set_upstream(&self, upstream: Option<UpstreamKey>) {
-        if let Ok(mut entries) = self.map.entries.lock() {
-            if let Some(entry) = entries.get_mut(&self.key.process_id) {
-                entry.upstream = upstream;
-            }
+        if let Ok(mut slot) = self.slot.lock() {
+            *slot = upstream;
         }
     }
 }

@@ -157,6 +157,23 @@ fn worker_threads() -> usize {
         })
 }
 
+/// One worker thread: a current-thread runtime (no work-stealing scheduler, no cross-thread wake-ups; the
+/// thread polls the sockets itself). More: the multi-thread runtime. `PGTENANT_RUNTIME=multi_thread` forces
+/// the latter (for comparisons).
+fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let forced_multi = std::env::var("PGTENANT_RUNTIME").is_ok_and(|v| v == "multi_thread");
+    if workers == 1 && !forced_multi {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build()
+    }
+}
+
 /// Errors end the process with one line on stderr, `error: ` and the chain of causes, and exit code 1 (never
 /// a backtrace, whatever `RUST_BACKTRACE` says: what went wrong is the user's to read, not a bug report).
 fn main() -> ExitCode {
@@ -195,10 +212,7 @@ fn one_line(err: &anyhow::Error) -> String {
 }
 
 fn try_main(cli: Cli) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads())
-        .enable_all()
-        .build()?;
+    let runtime = build_runtime(worker_threads())?;
     runtime.block_on(run(cli))
 }
 

@@ -356,7 +356,9 @@ impl UpstreamConn {
         if self.broken {
             return false;
         }
-        let mut buf = [0u8; 8192];
+        // Usually nothing is waiting (tokio knows without a system call); notices that are get read in
+        // small steps.
+        let mut buf = [0u8; 512];
         let mut pending = BytesMut::new();
         loop {
             match self.stream.try_read(&mut buf) {

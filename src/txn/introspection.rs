@@ -74,7 +74,8 @@ fn replacement(statements: &ClientStatements, add_alias: bool) -> String {
 /// `sql` with every reference to the relation `pg_prepared_statements` (bare or `pg_catalog.`-qualified)
 /// replaced by the client's own view of it; `None` when there is none (the common case costs one scan).
 pub fn rewrite(sql: &[u8], statements: &ClientStatements) -> Option<Vec<u8>> {
-    if !sql::contains_ignore_ascii_case(sql, VIEW.as_bytes()) {
+    // "pg" + this: the first byte has no case, so the check is one byte search.
+    if !sql::contains_ignore_ascii_case(sql, b"_prepared_statements") {
         return None;
     }
     let significant: Vec<sql::Token> = sql::tokens(sql)

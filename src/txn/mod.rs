@@ -302,7 +302,9 @@ impl TxnSession<'_> {
                 Event::ClientRead(Ok(0)) => return RelayEnd::ClientGone(None),
                 Event::ClientRead(Err(e)) => return RelayEnd::ClientGone(Some(e)),
                 Event::ClientRead(Ok(n)) => {
-                    last_client_activity = tokio::time::Instant::now();
+                    if self.idle_timeout.is_some() {
+                        last_client_activity = tokio::time::Instant::now();
+                    }
                     state.bytes_from_client += n as u64;
                     state.client_in.extend_from_slice(&client_buf[..n]);
                     match self.process_client(state).await {
