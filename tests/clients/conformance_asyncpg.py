@@ -200,6 +200,8 @@ async def _():
         CREATE TABLE {COPYT} (id int, name text, amount numeric(12, 2), data bytea);
         CREATE TABLE {BIG} (id int PRIMARY KEY, body text, data bytea);
         CREATE TABLE {MANY} (n int PRIMARY KEY, label text);
+        CREATE TYPE {PREFIX}mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE TYPE {PREFIX}pair AS (a int, b text);
         CREATE FUNCTION {PREFIX}noisy(n int) RETURNS int LANGUAGE plpgsql AS $$
         BEGIN
             RAISE NOTICE 'noisy %', n USING DETAIL = 'detail of ' || n, HINT = 'a hint';
@@ -294,6 +296,21 @@ async def _():
     return rows(await conn.fetch(f"SELECT count(*) FROM {ITEMS}"))
 
 
+@step("executemany_with_error")
+async def _():
+    out = []
+    try:
+        await conn.executemany(
+            f"INSERT INTO {ITEMS} (id, name) VALUES ($1, $2)",
+            [(400 + i, f"batch {i}") for i in range(20)] + [(1, "dup")] + [(420 + i, "after dup") for i in range(5)],
+        )
+    except asyncpg.PostgresError as e:
+        out.append({"error": error(e)})
+    out.append(rows(await conn.fetch(f"SELECT count(*) FROM {ITEMS} WHERE id >= $1 AND id < $2", 400, 500)))
+    out.append(await conn.execute(f"DELETE FROM {ITEMS} WHERE id >= $1 AND id < $2", 400, 500))
+    return out
+
+
 @step("update_delete_select_tags")
 async def _():
     return [
@@ -320,6 +337,46 @@ async def _():
     attrs = [[a.name, a.type.name] for a in stmt.get_attributes()]
     params = [t.name for t in stmt.get_parameters()]
     return {"total": total, "sample": seen, "attributes": attrs, "parameters": params}
+
+
+@step("many_distinct_statements")
+async def _():
+    # More texts than asyncpg's statement cache holds (it closes the oldest) and than pgtenant keeps per server
+    # connection in transaction pooling (500, least recently used closed): every one still answers right.
+    total = 0
+    for round_ in range(2):
+        for i in range(600):
+            total += await conn.fetchval(f"SELECT $1::int + {i} AS v", round_)
+    return {"total": total}
+
+
+@step("enum_and_composite_types")
+async def _():
+    # asyncpg introspects types it does not know with queries of its own (prepared, cached) at first use.
+    return [
+        fetched(await conn.fetch(f"SELECT $1::{PREFIX}mood AS m, ROW(1, 'x')::{PREFIX}pair AS p, ARRAY['ok', 'sad']::{PREFIX}mood[] AS ms", "happy")),
+        fetched(await conn.fetch(f"SELECT $1::{PREFIX}pair AS p", (7, "seven"))),
+        await attempt(conn.fetch(f"SELECT $1::{PREFIX}mood", "furious")),
+    ]
+
+
+@step("tracked_settings")
+async def _():
+    ts = "SELECT '2024-07-01 12:34:56.789+00'::timestamptz::text AS ts, '1 day 2 hours'::interval::text AS i"
+    out = [
+        await conn.execute("SET TimeZone = 'America/New_York'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'"),
+        await conn.execute("SET application_name = 'conformance-app'"),
+    ]
+    for _ in range(3):
+        out.append(rows(await conn.fetch(ts + ", current_setting('application_name') AS app WHERE $1", True)))
+        out.append(rows(await conn.fetch(ts)))
+    out.append(await conn.execute("BEGIN; SET LOCAL TimeZone = 'Asia/Tokyo'"))
+    out.append(rows(await conn.fetch(ts)))
+    out.append(await conn.execute("COMMIT"))
+    out.append(rows(await conn.fetch(ts)))
+    out.append(await conn.execute("RESET TimeZone; RESET DateStyle; RESET IntervalStyle; RESET application_name"))
+    out.append(rows(await conn.fetch(ts)))
+    return out
 
 
 @step("txn_commit")
@@ -738,7 +795,10 @@ async def _():
 
 @step("teardown")
 async def _():
-    return await conn.execute(f"DROP TABLE {ITEMS}, {COPYT}, {BIG}, {MANY}; DROP FUNCTION {PREFIX}noisy(int)")
+    return await conn.execute(
+        f"DROP TABLE {ITEMS}, {COPYT}, {BIG}, {MANY}; DROP FUNCTION {PREFIX}noisy(int); "
+        f"DROP TYPE {PREFIX}mood, {PREFIX}pair"
+    )
 
 
 async def main():

@@ -213,6 +213,8 @@ def _():
         CREATE TABLE {COPYT} (id int, name text, amount numeric(12, 2), data bytea);
         CREATE TABLE {BIG} (id int PRIMARY KEY, body text, data bytea);
         CREATE TABLE {MANY} (n int PRIMARY KEY, label text);
+        CREATE TYPE {PREFIX}mood AS ENUM ('sad', 'ok', 'happy');
+        CREATE TYPE {PREFIX}pair AS (a int, b text);
         CREATE FUNCTION {PREFIX}noisy(n int) RETURNS int LANGUAGE plpgsql AS $$
         BEGIN
             RAISE NOTICE 'noisy %', n USING DETAIL = 'detail of ' || n, HINT = 'a hint';
@@ -302,6 +304,22 @@ def _():
     return {"rowcount": cur.rowcount, "count": one(f"SELECT count(*) FROM {ITEMS}")["rows"]}
 
 
+@step("executemany_with_error")
+def _():
+    out = []
+    cur = conn.cursor()
+    try:
+        cur.executemany(
+            f"INSERT INTO {ITEMS} (id, name) VALUES (%s, %s)",
+            [(400 + i, f"batch {i}") for i in range(20)] + [(1, "dup")] + [(420 + i, "after dup") for i in range(5)],
+        )
+    except psycopg.Error as e:
+        out.append({"error": error(e)})
+    out.append(one(f"SELECT count(*) FROM {ITEMS} WHERE id >= %s AND id < %s", (400, 500)))
+    out.append(one(f"DELETE FROM {ITEMS} WHERE id >= %s AND id < %s", (400, 500)))
+    return out
+
+
 @step("update_delete_select_tags")
 def _():
     return [
@@ -327,6 +345,46 @@ def _():
         cur.execute("SELECT %s::int * 2 AS doubled, %s::text AS label", (i, f"l{i}"))
         total += cur.fetchone()[0]
     return {"total": total, "sample": seen}
+
+
+@step("many_distinct_statements")
+def _():
+    # More texts than psycopg keeps prepared (it closes the oldest) and than pgtenant keeps per server
+    # connection in transaction pooling (500, least recently used closed): every one still answers right.
+    total = 0
+    for round_ in range(2):
+        for i in range(600):
+            cur = conn.cursor()
+            cur.execute(f"SELECT %s::int + {i} AS v", (round_,))
+            total += cur.fetchone()[0]
+    return {"total": total}
+
+
+@step("enum_and_composite_types")
+def _():
+    return [
+        one(f"SELECT %s::{PREFIX}mood AS m, ROW(1, 'x')::{PREFIX}pair AS p, ARRAY['ok', 'sad']::{PREFIX}mood[] AS ms", ("happy",)),
+        one(f"SELECT (ROW(%s, %s)::{PREFIX}pair).b AS b", (7, "seven")),
+        attempt(lambda: one(f"SELECT %s::{PREFIX}mood", ("furious",))),
+    ]
+
+
+@step("tracked_settings")
+def _():
+    ts = "SELECT '2024-07-01 12:34:56.789+00'::timestamptz::text AS ts, '1 day 2 hours'::interval::text AS i"
+    out = [
+        simple("SET TimeZone = 'America/New_York'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'"),
+        simple("SET application_name = 'conformance-app'"),
+    ]
+    for _ in range(3):
+        out.append(one(ts + ", current_setting('application_name') AS app WHERE %s", (True,)))
+        out.append(simple(ts))
+    out.append(simple("BEGIN; SET LOCAL TimeZone = 'Asia/Tokyo'; " + ts + "; COMMIT"))
+    out.append(simple(ts))
+    out.append(simple("BEGIN; SET LOCAL statement_timeout = '4s'; SHOW statement_timeout; COMMIT"))
+    out.append(simple("RESET TimeZone; RESET DateStyle; RESET IntervalStyle; RESET application_name"))
+    out.append(simple(ts))
+    return out
 
 
 @step("txn_commit")
@@ -492,10 +550,10 @@ def copy_in(sql, chunks):
     return {"tag": cur.statusmessage, "rowcount": cur.rowcount}
 
 
-def copy_out(sql):
+def copy_out(sql, params=None):
     cur = conn.cursor()
     data = bytearray()
-    with cur.copy(sql) as copy:
+    with cur.copy(sql, params) as copy:
         for chunk in copy:
             data += chunk
     return {"tag": cur.statusmessage, "rowcount": cur.rowcount, "data": norm(bytes(data))}
@@ -561,6 +619,19 @@ def _():
         for row in copy.rows():
             rows.append(norm(list(row)))
     return {"tag": cur.statusmessage, "rows": rows}
+
+
+@step("copy_out_with_parameters")
+def _():
+    # With parameters psycopg sends the COPY with the extended protocol (Parse/Bind/Execute/Sync).
+    sql = f"COPY (SELECT id, name FROM {COPYT} WHERE id < %s AND name <> %s ORDER BY id) TO STDOUT (FORMAT csv)"
+    out = [copy_out(sql, (20, "one"))]
+    with conn.transaction():
+        out.append(copy_out(sql, (3, "")))
+        out.append(one(f"SELECT count(*) FROM {COPYT} WHERE id < %s", (20,)))
+    out.append(attempt(lambda: copy_out("COPY (SELECT 1 / %s::int) TO STDOUT", (0,))))
+    out.append(alive())
+    return out
 
 
 @step("copy_in_transaction")
@@ -765,7 +836,10 @@ def _():
 
 @step("teardown")
 def _():
-    return simple(f"DROP TABLE {ITEMS}, {COPYT}, {BIG}, {MANY}; DROP FUNCTION {PREFIX}noisy(int)")
+    return simple(
+        f"DROP TABLE {ITEMS}, {COPYT}, {BIG}, {MANY}; DROP FUNCTION {PREFIX}noisy(int); "
+        f"DROP TYPE {PREFIX}mood, {PREFIX}pair"
+    )
 
 
 conn.close()

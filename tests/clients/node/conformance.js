@@ -70,7 +70,8 @@ function norm(v) {
 function result(r) {
   const out = { command: r.command, rowCount: r.rowCount };
   if (r.fields && r.fields.length) {
-    out.columns = r.fields.map((f) => [f.name, f.dataTypeID, f.format]);
+    // Type OIDs of built-in types only: types the script creates get other OIDs on every target.
+    out.columns = r.fields.map((f) => [f.name, f.dataTypeID < 16384 ? f.dataTypeID : 'created type', f.format]);
     out.rows = r.rows.map((row) => (Array.isArray(row) ? row.map(norm) : norm(row)));
   }
   return out;
@@ -163,6 +164,8 @@ step('setup', () =>
     CREATE TABLE ${COPYT} (id int, name text, amount numeric(12, 2), data bytea);
     CREATE TABLE ${BIG} (id int PRIMARY KEY, body text, data bytea);
     CREATE TABLE ${MANY} (n int PRIMARY KEY, label text);
+    CREATE TYPE ${PREFIX}mood AS ENUM ('sad', 'ok', 'happy');
+    CREATE TYPE ${PREFIX}pair AS (a int, b text);
     CREATE FUNCTION ${PREFIX}noisy(n int) RETURNS int LANGUAGE plpgsql AS $$
     BEGIN
         RAISE NOTICE 'noisy %', n USING DETAIL = 'detail of ' || n, HINT = 'a hint';
@@ -270,6 +273,43 @@ step('named_statement_errors', async () => [
   await attempt(client.query({ name: 'conformance-syntax', text: 'SELEC $1', values: [1] })),
   await alive(),
 ]);
+
+step('many_distinct_statements', async () => {
+  // 600 named statements on one connection: more than pgtenant keeps per server connection in transaction
+  // pooling (500, least recently used closed), then each used again (re-prepared where it was closed).
+  let total = 0;
+  for (let round = 0; round < 2; round++) {
+    for (let i = 0; i < 600; i++) {
+      const r = await client.query({ name: `conformance-distinct-${i}`, text: `SELECT $1::int + ${i} AS v`, values: [round], rowMode: 'array' });
+      total += r.rows[0][0];
+    }
+  }
+  return { total };
+});
+
+step('enum_and_composite_types', async () => [
+  await q(`SELECT $1::${PREFIX}mood AS m, ROW(1, 'x')::${PREFIX}pair AS p, ARRAY['ok', 'sad']::${PREFIX}mood[] AS ms`, ['happy']),
+  await q(`SELECT ($1::${PREFIX}pair).b AS b`, ['(7,seven)']),
+  await attempt(q(`SELECT $1::${PREFIX}mood`, ['furious'])),
+]);
+
+step('tracked_settings', async () => {
+  const ts = "SELECT '2024-07-01 12:34:56.789+00'::timestamptz::text AS ts, '1 day 2 hours'::interval::text AS i";
+  const out = [
+    await q("SET TimeZone = 'America/New_York'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'iso_8601'"),
+    await q("SET application_name = 'conformance-app'"),
+  ];
+  for (let i = 0; i < 3; i++) {
+    out.push(await q(ts + ", current_setting('application_name') AS app WHERE $1", [true]));
+    out.push(await q(ts));
+  }
+  out.push(await q(`BEGIN; SET LOCAL TimeZone = 'Asia/Tokyo'; ${ts}; COMMIT`));
+  out.push(await q(ts));
+  out.push(await q("BEGIN; SET LOCAL statement_timeout = '4s'; SHOW statement_timeout; COMMIT"));
+  out.push(await q('RESET TimeZone; RESET DateStyle; RESET IntervalStyle; RESET application_name'));
+  out.push(await q(ts));
+  return out;
+});
 
 step('txn_commit', async () => [
   await q('BEGIN'),
@@ -607,7 +647,8 @@ step('final_state', async () => [
   await q(`SELECT count(*), sum(n) FROM ${MANY}`),
 ]);
 
-step('teardown', () => q(`DROP TABLE ${ITEMS}, ${COPYT}, ${BIG}, ${MANY}; DROP FUNCTION ${PREFIX}noisy(int)`));
+step('teardown', () =>
+  q(`DROP TABLE ${ITEMS}, ${COPYT}, ${BIG}, ${MANY}; DROP FUNCTION ${PREFIX}noisy(int); DROP TYPE ${PREFIX}mood, ${PREFIX}pair`));
 
 async function main() {
   client = new Client({ connectionString: URL, connectionTimeoutMillis: 10000 });
