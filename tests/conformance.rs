@@ -84,11 +84,20 @@ impl Driver {
             .output();
         match out {
             Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => Err(format!(
-                "{} cannot be loaded ({install}): {}",
-                self.name(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )),
+            Ok(out) => {
+                let stderr = String::from_utf8_lossy(&out.stderr);
+                let why = stderr
+                    .lines()
+                    .find(|l| l.contains("Error"))
+                    .or_else(|| stderr.lines().rfind(|l| !l.trim().is_empty()))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                Err(format!(
+                    "{} cannot be loaded ({install}): {why}",
+                    self.name()
+                ))
+            }
             Err(e) => Err(format!(
                 "{} cannot be run ({e}); {} needs it ({install})",
                 self.program(),
