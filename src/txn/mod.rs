@@ -17,6 +17,7 @@
 
 pub mod expect;
 pub mod introspection;
+pub mod lasting;
 pub mod statements;
 
 use crate::cancel::{CancelRegistration, UpstreamKey};
@@ -98,6 +99,8 @@ struct State {
     server_streaming: usize,
     /// The last server message was an ErrorResponse (a FATAL before it closed, typically).
     last_server_error: bool,
+    /// Session state the client's SQL left on the server connection, told at the end of the transaction.
+    lasting: Option<lasting::LastingState>,
     desired: Vec<(String, String)>,
     recorder: Recorder,
     bytes_from_client: u64,
@@ -209,6 +212,7 @@ impl TxnSession<'_> {
             server_in: BytesMut::with_capacity(READ_SIZE),
             server_streaming: 0,
             last_server_error: false,
+            lasting: None,
             desired: self.desired.clone(),
             recorder: Recorder::new(self.metrics.clone()),
             bytes_from_client: 0,
@@ -487,6 +491,11 @@ impl TxnSession<'_> {
         }
         let frame = match msg_tag {
             tag::QUERY | tag::PARSE if is_whole(&frame) => {
+                if let Some(found) =
+                    statements::sql_text(msg_tag, &frame).and_then(lasting::lasting_state)
+                {
+                    state.lasting = Some(found);
+                }
                 introspection::rewrite_frame(msg_tag, &frame, &state.statements).unwrap_or(frame)
             }
             _ => frame,
@@ -844,6 +853,8 @@ impl TxnSession<'_> {
                 match msg_tag {
                     b'E' => {
                         state.recorder.error();
+                        // What failed left nothing behind (or rolled back with its transaction).
+                        state.lasting = None;
                         let fields = ErrorFields::parse(body);
                         if fields.code == "0A000"
                             && fields
@@ -880,6 +891,14 @@ impl TxnSession<'_> {
                             .and_then(|b| TxStatus::from_byte(*b))
                             .unwrap_or(TxStatus::Failed);
                         state.pending = state.pending.saturating_sub(1);
+                        if state.status == TxStatus::Idle {
+                            if let Some(found) = state.lasting.take() {
+                                protocol::write::notice_response(
+                                    &mut state.to_client,
+                                    &found.notice(),
+                                );
+                            }
+                        }
                     }
                     b'C' => {
                         let command = body.split(|b| *b == 0).next().unwrap_or(&[]);
