@@ -47,13 +47,12 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let Ready { user, checkout } = ready;
-    let mode = user.tenant.pool_mode.unwrap_or(proxy.config().pool.mode);
-    let ended = match mode {
-        PoolMode::Session => serve_session(&proxy, &mut client, checkout, &user, peer).await,
-        PoolMode::Transaction => {
-            serve_transaction(&proxy, &mut client, checkout, &user, peer).await
+    let Ready { user, server } = ready;
+    let ended = match server {
+        FirstServer::Connected(checkout) if mode_of(&proxy, &user) == PoolMode::Session => {
+            serve_session(&proxy, &mut client, checkout, &user, peer).await
         }
+        server => serve_transaction(&proxy, &mut client, server, &user, peer).await,
     };
     let Some(ended) = ended else {
         return;
@@ -91,7 +90,7 @@ async fn serve_session(
         process_id: conn.process_id,
         secret_key: conn.secret_key,
     }));
-    if let Err(e) = send_login_ok(client, conn, registration.key).await {
+    if let Err(e) = send_login_ok(client, &conn.parameters, registration.key).await {
         tracing::debug!(%peer, error = %e, "client left before login completed");
         proxy.pools.check_in(checkout, false);
         return None;
@@ -132,24 +131,34 @@ async fn serve_session(
     })
 }
 
-/// Transaction pooling: the login's server connection goes back to the pool; the client gets one per
-/// transaction.
+fn mode_of(proxy: &Proxy, user: &User) -> PoolMode {
+    user.tenant.pool_mode.unwrap_or(proxy.config().pool.mode)
+}
+
+/// Transaction pooling: the login's server connection (if it took one) goes back to the pool; the client
+/// gets one per transaction.
 async fn serve_transaction(
     proxy: &Proxy,
     client: &mut ClientStream,
-    mut checkout: Checkout,
+    server: FirstServer,
     user: &User,
     peer: SocketAddr,
 ) -> Option<Ended> {
-    let conn = checkout.conn();
     let registration = proxy.cancels.register(None);
-    if let Err(e) = send_login_ok(client, conn, registration.key).await {
-        tracing::debug!(%peer, error = %e, "client left before login completed");
+    let (desired, checkout) = match server {
+        FirstServer::Connected(mut checkout) => {
+            (checkout.conn().parameters.clone(), Some(checkout))
+        }
+        FirstServer::Later(parameters) => (parameters, None),
+    };
+    let sent = send_login_ok(client, &desired, registration.key).await;
+    if let Some(checkout) = checkout {
         proxy.pools.check_in(checkout, true);
+    }
+    if let Err(e) = sent {
+        tracing::debug!(%peer, error = %e, "client left before login completed");
         return None;
     }
-    let desired = conn.parameters.clone();
-    proxy.pools.check_in(checkout, true);
     let session = register_session(proxy, user, peer, 0, client.is_tls());
     tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, tls = client.is_tls(), mode = "transaction", "session started");
     let txn = crate::txn::TxnSession {
@@ -333,7 +342,15 @@ enum LoggedIn {
 /// A logged-in client with its upstream connection, ready for the relay.
 struct Ready {
     user: User,
-    checkout: Checkout,
+    server: FirstServer,
+}
+
+/// The server connection a login leaves the session with.
+enum FirstServer {
+    Connected(Checkout),
+    /// Transaction pooling, answered from the role's known defaults: the first transaction takes one. These
+    /// are the parameters to report.
+    Later(Vec<(String, String)>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -610,26 +627,75 @@ async fn login(
         ));
     }
     proxy.pools.wait_unpaused(&user.tenant.role).await;
+    let transaction_pooling =
+        user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction;
+    if transaction_pooling {
+        if let Some(parameters) = login_without_server(proxy, &user, params) {
+            let server = FirstServer::Later(parameters);
+            return Ok(LoggedIn::Tenant(Box::new(Ready { user, server })));
+        }
+    }
     let wait_started = std::time::Instant::now();
     let mut checkout = acquire_upstream(proxy, &user).await.map_err(|e| {
         tracing::warn!(tenant = %user.tenant.slug, error = %e, "no server connection for a client");
         e.to_client_error()
     })?;
     note_wait(proxy, &user, wait_started.elapsed());
-    if user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction {
+    if transaction_pooling {
         // Transaction pooling does not reset connections between clients: start this client from the
         // role's defaults, not from the settings an earlier client left.
         if let Err(e) = checkout.conn().run_simple(&["RESET ALL"]).await {
             proxy.pools.check_in(checkout, false);
             return Err(e.to_client_error());
         }
+        proxy
+            .pools
+            .remember_defaults(&user.tenant.role, &checkout.conn().parameters);
     }
     if let Err(e) = apply_client_settings(checkout.conn(), params).await {
         let reusable = checkout.conn().reset(TxStatus::Idle).await.is_ok();
         proxy.pools.check_in(checkout, reusable);
         return Err(e);
     }
-    Ok(LoggedIn::Tenant(Box::new(Ready { user, checkout })))
+    let server = FirstServer::Connected(checkout);
+    Ok(LoggedIn::Tenant(Box::new(Ready { user, server })))
+}
+
+/// How long the parameters of a role's defaults are trusted for logins without a server connection (a
+/// later `ALTER ROLE … SET` shows within this time).
+const ROLE_DEFAULTS_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The parameters to report to a transaction-pooled client without taking a server connection: the role's
+/// defaults, as seen lately, when the client asks for nothing a server must check or change (no
+/// `options`; at most an `application_name` that PostgreSQL keeps as it is, and a `client_encoding` equal
+/// to the default). Otherwise `None`, and the login takes a server connection to apply and check them.
+fn login_without_server(
+    proxy: &Proxy,
+    user: &User,
+    params: &StartupParams,
+) -> Option<Vec<(String, String)>> {
+    let mut parameters = proxy
+        .pools
+        .defaults(&user.tenant.role, ROLE_DEFAULTS_MAX_AGE)?;
+    for (name, value) in &params.params {
+        match name.as_str() {
+            "user" | "database" => {}
+            "application_name"
+                if value.len() < 64 && value.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+            {
+                match parameters.iter_mut().find(|(n, _)| n == "application_name") {
+                    Some(entry) => entry.1 = value.clone(),
+                    None => parameters.push((name.clone(), value.clone())),
+                }
+            }
+            "client_encoding"
+                if parameters
+                    .iter()
+                    .any(|(n, v)| n == "client_encoding" && v == value) => {}
+            _ => return None,
+        }
+    }
+    Some(parameters)
 }
 
 fn note_wait(proxy: &Proxy, user: &User, waited: Duration) {
@@ -788,12 +854,12 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
 
 async fn send_login_ok(
     client: &mut ClientStream,
-    conn: &UpstreamConn,
+    parameters: &[(String, String)],
     key: ClientKey,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     protocol::write::authentication_ok(&mut out);
-    for (name, value) in &conn.parameters {
+    for (name, value) in parameters {
         protocol::write::parameter_status(&mut out, name, value);
     }
     protocol::write::backend_key_data(&mut out, key.process_id, key.secret_key);

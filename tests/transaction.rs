@@ -1702,3 +1702,51 @@ async fn named_parse_while_the_pool_is_busy_is_answered_at_once_and_prepared_lat
         "{after:?}"
     );
 }
+
+/// Once a tenant's role defaults are known, a transaction-pooled login takes no server connection: it is
+/// answered at once while every connection is busy, reports the role's defaults with the client's
+/// application_name, and the first transaction gets that name applied on whatever connection it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_needs_no_server_connection_once_the_role_defaults_are_known() {
+    let tenant = onboard("txnlazylogin").await;
+    let proxy = txn_proxy_with(1, |c| c.pool.acquire_timeout_ms = 3_000).await;
+    // The first login learns the defaults; then it holds the only server connection.
+    let holder = proxy.connect(&tenant).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("holder's transaction");
+    let mut config = proxy.client_config(&tenant.email, &tenant.token());
+    config.application_name("lazy-login");
+    // Had it waited for a server connection, it would end in 53300: the holder keeps it until after.
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(20), config.connect(NoTls))
+        .await
+        .expect("login answered")
+        .expect("login while the pool is busy");
+    tokio::spawn(connection);
+    // Its first statement waits for the connection, which the holder gives back.
+    let query = tokio::spawn(async move {
+        let rows = client
+            .simple_query("SHOW application_name")
+            .await
+            .expect("show");
+        (client, simple_values(&rows))
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let (client, values) = query.await.expect("query task");
+    assert_eq!(values, vec![Some("lazy-login".to_string())]);
+    // A login asking for more than an application_name takes a server connection, as before: with the one
+    // connection held, it waits and ends in 53300.
+    holder.batch_execute("BEGIN").await.expect("begin again");
+    let mut config = proxy.client_config(&tenant.email, &tenant.token());
+    config.options("-c statement_timeout=5s");
+    let err = config
+        .connect(NoTls)
+        .await
+        .err()
+        .expect("no server connection for a login with options");
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    holder.batch_execute("COMMIT").await.expect("commit");
+    drop(client);
+}
