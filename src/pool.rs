@@ -84,8 +84,11 @@ struct TenantPool {
     statement_generations: Mutex<HashMap<String, u32>>,
     /// The parameters a connection of this role reports at its defaults (after `RESET ALL`), and when they
     /// were seen: a transaction-pooled login is answered from them without a server connection.
-    defaults: Mutex<Option<(Vec<(String, String)>, Instant)>>,
+    defaults: Mutex<Option<RoleDefaults>>,
 }
+
+/// Parameters a server reported (name, value), and when they were seen.
+type RoleDefaults = (Vec<(String, String)>, Instant);
 
 impl TenantPool {
     fn oldest_idle(&self) -> Option<Instant> {
