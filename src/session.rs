@@ -50,7 +50,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     let Ready { user, server } = ready;
     let ended = match server {
         FirstServer::Connected(checkout) if mode_of(&proxy, &user) == PoolMode::Session => {
-            serve_session(&proxy, &mut client, checkout, &user, peer).await
+            serve_session(&proxy, &mut client, *checkout, &user, peer).await
         }
         server => serve_transaction(&proxy, &mut client, server, &user, peer).await,
     };
@@ -347,7 +347,7 @@ struct Ready {
 
 /// The server connection a login leaves the session with.
 enum FirstServer {
-    Connected(Checkout),
+    Connected(Box<Checkout>),
     /// Transaction pooling, answered from the role's known defaults: the first transaction takes one. These
     /// are the parameters to report.
     Later(Vec<(String, String)>),
@@ -657,7 +657,7 @@ async fn login(
         proxy.pools.check_in(checkout, reusable);
         return Err(e);
     }
-    let server = FirstServer::Connected(checkout);
+    let server = FirstServer::Connected(Box::new(checkout));
     Ok(LoggedIn::Tenant(Box::new(Ready { user, server })))
 }
 
