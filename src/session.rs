@@ -147,7 +147,7 @@ async fn serve_transaction(
     let registration = proxy.cancels.register(None);
     let (desired, checkout) = match server {
         FirstServer::Connected(mut checkout) => {
-            (checkout.conn().parameters.clone(), Some(checkout))
+            (checkout.conn().parameters.clone(), Some(*checkout))
         }
         FirstServer::Later(parameters) => (parameters, None),
     };
