@@ -441,3 +441,6 @@ where
         requests_in_flight: books.outstanding > 0,
     }
 }
+
+#[cfg(test)]
+mod tests;
