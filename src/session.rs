@@ -13,6 +13,7 @@ use crate::protocol::{
 pub use crate::proxy::Proxy;
 use crate::relay::{self, RelayEnd};
 use crate::sessions::SessionInfo;
+use crate::sql::VirtualSchema;
 use crate::tenancy::credentials::RolePasswords;
 use crate::tls::{ClientStream, ALPN_POSTGRESQL};
 use crate::upstream::{UpstreamConn, UpstreamError};
@@ -47,12 +48,16 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let Ready { user, server } = ready;
+    let Ready {
+        user,
+        server,
+        virtual_schema,
+    } = ready;
     let ended = match server {
         FirstServer::Connected(checkout) if mode_of(&proxy, &user) == PoolMode::Session => {
-            serve_session(&proxy, &mut client, *checkout, &user, peer).await
+            serve_session(&proxy, &mut client, *checkout, &user, peer, virtual_schema).await
         }
-        server => serve_transaction(&proxy, &mut client, server, &user, peer).await,
+        server => serve_transaction(&proxy, &mut client, server, &user, peer, virtual_schema).await,
     };
     let Some(ended) = ended else {
         return;
@@ -82,6 +87,7 @@ async fn serve_session(
     mut checkout: Checkout,
     user: &User,
     peer: SocketAddr,
+    virtual_schema: Option<VirtualSchema>,
 ) -> Option<Ended> {
     let conn = checkout.conn();
     let registration = proxy.cancels.register(Some(conn.process_id));
@@ -104,11 +110,14 @@ async fn serve_session(
     let outcome = relay::relay(
         client,
         &mut conn.stream,
-        TxStatus::Idle,
-        recorder,
+        relay::Options {
+            initial_status: TxStatus::Idle,
+            recorder,
+            idle_timeout,
+            virtual_schema,
+        },
         kick,
         drain,
-        idle_timeout,
     )
     .await;
     registration.set_upstream(None);
@@ -143,6 +152,7 @@ async fn serve_transaction(
     server: FirstServer,
     user: &User,
     peer: SocketAddr,
+    virtual_schema: Option<VirtualSchema>,
 ) -> Option<Ended> {
     let registration = proxy.cancels.register(None);
     let (desired, checkout) = match server {
@@ -168,6 +178,7 @@ async fn serve_transaction(
         desired,
         metrics: proxy.metrics.tenant(&user.tenant.slug),
         idle_timeout: client_idle_timeout(proxy),
+        virtual_schema,
     };
     let outcome = txn
         .run(
@@ -343,6 +354,8 @@ enum LoggedIn {
 struct Ready {
     user: User,
     server: FirstServer,
+    /// The schema name the client writes for its tenant's schema, if on.
+    virtual_schema: Option<VirtualSchema>,
 }
 
 /// The server connection a login leaves the session with.
@@ -626,13 +639,18 @@ async fn login(
             ),
         ));
     }
+    let virtual_schema = virtual_schema_for(&config, &user.tenant, params)?;
     proxy.pools.wait_unpaused(&user.tenant.role).await;
     let transaction_pooling =
         user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction;
     if transaction_pooling {
         if let Some(parameters) = login_without_server(proxy, &user, params) {
             let server = FirstServer::Later(parameters);
-            return Ok(LoggedIn::Tenant(Box::new(Ready { user, server })));
+            return Ok(LoggedIn::Tenant(Box::new(Ready {
+                user,
+                server,
+                virtual_schema,
+            })));
         }
     }
     let wait_started = std::time::Instant::now();
@@ -652,13 +670,17 @@ async fn login(
             .pools
             .remember_defaults(&user.tenant.role, &checkout.conn().parameters);
     }
-    if let Err(e) = apply_client_settings(checkout.conn(), params).await {
+    if let Err(e) = apply_client_settings(checkout.conn(), params, virtual_schema.as_ref()).await {
         let reusable = checkout.conn().reset(TxStatus::Idle).await.is_ok();
         proxy.pools.check_in(checkout, reusable);
         return Err(e);
     }
     let server = FirstServer::Connected(Box::new(checkout));
-    Ok(LoggedIn::Tenant(Box::new(Ready { user, server })))
+    Ok(LoggedIn::Tenant(Box::new(Ready {
+        user,
+        server,
+        virtual_schema,
+    })))
 }
 
 /// How long the parameters of a role's defaults are trusted for logins without a server connection (a
@@ -679,7 +701,7 @@ fn login_without_server(
         .defaults(&user.tenant.role, ROLE_DEFAULTS_MAX_AGE)?;
     for (name, value) in &params.params {
         match name.as_str() {
-            "user" | "database" => {}
+            "user" | "database" | VIRTUAL_SCHEMA_PARAMETER => {}
             "application_name"
                 if value.len() < 64 && value.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
             {
@@ -774,16 +796,20 @@ async fn read_token(proxy: &Proxy, client: &mut ClientStream) -> Result<String, 
 async fn apply_client_settings(
     conn: &mut UpstreamConn,
     params: &StartupParams,
+    virtual_schema: Option<&VirtualSchema>,
 ) -> Result<(), PgError> {
-    let mut settings: Vec<(String, String)> = params
-        .params
-        .iter()
-        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
+    let settings: Vec<(String, String)> = startup_settings(params)?
+        .into_iter()
+        .filter(|(k, _)| k != VIRTUAL_SCHEMA_PARAMETER)
+        .map(|(k, v)| match virtual_schema {
+            // search_path naming the virtual schema means the tenant's.
+            Some(vs) if k.eq_ignore_ascii_case("search_path") => {
+                let v = vs.rewrite_list(&v).unwrap_or(v);
+                (k, v)
+            }
+            _ => (k, v),
+        })
         .collect();
-    if let Some(options) = params.get("options") {
-        settings.extend(parse_options(options)?);
-    }
     if settings.is_empty() {
         return Ok(());
     }
@@ -806,6 +832,49 @@ async fn apply_client_settings(
         }),
         Err(e) => Err(e.to_client_error()),
     }
+}
+
+/// The client's startup settings: its startup parameters that are settings, then `-c` options.
+fn startup_settings(params: &StartupParams) -> Result<Vec<(String, String)>, PgError> {
+    let mut settings: Vec<(String, String)> = params
+        .params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(options) = params.get("options") {
+        settings.extend(parse_options(options)?);
+    }
+    Ok(settings)
+}
+
+/// Startup parameter (or `-c` option) that picks the session's virtual schema: `off`, or a name.
+const VIRTUAL_SCHEMA_PARAMETER: &str = "pgtenant.virtual_schema";
+
+/// The session's virtual schema: the client's choice at startup, else the tenant's, else the config's.
+fn virtual_schema_for(
+    config: &crate::config::Config,
+    tenant: &crate::directory::Tenant,
+    params: &StartupParams,
+) -> Result<Option<VirtualSchema>, PgError> {
+    let chosen = startup_settings(params)?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == VIRTUAL_SCHEMA_PARAMETER)
+        .map(|(_, v)| v);
+    let name = match chosen.as_deref() {
+        Some("off") | Some("") => return Ok(None),
+        Some(name) => name.to_string(),
+        None => match tenant
+            .virtual_schema
+            .as_deref()
+            .or(config.tenancy.virtual_schema.as_deref())
+        {
+            None | Some("") => return Ok(None),
+            Some(name) => name.to_string(),
+        },
+    };
+    Ok(Some(VirtualSchema::new(&name, tenant.schema.as_str())))
 }
 
 /// `options` as libpq sends it: `-c name=value` pairs (also `--name=value`), backslash escapes spaces.

@@ -38,6 +38,13 @@ struct Harness {
 }
 
 fn start(idle_timeout: Option<Duration>) -> Harness {
+    start_with(idle_timeout, None)
+}
+
+fn start_with(
+    idle_timeout: Option<Duration>,
+    virtual_schema: Option<crate::sql::VirtualSchema>,
+) -> Harness {
     let (client, mut relay_client) = duplex(64 * 1024);
     let (upstream, mut relay_upstream) = duplex(64 * 1024);
     let kick = tokio_util::sync::CancellationToken::new();
@@ -49,11 +56,14 @@ fn start(idle_timeout: Option<Duration>) -> Harness {
         relay(
             &mut relay_client,
             &mut relay_upstream,
-            TxStatus::Idle,
-            recorder,
+            Options {
+                initial_status: TxStatus::Idle,
+                recorder,
+                idle_timeout,
+                virtual_schema,
+            },
             k.cancelled_owned(),
             d.cancelled_owned(),
-            idle_timeout,
         )
         .await
     });
@@ -287,4 +297,31 @@ async fn a_client_that_does_not_read_stalls_only_its_own_direction() {
     drop(client);
     let outcome = h.relay.await.expect("relay task");
     assert!(matches!(outcome.end, RelayEnd::ClientGone(None)));
+}
+
+#[tokio::test]
+async fn the_virtual_schema_is_rewritten_on_the_way_up_and_terminate_still_keeps_the_upstream() {
+    let mut h = start_with(
+        None,
+        Some(crate::sql::VirtualSchema::new("public", "org_t")),
+    );
+    let mut sent = query("SELECT * FROM public.t");
+    sent.extend(query("SELECT 'public.x'"));
+    sent.extend(frames(write::terminate));
+    for piece in sent.chunks(3) {
+        h.client.write_all(piece).await.expect("client writes");
+    }
+    let mut want = query("SELECT * FROM \"org_t\".t");
+    want.extend(query("SELECT 'public.x'"));
+    assert_eq!(read_exactly(&mut h.upstream, want.len()).await, want);
+    let outcome = h.relay.await.expect("relay task");
+    assert!(
+        matches!(outcome.end, RelayEnd::ClientTerminated),
+        "{:?}",
+        outcome.end
+    );
+    // Nothing after the Terminate went up.
+    let mut rest = Vec::new();
+    h.upstream.read_to_end(&mut rest).await.expect("read rest");
+    assert!(rest.is_empty(), "{rest:?}");
 }

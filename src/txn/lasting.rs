@@ -38,13 +38,9 @@ const ADVISORY_LOCKS: &[&str] = &[
 
 /// Whether the text may hold one of the words (case-insensitively): the cheap first check.
 fn may_mention(sql: &[u8]) -> bool {
-    const WORDS: &[&[u8]] = &[b"advisory_lock", b"hold", b"temp"];
-    WORDS.iter().any(|w| {
-        memchr::memchr2_iter(w[0], w[0].to_ascii_uppercase(), sql).any(|i| {
-            sql.get(i..i + w.len())
-                .is_some_and(|s| s.eq_ignore_ascii_case(w))
-        })
-    })
+    [&b"advisory_lock"[..], b"hold", b"temp"]
+        .iter()
+        .any(|w| sql::contains_ignore_ascii_case(sql, w))
 }
 
 /// The first lasting state the SQL text creates, if any.

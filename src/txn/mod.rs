@@ -76,6 +76,8 @@ pub struct TxnSession<'a> {
     pub metrics: std::sync::Arc<crate::metrics::TenantMetrics>,
     /// End the session when the client stays idle between transactions this long.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The schema name the client writes for its tenant's schema, rewritten in Query and Parse text.
+    pub virtual_schema: Option<crate::sql::VirtualSchema>,
 }
 
 struct State {
@@ -491,8 +493,17 @@ impl TxnSession<'_> {
         }
         let frame = match msg_tag {
             tag::QUERY | tag::PARSE if is_whole(&frame) => {
+                // The rewritten text is what the server sees, what statement names are derived from, and
+                // what is carried across server connections: done once per Parse, never per Bind.
+                let frame = match &self.virtual_schema {
+                    Some(vs) => {
+                        crate::sql::message::rewrite(msg_tag, &frame, |sql| vs.rewrite(sql))
+                            .unwrap_or(frame)
+                    }
+                    None => frame,
+                };
                 if let Some(found) =
-                    statements::sql_text(msg_tag, &frame).and_then(lasting::lasting_state)
+                    crate::sql::message::text(msg_tag, &frame).and_then(lasting::lasting_state)
                 {
                     state.lasting = Some(found);
                 }

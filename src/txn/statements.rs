@@ -78,17 +78,6 @@ pub fn generation_of(name: &str) -> (&str, u32) {
     }
 }
 
-/// The SQL text of a whole Query or Parse frame.
-pub fn sql_text(msg_tag: u8, frame: &[u8]) -> Option<&[u8]> {
-    let body = frame.get(5..)?;
-    let body = match msg_tag {
-        b'Q' => body,
-        b'P' => cstr(body)?.1,
-        _ => return None,
-    };
-    cstr(body).map(|(text, _)| text)
-}
-
 /// A decoded Parse message body.
 pub struct Parse<'a> {
     pub name: &'a [u8],

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod drivers;
 pub mod wire;
 
 use pgtenant::auth::{mint_hs256, MintRequest};
