@@ -266,9 +266,15 @@ async fn check_tenant(run: &str, tenant: &TestTenant, label: &str, mut summary: 
         .zip(want["emails"].as_array().unwrap())
         .map(|(id, e)| (id.as_i64().unwrap() as i32, e.as_str().unwrap().to_string()))
         .collect();
-    assert_eq!(users, want_users, "{run}: {schema}.\"User\" as the superuser sees it");
+    assert_eq!(
+        users, want_users,
+        "{run}: {schema}.\"User\" as the superuser sees it"
+    );
     let posts: Vec<i32> = admin
-        .query(&format!(r#"SELECT "id" FROM {quoted}."Post" ORDER BY "id""#), &[])
+        .query(
+            &format!(r#"SELECT "id" FROM {quoted}."Post" ORDER BY "id""#),
+            &[],
+        )
         .await
         .expect("Post")
         .iter()
@@ -302,7 +308,10 @@ async fn prisma_app_through_pgtenant(mode: PoolMode) {
     let unique = &uuid::Uuid::new_v4().simple().to_string()[..8];
     let (label_a, label_b) = (format!("a-{unique}"), format!("b-{unique}"));
     let (url_a, url_b) = (proxy_url(&proxy, &a), proxy_url(&proxy, &b));
-    let (run_a, run_b) = (format!("{name} pooling, tenant A"), format!("{name} pooling, tenant B"));
+    let (run_a, run_b) = (
+        format!("{name} pooling, tenant A"),
+        format!("{name} pooling, tenant B"),
+    );
     // Both tenants at once.
     let (summary_a, summary_b) = tokio::join!(
         run_app(&url_a, &label_a, &run_a),
@@ -322,7 +331,10 @@ async fn prisma_app_through_pgtenant(mode: PoolMode) {
         .await
         .expect("public")
         .get(0);
-    assert_eq!(leaked, None, "{name} pooling: the app's objects ended up in public");
+    assert_eq!(
+        leaked, None,
+        "{name} pooling: the app's objects ended up in public"
+    );
 
     proxy.stop().await;
 }
