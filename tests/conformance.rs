@@ -562,10 +562,10 @@ async fn conformance(driver: Driver) {
     // wrong, not pgtenant.
     let direct_tenant = onboard("conf-direct").await;
     if let Driver::Jdbc = driver {
-        // pgjdbc's SCRAM client refuses a server-first message with fewer than 4096 iterations (RFC 7677's
-        // minimum; 'iteration must be >= 4096'), and pgtenant stores tenant verifiers with 16. Through pgtenant
-        // the client sends its token in cleartext, so only this direct login needs the same password stored
-        // with PostgreSQL's own verifier (4096 iterations).
+        // pgjdbc 42.5's SCRAM client (the ongres library) refuses a server-first message with fewer than 4096
+        // iterations ('iteration must be >= 4096', the count RFC 7677 asks of servers), and pgtenant stores
+        // tenant verifiers with 16. Through pgtenant the client sends its token in cleartext, so only this
+        // direct login needs the same password stored with PostgreSQL's own verifier (4096 iterations).
         store_password_with_postgres_verifier(&direct_tenant).await;
     }
     let baseline = run_script(
