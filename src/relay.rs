@@ -492,5 +492,7 @@ where
 
 mod rewrite;
 
+pub use rewrite::MAX_REWRITTEN;
+
 #[cfg(test)]
 mod tests;

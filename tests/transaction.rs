@@ -9,6 +9,7 @@ mod common;
 use bytes::BytesMut;
 use common::wire::*;
 use common::*;
+use pgtenant::config::PoolMode;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -1749,4 +1750,43 @@ async fn login_needs_no_server_connection_once_the_role_defaults_are_known() {
     assert_eq!(sqlstate(&err), "53300", "{err}");
     holder.batch_execute("COMMIT").await.expect("commit");
     drop(client);
+}
+
+/// Known limitation, as the README's table says: RESET of a setting the client sent at startup goes back to
+/// the role's default (PostgreSQL would go back to the startup value), in both pooling modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_of_a_startup_setting_goes_to_the_role_default_as_documented() {
+    let tenant = onboard("txnresetstartup").await;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let proxy = TestProxy::start_with(|c| c.pool.mode = mode).await;
+        let mut config = proxy.client_config(&tenant.email, &tenant.token());
+        config.options("-c TimeZone=Asia/Kathmandu");
+        let client = connect(config).await;
+        let show = |rows: Vec<SimpleQueryMessage>| simple_values(&rows);
+        assert_eq!(
+            show(client.simple_query("SHOW TimeZone").await.expect("show")),
+            vec![Some("Asia/Kathmandu".to_string())],
+            "{mode:?}: the startup value applies"
+        );
+        let default: String = superuser()
+            .await
+            .query_one(
+                "SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'",
+                &[],
+            )
+            .await
+            .expect("server default")
+            .get(0);
+        assert_eq!(
+            show(
+                client
+                    .simple_query("RESET TimeZone; SHOW TimeZone")
+                    .await
+                    .expect("reset")
+            ),
+            vec![Some(default)],
+            "{mode:?}: RESET goes to the default, not to the startup value (documented)"
+        );
+        proxy.stop().await;
+    }
 }

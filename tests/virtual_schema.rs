@@ -267,3 +267,39 @@ async fn the_virtual_schema_can_be_turned_off_per_session_and_per_tenant() {
     );
     proxy.stop().await;
 }
+
+/// A Query that arrives in several reads, and one larger than a read buffer, are rewritten like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_in_pieces_and_large_queries_are_rewritten() {
+    use common::wire::{Msg, Raw};
+    use tokio::io::AsyncWriteExt;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let proxy = proxy(mode).await;
+        let tenant = onboard("vs-pieces").await;
+        proxy
+            .connect(&tenant)
+            .await
+            .batch_execute("CREATE TABLE public.vs_pieces (v text)")
+            .await
+            .expect("create");
+        let mut raw = Raw::proxy(&proxy, &tenant, "pieces").await;
+        let big = "x".repeat(100_000);
+        let sql: &'static str = Box::leak(
+            format!("INSERT INTO public.vs_pieces VALUES ('{big}'); SELECT count(*) FROM public.vs_pieces")
+                .into_boxed_str(),
+        );
+        let frame = common::wire::encode(&[Msg::Query(sql)]);
+        for piece in frame.chunks(7_000) {
+            raw.stream.write_all(piece).await.expect("write piece");
+            raw.stream.flush().await.expect("flush");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let lines = raw.read_ready(1).await;
+        assert!(
+            lines.iter().any(|l| l == "DataRow [\"1\"]"),
+            "{mode:?}: {lines:?}"
+        );
+        assert_eq!(tables_in_real_public("vs_pieces").await, 0);
+        proxy.stop().await;
+    }
+}

@@ -451,7 +451,10 @@ impl TxnSession<'_> {
             }
             let total = 1 + len as usize;
             let whole = state.client_in.len() >= total;
-            if !whole && (client_needs_whole(msg_tag) || state.client_in.len() < 5) {
+            // A Query is read whole too (up to the size the virtual schema rewrites), so its text can be
+            // checked and rewritten even when it arrives in several reads.
+            let query_held_whole = msg_tag == tag::QUERY && total <= crate::relay::MAX_REWRITTEN;
+            if !whole && (client_needs_whole(msg_tag) || query_held_whole) {
                 return Ok(Step::Continue);
             }
             if whole {
