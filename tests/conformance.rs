@@ -16,6 +16,7 @@
 
 mod common;
 
+use common::drivers::under_ci;
 use common::*;
 use pgtenant::config::PoolMode;
 use pgtenant::tenancy::credentials::RolePasswords;
@@ -202,10 +203,6 @@ fn jdbc_jar() -> Result<std::path::PathBuf, String> {
         })
 }
 
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
 /// True if the driver is there. Missing: the test fails under CI and is skipped (with the reason) elsewhere.
 fn require_driver(driver: Driver) -> bool {
     match driver.probe() {
@@ -314,18 +311,6 @@ async fn run_script(driver: Driver, url: &str, label: String) -> Run {
 // ---------------------------------------------------------------------------------------------------------
 // Targets
 // ---------------------------------------------------------------------------------------------------------
-
-/// Percent-encodes a URI component (user names are email addresses).
-fn uri_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
 
 /// A URL straight to PostgreSQL, logged in as the tenant's own role (search_path: its schema).
 fn direct_url(tenant: &TestTenant) -> String {

@@ -16,6 +16,7 @@
 
 mod common;
 
+use common::drivers::under_ci;
 use common::*;
 use pgtenant::config::PoolMode;
 use serde_json::{json, Value};
@@ -25,10 +26,6 @@ use std::time::Duration;
 
 fn app_dir() -> PathBuf {
     repo_path("tests/clients/prisma")
-}
-
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
 /// Whether node and the app's packages can be loaded, and why not.
@@ -124,18 +121,6 @@ fn require_app() -> bool {
         panic!("{why}");
     }
     true
-}
-
-/// Percent-encodes a URI component (user names are email addresses).
-fn uri_component(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The URL an application would be given: the user's email and token, pgtenant's address, the database.

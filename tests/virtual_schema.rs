@@ -50,16 +50,6 @@ async fn tables_in_real_public(name: &str) -> i64 {
         .get(0)
 }
 
-fn url(proxy: &TestProxy, tenant: &TestTenant) -> String {
-    format!(
-        "postgresql://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
-        tenant.email.replace('@', "%40"),
-        tenant.token(),
-        proxy.addr.port(),
-        proxy.config.upstream.database
-    )
-}
-
 async fn run_json(program: &str, args: &[&str]) -> Value {
     let (ok, out, err) = run_program(program, args, &[], None).await;
     assert!(ok, "{program} {args:?} failed:\n{out}\n{err}");
@@ -108,7 +98,7 @@ async fn psycopg_and_node_postgres_writing_public_see_only_their_tenant() {
                 let script = repo_path("tests/clients/node/virtual_schema.js");
                 let got = run_json(
                     "node",
-                    &[script.to_str().expect("path"), &url(&proxy, tenant), label],
+                    &[script.to_str().expect("path"), &proxy.url(tenant), label],
                 )
                 .await;
                 assert_eq!(

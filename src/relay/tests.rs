@@ -83,6 +83,29 @@ async fn read_exactly(stream: &mut DuplexStream, n: usize) -> Vec<u8> {
     buf
 }
 
+impl Harness {
+    /// The client sends `sql`; it reaches the upstream, which answers with `status`; the answer reaches the
+    /// client.
+    async fn round_trip(&mut self, sql: &str, status: TxStatus) {
+        self.client
+            .write_all(&query(sql))
+            .await
+            .expect("client writes");
+        assert_eq!(
+            read_exactly(&mut self.upstream, query(sql).len()).await,
+            query(sql)
+        );
+        self.upstream
+            .write_all(&answer(status))
+            .await
+            .expect("upstream answers");
+        assert_eq!(
+            read_exactly(&mut self.client, answer(status).len()).await,
+            answer(status)
+        );
+    }
+}
+
 #[tokio::test]
 async fn bytes_pass_unchanged_in_both_directions_and_terminate_keeps_the_upstream() {
     let mut h = start(None);
@@ -116,20 +139,8 @@ async fn bytes_pass_unchanged_in_both_directions_and_terminate_keeps_the_upstrea
 #[tokio::test]
 async fn a_client_that_leaves_between_transactions_leaves_a_reusable_upstream() {
     let mut h = start(None);
-    h.client.write_all(&query("BEGIN")).await.expect("write");
-    read_exactly(&mut h.upstream, query("BEGIN").len()).await;
-    h.upstream
-        .write_all(&answer(TxStatus::InTransaction))
-        .await
-        .expect("answer");
-    read_exactly(&mut h.client, answer(TxStatus::InTransaction).len()).await;
-    h.client.write_all(&query("COMMIT")).await.expect("write");
-    read_exactly(&mut h.upstream, query("COMMIT").len()).await;
-    h.upstream
-        .write_all(&answer(TxStatus::Idle))
-        .await
-        .expect("answer");
-    read_exactly(&mut h.client, answer(TxStatus::Idle).len()).await;
+    h.round_trip("BEGIN", TxStatus::InTransaction).await;
+    h.round_trip("COMMIT", TxStatus::Idle).await;
     h.client
         .write_all(&frames(write::terminate))
         .await
@@ -150,13 +161,7 @@ async fn a_client_that_leaves_between_transactions_leaves_a_reusable_upstream() 
 #[tokio::test]
 async fn a_client_gone_mid_transaction_is_not_reusable() {
     let mut h = start(None);
-    h.client.write_all(&query("BEGIN")).await.expect("write");
-    read_exactly(&mut h.upstream, query("BEGIN").len()).await;
-    h.upstream
-        .write_all(&answer(TxStatus::InTransaction))
-        .await
-        .expect("answer");
-    read_exactly(&mut h.client, answer(TxStatus::InTransaction).len()).await;
+    h.round_trip("BEGIN", TxStatus::InTransaction).await;
     drop(h.client);
     let outcome = h.relay.await.expect("relay task");
     assert!(matches!(outcome.end, RelayEnd::ClientGone(None)));
@@ -206,22 +211,10 @@ async fn the_upstream_closing_ends_the_relay_after_its_last_bytes_reach_the_clie
 async fn the_idle_timeout_ends_only_an_idle_session() {
     let mut h = start(Some(Duration::from_secs(60)));
     // Busy for longer than the limit (a transaction open): the timeout does not apply.
-    h.client.write_all(&query("BEGIN")).await.expect("write");
-    read_exactly(&mut h.upstream, query("BEGIN").len()).await;
-    h.upstream
-        .write_all(&answer(TxStatus::InTransaction))
-        .await
-        .expect("answer");
-    read_exactly(&mut h.client, answer(TxStatus::InTransaction).len()).await;
+    h.round_trip("BEGIN", TxStatus::InTransaction).await;
     tokio::time::sleep(Duration::from_secs(120)).await;
     assert!(!h.relay.is_finished(), "ended while in a transaction");
-    h.client.write_all(&query("COMMIT")).await.expect("write");
-    read_exactly(&mut h.upstream, query("COMMIT").len()).await;
-    h.upstream
-        .write_all(&answer(TxStatus::Idle))
-        .await
-        .expect("answer");
-    read_exactly(&mut h.client, answer(TxStatus::Idle).len()).await;
+    h.round_trip("COMMIT", TxStatus::Idle).await;
     // Idle now: 59 s is fine, 61 s is not.
     tokio::time::sleep(Duration::from_secs(59)).await;
     assert!(!h.relay.is_finished(), "ended before the limit");
@@ -238,13 +231,7 @@ async fn the_idle_timeout_ends_only_an_idle_session() {
 #[tokio::test]
 async fn kick_ends_at_once_and_drain_waits_for_the_transaction() {
     let mut h = start(None);
-    h.client.write_all(&query("BEGIN")).await.expect("write");
-    read_exactly(&mut h.upstream, query("BEGIN").len()).await;
-    h.upstream
-        .write_all(&answer(TxStatus::InTransaction))
-        .await
-        .expect("answer");
-    read_exactly(&mut h.client, answer(TxStatus::InTransaction).len()).await;
+    h.round_trip("BEGIN", TxStatus::InTransaction).await;
     h.drain.cancel();
     // Still in the transaction: the relay goes on.
     h.client.write_all(&query("COMMIT")).await.expect("write");

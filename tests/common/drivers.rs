@@ -2,7 +2,8 @@
 
 use super::repo_path;
 
-fn under_ci() -> bool {
+/// Whether this run is CI (`CI` set, not "0" or "false"): a missing driver then fails the test.
+pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
 }
 
