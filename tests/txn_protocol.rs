@@ -856,3 +856,71 @@ fn rows_first(messages: &[tokio_postgres::SimpleQueryMessage]) -> Option<String>
         _ => None,
     })
 }
+
+/// pgjdbc running COPY through a plain Statement: Parse … Execute and Sync, then, at CopyInResponse, CopyFail
+/// and a second Sync (the first was ignored in copy-in mode). The server skips messages after its error until
+/// that second Sync, so the connection must not go to another client before it; here another client's query
+/// waits in between, and both get PostgreSQL's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copy_failed_by_the_client_keeps_the_connection_until_its_sync() {
+    use tokio::io::AsyncWriteExt;
+    let tenant = onboard("txncopyfail").await;
+    let proxy = txn_proxy(1).await;
+    let setup = proxy.connect(&tenant).await;
+    setup
+        .batch_execute("CREATE TABLE copyfail_t (v int)")
+        .await
+        .expect("create");
+    let mut a = Raw::proxy(&proxy, &tenant, "copier").await;
+    let mut b = Raw::proxy(&proxy, &tenant, "other").await;
+    a.send(&[
+        Msg::Parse("", "COPY copyfail_t FROM STDIN"),
+        Msg::Bind("", "", vec![]),
+        Msg::DescribePortal(""),
+        Msg::Execute(""),
+        Msg::Sync,
+    ])
+    .await;
+    // Up to the CopyInResponse.
+    loop {
+        let (tag, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            pgtenant::protocol::read_message(&mut a.stream, 1 << 20),
+        )
+        .await
+        .expect("CopyInResponse in time")
+        .expect("read");
+        if tag == b'G' {
+            break;
+        }
+    }
+    a.send(&[Msg::CopyFail("only through the copy API")]).await;
+    a.stream.flush().await.expect("flush");
+    // The other client's query, while the server waits for the copier's Sync.
+    let other = tokio::spawn(async move {
+        let lines = b.exchange(&[Msg::Query("SELECT 'other' AS o")]).await;
+        (b, lines)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let copier = a.exchange(&[Msg::Sync]).await;
+    assert_eq!(
+        copier,
+        vec![
+            "Error 57014 COPY from stdin failed: only through the copy API".to_string(),
+            "ReadyForQuery I".to_string()
+        ]
+    );
+    let (_b, lines) = tokio::time::timeout(std::time::Duration::from_secs(10), other)
+        .await
+        .expect("the other client is served")
+        .expect("task");
+    assert!(
+        lines.contains(&"DataRow [\"other\"]".to_string()),
+        "{lines:?}"
+    );
+    // The copier's connection is fine afterwards.
+    let after = a
+        .exchange(&[Msg::Query("SELECT count(*) FROM copyfail_t")])
+        .await;
+    assert!(after.contains(&"DataRow [\"0\"]".to_string()), "{after:?}");
+}

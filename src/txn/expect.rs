@@ -110,6 +110,9 @@ pub struct Expectations {
     /// now are ignored by the server ("The backend will ignore Flush and Sync messages received during
     /// copy-in mode").
     in_copy_in: bool,
+    /// The server skips messages until a Sync the client has not sent yet (an error in an extended-protocol
+    /// COPY, whose Sync the server ignored in copy-in mode): the connection is not free until then.
+    awaiting_sync: bool,
 }
 
 /// What to do with one server message.
@@ -147,8 +150,14 @@ impl Expectations {
         if self.in_copy_in {
             return false;
         }
+        self.awaiting_sync = false;
         self.queue.push_back(Expect::Sync);
         true
+    }
+
+    /// The server waits for a Sync the client still owes (see `awaiting_sync`).
+    pub fn awaiting_sync(&self) -> bool {
+        self.awaiting_sync
     }
 
     /// The client ended a COPY (CopyDone or CopyFail).
@@ -233,6 +242,11 @@ impl Expectations {
                         if let Some(entry) = self.queue.pop_front() {
                             entry.undo_when_skipped(&mut outcome);
                         }
+                    }
+                    self.drop_spent_markers();
+                    if self.queue.is_empty() {
+                        // No Sync of the client's is pending: the server skips until the next one.
+                        self.awaiting_sync = true;
                     }
                 }
             }
@@ -428,6 +442,28 @@ mod tests {
             assert!(q.on_server_message(b'Z').ready);
             assert!(q.is_empty(), "{q:?}");
         }
+    }
+
+    /// pgjdbc running COPY through a plain Statement: Parse … Execute, Sync; at CopyInResponse it sends
+    /// CopyFail and a second Sync. If the server's error comes before that Sync, the server skips until it:
+    /// the connection is not free in between.
+    #[test]
+    fn an_error_after_an_ignored_sync_waits_for_the_clients_next_sync() {
+        let mut q = Expectations::default();
+        q.push(Expect::Execute);
+        assert!(q.client_sync());
+        assert_eq!(q.on_server_message(b'G').syncs_ignored, 1);
+        q.client_copy_end();
+        q.on_server_message(b'E');
+        assert!(q.is_empty());
+        assert!(
+            q.awaiting_sync(),
+            "the server skips until the client's next Sync"
+        );
+        assert!(q.client_sync());
+        assert!(!q.awaiting_sync());
+        assert!(q.on_server_message(b'Z').ready);
+        assert!(q.is_empty());
     }
 
     /// An error in the middle of a COPY ends copy-in mode: the server skips to the next Sync, and a

@@ -238,6 +238,7 @@ impl TxnSession<'_> {
             .bytes(state.bytes_from_client, state.bytes_from_upstream);
         let clean = state.pending == 0
             && state.expect.is_empty()
+            && !state.expect.awaiting_sync()
             && !state.unsynced
             && state.client_streaming == 0
             && state.server_streaming == 0
@@ -360,6 +361,7 @@ impl TxnSession<'_> {
         let done = state.server.is_some()
             && state.pending == 0
             && state.expect.is_empty()
+            && !state.expect.awaiting_sync()
             && !state.unsynced
             && !state.skipping_to_sync
             && state.status == TxStatus::Idle
