@@ -17,7 +17,7 @@
 //! 6. the identity: the claim at `user_claim` (default `sub`, or `email` with `identity_claim = "email"`), a
 //!    non-empty string; and the organization at `org_claim`, when configured.
 //!
-//! Verifying stays synchronous: key sets are fetched by a background task ([`jwks_fetch`]) into a store
+//! Verifying stays synchronous: key sets are fetched by a background task (`jwks_fetch`) into a store
 //! ([`JwksStore`]) the verifier only reads. A token naming a key the store does not have may wait for one
 //! rate-limited refetch ([`TokenVerifier::verify_login`]).
 //!
@@ -50,7 +50,6 @@ use serde::{Deserialize, Deserializer};
 use claim_path::ClaimPath;
 use jwks_store::JwksSettings;
 
-pub use jwks::{JwksError, MAX_JWKS_BYTES};
 pub use jwks_store::{JwksSource, JwksSourceStatus, JwksStore};
 pub use mint::{mint_hs256, MintRequest};
 pub use verify::{Claims, Identity, OrgClaim, TokenVerifier};
