@@ -1040,3 +1040,54 @@ fn tempdir(label: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_endpoint_with_an_untrusted_certificate_is_refused() {
+    // A TLS server with a self-signed certificate: the handshake happens (rustls on aws-lc-rs, the system's roots)
+    // and fails on the certificate, which the key set source reports.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("self-signed");
+    let tls_config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+        .expect("TLS config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls_config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = handshakes.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{\"keys\":[]}")
+                        .await;
+                }
+            });
+        }
+    });
+    let url = format!("https://127.0.0.1:{port}/jwks");
+    let proxy = proxy_with_jwks(std::slice::from_ref(&url), |_| {}).await;
+    eventually("the TLS endpoint refused", async || {
+        source_status(&proxy, &url).last_error.is_some()
+    })
+    .await;
+    let error = source_status(&proxy, &url).last_error.unwrap_or_default();
+    assert!(error.contains("certificate"), "{error}");
+    assert!(handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    server.abort();
+}
