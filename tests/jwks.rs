@@ -1,8 +1,8 @@
 //! Keys from the identity provider, against a real PostgreSQL: key sets (JWKS) served by a small HTTP server on
 //! loopback that this test starts and counts requests at; RS256, ES256 and EdDSA logins; rotation without a
 //! restart; a flood of unknown `kid`s costing at most a few fetches; the provider going down; redirecting,
-//! oversized and slow endpoints; OpenID discovery; a key set file re-read on change and on RELOAD; claim paths
-//! and the organization claim.
+//! oversized and slow endpoints, and an https one with an untrusted certificate; a stalled source beside a good
+//! one; OpenID discovery; a key set file re-read on change and on RELOAD; claim paths and the organization claim.
 
 mod common;
 
@@ -1090,4 +1090,21 @@ async fn an_https_endpoint_with_an_untrusted_certificate_is_refused() {
     assert!(error.contains("certificate"), "{error}");
     assert!(handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_source_does_not_hold_up_the_keys_of_another() {
+    let tenant = onboard("jwks-stalled").await;
+    let key = TestKey::new(Algorithm::RS256, "fast");
+    let stub = Stub::start().await;
+    stub.set("/stalled", Reply::Stall);
+    stub.serve_keys("/fast", &[&key]);
+    // The stalled source is listed first and holds every round open for up to 60 s.
+    let urls = [stub.url("/stalled"), stub.url("/fast")];
+    let proxy = proxy_with_jwks(&urls, |c| c.auth.jwks_timeout_ms = 60_000).await;
+    login_ok(&proxy, &tenant, &key.token_for(&tenant)).await;
+    assert!(
+        source_status(&proxy, "/stalled").fetches == 0
+            && source_status(&proxy, "/stalled").last_error.is_none()
+    );
 }

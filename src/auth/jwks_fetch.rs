@@ -301,6 +301,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 // The background task
 
 /// What the task keeps per source between rounds.
+#[derive(Clone)]
 struct Schedule {
     next_due: Instant,
     failures: u32,
@@ -313,12 +314,12 @@ pub(super) fn spawn(store: Arc<JwksStore>, stop: CancellationToken) -> tokio::ta
     tokio::spawn(async move {
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = run(&store) => {}
+            _ = run(store.clone()) => {}
         }
     })
 }
 
-async fn run(store: &JwksStore) {
+async fn run(store: Arc<JwksStore>) {
     let settings = store.settings.clone();
     let client = match build_client(&settings) {
         Ok(client) => Some(client),
@@ -358,9 +359,23 @@ async fn run(store: &JwksStore) {
             .map(|(i, _)| i)
             .collect();
         if let (Some(client), false) = (&client, remote_due.is_empty()) {
+            // Sources are fetched side by side: a slow one does not delay the others' keys.
             store.begin_round();
+            let mut fetches = tokio::task::JoinSet::new();
             for &i in &remote_due {
-                fetch_source(store, client, i, &mut schedule[i]).await;
+                // Kept should the fetch task fail: no retry before the next refresh.
+                schedule[i].next_due = now + settings.refresh;
+                let (store, client, mut plan) =
+                    (store.clone(), client.clone(), schedule[i].clone());
+                fetches.spawn(async move {
+                    fetch_source(&store, &client, i, &mut plan).await;
+                    (i, plan)
+                });
+            }
+            while let Some(done) = fetches.join_next().await {
+                if let Ok((i, plan)) = done {
+                    schedule[i] = plan;
+                }
             }
             store.end_round();
         } else if forced {
@@ -369,7 +384,7 @@ async fn run(store: &JwksStore) {
         for (i, source) in store.sources().iter().enumerate() {
             if let JwksSource::File(path) = source {
                 if schedule[i].next_due <= now {
-                    check_file(store, i, path);
+                    check_file(&store, i, path);
                     schedule[i].next_due = now + settings.file_check;
                 }
             }

@@ -4,10 +4,11 @@
 //! read lock. Only the fetcher (see `jwks_fetch`) replaces them, source by source: a source that fails keeps its
 //! last good keys, so a provider that is down costs nothing until it rotates its keys.
 //!
-//! A token whose key is unknown may ask for one refetch ([`JwksStore::refetch_for_unknown_key`]). Refetches are
-//! rate limited for the whole store (`auth.jwks_refetch_interval_secs`): a flood of tokens with made-up `kid`s
-//! costs at most one fetch per interval; logins that arrive while a fetch is running wait for it (up to
-//! `auth.jwks_login_wait_ms`) instead of starting another.
+//! A token whose key is unknown may ask for one refetch ([`JwksStore::refetch_until`]). Refetches are rate
+//! limited for the whole store (`auth.jwks_refetch_interval_secs`): a flood of tokens with made-up `kid`s costs
+//! at most one fetch per interval; logins that arrive while a fetch is running wait for it (up to
+//! `auth.jwks_login_wait_ms`) instead of starting another, and try again each time a source's keys change, so a
+//! slow source does not hold up a key another source already delivered.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -130,8 +131,8 @@ pub struct JwksStore {
     gate: Mutex<Gate>,
     /// Wakes the fetcher for a refetch.
     pub(super) wake: Notify,
-    /// Counts completed fetch rounds; logins waiting for a refetch watch it.
-    rounds: watch::Sender<u64>,
+    /// Counts changes: a source's keys replaced, or a fetch round ended. Logins waiting for a refetch watch it.
+    changes: watch::Sender<u64>,
     /// Refetches asked for by unknown keys.
     forced: AtomicU64,
 }
@@ -160,7 +161,7 @@ impl JwksStore {
                 in_flight: remote,
             }),
             wake: Notify::new(),
-            rounds: watch::Sender::new(0),
+            changes: watch::Sender::new(0),
             forced: AtomicU64::new(0),
         }
     }
@@ -250,6 +251,7 @@ impl JwksStore {
             }
         }
         self.rebuild();
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// A fetch or read of source `index` failed: its last good keys keep serving.
@@ -307,35 +309,71 @@ impl JwksStore {
     }
 
     /// A token named a key the store does not have: asks the fetcher for one refetch (unless one ran less than
-    /// `refetch_interval` ago) and waits up to `login_wait` for the round that answers. A fetch already running
-    /// is waited for, never doubled. Returns whether a round completed, i.e. whether verifying again can help.
+    /// `refetch_interval` ago; a fetch already running is waited for, never doubled), and calls `attempt` each
+    /// time a source's keys change, until it returns `Some`, the round ends, or `login_wait` has passed. A round
+    /// that was running already may have started before the key was published: when it ends without the key,
+    /// the refetch is asked for once more (rate limited like the first). `None`: no refetch was allowed, or it
+    /// did not help in time.
+    ///
+    /// (A round lasts as long as its slowest source, up to `timeout`; keys of faster sources count as soon as
+    /// they arrive, but a login that comes in after they did waits for the round's end.)
     ///
     /// Cancel-safe: dropping the future only stops the waiting.
-    pub(super) async fn refetch_for_unknown_key(&self) -> bool {
+    pub(super) async fn refetch_until<T>(
+        &self,
+        mut attempt: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         if !self.has_remote_sources() {
-            return false;
+            return None;
         }
-        // Subscribed before looking at the gate: a round that ends from here on is seen.
-        let mut rounds = self.rounds.subscribe();
-        {
-            let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
-            if !gate.in_flight {
-                if gate
-                    .last_forced
-                    .is_some_and(|t| t.elapsed() < self.settings.refetch_interval)
-                {
-                    return false;
+        // Subscribed before looking at the gate: every change from here on is seen.
+        let mut changes = self.changes.subscribe();
+        if !self.request_refetch() {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + self.settings.login_wait;
+        let mut asked_again = false;
+        loop {
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return None,
+            }
+            if let Some(done) = attempt() {
+                return Some(done);
+            }
+            if !self.round_in_flight() {
+                if asked_again || !self.request_refetch() {
+                    return None;
                 }
-                gate.last_forced = Some(Instant::now());
-                gate.in_flight = true;
-                self.forced.fetch_add(1, Ordering::Relaxed);
-                self.wake.notify_one();
+                asked_again = true;
             }
         }
-        matches!(
-            tokio::time::timeout(self.settings.login_wait, rounds.changed()).await,
-            Ok(Ok(()))
-        )
+    }
+
+    /// The gate: whether a refetch runs (already, or from now on) for a token with an unknown key.
+    fn request_refetch(&self) -> bool {
+        let mut gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if gate.in_flight {
+            return true;
+        }
+        if gate
+            .last_forced
+            .is_some_and(|t| t.elapsed() < self.settings.refetch_interval)
+        {
+            return false;
+        }
+        gate.last_forced = Some(Instant::now());
+        gate.in_flight = true;
+        self.forced.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+        true
+    }
+
+    pub(super) fn round_in_flight(&self) -> bool {
+        self.gate
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_flight
     }
 
     /// The fetcher starts a round of fetches.
@@ -346,21 +384,13 @@ impl JwksStore {
             .in_flight = true;
     }
 
-    /// The fetcher finished a round: waiting logins verify again.
+    /// The fetcher finished a round: waiting logins try once more, then give up.
     pub(super) fn end_round(&self) {
         self.gate
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .in_flight = false;
-        self.rounds.send_modify(|n| *n += 1);
-    }
-
-    /// Waits (up to `limit`) until the fetcher has completed `n` rounds since the store was made.
-    pub async fn wait_for_rounds(&self, n: u64, limit: Duration) -> bool {
-        let mut rounds = self.rounds.subscribe();
-        tokio::time::timeout(limit, rounds.wait_for(|done| *done >= n))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.changes.send_modify(|n| *n += 1);
     }
 
     pub fn status(&self) -> Vec<JwksSourceStatus> {

@@ -638,18 +638,32 @@ fn url_store(refetch_interval: Duration, login_wait: Duration) -> Arc<JwksStore>
     ))
 }
 
+/// A refetch for an unknown key that succeeds as soon as anything changes.
+async fn refetch(store: &JwksStore) -> bool {
+    store.refetch_until(|| Some(())).await.is_some()
+}
+
+/// Waits (at most 10 s) for the round the fetcher runs at start to end.
+async fn first_round_done(store: &JwksStore) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while store.round_in_flight() {
+        assert!(std::time::Instant::now() < deadline, "no first round");
+        tokio::task::yield_now().await;
+    }
+}
+
 #[tokio::test]
 async fn unknown_keys_cause_at_most_one_refetch_per_interval() {
     use std::sync::atomic::Ordering;
     let store = url_store(Duration::from_secs(30), Duration::from_secs(10));
     let rounds = fake_fetcher(&store);
-    assert!(store.wait_for_rounds(1, Duration::from_secs(10)).await);
+    first_round_done(&store).await;
 
     // Many logins at once: one refetch, and all of them wait for it.
     let waits: Vec<_> = (0..100)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.refetch_for_unknown_key().await })
+            tokio::spawn(async move { refetch(&store).await })
         })
         .collect();
     for wait in waits {
@@ -660,7 +674,7 @@ async fn unknown_keys_cause_at_most_one_refetch_per_interval() {
 
     // Within the interval: refused at once, no fetch.
     for _ in 0..1000 {
-        assert!(!store.refetch_for_unknown_key().await);
+        assert!(!refetch(&store).await);
     }
     assert_eq!(rounds.load(Ordering::SeqCst), 1);
     assert_eq!(store.forced_refetches(), 1);
@@ -671,10 +685,10 @@ async fn after_the_interval_an_unknown_key_may_refetch_again() {
     use std::sync::atomic::Ordering;
     let store = url_store(Duration::from_millis(200), Duration::from_secs(10));
     let rounds = fake_fetcher(&store);
-    assert!(store.wait_for_rounds(1, Duration::from_secs(10)).await);
-    assert!(store.refetch_for_unknown_key().await);
+    first_round_done(&store).await;
+    assert!(refetch(&store).await);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while !store.refetch_for_unknown_key().await {
+    while !refetch(&store).await {
         assert!(std::time::Instant::now() < deadline, "no second refetch");
         tokio::task::yield_now().await;
     }
@@ -682,18 +696,58 @@ async fn after_the_interval_an_unknown_key_may_refetch_again() {
 }
 
 #[tokio::test]
+async fn a_waiting_login_tries_again_when_a_source_delivers_and_gives_up_when_the_round_ends() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // No fetcher: the test plays it. The store starts with its first round in flight.
+    let store = url_store(Duration::from_secs(30), Duration::from_secs(30));
+    let delivered = AtomicBool::new(false);
+    let attempt = || delivered.load(Ordering::SeqCst).then_some("verified");
+    let source_delivers = async {
+        tokio::task::yield_now().await;
+        delivered.store(true, Ordering::SeqCst);
+        let doc = set(vec![jwk(Algorithm::RS256, rsa(), Some("k"))]);
+        store.record_success(0, jwks::parse(doc.as_bytes()).unwrap(), None);
+    };
+    // The round is still running (another source may be slow): the login goes on at once.
+    let (result, ()) = tokio::join!(store.refetch_until(attempt), source_delivers);
+    assert_eq!(result, Some("verified"));
+    assert!(store.round_in_flight());
+}
+
+#[tokio::test]
+async fn a_login_during_a_periodic_round_asks_once_more_when_it_ends_without_the_key() {
+    use std::sync::atomic::Ordering;
+    let store = url_store(Duration::from_secs(30), Duration::from_secs(30));
+    let rounds = fake_fetcher(&store);
+    first_round_done(&store).await;
+    // A periodic refresh is running (it may have started before the new key was published).
+    store.begin_round();
+    let round_ends = async {
+        tokio::task::yield_now().await;
+        store.end_round();
+    };
+    // Nothing helps: after that round, one refetch of its own, then the login gives up (not at login_wait).
+    let (result, ()) = tokio::join!(store.refetch_until(|| None::<()>), round_ends);
+    assert_eq!(result, None);
+    assert_eq!(rounds.load(Ordering::SeqCst), 1);
+    assert_eq!(store.forced_refetches(), 1);
+    // And that refetch counts for the rate limit.
+    assert!(!refetch(&store).await);
+}
+
+#[tokio::test]
 async fn a_login_waits_for_a_refetch_only_so_long() {
     // No fetcher answers: the first round never ends, and the login gives up after login_wait.
     let store = url_store(Duration::from_secs(30), Duration::from_millis(200));
     let started = std::time::Instant::now();
-    assert!(!store.refetch_for_unknown_key().await);
+    assert!(!refetch(&store).await);
     assert!(started.elapsed() >= Duration::from_millis(200));
     // File-only stores never refetch.
     let file_only = JwksStore::new(
         vec![JwksSource::File("/x".into())],
         settings(Duration::from_secs(30), Duration::from_secs(5)),
     );
-    assert!(!file_only.refetch_for_unknown_key().await);
+    assert!(!refetch(&file_only).await);
 }
 
 // ---------------------------------------------------------------------------------------------------------------

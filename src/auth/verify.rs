@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
 use super::claim_path::ClaimPath;
-use super::jwks::{Jwk, KeyType};
+use super::jwks::KeyType;
 use super::jwks_store::{JwksSource, JwksSourceStatus, JwksStore};
 use super::keys::KeySet;
 use super::{
@@ -222,13 +222,15 @@ impl TokenVerifier {
                 let Some(store) = &self.inner.jwks else {
                     return Err(TokenError::UnknownKey { refresh_failing });
                 };
-                if store.refetch_for_unknown_key().await {
-                    self.verify(token)
-                } else {
+                let attempt = || match self.verify(token) {
+                    Err(TokenError::UnknownKey { .. }) => None,
+                    done => Some(done),
+                };
+                store.refetch_until(attempt).await.unwrap_or_else(|| {
                     Err(TokenError::UnknownKey {
                         refresh_failing: store.refresh_failing(),
                     })
-                }
+                })
             }
             other => other,
         }
@@ -245,52 +247,51 @@ impl TokenVerifier {
 
         let (alg, kid) = self.check_header(token)?;
         let validation = self.validation(alg);
-        let statics = inner.keys.for_algorithm(alg);
         let payload = match (&inner.jwks, KeyType::for_algorithm(alg)) {
             (Some(store), Some(_)) => {
-                let remote = store.keys();
-                let unknown = || TokenError::UnknownKey {
-                    refresh_failing: store.refresh_failing(),
-                };
-                let usable = || remote.iter().filter(|k| k.usable_for(alg));
-                match kid.as_deref() {
-                    Some(kid) => {
-                        let by_kid: Vec<&DecodingKey> = usable()
-                            .filter(|k| k.kid.as_deref() == Some(kid))
-                            .map(|k: &Arc<Jwk>| &k.key)
-                            .collect();
-                        if !by_kid.is_empty() {
-                            try_keys(token, by_kid, &validation, alg)?
-                                .ok_or(TokenError::BadSignature)?
-                        } else {
-                            // Not in the key sets; a PEM key (which has no kid) may still have signed it.
-                            try_keys(token, statics, &validation, alg)?.ok_or_else(unknown)?
-                        }
-                    }
-                    None => {
-                        let from_sets: Vec<&DecodingKey> = usable().map(|k| &k.key).collect();
-                        if from_sets.is_empty() {
-                            match try_keys(token, statics, &validation, alg)? {
-                                Some(payload) => payload,
-                                None if statics.is_empty() => return Err(unknown()),
-                                None => return Err(TokenError::BadSignature),
-                            }
-                        } else if from_sets.len() + statics.len() > 1 {
-                            return Err(TokenError::KidRequired);
-                        } else {
-                            try_keys(token, from_sets, &validation, alg)?
-                                .ok_or(TokenError::BadSignature)?
-                        }
-                    }
-                }
+                self.check_with_key_sets(store, token, alg, kid.as_deref(), &validation)?
             }
             // No key sets, or an HS* token: the kid plays no part.
-            _ => try_keys(token, statics, &validation, alg)?.ok_or(TokenError::BadSignature)?,
+            _ => try_keys(token, inner.keys.for_algorithm(alg), &validation, alg)?
+                .ok_or(TokenError::BadSignature)?,
         };
         let Value::Object(claims) = payload else {
             return Err(TokenError::Malformed);
         };
         self.extract(&claims)
+    }
+
+    /// The signature check of an RS*/PS*/ES*/EdDSA token when key sets are configured: a `kid` found in the key
+    /// sets names the only keys that may have signed the token; a `kid` found nowhere leaves the PEM keys (which
+    /// have none), and then the key is unknown; without `kid`, exactly one key of the sets and the PEM files may
+    /// fit the algorithm.
+    fn check_with_key_sets(
+        &self,
+        store: &JwksStore,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+        validation: &Validation,
+    ) -> Result<Value, TokenError> {
+        let pem_keys = self.inner.keys.for_algorithm(alg);
+        let sets = store.keys();
+        let fitting: Vec<&DecodingKey> = sets
+            .iter()
+            .filter(|k| k.usable_for(alg) && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+            .map(|k| &k.key)
+            .collect();
+        let unknown = || TokenError::UnknownKey {
+            refresh_failing: store.refresh_failing(),
+        };
+        match (kid, fitting.len()) {
+            (_, 0) => match try_keys(token, pem_keys, validation, alg)? {
+                Some(payload) => Ok(payload),
+                None if kid.is_some() || pem_keys.is_empty() => Err(unknown()),
+                None => Err(TokenError::BadSignature),
+            },
+            (None, n) if n + pem_keys.len() > 1 => Err(TokenError::KidRequired),
+            _ => try_keys(token, fitting, validation, alg)?.ok_or(TokenError::BadSignature),
+        }
     }
 
     /// Checks the token's shape and header, and returns its algorithm (if the allowlist has it) and its `kid`.
