@@ -106,7 +106,9 @@ def bench_env(pool, pool_mode="transaction", with_pgbouncer=True):
         print(f"loading pgbench tables (scale 10) into {schema} through pgtenant...", flush=True)
         run(["pgbench", "-i", "-s", "10", "-q", url])
         env.targets = {"direct": f"host=127.0.0.1 port={pg_port} user=bench password=bench dbname={db}",
-                       "pgtenant": url}
+                       "pgtenant": url,
+                       # The same, with the virtual schema rewrite turned off for the session.
+                       "pgtenant_novs": url + ("&" if "?" in url else "?") + "options=-c%20pgtenant.virtual_schema%3Doff"}
         bouncer_bin = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
         if bouncer_bin and with_pgbouncer:
             bdir = os.path.join(work, "pgbouncer")

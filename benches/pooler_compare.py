@@ -3,6 +3,7 @@
 
 Usage: benches/pooler_compare.py [--seconds 5] [--rounds 2] [--clients 8,64,256] [--pool 8]
                                  [--workloads select,tpcb] [--modes simple,extended,prepared] [--no-connect]
+                                 [--virtual-schema-off-too]
 
 One throwaway cluster (`pgtenant dev` with the release binary, in a temp folder), pgbench tables (scale 10)
 in the demo tenant's schema. Direct runs and PgBouncer use a role `bench` that is a member of the tenant
@@ -31,6 +32,8 @@ def main():
     ap.add_argument("--workloads", default="select,tpcb")
     ap.add_argument("--modes", default="simple,extended,prepared")
     ap.add_argument("--no-connect", action="store_true", help="skip the pgbench -C runs")
+    ap.add_argument("--virtual-schema-off-too", action="store_true",
+                    help="also run pgtenant with the virtual schema rewrite off (column pgtenant_novs)")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
@@ -40,7 +43,8 @@ def main():
         print(f"PostgreSQL {run(['psql', '--version']).stdout.split()[-1]}, {os.cpu_count()} cores, "
               f"{args.seconds}s per run, {args.rounds} rounds, {args.pool} server connections per pooler\n", flush=True)
 
-        order = [t for t in ("direct", "pgbouncer", "pgtenant") if t in targets]
+        names = ("direct", "pgbouncer", "pgtenant") + (("pgtenant_novs",) if args.virtual_schema_off_too else ())
+        order = [t for t in names if t in targets]
         header = f"{'workload':<8} {'mode':<9} {'clients':>7} | " + " | ".join(f"{t:>22}" for t in order) + " | ratios to direct"
         print(header)
         print("-" * len(header))
@@ -54,7 +58,7 @@ def main():
                         rotated = order[r % len(order):] + order[:r % len(order)]
                         round_tps = {}
                         for t in rotated:
-                            before = cpu_seconds(pgtenant_pid) if t == "pgtenant" else None
+                            before = cpu_seconds(pgtenant_pid) if t.startswith("pgtenant") else None
                             res = pgbench(targets[t], c, mode, workload, args.seconds)
                             if before is not None and res["transactions"]:
                                 cpu.append((cpu_seconds(pgtenant_pid) - before) / res["transactions"])

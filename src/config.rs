@@ -238,6 +238,9 @@ pub struct TenancyConfig {
     /// Statement run at onboarding, as the tenant's role in its schema, to record the admin user in the
     /// tenant's own tables; `$1` is the email. Empty: none.
     pub admin_user_sql: String,
+    /// The schema name applications write that means the tenant's own schema (ORMs that qualify every
+    /// table with `public`); `None` or "": off. Per tenant: `organizations.virtual_schema`.
+    pub virtual_schema: Option<String>,
 }
 
 impl Default for TenancyConfig {
@@ -249,6 +252,7 @@ impl Default for TenancyConfig {
             shared_migrations_dir: PathBuf::from("shared-migrations"),
             directory_cache_ttl_ms: 5_000,
             admin_user_sql: "INSERT INTO employees (email, full_name, role) VALUES ($1, 'Administrator', 'admin')".into(),
+            virtual_schema: Some("public".into()),
         }
     }
 }
@@ -293,6 +297,18 @@ impl Config {
         }
         if self.server.admin_database.is_empty() {
             return invalid("server.admin_database must not be empty");
+        }
+        if let Some(name) = self.tenancy.virtual_schema.as_deref() {
+            let valid = name.is_empty()
+                || (name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && name.chars().all(|c| {
+                        c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$'
+                    }));
+            if !valid {
+                return invalid(
+                    "tenancy.virtual_schema must be a lower-case schema name (or \"\" for off)",
+                );
+            }
         }
         Ok(())
     }
@@ -460,6 +476,10 @@ impl Config {
                 t.directory_cache_ttl_ms.to_string(),
             ),
             ("tenancy.admin_user_sql".into(), t.admin_user_sql.clone()),
+            (
+                "tenancy.virtual_schema".into(),
+                t.virtual_schema.clone().unwrap_or_default(),
+            ),
             ("migrations.concurrency".into(), m.concurrency.to_string()),
             (
                 "migrations.lock_timeout_ms".into(),

@@ -88,6 +88,8 @@ pub struct Tenant {
     pub status: TenantStatus,
     /// The tenant's own pooling mode, overriding `pool.mode`.
     pub pool_mode: Option<crate::config::PoolMode>,
+    /// The tenant's own virtual schema name, overriding `tenancy.virtual_schema` (`Some("")`: off).
+    pub virtual_schema: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -117,7 +119,7 @@ pub struct Directory {
 
 const USER_COLUMNS: &str =
     "u.id, u.email, u.disabled, u.role, o.id, o.name, o.slug, o.schema_name::text, \
-     o.role_name::text, o.status, o.pool_mode";
+     o.role_name::text, o.status, o.pool_mode, o.virtual_schema";
 
 impl Directory {
     /// Connects lazily: the first lookup opens the first admin connection.
@@ -201,6 +203,7 @@ impl Directory {
                     pool_mode: r
                         .get::<_, Option<&str>>(10)
                         .and_then(crate::config::PoolMode::parse),
+                    virtual_schema: r.get(11),
                 },
             })
             .collect())
@@ -404,6 +407,7 @@ mod tests {
                 role: RoleName::new(format!("tenant_{slug}")),
                 status: TenantStatus::Active,
                 pool_mode: None,
+                virtual_schema: None,
             },
         }
     }

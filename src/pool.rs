@@ -82,7 +82,13 @@ struct TenantPool {
     /// Statement generations: a statement that went stale after DDL is retired, and the next Parse of the
     /// same query gets a new server-side name (transaction pooling).
     statement_generations: Mutex<HashMap<String, u32>>,
+    /// The parameters a connection of this role reports at its defaults (after `RESET ALL`), and when they
+    /// were seen: a transaction-pooled login is answered from them without a server connection.
+    defaults: Mutex<Option<RoleDefaults>>,
 }
+
+/// Parameters a server reported (name, value), and when they were seen.
+type RoleDefaults = (Vec<(String, String)>, Instant);
 
 impl TenantPool {
     fn oldest_idle(&self) -> Option<Instant> {
@@ -183,6 +189,7 @@ impl PoolManager {
                     waiting: AtomicUsize::new(0),
                     waiting_global: AtomicUsize::new(0),
                     statement_generations: Mutex::new(HashMap::new()),
+                    defaults: Mutex::new(None),
                 })
             })
             .clone()
@@ -443,6 +450,23 @@ impl PoolManager {
 
     pub fn size_per_tenant(&self) -> usize {
         self.config.size_per_tenant
+    }
+
+    /// Remembers the parameters a connection of `role` reports at the role's defaults.
+    pub fn remember_defaults(&self, role: &RoleName, parameters: &[(String, String)]) {
+        let pool = self.tenant_pool(role);
+        let mut defaults = pool.defaults.lock().unwrap_or_else(|p| p.into_inner());
+        *defaults = Some((parameters.to_vec(), Instant::now()));
+    }
+
+    /// The parameters of `role`'s defaults, if seen within `max_age`.
+    pub fn defaults(&self, role: &RoleName, max_age: Duration) -> Option<Vec<(String, String)>> {
+        let pool = self.tenant_pool(role);
+        let defaults = pool.defaults.lock().unwrap_or_else(|p| p.into_inner());
+        defaults
+            .as_ref()
+            .filter(|(_, seen)| seen.elapsed() <= max_age)
+            .map(|(parameters, _)| parameters.clone())
     }
 
     /// The current generation of a statement's server-side name (see `txn::statements`).

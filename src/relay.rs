@@ -124,6 +124,9 @@ struct Pipe {
     bytes: u64,
     /// The writer was given bytes and not yet flushed.
     unflushed: bool,
+    /// What to write instead of `buf`, when the bytes read were transformed (the virtual schema).
+    spill: Vec<u8>,
+    spill_pos: usize,
 }
 
 impl Pipe {
@@ -135,11 +138,13 @@ impl Pipe {
             scanner: FrameScanner::default(),
             bytes: 0,
             unflushed: false,
+            spill: Vec::new(),
+            spill_pos: 0,
         }
     }
 
     fn has_pending(&self) -> bool {
-        self.start < self.end
+        self.start < self.end || self.spill_pos < self.spill.len()
     }
 
     /// Writes what is pending; `Ready(Ok)` once all of it is written (and flushed, with `flush`).
@@ -150,13 +155,26 @@ impl Pipe {
         flush: bool,
         progress: &mut bool,
     ) -> Poll<std::io::Result<()>> {
-        while self.start < self.end {
-            match Pin::new(&mut *writer).poll_write(cx, &self.buf[self.start..self.end]) {
+        while self.has_pending() {
+            let pending = if self.spill_pos < self.spill.len() {
+                &self.spill[self.spill_pos..]
+            } else {
+                &self.buf[self.start..self.end]
+            };
+            match Pin::new(&mut *writer).poll_write(cx, pending) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
                 }
                 Poll::Ready(Ok(n)) => {
-                    self.start += n;
+                    if self.spill_pos < self.spill.len() {
+                        self.spill_pos += n;
+                        if self.spill_pos == self.spill.len() {
+                            self.spill.clear();
+                            self.spill_pos = 0;
+                        }
+                    } else {
+                        self.start += n;
+                    }
                     self.unflushed = true;
                     *progress = true;
                 }
@@ -210,6 +228,8 @@ struct State<K, D> {
     draining: bool,
     idle_timeout: Option<Duration>,
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Rewrites the virtual schema in the client's messages, if on.
+    rewriter: Option<rewrite::ClientRewriter>,
 }
 
 impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
@@ -306,13 +326,25 @@ impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
             |_| false,
             |msg_tag, _| books.client_message(msg_tag),
         );
+        let forward = match &stop {
+            Ok(Some(at)) => at.frame_start.unwrap_or(n),
+            _ => n,
+        };
+        if let Some(rewriter) = self.rewriter.as_mut() {
+            let pipe = &mut self.to_upstream;
+            rewriter.feed(&pipe.buf[..forward], &mut pipe.spill);
+            pipe.start = 0;
+            pipe.end = 0;
+        }
         match stop {
             Ok(None) => {}
             Ok(Some(at)) => {
                 // Terminate: forward what came before it, keep the upstream.
                 match at.frame_start {
                     Some(start) => {
-                        self.to_upstream.end = start;
+                        if self.rewriter.is_none() {
+                            self.to_upstream.end = start;
+                        }
                         self.terminated = Some((RelayEnd::ClientTerminated, true));
                     }
                     // Part of the Terminate already went upstream: that connection is not clean.
@@ -379,21 +411,36 @@ impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
     }
 }
 
+/// How a relay runs.
+pub struct Options {
+    /// The upstream's transaction status at the start.
+    pub initial_status: TxStatus,
+    pub recorder: Recorder,
+    /// End the session when the client stays idle between transactions this long.
+    pub idle_timeout: Option<Duration>,
+    /// Rewrite this virtual schema name in the client's Query and Parse messages.
+    pub virtual_schema: Option<crate::sql::VirtualSchema>,
+}
+
 /// Relays until the client leaves, the upstream goes away, `kick` completes (ends at once), or `drain`
 /// completes and the session then stands idle between transactions.
 pub async fn relay<C, U>(
     client: &mut C,
     upstream: &mut U,
-    initial_status: TxStatus,
-    recorder: Recorder,
+    options: Options,
     kick: impl Future<Output = ()>,
     drain: impl Future<Output = ()>,
-    idle_timeout: Option<Duration>,
 ) -> RelayOutcome
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
+    let Options {
+        initial_status,
+        recorder,
+        idle_timeout,
+        virtual_schema,
+    } = options;
     let mut state = State {
         books: Books {
             outstanding: 0,
@@ -410,6 +457,7 @@ where
         draining: false,
         idle_timeout,
         idle_timer: idle_timeout.map(|limit| Box::pin(tokio::time::sleep(limit))),
+        rewriter: virtual_schema.map(rewrite::ClientRewriter::new),
     };
     let (end, client_clean) =
         std::future::poll_fn(|cx| state.poll_relay(cx, &mut *client, &mut *upstream)).await;
@@ -441,3 +489,10 @@ where
         requests_in_flight: books.outstanding > 0,
     }
 }
+
+mod rewrite;
+
+pub use rewrite::MAX_REWRITTEN;
+
+#[cfg(test)]
+mod tests;

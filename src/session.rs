@@ -13,6 +13,7 @@ use crate::protocol::{
 pub use crate::proxy::Proxy;
 use crate::relay::{self, RelayEnd};
 use crate::sessions::SessionInfo;
+use crate::sql::VirtualSchema;
 use crate::tenancy::credentials::RolePasswords;
 use crate::tls::{ClientStream, ALPN_POSTGRESQL};
 use crate::upstream::{UpstreamConn, UpstreamError};
@@ -47,13 +48,16 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let Ready { user, checkout } = ready;
-    let mode = user.tenant.pool_mode.unwrap_or(proxy.config().pool.mode);
-    let ended = match mode {
-        PoolMode::Session => serve_session(&proxy, &mut client, checkout, &user, peer).await,
-        PoolMode::Transaction => {
-            serve_transaction(&proxy, &mut client, checkout, &user, peer).await
+    let Ready {
+        user,
+        server,
+        virtual_schema,
+    } = ready;
+    let ended = match server {
+        FirstServer::Connected(checkout) if mode_of(&proxy, &user) == PoolMode::Session => {
+            serve_session(&proxy, &mut client, *checkout, &user, peer, virtual_schema).await
         }
+        server => serve_transaction(&proxy, &mut client, server, &user, peer, virtual_schema).await,
     };
     let Some(ended) = ended else {
         return;
@@ -83,6 +87,7 @@ async fn serve_session(
     mut checkout: Checkout,
     user: &User,
     peer: SocketAddr,
+    virtual_schema: Option<VirtualSchema>,
 ) -> Option<Ended> {
     let conn = checkout.conn();
     let registration = proxy.cancels.register(Some(conn.process_id));
@@ -91,7 +96,7 @@ async fn serve_session(
         process_id: conn.process_id,
         secret_key: conn.secret_key,
     }));
-    if let Err(e) = send_login_ok(client, conn, registration.key).await {
+    if let Err(e) = send_login_ok(client, &conn.parameters, registration.key).await {
         tracing::debug!(%peer, error = %e, "client left before login completed");
         proxy.pools.check_in(checkout, false);
         return None;
@@ -105,11 +110,14 @@ async fn serve_session(
     let outcome = relay::relay(
         client,
         &mut conn.stream,
-        TxStatus::Idle,
-        recorder,
+        relay::Options {
+            initial_status: TxStatus::Idle,
+            recorder,
+            idle_timeout,
+            virtual_schema,
+        },
         kick,
         drain,
-        idle_timeout,
     )
     .await;
     registration.set_upstream(None);
@@ -132,24 +140,35 @@ async fn serve_session(
     })
 }
 
-/// Transaction pooling: the login's server connection goes back to the pool; the client gets one per
-/// transaction.
+fn mode_of(proxy: &Proxy, user: &User) -> PoolMode {
+    user.tenant.pool_mode.unwrap_or(proxy.config().pool.mode)
+}
+
+/// Transaction pooling: the login's server connection (if it took one) goes back to the pool; the client
+/// gets one per transaction.
 async fn serve_transaction(
     proxy: &Proxy,
     client: &mut ClientStream,
-    mut checkout: Checkout,
+    server: FirstServer,
     user: &User,
     peer: SocketAddr,
+    virtual_schema: Option<VirtualSchema>,
 ) -> Option<Ended> {
-    let conn = checkout.conn();
     let registration = proxy.cancels.register(None);
-    if let Err(e) = send_login_ok(client, conn, registration.key).await {
-        tracing::debug!(%peer, error = %e, "client left before login completed");
+    let (desired, checkout) = match server {
+        FirstServer::Connected(mut checkout) => {
+            (checkout.conn().parameters.clone(), Some(*checkout))
+        }
+        FirstServer::Later(parameters) => (parameters, None),
+    };
+    let sent = send_login_ok(client, &desired, registration.key).await;
+    if let Some(checkout) = checkout {
         proxy.pools.check_in(checkout, true);
+    }
+    if let Err(e) = sent {
+        tracing::debug!(%peer, error = %e, "client left before login completed");
         return None;
     }
-    let desired = conn.parameters.clone();
-    proxy.pools.check_in(checkout, true);
     let session = register_session(proxy, user, peer, 0, client.is_tls());
     tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, tls = client.is_tls(), mode = "transaction", "session started");
     let txn = crate::txn::TxnSession {
@@ -159,6 +178,7 @@ async fn serve_transaction(
         desired,
         metrics: proxy.metrics.tenant(&user.tenant.slug),
         idle_timeout: client_idle_timeout(proxy),
+        virtual_schema,
     };
     let outcome = txn
         .run(
@@ -333,7 +353,17 @@ enum LoggedIn {
 /// A logged-in client with its upstream connection, ready for the relay.
 struct Ready {
     user: User,
-    checkout: Checkout,
+    server: FirstServer,
+    /// The schema name the client writes for its tenant's schema, if on.
+    virtual_schema: Option<VirtualSchema>,
+}
+
+/// The server connection a login leaves the session with.
+enum FirstServer {
+    Connected(Box<Checkout>),
+    /// Transaction pooling, answered from the role's known defaults: the first transaction takes one. These
+    /// are the parameters to report.
+    Later(Vec<(String, String)>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -611,27 +641,85 @@ async fn login(
             ),
         ));
     }
+    let virtual_schema = virtual_schema_for(&config, &user.tenant, params)?;
     proxy.pools.wait_unpaused(&user.tenant.role).await;
+    let transaction_pooling =
+        user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction;
+    if transaction_pooling {
+        if let Some(parameters) = login_without_server(proxy, &user, params) {
+            let server = FirstServer::Later(parameters);
+            return Ok(LoggedIn::Tenant(Box::new(Ready {
+                user,
+                server,
+                virtual_schema,
+            })));
+        }
+    }
     let wait_started = std::time::Instant::now();
     let mut checkout = acquire_upstream(proxy, &user).await.map_err(|e| {
         tracing::warn!(tenant = %user.tenant.slug, error = %e, "no server connection for a client");
         e.to_client_error()
     })?;
     note_wait(proxy, &user, wait_started.elapsed());
-    if user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction {
+    if transaction_pooling {
         // Transaction pooling does not reset connections between clients: start this client from the
         // role's defaults, not from the settings an earlier client left.
         if let Err(e) = checkout.conn().run_simple(&["RESET ALL"]).await {
             proxy.pools.check_in(checkout, false);
             return Err(e.to_client_error());
         }
+        proxy
+            .pools
+            .remember_defaults(&user.tenant.role, &checkout.conn().parameters);
     }
-    if let Err(e) = apply_client_settings(checkout.conn(), params).await {
+    if let Err(e) = apply_client_settings(checkout.conn(), params, virtual_schema.as_ref()).await {
         let reusable = checkout.conn().reset(TxStatus::Idle).await.is_ok();
         proxy.pools.check_in(checkout, reusable);
         return Err(e);
     }
-    Ok(LoggedIn::Tenant(Box::new(Ready { user, checkout })))
+    let server = FirstServer::Connected(Box::new(checkout));
+    Ok(LoggedIn::Tenant(Box::new(Ready {
+        user,
+        server,
+        virtual_schema,
+    })))
+}
+
+/// How long the parameters of a role's defaults are trusted for logins without a server connection (a
+/// later `ALTER ROLE … SET` shows within this time).
+const ROLE_DEFAULTS_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The parameters to report to a transaction-pooled client without taking a server connection: the role's
+/// defaults, as seen lately, when the client asks for nothing a server must check or change (no
+/// `options`; at most an `application_name` that PostgreSQL keeps as it is, and a `client_encoding` equal
+/// to the default). Otherwise `None`, and the login takes a server connection to apply and check them.
+fn login_without_server(
+    proxy: &Proxy,
+    user: &User,
+    params: &StartupParams,
+) -> Option<Vec<(String, String)>> {
+    let mut parameters = proxy
+        .pools
+        .defaults(&user.tenant.role, ROLE_DEFAULTS_MAX_AGE)?;
+    for (name, value) in &params.params {
+        match name.as_str() {
+            "user" | "database" | VIRTUAL_SCHEMA_PARAMETER => {}
+            "application_name"
+                if value.len() < 64 && value.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+            {
+                match parameters.iter_mut().find(|(n, _)| n == "application_name") {
+                    Some(entry) => entry.1 = value.clone(),
+                    None => parameters.push((name.clone(), value.clone())),
+                }
+            }
+            "client_encoding"
+                if parameters
+                    .iter()
+                    .any(|(n, v)| n == "client_encoding" && v == value) => {}
+            _ => return None,
+        }
+    }
+    Some(parameters)
 }
 
 fn note_wait(proxy: &Proxy, user: &User, waited: Duration) {
@@ -710,16 +798,20 @@ async fn read_token(proxy: &Proxy, client: &mut ClientStream) -> Result<String, 
 async fn apply_client_settings(
     conn: &mut UpstreamConn,
     params: &StartupParams,
+    virtual_schema: Option<&VirtualSchema>,
 ) -> Result<(), PgError> {
-    let mut settings: Vec<(String, String)> = params
-        .params
-        .iter()
-        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), v.clone()))
+    let settings: Vec<(String, String)> = startup_settings(params)?
+        .into_iter()
+        .filter(|(k, _)| k != VIRTUAL_SCHEMA_PARAMETER)
+        .map(|(k, v)| match virtual_schema {
+            // search_path naming the virtual schema means the tenant's.
+            Some(vs) if k.eq_ignore_ascii_case("search_path") => {
+                let v = vs.rewrite_list(&v).unwrap_or(v);
+                (k, v)
+            }
+            _ => (k, v),
+        })
         .collect();
-    if let Some(options) = params.get("options") {
-        settings.extend(parse_options(options)?);
-    }
     if settings.is_empty() {
         return Ok(());
     }
@@ -742,6 +834,49 @@ async fn apply_client_settings(
         }),
         Err(e) => Err(e.to_client_error()),
     }
+}
+
+/// The client's startup settings: its startup parameters that are settings, then `-c` options.
+fn startup_settings(params: &StartupParams) -> Result<Vec<(String, String)>, PgError> {
+    let mut settings: Vec<(String, String)> = params
+        .params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(options) = params.get("options") {
+        settings.extend(parse_options(options)?);
+    }
+    Ok(settings)
+}
+
+/// Startup parameter (or `-c` option) that picks the session's virtual schema: `off`, or a name.
+const VIRTUAL_SCHEMA_PARAMETER: &str = "pgtenant.virtual_schema";
+
+/// The session's virtual schema: the client's choice at startup, else the tenant's, else the config's.
+fn virtual_schema_for(
+    config: &crate::config::Config,
+    tenant: &crate::directory::Tenant,
+    params: &StartupParams,
+) -> Result<Option<VirtualSchema>, PgError> {
+    let chosen = startup_settings(params)?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == VIRTUAL_SCHEMA_PARAMETER)
+        .map(|(_, v)| v);
+    let name = match chosen.as_deref() {
+        Some("off") | Some("") => return Ok(None),
+        Some(name) => name.to_string(),
+        None => match tenant
+            .virtual_schema
+            .as_deref()
+            .or(config.tenancy.virtual_schema.as_deref())
+        {
+            None | Some("") => return Ok(None),
+            Some(name) => name.to_string(),
+        },
+    };
+    Ok(Some(VirtualSchema::new(&name, tenant.schema.as_str())))
 }
 
 /// `options` as libpq sends it: `-c name=value` pairs (also `--name=value`), backslash escapes spaces.
@@ -790,12 +925,12 @@ fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
 
 async fn send_login_ok(
     client: &mut ClientStream,
-    conn: &UpstreamConn,
+    parameters: &[(String, String)],
     key: ClientKey,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
     protocol::write::authentication_ok(&mut out);
-    for (name, value) in &conn.parameters {
+    for (name, value) in parameters {
         protocol::write::parameter_status(&mut out, name, value);
     }
     protocol::write::backend_key_data(&mut out, key.process_id, key.secret_key);

@@ -71,7 +71,6 @@ async fn tenant_a_cannot_reach_tenant_b_or_the_shared_schema() {
         "SELECT * FROM pgtenant.organizations".to_string(),
         "SELECT * FROM pgtenant.users".to_string(),
         "SELECT * FROM pgtenant.tenant_migrations".to_string(),
-        "CREATE TABLE public.planted (x int)".to_string(),
         "CREATE SCHEMA planted".to_string(),
         "CREATE ROLE planted".to_string(),
         "ALTER ROLE CURRENT_USER SUPERUSER".to_string(),
@@ -83,6 +82,33 @@ async fn tenant_a_cannot_reach_tenant_b_or_the_shared_schema() {
             "{sql} should be refused by PostgreSQL, got {result:?}"
         );
     }
+
+    // PostgreSQL's public: with the virtual schema (on by default) `public` is A's own schema, so the table
+    // lands there and never in the real public; with it off, PostgreSQL refuses CREATE in public.
+    assert_eq!(
+        attempt(&client, "CREATE TABLE public.planted (x int)").await,
+        Ok(vec![])
+    );
+    let admin = superuser().await;
+    let where_planted: Vec<String> = admin
+        .query(
+            "SELECT schemaname::text FROM pg_tables WHERE tablename = 'planted'",
+            &[],
+        )
+        .await
+        .expect("pg_tables")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(where_planted, vec![a.onboarded.schema.as_str().to_string()]);
+    let mut raw_config = proxy.client_config(&a.email, &a.token());
+    raw_config.options("-c pgtenant.virtual_schema=off");
+    let raw = connect(raw_config).await;
+    assert_eq!(
+        attempt(&raw, "CREATE TABLE public.planted_raw (x int)").await,
+        Err("42501".to_string()),
+        "CREATE in PostgreSQL's public with the virtual schema off"
+    );
 
     // search_path tricks resolve only into schemas A may use: B's table stays out of reach.
     assert_eq!(

@@ -9,6 +9,7 @@ mod common;
 use bytes::BytesMut;
 use common::wire::*;
 use common::*;
+use pgtenant::config::PoolMode;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -1701,4 +1702,91 @@ async fn named_parse_while_the_pool_is_busy_is_answered_at_once_and_prepared_lat
         after.contains(&"DataRow [\"in step\"]".to_string()),
         "{after:?}"
     );
+}
+
+/// Once a tenant's role defaults are known, a transaction-pooled login takes no server connection: it is
+/// answered at once while every connection is busy, reports the role's defaults with the client's
+/// application_name, and the first transaction gets that name applied on whatever connection it takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_needs_no_server_connection_once_the_role_defaults_are_known() {
+    let tenant = onboard("txnlazylogin").await;
+    let proxy = txn_proxy_with(1, |c| c.pool.acquire_timeout_ms = 3_000).await;
+    // The first login learns the defaults; then it holds the only server connection.
+    let holder = proxy.connect(&tenant).await;
+    holder
+        .batch_execute("BEGIN; SELECT 1")
+        .await
+        .expect("holder's transaction");
+    let mut config = proxy.client_config(&tenant.email, &tenant.token());
+    config.application_name("lazy-login");
+    // Had it waited for a server connection, it would end in 53300: the holder keeps it until after.
+    let (client, connection) = tokio::time::timeout(Duration::from_secs(20), config.connect(NoTls))
+        .await
+        .expect("login answered")
+        .expect("login while the pool is busy");
+    tokio::spawn(connection);
+    // Its first statement waits for the connection, which the holder gives back.
+    let query = tokio::spawn(async move {
+        let rows = client
+            .simple_query("SHOW application_name")
+            .await
+            .expect("show");
+        (client, simple_values(&rows))
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    holder.batch_execute("COMMIT").await.expect("commit");
+    let (client, values) = query.await.expect("query task");
+    assert_eq!(values, vec![Some("lazy-login".to_string())]);
+    // A login asking for more than an application_name takes a server connection, as before: with the one
+    // connection held, it waits and ends in 53300.
+    holder.batch_execute("BEGIN").await.expect("begin again");
+    let mut config = proxy.client_config(&tenant.email, &tenant.token());
+    config.options("-c statement_timeout=5s");
+    let err = config
+        .connect(NoTls)
+        .await
+        .err()
+        .expect("no server connection for a login with options");
+    assert_eq!(sqlstate(&err), "53300", "{err}");
+    holder.batch_execute("COMMIT").await.expect("commit");
+    drop(client);
+}
+
+/// Known limitation, as the README's table says: RESET of a setting the client sent at startup goes back to
+/// the role's default (PostgreSQL would go back to the startup value), in both pooling modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_of_a_startup_setting_goes_to_the_role_default_as_documented() {
+    let tenant = onboard("txnresetstartup").await;
+    for mode in [PoolMode::Session, PoolMode::Transaction] {
+        let proxy = TestProxy::start_with(|c| c.pool.mode = mode).await;
+        let mut config = proxy.client_config(&tenant.email, &tenant.token());
+        config.options("-c TimeZone=Asia/Kathmandu");
+        let client = connect(config).await;
+        let show = |rows: Vec<SimpleQueryMessage>| simple_values(&rows);
+        assert_eq!(
+            show(client.simple_query("SHOW TimeZone").await.expect("show")),
+            vec![Some("Asia/Kathmandu".to_string())],
+            "{mode:?}: the startup value applies"
+        );
+        let default: String = superuser()
+            .await
+            .query_one(
+                "SELECT reset_val FROM pg_settings WHERE name = 'TimeZone'",
+                &[],
+            )
+            .await
+            .expect("server default")
+            .get(0);
+        assert_eq!(
+            show(
+                client
+                    .simple_query("RESET TimeZone; SHOW TimeZone")
+                    .await
+                    .expect("reset")
+            ),
+            vec![Some(default)],
+            "{mode:?}: RESET goes to the default, not to the startup value (documented)"
+        );
+        proxy.stop().await;
+    }
 }

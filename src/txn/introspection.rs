@@ -9,9 +9,8 @@
 //! connection it holds is not listed (PostgreSQL prepares it there at its next use).
 
 use super::statements::ClientStatements;
-use crate::protocol::tag;
 use crate::sql::{self, TokenKind};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 const VIEW: &str = "pg_prepared_statements";
 
@@ -137,29 +136,7 @@ pub fn rewrite(sql: &[u8], statements: &ClientStatements) -> Option<Vec<u8>> {
 
 /// The Query or Parse `frame` (whole) with its text rewritten, if it names the view.
 pub fn rewrite_frame(msg_tag: u8, frame: &[u8], statements: &ClientStatements) -> Option<Bytes> {
-    let body = frame.get(5..)?;
-    let (head, sql, tail) = match msg_tag {
-        tag::QUERY => {
-            let end = body.iter().position(|b| *b == 0)?;
-            (&body[..0], &body[..end], &body[end + 1..])
-        }
-        tag::PARSE => {
-            let name_end = body.iter().position(|b| *b == 0)?;
-            let rest = &body[name_end + 1..];
-            let end = rest.iter().position(|b| *b == 0)?;
-            (&body[..name_end + 1], &rest[..end], &rest[end + 1..])
-        }
-        _ => return None,
-    };
-    let new_sql = rewrite(sql, statements)?;
-    let mut out = BytesMut::with_capacity(5 + head.len() + new_sql.len() + 1 + tail.len());
-    out.put_u8(msg_tag);
-    out.put_i32((4 + head.len() + new_sql.len() + 1 + tail.len()) as i32);
-    out.extend_from_slice(head);
-    out.extend_from_slice(&new_sql);
-    out.put_u8(0);
-    out.extend_from_slice(tail);
-    Some(out.freeze())
+    sql::message::rewrite(msg_tag, frame, |text| rewrite(text, statements))
 }
 
 #[cfg(test)]
@@ -246,6 +223,8 @@ mod tests {
 #[cfg(test)]
 mod frame_tests {
     use super::*;
+    use crate::protocol::tag;
+    use bytes::{BufMut, BytesMut};
 
     #[test]
     fn query_and_parse_frames_keep_their_other_fields() {

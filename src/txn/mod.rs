@@ -17,6 +17,7 @@
 
 pub mod expect;
 pub mod introspection;
+pub mod lasting;
 pub mod statements;
 
 use crate::cancel::{CancelRegistration, UpstreamKey};
@@ -75,6 +76,8 @@ pub struct TxnSession<'a> {
     pub metrics: std::sync::Arc<crate::metrics::TenantMetrics>,
     /// End the session when the client stays idle between transactions this long.
     pub idle_timeout: Option<std::time::Duration>,
+    /// The schema name the client writes for its tenant's schema, rewritten in Query and Parse text.
+    pub virtual_schema: Option<crate::sql::VirtualSchema>,
 }
 
 struct State {
@@ -98,6 +101,8 @@ struct State {
     server_streaming: usize,
     /// The last server message was an ErrorResponse (a FATAL before it closed, typically).
     last_server_error: bool,
+    /// Session state the client's SQL left on the server connection, told at the end of the transaction.
+    lasting: Option<lasting::LastingState>,
     desired: Vec<(String, String)>,
     recorder: Recorder,
     bytes_from_client: u64,
@@ -209,6 +214,7 @@ impl TxnSession<'_> {
             server_in: BytesMut::with_capacity(READ_SIZE),
             server_streaming: 0,
             last_server_error: false,
+            lasting: None,
             desired: self.desired.clone(),
             recorder: Recorder::new(self.metrics.clone()),
             bytes_from_client: 0,
@@ -445,7 +451,10 @@ impl TxnSession<'_> {
             }
             let total = 1 + len as usize;
             let whole = state.client_in.len() >= total;
-            if !whole && (client_needs_whole(msg_tag) || state.client_in.len() < 5) {
+            // A Query is read whole too (up to the size the virtual schema rewrites), so its text can be
+            // checked and rewritten even when it arrives in several reads.
+            let query_held_whole = msg_tag == tag::QUERY && total <= crate::relay::MAX_REWRITTEN;
+            if !whole && (client_needs_whole(msg_tag) || query_held_whole) {
                 return Ok(Step::Continue);
             }
             if whole {
@@ -487,6 +496,20 @@ impl TxnSession<'_> {
         }
         let frame = match msg_tag {
             tag::QUERY | tag::PARSE if is_whole(&frame) => {
+                // The rewritten text is what the server sees, what statement names are derived from, and
+                // what is carried across server connections: done once per Parse, never per Bind.
+                let frame = match &self.virtual_schema {
+                    Some(vs) => {
+                        crate::sql::message::rewrite(msg_tag, &frame, |sql| vs.rewrite(sql))
+                            .unwrap_or(frame)
+                    }
+                    None => frame,
+                };
+                if let Some(found) =
+                    crate::sql::message::text(msg_tag, &frame).and_then(lasting::lasting_state)
+                {
+                    state.lasting = Some(found);
+                }
                 introspection::rewrite_frame(msg_tag, &frame, &state.statements).unwrap_or(frame)
             }
             _ => frame,
@@ -844,6 +867,8 @@ impl TxnSession<'_> {
                 match msg_tag {
                     b'E' => {
                         state.recorder.error();
+                        // What failed left nothing behind (or rolled back with its transaction).
+                        state.lasting = None;
                         let fields = ErrorFields::parse(body);
                         if fields.code == "0A000"
                             && fields
@@ -880,6 +905,14 @@ impl TxnSession<'_> {
                             .and_then(|b| TxStatus::from_byte(*b))
                             .unwrap_or(TxStatus::Failed);
                         state.pending = state.pending.saturating_sub(1);
+                        if state.status == TxStatus::Idle {
+                            if let Some(found) = state.lasting.take() {
+                                protocol::write::notice_response(
+                                    &mut state.to_client,
+                                    &found.notice(),
+                                );
+                            }
+                        }
                     }
                     b'C' => {
                         let command = body.split(|b| *b == 0).next().unwrap_or(&[]);

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod drivers;
 pub mod wire;
 
 use pgtenant::auth::{mint_hs256, MintRequest};
@@ -224,6 +225,17 @@ impl TestProxy {
         Ok(client)
     }
 
+    /// A `postgresql://` URL through this proxy for `tenant` (node-postgres, Prisma, asyncpg).
+    pub fn url(&self, tenant: &TestTenant) -> String {
+        format!(
+            "postgresql://{}:{}@127.0.0.1:{}/{}?sslmode=disable",
+            uri_component(&tenant.email),
+            tenant.token(),
+            self.addr.port(),
+            self.config.upstream.database
+        )
+    }
+
     /// A libpq connection string (for psql, pgbench, psycopg).
     pub fn conninfo(&self, tenant: &TestTenant) -> String {
         format!(
@@ -368,4 +380,16 @@ pub fn client_program(name: &str) -> String {
         return in_bindir.display().to_string();
     }
     format!("/usr/bin/{name}")
+}
+
+/// Percent-encodes a URI component (user names are email addresses).
+pub fn uri_component(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
