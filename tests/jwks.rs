@@ -1087,6 +1087,7 @@ async fn an_https_endpoint_with_an_untrusted_certificate_is_refused() {
     })
     .await;
     let error = source_status(&proxy, &url).last_error.unwrap_or_default();
+    eprintln!("https with an untrusted certificate: {error}");
     assert!(error.contains("certificate"), "{error}");
     assert!(handshakes.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     server.abort();
