@@ -410,6 +410,52 @@ impl Config {
             ("auth.leeway_secs".into(), a.leeway_secs.to_string()),
             ("auth.admin_claim".into(), a.admin_claim.clone()),
             (
+                "auth.user_claim".into(),
+                a.user_claim
+                    .clone()
+                    .unwrap_or_else(|| a.identity_claim.claim_name().to_string()),
+            ),
+            (
+                "auth.org_claim".into(),
+                a.org_claim.clone().unwrap_or_default(),
+            ),
+            ("auth.jwks_url".into(), a.jwks_url.join(",")),
+            (
+                "auth.jwks_file".into(),
+                a.jwks_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+            ),
+            ("auth.discover".into(), a.discover.to_string()),
+            (
+                "auth.jwks_refresh_secs".into(),
+                a.jwks_refresh_secs.to_string(),
+            ),
+            (
+                "auth.jwks_refetch_interval_secs".into(),
+                a.jwks_refetch_interval_secs.to_string(),
+            ),
+            ("auth.jwks_stale_secs".into(), a.jwks_stale_secs.to_string()),
+            (
+                "auth.jwks_connect_timeout_ms".into(),
+                a.jwks_connect_timeout_ms.to_string(),
+            ),
+            ("auth.jwks_timeout_ms".into(), a.jwks_timeout_ms.to_string()),
+            (
+                "auth.jwks_login_wait_ms".into(),
+                a.jwks_login_wait_ms.to_string(),
+            ),
+            (
+                "auth.jwks_file_check_ms".into(),
+                a.jwks_file_check_ms.to_string(),
+            ),
+            ("auth.jwks_allow_http".into(), a.jwks_allow_http.to_string()),
+            (
+                "auth.jwks_allow_link_local".into(),
+                a.jwks_allow_link_local.to_string(),
+            ),
+            (
                 "tenancy.schema_name_format".into(),
                 format!("{:?}", t.schema_name_format),
             ),

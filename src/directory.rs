@@ -1,8 +1,13 @@
 //! The directory: which user a token names, which organization the user belongs to, and that
 //! organization's tenant (schema, role, status). Read from the shared schema over admin connections, with
 //! every query schema-qualified; cached for a short TTL.
+//!
+//! A person may belong to several organizations: one `users` row per membership, the email unique within an
+//! organization (a user id names exactly one membership). [`choose_membership`] picks the one a login is for:
+//! the token's organization claim when configured, else the database name (an organization's slug or schema).
 
-use crate::auth::Identity;
+use crate::auth::{Identity, OrgClaim};
+use crate::protocol::sqlstate;
 use crate::tenancy::ops::DirectoryEvent;
 use bb8_postgres::PostgresConnectionManager;
 use std::collections::HashMap;
@@ -109,7 +114,7 @@ type AdminPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 pub struct Directory {
     pool: AdminPool,
     ttl: Duration,
-    cache: Mutex<HashMap<String, (Instant, Option<User>)>>,
+    cache: Mutex<HashMap<String, (Instant, Vec<User>)>>,
 }
 
 const USER_COLUMNS: &str =
@@ -132,8 +137,8 @@ impl Directory {
         })
     }
 
-    /// Finds the user a token names. `Ok(None)`: no such user.
-    pub async fn lookup(&self, identity: &Identity) -> Result<Option<User>, DirectoryError> {
+    /// Finds the memberships of the user a token names (one per organization, by slug); empty: no such user.
+    pub async fn lookup(&self, identity: &Identity) -> Result<Vec<User>, DirectoryError> {
         let key = match identity {
             Identity::UserId(id) => format!("id:{id}"),
             Identity::Email(email) => format!("email:{}", email.to_lowercase()),
@@ -145,60 +150,63 @@ impl Directory {
                 }
             }
         }
-        let user = self.query(identity).await?;
+        let users = self.query(identity).await?;
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() > 100_000 {
                 cache.clear();
             }
-            cache.insert(key, (Instant::now(), user.clone()));
+            cache.insert(key, (Instant::now(), users.clone()));
         }
-        Ok(user)
+        Ok(users)
     }
 
-    async fn query(&self, identity: &Identity) -> Result<Option<User>, DirectoryError> {
+    async fn query(&self, identity: &Identity) -> Result<Vec<User>, DirectoryError> {
         let conn = self
             .pool
             .get()
             .await
             .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
-        let row = match identity {
+        let rows = match identity {
             Identity::UserId(id) => {
                 let Ok(id) = Uuid::parse_str(id) else {
-                    return Ok(None);
+                    return Ok(Vec::new());
                 };
                 let sql = format!(
                     "SELECT {USER_COLUMNS} FROM pgtenant.users u \
                      JOIN pgtenant.organizations o ON o.id = u.organization_id WHERE u.id = $1"
                 );
-                conn.query_opt(&sql, &[&id]).await?
+                conn.query(&sql, &[&id]).await?
             }
             Identity::Email(email) => {
                 let sql = format!(
                     "SELECT {USER_COLUMNS} FROM pgtenant.users u \
                      JOIN pgtenant.organizations o ON o.id = u.organization_id \
-                     WHERE lower(u.email) = lower($1)"
+                     WHERE lower(u.email) = lower($1) ORDER BY o.slug"
                 );
-                conn.query_opt(&sql, &[email]).await?
+                conn.query(&sql, &[email]).await?
             }
         };
-        Ok(row.map(|r| User {
-            id: r.get(0),
-            email: r.get(1),
-            disabled: r.get(2),
-            role: r.get(3),
-            tenant: Tenant {
-                id: r.get(4),
-                name: r.get(5),
-                slug: r.get(6),
-                schema: SchemaName::new(r.get::<_, String>(7)),
-                role: RoleName::new(r.get::<_, String>(8)),
-                status: TenantStatus::parse(r.get::<_, &str>(9)),
-                pool_mode: r
-                    .get::<_, Option<&str>>(10)
-                    .and_then(crate::config::PoolMode::parse),
-                virtual_schema: r.get(11),
-            },
-        }))
+        Ok(rows
+            .into_iter()
+            .map(|r| User {
+                id: r.get(0),
+                email: r.get(1),
+                disabled: r.get(2),
+                role: r.get(3),
+                tenant: Tenant {
+                    id: r.get(4),
+                    name: r.get(5),
+                    slug: r.get(6),
+                    schema: SchemaName::new(r.get::<_, String>(7)),
+                    role: RoleName::new(r.get::<_, String>(8)),
+                    status: TenantStatus::parse(r.get::<_, &str>(9)),
+                    pool_mode: r
+                        .get::<_, Option<&str>>(10)
+                        .and_then(crate::config::PoolMode::parse),
+                    virtual_schema: r.get(11),
+                },
+            })
+            .collect())
     }
 
     /// A connection as the admin role, from the directory's small pool (admin channel commands use it).
@@ -310,9 +318,161 @@ impl Directory {
     }
 }
 
+/// Why no membership fits a login. The text goes to the client, who holds a valid token for this user: it names
+/// the user's organizations, never another user's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("the user named by this token does not exist")]
+    NoSuchUser,
+    #[error("the token does not name an organization (claim {claim:?} is missing or empty)")]
+    OrganizationMissing { claim: String },
+    #[error("the user named by this token is not a member of the organization the token names")]
+    NotAMember,
+    #[error(
+        "the user belongs to several organizations ({}); connect to the database named after one of them",
+        slugs.join(", ")
+    )]
+    Ambiguous { slugs: Vec<String> },
+}
+
+impl MembershipError {
+    pub fn sqlstate(&self) -> &'static str {
+        match self {
+            // A token that lacks a claim the server requires is a bad token.
+            MembershipError::OrganizationMissing { .. } => sqlstate::INVALID_PASSWORD,
+            _ => sqlstate::INVALID_AUTHORIZATION,
+        }
+    }
+}
+
+/// Picks the membership a login is for, among the user's memberships (see [`Directory::lookup`]):
+///
+/// - with an organization claim configured, the token must carry it, and it must name (by id or slug) one of the
+///   user's organizations;
+/// - otherwise a user of one organization gets that one, and a user of several gets the one whose slug or schema
+///   is the database name asked for.
+///
+/// `org_claim_name` is the configured claim (for the message when the token lacks it).
+pub fn choose_membership(
+    users: Vec<User>,
+    organization: &OrgClaim,
+    org_claim_name: &str,
+    database: &str,
+) -> Result<User, MembershipError> {
+    if users.is_empty() {
+        return Err(MembershipError::NoSuchUser);
+    }
+    let pick = |users: Vec<User>, matches: &dyn Fn(&Tenant) -> bool| {
+        users.into_iter().find(|u| matches(&u.tenant))
+    };
+    match organization {
+        OrgClaim::Missing => Err(MembershipError::OrganizationMissing {
+            claim: org_claim_name.to_owned(),
+        }),
+        OrgClaim::Named(org) => {
+            let by_id = |t: &Tenant| t.id.to_string().eq_ignore_ascii_case(org);
+            if users.iter().any(|u| by_id(&u.tenant)) {
+                return pick(users, &by_id).ok_or(MembershipError::NotAMember);
+            }
+            pick(users, &|t: &Tenant| t.slug == *org).ok_or(MembershipError::NotAMember)
+        }
+        OrgClaim::NotConfigured if users.len() == 1 => {
+            Ok(users.into_iter().next().expect("one membership"))
+        }
+        OrgClaim::NotConfigured => {
+            let slugs = users.iter().map(|u| u.tenant.slug.clone()).collect();
+            pick(users, &|t: &Tenant| {
+                t.slug == database || t.schema.as_str() == database
+            })
+            .ok_or(MembershipError::Ambiguous { slugs })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn member(slug: &str) -> User {
+        User {
+            id: Uuid::new_v4(),
+            email: "a@example.com".into(),
+            disabled: false,
+            role: "member".into(),
+            tenant: Tenant {
+                id: Uuid::new_v4(),
+                name: slug.to_uppercase(),
+                slug: slug.into(),
+                schema: SchemaName::new(format!("org_{slug}")),
+                role: RoleName::new(format!("tenant_{slug}")),
+                status: TenantStatus::Active,
+                pool_mode: None,
+                virtual_schema: None,
+            },
+        }
+    }
+
+    #[test]
+    fn one_membership_needs_no_choice() {
+        let user = choose_membership(vec![member("acme")], &OrgClaim::NotConfigured, "", "app")
+            .expect("chosen");
+        assert_eq!(user.tenant.slug, "acme");
+        assert_eq!(
+            choose_membership(Vec::new(), &OrgClaim::NotConfigured, "", "app").unwrap_err(),
+            MembershipError::NoSuchUser
+        );
+    }
+
+    #[test]
+    fn several_memberships_are_told_apart_by_database_name() {
+        let both = || vec![member("acme"), member("globex")];
+        let by_slug = choose_membership(both(), &OrgClaim::NotConfigured, "", "globex").unwrap();
+        assert_eq!(by_slug.tenant.slug, "globex");
+        let by_schema =
+            choose_membership(both(), &OrgClaim::NotConfigured, "", "org_acme").unwrap();
+        assert_eq!(by_schema.tenant.slug, "acme");
+        let err = choose_membership(both(), &OrgClaim::NotConfigured, "", "app").unwrap_err();
+        assert_eq!(
+            err,
+            MembershipError::Ambiguous {
+                slugs: vec!["acme".into(), "globex".into()]
+            }
+        );
+        assert_eq!(err.sqlstate(), "28000");
+    }
+
+    #[test]
+    fn the_org_claim_picks_by_id_or_slug_and_must_match() {
+        let users = vec![member("acme"), member("globex")];
+        let globex_id = users[1].tenant.id.to_string().to_uppercase();
+        let chosen =
+            choose_membership(users.clone(), &OrgClaim::Named(globex_id), "org_id", "app").unwrap();
+        assert_eq!(chosen.tenant.slug, "globex");
+        let chosen = choose_membership(
+            users.clone(),
+            &OrgClaim::Named("acme".into()),
+            "org_id",
+            "globex",
+        )
+        .unwrap();
+        assert_eq!(
+            chosen.tenant.slug, "acme",
+            "the claim wins over the database name"
+        );
+        assert_eq!(
+            choose_membership(
+                users.clone(),
+                &OrgClaim::Named("initech".into()),
+                "org_id",
+                "app"
+            )
+            .unwrap_err(),
+            MembershipError::NotAMember
+        );
+        let missing = choose_membership(users, &OrgClaim::Missing, "org_id", "acme").unwrap_err();
+        assert_eq!(missing.sqlstate(), "28P01");
+        assert!(missing.to_string().contains("\"org_id\""), "{missing}");
+    }
 
     #[test]
     fn identifiers_and_literals_are_quoted() {

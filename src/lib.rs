@@ -9,7 +9,8 @@
 //! - [`tls`]: rustls server configuration for clients.
 //! - [`protocol`]: the one place that knows the wire format: frame headers, startup packets, message tags, and
 //!   the backend messages pgtenant writes itself (ErrorResponse with SQLSTATE, authentication, ReadyForQuery).
-//! - [`auth`]: JWT verification of the password a client sends (algorithm allowlist, keys, claims, size limit).
+//! - [`auth`]: JWT verification of the password a client sends (algorithm allowlist, keys, claims, size limit),
+//!   and the identity provider's key sets (JWKS), fetched and refreshed in the background.
 //! - [`directory`]: identity → user → organization → tenant (schema, role, status), cached with a short TTL,
 //!   read from the shared schema.
 //! - [`pool`]: one pool per tenant of raw upstream protocol connections logged in as the tenant's role, with a

@@ -430,8 +430,11 @@ async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client> {
 }
 
 async fn serve(config: Config, path: PathBuf) -> Result<()> {
-    if config.auth.hs_secret.is_none() && config.auth.public_key_files.is_empty() {
-        bail!("no token keys configured: set auth.hs_secret (or PGTENANT_JWT_SECRET) or auth.public_key_files");
+    if config.auth.hs_secret.is_none()
+        && config.auth.public_key_files.is_empty()
+        && !config.auth.uses_jwks()
+    {
+        bail!("no token keys configured: set auth.hs_secret (or PGTENANT_JWT_SECRET), auth.public_key_files, auth.jwks_url, auth.jwks_file or auth.discover");
     }
     let listener = pgtenant::server::bind(&config).await?;
     let shutdown = CancellationToken::new();

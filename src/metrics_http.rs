@@ -63,6 +63,64 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Key set (JWKS) sources: keys serving, age of the set, fetches, and the last error as an info-style gauge.
+fn render_jwks(out: &mut String, proxy: &Proxy) {
+    let verifier = proxy.verifier();
+    let sources = verifier.jwks_status();
+    if sources.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP pgtenant_jwks_keys Keys serving from a key set source.\n# TYPE pgtenant_jwks_keys gauge");
+    for s in &sources {
+        let _ = writeln!(
+            out,
+            "pgtenant_jwks_keys{{source=\"{}\"}} {}",
+            escape(&s.source),
+            s.keys
+        );
+    }
+    let _ = writeln!(out, "# HELP pgtenant_jwks_age_seconds Seconds since the serving key set was fetched (absent: never).\n# TYPE pgtenant_jwks_age_seconds gauge");
+    for s in &sources {
+        if let Some(age) = s.age_secs() {
+            let _ = writeln!(
+                out,
+                "pgtenant_jwks_age_seconds{{source=\"{}\"}} {age}",
+                escape(&s.source)
+            );
+        }
+    }
+    let _ = writeln!(out, "# HELP pgtenant_jwks_fetches_total Fetches (or file reads) of a key set source.\n# TYPE pgtenant_jwks_fetches_total counter");
+    for s in &sources {
+        let source = escape(&s.source);
+        let _ = writeln!(
+            out,
+            "pgtenant_jwks_fetches_total{{source=\"{source}\",result=\"ok\"}} {}",
+            s.fetches
+        );
+        let _ = writeln!(
+            out,
+            "pgtenant_jwks_fetches_total{{source=\"{source}\",result=\"error\"}} {}",
+            s.failures
+        );
+    }
+    let _ = writeln!(out, "# HELP pgtenant_jwks_last_error The last fetch of a key set source failed (1), with the reason.\n# TYPE pgtenant_jwks_last_error gauge");
+    for s in &sources {
+        let (value, error) = match &s.last_error {
+            Some(e) => (1, e.as_str()),
+            None => (0, ""),
+        };
+        let _ = writeln!(
+            out,
+            "pgtenant_jwks_last_error{{source=\"{}\",error=\"{}\"}} {value}",
+            escape(&s.source),
+            escape(error)
+        );
+    }
+    if let Some(store) = verifier.jwks() {
+        let _ = writeln!(out, "# HELP pgtenant_jwks_unknown_key_refetches_total Refetches asked for by tokens naming an unknown key.\n# TYPE pgtenant_jwks_unknown_key_refetches_total counter\npgtenant_jwks_unknown_key_refetches_total {}", store.forced_refetches());
+    }
+}
+
 /// The metrics in Prometheus text format.
 pub fn render(proxy: &Proxy) -> String {
     let mut out = String::new();
@@ -170,6 +228,7 @@ pub fn render(proxy: &Proxy) -> String {
             p.waiting
         );
     }
+    render_jwks(&mut out, proxy);
     let _ = writeln!(out, "# HELP pgtenant_clients_total_current All client sessions.\n# TYPE pgtenant_clients_total_current gauge\npgtenant_clients_total_current {}", clients.len());
     out
 }

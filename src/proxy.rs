@@ -12,7 +12,7 @@ use crate::tenancy::credentials::RolePasswords;
 use crate::tenancy::ops::DirectoryEvent;
 use crate::upstream::UpstreamTarget;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +50,24 @@ pub struct Proxy {
     /// The shutdown grace period ran out: sessions end at once.
     pub force_close: CancellationToken,
     pub started_at: std::time::SystemTime,
+    /// Stops the key set fetcher of the live verifier (a child of `shutdown`; replaced on RELOAD).
+    jwks_fetcher: Mutex<Option<CancellationToken>>,
+}
+
+/// Starts the key set fetcher of `verifier` (when it has key sets) on the current runtime; the token returned
+/// stops it, and so does `shutdown`.
+fn spawn_jwks_fetcher(
+    verifier: &TokenVerifier,
+    shutdown: &CancellationToken,
+) -> Option<CancellationToken> {
+    verifier.jwks()?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        tracing::error!("no async runtime: key sets are not fetched");
+        return None;
+    }
+    let stop = shutdown.child_token();
+    verifier.spawn_jwks_fetcher(stop.clone());
+    Some(stop)
 }
 
 fn tls_acceptor(config: &Config) -> Result<Option<TlsAcceptor>, ProxyError> {
@@ -98,12 +116,14 @@ impl Proxy {
             target,
             RolePasswords::new(config.server_secret()),
         );
+        let jwks_fetcher = Mutex::new(spawn_jwks_fetcher(&verifier, &shutdown));
         Ok(Arc::new(Proxy {
             live: RwLock::new(Live {
                 config: Arc::new(config),
                 verifier,
                 tls,
             }),
+            jwks_fetcher,
             config_path,
             directory,
             pools,
@@ -146,7 +166,7 @@ impl Proxy {
     pub fn reload(&self) -> Result<Vec<&'static str>, ProxyError> {
         let path = self.config_path.as_ref().ok_or(ProxyError::NoConfigFile)?;
         let config = Config::load(path)?;
-        let verifier = TokenVerifier::new(&config.auth)?;
+        let verifier = TokenVerifier::new_replacing(&config.auth, &self.verifier())?;
         let tls = tls_acceptor(&config)?;
         let mut needs_restart = Vec::new();
         {
@@ -170,6 +190,7 @@ impl Proxy {
                 needs_restart.push("server.max_client_connections");
             }
         }
+        let fetcher = spawn_jwks_fetcher(&verifier, &self.shutdown);
         let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
         *live = Live {
             config: Arc::new(config),
@@ -177,6 +198,13 @@ impl Proxy {
             tls,
         };
         drop(live);
+        let old = std::mem::replace(
+            &mut *self.jwks_fetcher.lock().unwrap_or_else(|p| p.into_inner()),
+            fetcher,
+        );
+        if let Some(old) = old {
+            old.cancel();
+        }
         self.directory.invalidate();
         tracing::info!(?needs_restart, "configuration reloaded");
         Ok(needs_restart)

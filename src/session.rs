@@ -543,7 +543,8 @@ async fn login(
     let token = read_token(proxy, client).await?;
     let claims = proxy
         .verifier()
-        .verify(&token)
+        .verify_login(&token)
+        .await
         .map_err(|e| PgError::fatal(e.sqlstate(), format!("token rejected: {e}")))?;
     drop(token);
 
@@ -563,7 +564,7 @@ async fn login(
         }));
     }
 
-    let user = proxy
+    let memberships = proxy
         .directory
         .lookup(&claims.identity)
         .await
@@ -573,13 +574,14 @@ async fn login(
                 sqlstate::CONNECTION_FAILURE,
                 "pgtenant cannot reach its directory database",
             )
-        })?
-        .ok_or_else(|| {
-            PgError::fatal(
-                sqlstate::INVALID_AUTHORIZATION,
-                "the user named by this token does not exist",
-            )
         })?;
+    let user = crate::directory::choose_membership(
+        memberships,
+        &claims.organization,
+        proxy.config().auth.org_claim.as_deref().unwrap_or_default(),
+        database,
+    )
+    .map_err(|e| PgError::fatal(e.sqlstate(), e.to_string()))?;
     if user.disabled {
         return Err(PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,

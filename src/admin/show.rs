@@ -255,6 +255,26 @@ pub fn config(proxy: &Proxy) -> Reply {
     for (key, value) in proxy.config().describe() {
         table.row(vec![text(key), text(value)]);
     }
+    // What each key set source serves now: keys, age, last error.
+    for s in proxy.verifier().jwks_status() {
+        let key = |what: &str| text(format!("jwks[{}].{what}", s.source));
+        table.row(vec![
+            key("keys"),
+            text(format!("{} ({})", s.keys, s.kids.join(", "))),
+        ]);
+        table.row(vec![
+            key("age_seconds"),
+            s.age_secs().map(|a| a.to_string()),
+        ]);
+        table.row(vec![
+            key("last_error"),
+            text(s.last_error.clone().unwrap_or_default()),
+        ]);
+        table.row(vec![
+            key("fetches"),
+            text(format!("{} ok, {} failed", s.fetches, s.failures)),
+        ]);
+    }
     rows(table)
 }
 

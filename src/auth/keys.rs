@@ -32,7 +32,7 @@ pub(super) struct KeySet {
 
 impl KeySet {
     /// Builds the key set: the HMAC secret (if any) and every public key of every configured file; then checks
-    /// that each allowed algorithm has at least one key it can use.
+    /// that each allowed algorithm has at least one key it can use (asymmetric ones only without a key set).
     pub(super) fn load(
         cfg: &AuthConfig,
         algorithms: &[Algorithm],
@@ -45,6 +45,10 @@ impl KeySet {
             set.load_file(path)?;
         }
         for alg in algorithms {
+            // With a key set configured, asymmetric keys may come from it (checked when it is loaded).
+            if cfg.uses_jwks() && alg.family() != AlgorithmFamily::Hmac {
+                continue;
+            }
             if set.for_algorithm(*alg).is_empty() {
                 if alg.family() == AlgorithmFamily::Hmac {
                     return Err(AuthConfigError::MissingHsSecret {

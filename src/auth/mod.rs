@@ -8,32 +8,51 @@
 //! 3. the algorithm against the allowlist: `none` and anything unlisted are refused before any key is touched;
 //! 4. the signature, against the keys of that algorithm's family only (an HS* token is only ever checked against
 //!    the HMAC secret, never against the bytes of a public key; an RS*/PS* token against RSA keys only; ES256
-//!    against P-256 keys, ES384 against P-384 keys, EdDSA against Ed25519 keys);
+//!    against P-256 keys, ES384 against P-384 keys, EdDSA against Ed25519 keys). Keys come from PEM files
+//!    (`public_key_files`, no `kid`: every key of the family is tried) and from key sets (JWKS: `jwks_url`,
+//!    `jwks_file`, or the issuer's discovery document), where the token's `kid` picks the key; a token without
+//!    `kid` is only accepted when exactly one key could have signed it;
 //! 5. the claims: `exp` required, `nbf` honoured, `aud` / `iss` when configured (with `leeway_secs` of clock
 //!    skew);
-//! 6. the identity claim (`sub` or `email`), which must be a non-empty string.
+//! 6. the identity: the claim at `user_claim` (default `sub`, or `email` with `identity_claim = "email"`), a
+//!    non-empty string; and the organization at `org_claim`, when configured.
+//!
+//! Verifying stays synchronous: key sets are fetched by a background task (`jwks_fetch`) into a store
+//! ([`JwksStore`]) the verifier only reads. A token naming a key the store does not have may wait for one
+//! rate-limited refetch ([`TokenVerifier::verify_login`]).
 //!
 //! Error messages ([`TokenError`]'s `Display`) are sent to PostgreSQL clients: they never contain the token, any
-//! part of it, or the secret.
+//! part of it (its `kid` included), or the secret.
 //!
 //! [`mint_hs256`] mints development tokens (`pgtenant token`).
 
+mod claim_path;
+mod jwks;
+mod jwks_fetch;
+mod jwks_store;
 mod keys;
 mod mint;
 mod verify;
 
+#[cfg(test)]
+mod jwks_tests;
 #[cfg(test)]
 mod tests;
 
 use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
+use claim_path::ClaimPath;
+use jwks_store::JwksSettings;
+
+pub use jwks_store::{JwksSource, JwksSourceStatus, JwksStore};
 pub use mint::{mint_hs256, MintRequest};
-pub use verify::{Claims, Identity, TokenVerifier};
+pub use verify::{Claims, Identity, OrgClaim, TokenVerifier};
 
 /// Environment variable that overrides [`AuthConfig::hs_secret`].
 pub const JWT_SECRET_ENV: &str = "PGTENANT_JWT_SECRET";
@@ -53,6 +72,15 @@ pub const MAX_LEEWAY_SECS: u64 = 3600;
 /// Smallest HMAC secret accepted for HS256 (RFC 7518 §3.2: at least the hash output size). HS384 needs 48 bytes,
 /// HS512 64 bytes.
 pub const MIN_HS_SECRET_BYTES: usize = 32;
+
+/// Defaults of the key set settings (`jwks_*`).
+pub const DEFAULT_JWKS_REFRESH_SECS: u64 = 300;
+pub const DEFAULT_JWKS_REFETCH_INTERVAL_SECS: u64 = 30;
+pub const DEFAULT_JWKS_STALE_SECS: u64 = 3600;
+pub const DEFAULT_JWKS_CONNECT_TIMEOUT_MS: u64 = 3_000;
+pub const DEFAULT_JWKS_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_JWKS_LOGIN_WAIT_MS: u64 = 3_000;
+pub const DEFAULT_JWKS_FILE_CHECK_MS: u64 = 2_000;
 
 /// Claim names that cannot serve as the admin claim (they have another meaning in a token).
 const RESERVED_CLAIMS: &[&str] = &[
@@ -157,6 +185,52 @@ pub struct AuthConfig {
     /// Claim marking an administrator (default "pgtenant_admin"): a top-level claim of this name that is `true` or
     /// `"true"`, or this value inside a top-level `roles` array. Exposed as [`Claims::is_admin`].
     pub admin_claim: String,
+    /// Where the user's id (or email, with `identity_claim = "email"`) is in the token, as a claim path
+    /// (`https://app.example.com/claims.user_id`; see `claim_path`). Default: `sub`, or `email`.
+    pub user_claim: Option<String>,
+    /// Claim path naming the user's organization (e.g. `org_id`): when set, tokens must carry it and it must name
+    /// (by id or slug) an organization the user belongs to.
+    pub org_claim: Option<String>,
+    /// Key set (JWKS) URLs: one string or a list. `https://`; `http://` only to loopback unless
+    /// `jwks_allow_http`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub jwks_url: Vec<String>,
+    /// A key set (JWKS JSON) file, re-read when it changes and on RELOAD.
+    pub jwks_file: Option<PathBuf>,
+    /// Find the key set URL in `<issuer>/.well-known/openid-configuration` (needs `issuer`).
+    pub discover: bool,
+    /// Background refresh of fetched key sets, in seconds (default 300).
+    pub jwks_refresh_secs: u64,
+    /// At most one refetch per this many seconds for tokens naming an unknown key (default 30).
+    pub jwks_refetch_interval_secs: u64,
+    /// A key set that could not be fetched for this long is reported with errors, not warnings (default 3600).
+    pub jwks_stale_secs: u64,
+    /// Connect timeout of a fetch, in milliseconds (default 3000).
+    pub jwks_connect_timeout_ms: u64,
+    /// Whole-request timeout of a fetch, body included, in milliseconds (default 10000).
+    pub jwks_timeout_ms: u64,
+    /// How long a login whose token names an unknown key waits for the refetch (default 3000).
+    pub jwks_login_wait_ms: u64,
+    /// How often `jwks_file` is checked for changes, in milliseconds (default 2000).
+    pub jwks_file_check_ms: u64,
+    /// Allow `http://` key set URLs to hosts other than loopback (default false).
+    pub jwks_allow_http: bool,
+    /// Allow key set URLs that are or resolve to link-local / metadata addresses (default false).
+    pub jwks_allow_link_local: bool,
+}
+
+/// `"one"` or `["one", "two"]`.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(deserializer)? {
+        OneOrMany::One(one) => vec![one],
+        OneOrMany::Many(many) => many,
+    })
 }
 
 impl Default for AuthConfig {
@@ -171,6 +245,20 @@ impl Default for AuthConfig {
             max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
             leeway_secs: DEFAULT_LEEWAY_SECS,
             admin_claim: DEFAULT_ADMIN_CLAIM.to_owned(),
+            user_claim: None,
+            org_claim: None,
+            jwks_url: Vec::new(),
+            jwks_file: None,
+            discover: false,
+            jwks_refresh_secs: DEFAULT_JWKS_REFRESH_SECS,
+            jwks_refetch_interval_secs: DEFAULT_JWKS_REFETCH_INTERVAL_SECS,
+            jwks_stale_secs: DEFAULT_JWKS_STALE_SECS,
+            jwks_connect_timeout_ms: DEFAULT_JWKS_CONNECT_TIMEOUT_MS,
+            jwks_timeout_ms: DEFAULT_JWKS_TIMEOUT_MS,
+            jwks_login_wait_ms: DEFAULT_JWKS_LOGIN_WAIT_MS,
+            jwks_file_check_ms: DEFAULT_JWKS_FILE_CHECK_MS,
+            jwks_allow_http: false,
+            jwks_allow_link_local: false,
         }
     }
 }
@@ -187,6 +275,23 @@ impl fmt::Debug for AuthConfig {
             .field("max_token_bytes", &self.max_token_bytes)
             .field("leeway_secs", &self.leeway_secs)
             .field("admin_claim", &self.admin_claim)
+            .field("user_claim", &self.user_claim)
+            .field("org_claim", &self.org_claim)
+            .field("jwks_url", &self.jwks_url)
+            .field("jwks_file", &self.jwks_file)
+            .field("discover", &self.discover)
+            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
+            .field(
+                "jwks_refetch_interval_secs",
+                &self.jwks_refetch_interval_secs,
+            )
+            .field("jwks_stale_secs", &self.jwks_stale_secs)
+            .field("jwks_connect_timeout_ms", &self.jwks_connect_timeout_ms)
+            .field("jwks_timeout_ms", &self.jwks_timeout_ms)
+            .field("jwks_login_wait_ms", &self.jwks_login_wait_ms)
+            .field("jwks_file_check_ms", &self.jwks_file_check_ms)
+            .field("jwks_allow_http", &self.jwks_allow_http)
+            .field("jwks_allow_link_local", &self.jwks_allow_link_local)
             .finish()
     }
 }
@@ -265,7 +370,126 @@ impl AuthConfig {
                 reason: "must not be empty (leave it out to accept any issuer)".to_owned(),
             });
         }
+        self.claim_paths()?;
+        let sources = self.jwks_sources()?;
+        if !sources.is_empty()
+            && !algs
+                .iter()
+                .any(|a| jwks::KeyType::for_algorithm(*a).is_some())
+        {
+            return Err(AuthConfigError::Invalid {
+                field: "algorithms",
+                reason: "allows no RS*/PS*/ES*/EdDSA algorithm, so the key set (jwks_url, jwks_file, \
+                         discover) would never be used: list the algorithms your identity provider signs with"
+                    .to_owned(),
+            });
+        }
+        let ranges: [(&'static str, u64, u64); 7] = [
+            ("jwks_refresh_secs", self.jwks_refresh_secs, 1),
+            (
+                "jwks_refetch_interval_secs",
+                self.jwks_refetch_interval_secs,
+                1,
+            ),
+            ("jwks_stale_secs", self.jwks_stale_secs, 1),
+            ("jwks_connect_timeout_ms", self.jwks_connect_timeout_ms, 10),
+            ("jwks_timeout_ms", self.jwks_timeout_ms, 10),
+            ("jwks_login_wait_ms", self.jwks_login_wait_ms, 0),
+            ("jwks_file_check_ms", self.jwks_file_check_ms, 10),
+        ];
+        for (field, value, min) in ranges {
+            if value < min {
+                return Err(AuthConfigError::Invalid {
+                    field,
+                    reason: format!("must be at least {min}"),
+                });
+            }
+        }
         Ok(())
+    }
+
+    /// The user and organization claim paths.
+    fn claim_paths(&self) -> Result<(ClaimPath, Option<ClaimPath>), AuthConfigError> {
+        let parse = |field: &'static str, text: &str| {
+            ClaimPath::parse(text).map_err(|reason| AuthConfigError::Invalid { field, reason })
+        };
+        let user = match &self.user_claim {
+            Some(path) => parse("user_claim", path)?,
+            None => parse("user_claim", self.identity_claim.claim_name())?,
+        };
+        let org = match &self.org_claim {
+            Some(path) => Some(parse("org_claim", path)?),
+            None => None,
+        };
+        Ok((user, org))
+    }
+
+    /// Where key sets come from, with every URL checked (scheme, loopback for http, no link-local literal).
+    pub fn jwks_sources(&self) -> Result<Vec<JwksSource>, AuthConfigError> {
+        let mut sources = Vec::new();
+        for text in &self.jwks_url {
+            let url = jwks_fetch::check_url(
+                text.trim(),
+                self.jwks_allow_http,
+                self.jwks_allow_link_local,
+            )
+            .map_err(|reason| AuthConfigError::Invalid {
+                field: "jwks_url",
+                reason,
+            })?;
+            let source = JwksSource::Url(url);
+            if !sources.contains(&source) {
+                sources.push(source);
+            }
+        }
+        if self.discover {
+            let issuer = self
+                .issuer
+                .as_deref()
+                .ok_or_else(|| AuthConfigError::Invalid {
+                    field: "discover",
+                    reason: "needs auth.issuer (the discovery document is <issuer>/.well-known/openid-configuration)"
+                        .to_owned(),
+                })?;
+            let document = format!(
+                "{}{}",
+                issuer.trim_end_matches('/'),
+                jwks_fetch::DISCOVERY_PATH
+            );
+            let document =
+                jwks_fetch::check_url(&document, self.jwks_allow_http, self.jwks_allow_link_local)
+                    .map_err(|reason| AuthConfigError::Invalid {
+                        field: "issuer",
+                        reason: format!("cannot be used for discovery: {reason}"),
+                    })?;
+            sources.push(JwksSource::Discovery {
+                issuer: issuer.to_owned(),
+                document,
+            });
+        }
+        if let Some(path) = &self.jwks_file {
+            sources.push(JwksSource::File(path.clone()));
+        }
+        Ok(sources)
+    }
+
+    fn jwks_settings(&self) -> JwksSettings {
+        JwksSettings {
+            refresh: Duration::from_secs(self.jwks_refresh_secs),
+            refetch_interval: Duration::from_secs(self.jwks_refetch_interval_secs),
+            stale_after: Duration::from_secs(self.jwks_stale_secs),
+            connect_timeout: Duration::from_millis(self.jwks_connect_timeout_ms),
+            timeout: Duration::from_millis(self.jwks_timeout_ms),
+            login_wait: Duration::from_millis(self.jwks_login_wait_ms),
+            file_check: Duration::from_millis(self.jwks_file_check_ms),
+            allow_http: self.jwks_allow_http,
+            allow_link_local: self.jwks_allow_link_local,
+        }
+    }
+
+    /// Whether any key set source (URL, discovery, file) is configured.
+    pub fn uses_jwks(&self) -> bool {
+        !self.jwks_url.is_empty() || self.discover || self.jwks_file.is_some()
     }
 
     /// The allowed algorithms, deduplicated, in configuration order.
@@ -354,6 +578,8 @@ pub enum AuthConfigError {
     },
     #[error("auth.{field} {reason}")]
     Invalid { field: &'static str, reason: String },
+    #[error("auth.jwks_file {}: {reason}", path.display())]
+    JwksFile { path: PathBuf, reason: String },
 }
 
 /// Why a token was refused (or could not be minted).
@@ -375,6 +601,19 @@ pub enum TokenError {
     /// No configured key of the algorithm's family verifies the signature.
     #[error("the token's signature is invalid")]
     BadSignature,
+    /// The token's key (by `kid`) is not in the key sets pgtenant has, even after a refetch (or a refetch was not
+    /// allowed yet). The `kid` itself is never shown: it is token text.
+    #[error(
+        "the token is signed by a key this server does not know (none of the identity provider's keys matches \
+         its kid and algorithm){}",
+        if *refresh_failing { "; the identity provider's key set cannot be fetched right now" } else { "" }
+    )]
+    UnknownKey { refresh_failing: bool },
+    /// The token has no `kid` and more than one configured key could have signed it.
+    #[error(
+        "the token does not name its signing key (no kid) and several keys of its algorithm are configured"
+    )]
+    KidRequired,
     /// `exp` is in the past (beyond the leeway).
     #[error("the token has expired")]
     Expired,
@@ -390,7 +629,7 @@ pub enum TokenError {
     /// The token has no `exp` claim: tokens that never expire are refused.
     #[error("the token has no expiry (exp claim); tokens without one are refused")]
     MissingExpiry,
-    /// The identity claim (`sub` or `email`, as configured) is absent, not a string, or empty.
+    /// The identity claim (`user_claim`, `sub` or `email` as configured) is absent, not a string, or empty.
     #[error("the token does not identify the user (its identity claim is missing or empty)")]
     MissingIdentity,
     /// Identity by `email`, and the token says `"email_verified": false`.

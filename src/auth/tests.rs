@@ -11,24 +11,24 @@ use serde_json::{json, Value};
 
 use super::*;
 
-const SECRET: &str = "test-secret-0123456789abcdef-0123456789abcdef";
+pub(super) const SECRET: &str = "test-secret-0123456789abcdef-0123456789abcdef";
 const OTHER_SECRET: &str = "other-secret-0123456789abcdef-0123456789abcdef";
 
-fn now() -> u64 {
+pub(super) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
 }
 
-fn hs_cfg() -> AuthConfig {
+pub(super) fn hs_cfg() -> AuthConfig {
     AuthConfig {
         hs_secret: Some(SECRET.to_owned()),
         ..AuthConfig::default()
     }
 }
 
-fn verifier(cfg: &AuthConfig) -> TokenVerifier {
+pub(super) fn verifier(cfg: &AuthConfig) -> TokenVerifier {
     TokenVerifier::new(cfg).unwrap()
 }
 
@@ -36,7 +36,7 @@ fn sign(alg: Algorithm, key: &EncodingKey, claims: &Value) -> String {
     jsonwebtoken::encode(&Header::new(alg), claims, key).unwrap()
 }
 
-fn hs256(claims: &Value) -> String {
+pub(super) fn hs256(claims: &Value) -> String {
     sign(
         Algorithm::HS256,
         &EncodingKey::from_secret(SECRET.as_bytes()),
@@ -49,15 +49,15 @@ fn b64(v: &Value) -> String {
 }
 
 /// Standard valid claims.
-fn claims_for(sub: &str) -> Value {
+pub(super) fn claims_for(sub: &str) -> Value {
     json!({ "sub": sub, "iat": now(), "exp": now() + 600 })
 }
 
 /// A temporary file, removed on drop.
-struct TempFile(PathBuf);
+pub(super) struct TempFile(pub(super) PathBuf);
 
 impl TempFile {
-    fn new(contents: &str) -> TempFile {
+    pub(super) fn new(contents: &str) -> TempFile {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path =
@@ -74,12 +74,12 @@ impl Drop for TempFile {
 }
 
 /// (private key PEM, public key PEM)
-struct Pair {
-    private_pem: String,
-    public_pem: String,
+pub(super) struct Pair {
+    pub(super) private_pem: String,
+    pub(super) public_pem: String,
 }
 
-fn gen(alg: &'static rcgen::SignatureAlgorithm) -> Pair {
+pub(super) fn gen(alg: &'static rcgen::SignatureAlgorithm) -> Pair {
     let kp = rcgen::KeyPair::generate_for(alg).unwrap();
     Pair {
         private_pem: kp.serialize_pem(),
@@ -87,27 +87,27 @@ fn gen(alg: &'static rcgen::SignatureAlgorithm) -> Pair {
     }
 }
 
-fn rsa() -> &'static Pair {
+pub(super) fn rsa() -> &'static Pair {
     static KEY: OnceLock<Pair> = OnceLock::new();
     KEY.get_or_init(|| gen(&rcgen::PKCS_RSA_SHA256))
 }
 
-fn rsa_other() -> &'static Pair {
+pub(super) fn rsa_other() -> &'static Pair {
     static KEY: OnceLock<Pair> = OnceLock::new();
     KEY.get_or_init(|| gen(&rcgen::PKCS_RSA_SHA256))
 }
 
-fn p256() -> &'static Pair {
+pub(super) fn p256() -> &'static Pair {
     static KEY: OnceLock<Pair> = OnceLock::new();
     KEY.get_or_init(|| gen(&rcgen::PKCS_ECDSA_P256_SHA256))
 }
 
-fn p384() -> &'static Pair {
+pub(super) fn p384() -> &'static Pair {
     static KEY: OnceLock<Pair> = OnceLock::new();
     KEY.get_or_init(|| gen(&rcgen::PKCS_ECDSA_P384_SHA384))
 }
 
-fn ed25519() -> &'static Pair {
+pub(super) fn ed25519() -> &'static Pair {
     static KEY: OnceLock<Pair> = OnceLock::new();
     KEY.get_or_init(|| gen(&rcgen::PKCS_ED25519))
 }
@@ -120,7 +120,7 @@ fn asym_cfg(algs: &[&str], file: &TempFile) -> AuthConfig {
     }
 }
 
-fn expect_err(v: &TokenVerifier, token: &str) -> TokenError {
+pub(super) fn expect_err(v: &TokenVerifier, token: &str) -> TokenError {
     match v.verify(token) {
         Ok(c) => panic!("token unexpectedly accepted: {c:?}"),
         Err(e) => e,
@@ -763,6 +763,10 @@ fn every_error_has_sqlstate_28p01() {
         TokenError::MissingExpiry,
         TokenError::MissingIdentity,
         TokenError::EmailNotVerified,
+        TokenError::UnknownKey {
+            refresh_failing: true,
+        },
+        TokenError::KidRequired,
         TokenError::Mint("x".to_owned()),
     ] {
         assert_eq!(e.sqlstate(), "28P01");

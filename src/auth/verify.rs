@@ -9,10 +9,14 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
+use super::claim_path::ClaimPath;
+use super::jwks::KeyType;
+use super::jwks_store::{JwksSource, JwksSourceStatus, JwksStore};
 use super::keys::KeySet;
 use super::{
     algorithm_from_name, algorithm_name, AuthConfig, AuthConfigError, IdentityClaim, TokenError,
 };
+use jsonwebtoken::DecodingKey;
 
 /// Who the token says the user is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,11 +36,24 @@ impl Identity {
     }
 }
 
+/// What a token says about the user's organization (`auth.org_claim`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OrgClaim {
+    /// No `org_claim` is configured.
+    NotConfigured,
+    /// It is configured, and the token does not carry it (or not as a non-empty string or a number).
+    Missing,
+    /// Its value: an organization's id or slug.
+    Named(String),
+}
+
 /// What a verified token says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claims {
     /// From the configured identity claim.
     pub identity: Identity,
+    /// From the configured organization claim.
+    pub organization: OrgClaim,
     /// The `email` claim, when it is a non-empty string (whatever the identity claim).
     pub email: Option<String>,
     /// The configured admin claim is `true` / `"true"`, or its name is in the `roles` array.
@@ -54,7 +71,11 @@ pub struct TokenVerifier {
 struct Inner {
     algorithms: Vec<Algorithm>,
     keys: KeySet,
+    /// Key sets (JWKS), when configured; filled by the fetcher.
+    jwks: Option<Arc<JwksStore>>,
     identity_claim: IdentityClaim,
+    user_claim: ClaimPath,
+    org_claim: Option<ClaimPath>,
     audience: Option<String>,
     issuer: Option<String>,
     max_token_bytes: usize,
@@ -79,7 +100,10 @@ impl fmt::Debug for TokenVerifier {
             .field("p256_keys", &p256)
             .field("p384_keys", &p384)
             .field("ed25519_keys", &ed)
+            .field("jwks", &self.inner.jwks)
             .field("identity_claim", &self.inner.identity_claim)
+            .field("user_claim", &self.inner.user_claim)
+            .field("org_claim", &self.inner.org_claim)
             .field("audience", &self.inner.audience)
             .field("issuer", &self.inner.issuer)
             .finish_non_exhaustive()
@@ -91,21 +115,61 @@ impl fmt::Debug for TokenVerifier {
 struct RawHeader {
     alg: Value,
     #[serde(default)]
+    kid: Option<Value>,
+    #[serde(default)]
     crit: Option<Value>,
 }
 
 impl TokenVerifier {
-    /// Validates `cfg` (see [`AuthConfig::validate`]), reads the public key files, and checks that every allowed
-    /// algorithm has a key of its family.
+    /// Validates `cfg` (see [`AuthConfig::validate`]), reads the public key files and the key set file, and checks
+    /// that every allowed algorithm has a key of its family (asymmetric ones may instead come from a key set).
+    /// Key set URLs are not fetched here: see [`TokenVerifier::spawn_jwks_fetcher`].
     pub fn new(cfg: &AuthConfig) -> Result<Self, AuthConfigError> {
+        Self::build(cfg, None)
+    }
+
+    /// As [`TokenVerifier::new`], for a RELOAD: fetched key sets of URLs `previous` also had keep serving until
+    /// the new fetcher's first round.
+    pub fn new_replacing(
+        cfg: &AuthConfig,
+        previous: &TokenVerifier,
+    ) -> Result<Self, AuthConfigError> {
+        Self::build(cfg, Some(previous))
+    }
+
+    fn build(cfg: &AuthConfig, previous: Option<&TokenVerifier>) -> Result<Self, AuthConfigError> {
         cfg.validate()?;
         let algorithms = cfg.parsed_algorithms()?;
         let keys = KeySet::load(cfg, &algorithms)?;
+        let (user_claim, org_claim) = cfg.claim_paths()?;
+        let sources = cfg.jwks_sources()?;
+        let jwks = if sources.is_empty() {
+            None
+        } else {
+            let store = JwksStore::new(sources, cfg.jwks_settings());
+            for (i, source) in store.sources().iter().enumerate() {
+                if let JwksSource::File(path) = source {
+                    store
+                        .load_file(i)
+                        .map_err(|reason| AuthConfigError::JwksFile {
+                            path: path.clone(),
+                            reason,
+                        })?;
+                }
+            }
+            if let Some(old) = previous.and_then(|p| p.inner.jwks.as_ref()) {
+                store.seed_from(old);
+            }
+            Some(Arc::new(store))
+        };
         Ok(TokenVerifier {
             inner: Arc::new(Inner {
                 algorithms,
                 keys,
+                jwks,
                 identity_claim: cfg.identity_claim,
+                user_claim,
+                org_claim,
                 audience: cfg.audience.clone(),
                 issuer: cfg.issuer.clone(),
                 max_token_bytes: cfg.max_token_bytes,
@@ -124,7 +188,56 @@ impl TokenVerifier {
             .collect()
     }
 
-    /// Verifies a token and extracts its claims. Surrounding ASCII whitespace is ignored.
+    /// Starts the background task that fetches and refreshes the key sets, when URLs or a file are configured.
+    /// It stops when `stop` is cancelled.
+    pub fn spawn_jwks_fetcher(
+        &self,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        let store = self.inner.jwks.clone()?;
+        Some(super::jwks_fetch::spawn(store, stop))
+    }
+
+    /// The key set store, when key sets are configured.
+    pub fn jwks(&self) -> Option<&Arc<JwksStore>> {
+        self.inner.jwks.as_ref()
+    }
+
+    /// What each key set source serves, for SHOW CONFIG and /metrics (empty without key sets).
+    pub fn jwks_status(&self) -> Vec<JwksSourceStatus> {
+        self.inner
+            .jwks
+            .as_ref()
+            .map(|s| s.status())
+            .unwrap_or_default()
+    }
+
+    /// [`TokenVerifier::verify`] for a login: a token naming a key pgtenant does not have waits for one
+    /// rate-limited refetch of the key sets (at most `auth.jwks_login_wait_ms`), then is verified again.
+    ///
+    /// Cancel-safe: dropping it only stops the waiting.
+    pub async fn verify_login(&self, token: &str) -> Result<Claims, TokenError> {
+        match self.verify(token) {
+            Err(TokenError::UnknownKey { refresh_failing }) => {
+                let Some(store) = &self.inner.jwks else {
+                    return Err(TokenError::UnknownKey { refresh_failing });
+                };
+                let attempt = || match self.verify(token) {
+                    Err(TokenError::UnknownKey { .. }) => None,
+                    done => Some(done),
+                };
+                store.refetch_until(attempt).await.unwrap_or_else(|| {
+                    Err(TokenError::UnknownKey {
+                        refresh_failing: store.refresh_failing(),
+                    })
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Verifies a token and extracts its claims. Surrounding ASCII whitespace is ignored. Never waits: a token
+    /// whose key is not in the key sets yet is [`TokenError::UnknownKey`] (see [`TokenVerifier::verify_login`]).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         let inner = &*self.inner;
         if token.len() > inner.max_token_bytes {
@@ -132,29 +245,15 @@ impl TokenVerifier {
         }
         let token = token.trim_matches(|c: char| c.is_ascii_whitespace());
 
-        let alg = self.check_header(token)?;
+        let (alg, kid) = self.check_header(token)?;
         let validation = self.validation(alg);
-
-        let mut payload = None;
-        for key in inner.keys.for_algorithm(alg) {
-            match jsonwebtoken::decode::<Value>(token, key, &validation) {
-                Ok(data) => {
-                    payload = Some(data.claims);
-                    break;
-                }
-                Err(e) => match e.kind() {
-                    // Another key of the family may match (rotation, several issuers).
-                    ErrorKind::InvalidSignature
-                    | ErrorKind::InvalidRsaKey(_)
-                    | ErrorKind::InvalidEcdsaKey
-                    | ErrorKind::InvalidEddsaKey
-                    | ErrorKind::InvalidKeyFormat => continue,
-                    kind => return Err(map_error(kind, alg)),
-                },
+        let payload = match (&inner.jwks, KeyType::for_algorithm(alg)) {
+            (Some(store), Some(_)) => {
+                self.check_with_key_sets(store, token, alg, kid.as_deref(), &validation)?
             }
-        }
-        let Some(payload) = payload else {
-            return Err(TokenError::BadSignature);
+            // No key sets, or an HS* token: the kid plays no part.
+            _ => try_keys(token, inner.keys.for_algorithm(alg), &validation, alg)?
+                .ok_or(TokenError::BadSignature)?,
         };
         let Value::Object(claims) = payload else {
             return Err(TokenError::Malformed);
@@ -162,8 +261,41 @@ impl TokenVerifier {
         self.extract(&claims)
     }
 
-    /// Checks the token's shape and header, and returns its algorithm if the allowlist has it.
-    fn check_header(&self, token: &str) -> Result<Algorithm, TokenError> {
+    /// The signature check of an RS*/PS*/ES*/EdDSA token when key sets are configured: a `kid` found in the key
+    /// sets names the only keys that may have signed the token; a `kid` found nowhere leaves the PEM keys (which
+    /// have none), and then the key is unknown; without `kid`, exactly one key of the sets and the PEM files may
+    /// fit the algorithm.
+    fn check_with_key_sets(
+        &self,
+        store: &JwksStore,
+        token: &str,
+        alg: Algorithm,
+        kid: Option<&str>,
+        validation: &Validation,
+    ) -> Result<Value, TokenError> {
+        let pem_keys = self.inner.keys.for_algorithm(alg);
+        let sets = store.keys();
+        let fitting: Vec<&DecodingKey> = sets
+            .iter()
+            .filter(|k| k.usable_for(alg) && kid.is_none_or(|kid| k.kid.as_deref() == Some(kid)))
+            .map(|k| &k.key)
+            .collect();
+        let unknown = || TokenError::UnknownKey {
+            refresh_failing: store.refresh_failing(),
+        };
+        match (kid, fitting.len()) {
+            (_, 0) => match try_keys(token, pem_keys, validation, alg)? {
+                Some(payload) => Ok(payload),
+                None if kid.is_some() || pem_keys.is_empty() => Err(unknown()),
+                None => Err(TokenError::BadSignature),
+            },
+            (None, n) if n + pem_keys.len() > 1 => Err(TokenError::KidRequired),
+            _ => try_keys(token, fitting, validation, alg)?.ok_or(TokenError::BadSignature),
+        }
+    }
+
+    /// Checks the token's shape and header, and returns its algorithm (if the allowlist has it) and its `kid`.
+    fn check_header(&self, token: &str) -> Result<(Algorithm, Option<String>), TokenError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -209,7 +341,12 @@ impl TokenVerifier {
         if signature.is_empty() {
             return Err(TokenError::BadSignature);
         }
-        Ok(alg)
+        let kid = match raw.kid {
+            None | Some(Value::Null) => None,
+            Some(Value::String(kid)) => Some(kid),
+            Some(_) => return Err(TokenError::Malformed),
+        };
+        Ok((alg, kid))
     }
 
     fn validation(&self, alg: Algorithm) -> Validation {
@@ -239,14 +376,13 @@ impl TokenVerifier {
     fn extract(&self, claims: &Map<String, Value>) -> Result<Claims, TokenError> {
         let inner = &*self.inner;
         let email = usable_string(claims.get("email")).map(str::to_owned);
+        let user = usable_string(inner.user_claim.resolve(claims))
+            .ok_or(TokenError::MissingIdentity)?
+            .to_owned();
         let identity = match inner.identity_claim {
-            IdentityClaim::Sub => Identity::UserId(
-                usable_string(claims.get("sub"))
-                    .ok_or(TokenError::MissingIdentity)?
-                    .to_owned(),
-            ),
+            IdentityClaim::Sub => Identity::UserId(user),
             IdentityClaim::Email => {
-                let email = email.clone().ok_or(TokenError::MissingIdentity)?;
+                let email = user;
                 if matches!(claims.get("email_verified"), Some(Value::Bool(false)))
                     || matches!(claims.get("email_verified"), Some(Value::String(s)) if s == "false")
                 {
@@ -254,6 +390,16 @@ impl TokenVerifier {
                 }
                 Identity::Email(email)
             }
+        };
+        let organization = match &inner.org_claim {
+            None => OrgClaim::NotConfigured,
+            Some(path) => match path.resolve(claims) {
+                Some(Value::Number(n)) => OrgClaim::Named(n.to_string()),
+                value => match usable_string(value) {
+                    Some(org) => OrgClaim::Named(org.to_owned()),
+                    None => OrgClaim::Missing,
+                },
+            },
         };
         let is_admin = match claims.get(&inner.admin_claim) {
             Some(Value::Bool(true)) => true,
@@ -267,11 +413,37 @@ impl TokenVerifier {
             .ok_or(TokenError::MissingExpiry)?;
         Ok(Claims {
             identity,
+            organization,
             email,
             is_admin,
             expires_at,
         })
     }
+}
+
+/// Checks `token` against each key in turn: the payload of the first that verifies it, `None` when none does.
+/// An error that is not about the key (expired, wrong audience, …) ends the search.
+fn try_keys<'k>(
+    token: &str,
+    keys: impl IntoIterator<Item = &'k DecodingKey>,
+    validation: &Validation,
+    alg: Algorithm,
+) -> Result<Option<Value>, TokenError> {
+    for key in keys {
+        match jsonwebtoken::decode::<Value>(token, key, validation) {
+            Ok(data) => return Ok(Some(data.claims)),
+            Err(e) => match e.kind() {
+                // Another key of the family may match (rotation, several issuers).
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidRsaKey(_)
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidEddsaKey
+                | ErrorKind::InvalidKeyFormat => continue,
+                kind => return Err(map_error(kind, alg)),
+            },
+        }
+    }
+    Ok(None)
 }
 
 /// A claim usable as an identity: a string, not blank, without NUL (PostgreSQL text cannot hold one).

@@ -249,14 +249,14 @@ fn without_concurrently(sql: &str) -> String {
         .join("\n")
 }
 
-/// The id of the user with this email, if any.
+/// The id of the user with this email, if any (of a user in several organizations, the oldest membership).
 pub async fn find_user_by_email(
     admin: &Client,
     email: &str,
 ) -> Result<Option<Uuid>, tokio_postgres::Error> {
     Ok(admin
         .query_opt(
-            "SELECT id FROM pgtenant.users WHERE lower(email) = lower($1)",
+            "SELECT id FROM pgtenant.users WHERE lower(email) = lower($1) ORDER BY created_at, id LIMIT 1",
             &[&email],
         )
         .await?
