@@ -51,7 +51,12 @@ def pgbench(conninfo, clients, mode, workload, seconds, connect=False):
     if connect:
         cmd.append("-C")
     cmd.append(conninfo)
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60)
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds * 4 + 60)
+    except subprocess.TimeoutExpired:
+        # PgBouncer 1.18 can hang pgbench -M prepared: a run that does not end is a failed run.
+        return {"tps": 0.0, "latency_ms": float("nan"), "transactions": 0, "failed": True,
+                "error": f"pgbench did not finish within {seconds * 4 + 60} s"}
     tps = re.search(r"^tps = ([0-9.]+)", p.stdout, re.M)
     lat = re.search(r"^latency average = ([0-9.]+) ms", p.stdout, re.M)
     done = re.search(r"number of transactions actually processed: (\d+)", p.stdout)

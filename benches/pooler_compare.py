@@ -3,7 +3,7 @@
 
 Usage: benches/pooler_compare.py [--seconds 5] [--rounds 2] [--clients 8,64,256] [--pool 8]
                                  [--workloads select,tpcb] [--modes simple,extended,prepared] [--no-connect]
-                                 [--virtual-schema-off-too]
+                                 [--virtual-schema-off-too] [--no-pgbouncer]
 
 One throwaway cluster (`pgtenant dev` with the release binary, in a temp folder), pgbench tables (scale 10)
 in the demo tenant's schema. Direct runs and PgBouncer use a role `bench` that is a member of the tenant
@@ -32,12 +32,13 @@ def main():
     ap.add_argument("--workloads", default="select,tpcb")
     ap.add_argument("--modes", default="simple,extended,prepared")
     ap.add_argument("--no-connect", action="store_true", help="skip the pgbench -C runs")
+    ap.add_argument("--no-pgbouncer", action="store_true", help="skip PgBouncer")
     ap.add_argument("--virtual-schema-off-too", action="store_true",
                     help="also run pgtenant with the virtual schema rewrite off (column pgtenant_novs)")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
 
-    with bench_env(args.pool) as env:
+    with bench_env(args.pool, with_pgbouncer=not args.no_pgbouncer) as env:
         targets = env.targets
         pgtenant_pid = env.pids["pgtenant"]
         print(f"PostgreSQL {run(['psql', '--version']).stdout.split()[-1]}, {os.cpu_count()} cores, "
