@@ -42,111 +42,88 @@ impl VirtualSchema {
     }
 
     /// `sql` with the virtual schema rewritten, or `None` when nothing names it (the common case: one
-    /// byte search, no lexing, no copy).
+    /// byte search, no lexing, no copy). One pass over the tokens, nothing collected: a small state machine
+    /// per statement for `SET search_path` and `set_config`.
     pub fn rewrite(&self, sql: &[u8]) -> Option<Vec<u8>> {
         if !super::contains_word_ignore_ascii_case(sql, self.virtual_name.as_bytes()) {
             return None;
         }
-        let all: Vec<Token> = tokens(sql).collect();
-        let significant: Vec<usize> = (0..all.len())
-            .filter(|&i| !matches!(all[i].kind, TokenKind::Whitespace | TokenKind::Comment))
-            .collect();
-        let sig = |k: usize| significant.get(k).map(|&i| &all[i]);
-        let word = |k: usize, w: &str| sig(k).is_some_and(|t| is_identifier(sql, t, w));
-        let other = |k: usize, c: u8| {
-            sig(k).is_some_and(|t| t.kind == TokenKind::Other && t.text(sql) == [c])
-        };
-        // (token index in `all`, replacement)
-        let mut replacements: Vec<(usize, Vec<u8>)> = Vec::new();
-        let mut statement_start = 0;
-        let mut k = 0;
-        while k < significant.len() {
-            let token = &all[significant[k]];
-            if other(k, b';') {
-                statement_start = k + 1;
-                k += 1;
+        let mut out = Splicer::new(sql);
+        let quoted_real = self.quoted_real();
+        // The virtual name just seen, waiting for a `.` to make it a qualifier.
+        let mut candidate: Option<Token> = None;
+        let mut set = SetStatement::Start;
+        let mut set_config = SetConfigCall::None;
+        for t in tokens(sql) {
+            if matches!(t.kind, TokenKind::Whitespace | TokenKind::Comment) {
                 continue;
             }
-            // A qualifier.
-            if is_identifier(sql, token, &self.virtual_name)
-                && sig(k + 1).is_some_and(|t| t.kind == TokenKind::Dot)
-            {
-                replacements.push((significant[k], self.quoted_real().into_bytes()));
-                k += 1;
+            if let Some(c) = candidate.take() {
+                if t.kind == TokenKind::Dot {
+                    out.replace(&c, quoted_real.as_bytes());
+                }
+            }
+            let is_word = |w: &str| is_identifier(sql, &t, w);
+            let is_char = |ch: u8| t.kind == TokenKind::Other && t.text(sql) == [ch];
+            if is_char(b';') {
+                set = SetStatement::Start;
+                set_config = SetConfigCall::None;
                 continue;
             }
             // SET [SESSION | LOCAL] search_path TO | = list
-            if k == statement_start && word(k, "set") {
-                let mut name_at = k + 1;
-                if word(name_at, "session") || word(name_at, "local") {
-                    name_at += 1;
+            set = match set {
+                SetStatement::Start if is_word("set") => SetStatement::Set,
+                SetStatement::Set if is_word("session") || is_word("local") => SetStatement::Scope,
+                SetStatement::Set | SetStatement::Scope if is_word("search_path") => {
+                    SetStatement::Name
                 }
-                if word(name_at, "search_path")
-                    && (word(name_at + 1, "to") || other(name_at + 1, b'='))
-                {
-                    let mut j = name_at + 2;
-                    while let Some(t) = sig(j) {
-                        if other(j, b';') {
-                            break;
-                        }
-                        match t.kind {
-                            TokenKind::Ident | TokenKind::QuotedIdent
-                                if is_identifier(sql, t, &self.virtual_name) =>
-                            {
-                                replacements
-                                    .push((significant[j], self.quoted_real().into_bytes()));
-                            }
-                            TokenKind::String
-                                if self.is_plain_string_naming_virtual(t.text(sql)) =>
-                            {
-                                replacements.push((
-                                    significant[j],
-                                    plain_string(&self.real_name).into_bytes(),
-                                ));
-                            }
-                            _ => {}
-                        }
-                        j += 1;
+                SetStatement::Name if is_word("to") || is_char(b'=') => SetStatement::List,
+                SetStatement::List => SetStatement::List,
+                _ => SetStatement::Other,
+            };
+            if set == SetStatement::List {
+                match t.kind {
+                    TokenKind::Ident | TokenKind::QuotedIdent
+                        if is_identifier(sql, &t, &self.virtual_name) =>
+                    {
+                        out.replace(&t, quoted_real.as_bytes())
                     }
-                    k = j;
-                    continue;
+                    TokenKind::String if self.is_plain_string_naming_virtual(t.text(sql)) => {
+                        out.replace(&t, plain_string(&self.real_name).as_bytes())
+                    }
+                    _ => {}
                 }
+                continue;
             }
             // set_config('search_path', 'value', …)
-            if word(k, "set_config") && other(k + 1, b'(') {
-                let name_is_search_path = sig(k + 2).is_some_and(|t| {
-                    t.kind == TokenKind::String
+            set_config = match set_config {
+                _ if is_word("set_config") => SetConfigCall::Name,
+                SetConfigCall::Name if is_char(b'(') => SetConfigCall::Open,
+                SetConfigCall::Open
+                    if t.kind == TokenKind::String
                         && plain_string_value(t.text(sql))
-                            .is_some_and(|v| v.eq_ignore_ascii_case("search_path"))
-                });
-                if name_is_search_path && other(k + 3, b',') {
-                    if let Some(value_token) = sig(k + 4).filter(|t| t.kind == TokenKind::String) {
-                        if let Some(value) = plain_string_value(value_token.text(sql)) {
-                            if let Some(new_value) = self.rewrite_list(&value) {
-                                replacements.push((
-                                    significant[k + 4],
-                                    plain_string(&new_value).into_bytes(),
-                                ));
-                            }
+                            .is_some_and(|v| v.eq_ignore_ascii_case("search_path")) =>
+                {
+                    SetConfigCall::Setting
+                }
+                SetConfigCall::Setting if is_char(b',') => SetConfigCall::Comma,
+                SetConfigCall::Comma => {
+                    if t.kind == TokenKind::String {
+                        if let Some(new_value) = plain_string_value(t.text(sql))
+                            .and_then(|value| self.rewrite_list(&value))
+                        {
+                            out.replace(&t, plain_string(&new_value).as_bytes());
                         }
                     }
+                    SetConfigCall::None
                 }
+                _ => SetConfigCall::None,
+            };
+            if is_identifier(sql, &t, &self.virtual_name) {
+                candidate = Some(t);
             }
-            k += 1;
         }
-        if replacements.is_empty() {
-            return None;
-        }
-        let mut out = Vec::with_capacity(sql.len() + replacements.len() * self.real_name.len());
-        let mut copied = 0;
-        for (index, replacement) in replacements {
-            let t = &all[index];
-            out.extend_from_slice(&sql[copied..t.start]);
-            out.extend_from_slice(&replacement);
-            copied = t.end;
-        }
-        out.extend_from_slice(&sql[copied..]);
-        Some(out)
+        out.finish()
     }
 
     fn is_plain_string_naming_virtual(&self, literal: &[u8]) -> bool {
@@ -168,6 +145,60 @@ impl VirtualSchema {
             })
             .collect();
         changed.then(|| parts.join(", "))
+    }
+}
+
+/// Where the tokens of a statement stand in `SET [SESSION | LOCAL] search_path TO | = list`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SetStatement {
+    Start,
+    Set,
+    Scope,
+    Name,
+    List,
+    Other,
+}
+
+/// Where the tokens stand in `set_config('search_path', 'value'`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SetConfigCall {
+    None,
+    Name,
+    Open,
+    Setting,
+    Comma,
+}
+
+/// The text with token spans replaced, copied only from the first replacement on.
+struct Splicer<'a> {
+    sql: &'a [u8],
+    out: Option<Vec<u8>>,
+    copied: usize,
+}
+
+impl<'a> Splicer<'a> {
+    fn new(sql: &'a [u8]) -> Self {
+        Self {
+            sql,
+            out: None,
+            copied: 0,
+        }
+    }
+
+    fn replace(&mut self, token: &Token, with: &[u8]) {
+        let sql = self.sql;
+        let out = self
+            .out
+            .get_or_insert_with(|| Vec::with_capacity(sql.len() + 64));
+        out.extend_from_slice(&sql[self.copied..token.start]);
+        out.extend_from_slice(with);
+        self.copied = token.end;
+    }
+
+    fn finish(self) -> Option<Vec<u8>> {
+        let mut out = self.out?;
+        out.extend_from_slice(&self.sql[self.copied..]);
+        Some(out)
     }
 }
 
