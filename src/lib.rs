@@ -22,8 +22,10 @@
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
 //! - [`txn`]: transaction pooling: a server connection per transaction, prepared statements that follow the
 //!   client, settings synchronised on each checkout.
-//! - [`sql`]: a lexer for SQL text (literals, quoted names, comments told from identifiers).
-//! - [`relay`]: the byte-level relay of one client session to its upstream connection.
+//! - [`sql`]: a lexer for SQL text (literals, quoted names, comments told from identifiers) and the virtual
+//!   schema rewrite (`public` in a tenant's SQL means its own schema).
+//! - [`relay`]: the byte-level relay of one client session to its upstream connection (session pooling): one
+//!   state machine over both streams, client messages framed only to rewrite the virtual schema.
 //! - [`scram`]: SCRAM-SHA-256, client side and stored verifiers.
 //! - [`metrics`]: counters and latency histograms per tenant, for SHOW STATS and Prometheus.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
