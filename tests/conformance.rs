@@ -23,7 +23,7 @@ use pgtenant::tenancy::credentials::RolePasswords;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
-use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 /// Server connections per tenant in transaction pooling.
 const TXN_POOL_SIZE: usize = 2;
@@ -663,19 +663,7 @@ struct Conn {
 
 impl Conn {
     async fn open(config: tokio_postgres::Config) -> Conn {
-        let (client, mut connection) = config.connect(NoTls).await.expect("connect");
-        let (tx, notices) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            loop {
-                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                    Some(Ok(AsyncMessage::Notice(notice))) => {
-                        let _ = tx.send(notice);
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                }
-            }
-        });
+        let (client, notices) = connect_with_notices(config).await;
         Conn { client, notices }
     }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio_postgres::{AsyncMessage, NoTls, SimpleQueryMessage};
+use tokio_postgres::{NoTls, SimpleQueryMessage};
 
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
@@ -222,29 +222,6 @@ async fn psycopg_txn_direct(mode: &str, clients: usize) -> ScriptRun {
         ))
     );
     run
-}
-
-/// A tokio-postgres client whose notices are collected on a channel.
-async fn connect_with_notices(
-    config: tokio_postgres::Config,
-) -> (
-    tokio_postgres::Client,
-    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::error::DbError>,
-) {
-    let (client, mut connection) = config.connect(NoTls).await.expect("connect");
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notice(notice))) => {
-                    let _ = tx.send(notice);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
-            }
-        }
-    });
-    (client, rx)
 }
 
 fn simple_values(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {

@@ -393,3 +393,29 @@ pub fn uri_component(s: &str) -> String {
         })
         .collect()
 }
+
+/// A tokio-postgres client whose notices are collected on a channel.
+pub async fn connect_with_notices(
+    config: tokio_postgres::Config,
+) -> (
+    tokio_postgres::Client,
+    tokio::sync::mpsc::UnboundedReceiver<tokio_postgres::error::DbError>,
+) {
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                Some(Ok(tokio_postgres::AsyncMessage::Notice(notice))) => {
+                    let _ = tx.send(notice);
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            }
+        }
+    });
+    (client, rx)
+}

@@ -148,27 +148,6 @@ pub fn encode(msgs: &[Msg]) -> BytesMut {
     out
 }
 
-/// Error fields of an ErrorResponse body: (code, message).
-pub fn error_fields(body: &[u8]) -> (String, String) {
-    let mut code = String::new();
-    let mut message = String::new();
-    let mut rest = body;
-    while let Some((&field, tail)) = rest.split_first() {
-        if field == 0 {
-            break;
-        }
-        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
-        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-        match field {
-            b'C' => code = value,
-            b'M' => message = value,
-            _ => {}
-        }
-        rest = &tail[(end + 1).min(tail.len())..];
-    }
-    (code, message)
-}
-
 /// One readable line per message (ParameterStatus and notices left out).
 pub fn describe_message(tag: u8, body: &[u8]) -> Option<String> {
     let mut b = body;
@@ -218,7 +197,8 @@ pub fn describe_message(tag: u8, body: &[u8]) -> Option<String> {
         }
         b'C' => format!("CommandComplete {}", text(body).trim_end_matches('\0')),
         b'E' => {
-            let (code, message) = error_fields(body);
+            let pgtenant::protocol::ErrorFields { code, message, .. } =
+                pgtenant::protocol::ErrorFields::parse(body);
             format!("Error {code} {message}")
         }
         b'Z' => format!(
