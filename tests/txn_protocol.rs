@@ -769,6 +769,92 @@ async fn raw_errors_in_every_phase_match_postgres() {
     assert_no_differences("errors", &differences);
 }
 
+/// SQL `DEALLOCATE name` of a statement prepared through the protocol (Active Record drops its statements
+/// this way): it is gone afterwards, the name can be prepared again, and in a failed transaction it is
+/// refused, as directly; a name nobody prepared gets PostgreSQL's own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sql_deallocate_of_protocol_statements_matches_postgres() {
+    use Msg::*;
+    let steps = vec![
+        step(0, "prepare a1", vec![Parse("a1", "SELECT 1 AS one"), Sync]),
+        step(0, "DEALLOCATE a1", vec![Query("DEALLOCATE a1")]),
+        step(
+            0,
+            "a1 is gone",
+            vec![Bind("", "a1", vec![]), Execute(""), Sync],
+        ),
+        step(
+            0,
+            "a1 can be prepared again",
+            vec![
+                Parse("a1", "SELECT 2 AS two"),
+                Bind("", "a1", vec![]),
+                Execute(""),
+                Sync,
+            ],
+        ),
+        step(0, "BEGIN", vec![Query("BEGIN")]),
+        step(
+            0,
+            "prepare a2 in a transaction",
+            vec![Parse("a2", "SELECT 3"), Sync],
+        ),
+        step(
+            0,
+            "DEALLOCATE PREPARE a2; in it",
+            vec![Query("deallocate prepare A2;")],
+        ),
+        step(
+            0,
+            "a2 is gone in it",
+            vec![Bind("", "a2", vec![]), Execute(""), Sync],
+        ),
+        step(0, "ROLLBACK", vec![Query("ROLLBACK")]),
+        step(0, "prepare a3", vec![Parse("a3", "SELECT 4"), Sync]),
+        step(0, "BEGIN again", vec![Query("BEGIN")]),
+        step(0, "fail the transaction", vec![Query("SELECT 1/0")]),
+        step(
+            0,
+            "DEALLOCATE in a failed transaction",
+            vec![Query("DEALLOCATE a3")],
+        ),
+        step(0, "ROLLBACK again", vec![Query("ROLLBACK")]),
+        step(
+            0,
+            "a3 survived",
+            vec![Bind("", "a3", vec![]), Execute(""), Sync],
+        ),
+        step(0, "DEALLOCATE a3", vec![Query("DEALLOCATE a3")]),
+        step(
+            0,
+            "DEALLOCATE of an unknown name",
+            vec![Query("DEALLOCATE nosuch")],
+        ),
+        step(
+            1,
+            "the other client's a1 is its own",
+            vec![Bind("", "a1", vec![]), Sync],
+        ),
+    ];
+    let (differences, direct) = compare_with_postgres("txnrawdealloc", 1, &steps).await;
+    for (i, code) in [
+        (2, "26000"),
+        (7, "26000"),
+        (12, "25P02"),
+        (16, "26000"),
+        (17, "26000"),
+    ] {
+        assert!(
+            direct[i]
+                .iter()
+                .any(|l| l.starts_with(&format!("Error {code}"))),
+            "step {i}: {:?}",
+            direct[i]
+        );
+    }
+    assert_no_differences("SQL DEALLOCATE", &differences);
+}
+
 /// `pg_prepared_statements` in transaction pooling: a client sees its own statements under its own names, as
 /// directly, and never the statements other clients of the tenant left on the shared server connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

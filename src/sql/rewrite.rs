@@ -4,12 +4,16 @@
 //!
 //! - a qualifier: `public.orders`, `"public"."User"`, `PUBLIC.f(x)` (the name followed by a `.`);
 //! - `SET [SESSION | LOCAL] search_path TO | = …`: each element naming it;
-//! - `set_config('search_path', '…', …)`: each element of the value naming it.
+//! - `set_config('search_path', '…', …)`: each element of the value naming it;
+//! - in catalog lookups and relation names given as text, the forms ORMs send ([`catalog`]):
+//!   `n.nspname LIKE 'public'`, `nextval('public.seq')`, `'public.t'::regclass`.
 //!
 //! Everything else is left as written: the same letters in a string, a comment, a column called `public`,
 //! another schema's name (isolation stays PostgreSQL's), results and error messages.
 
 use super::lexer::{is_identifier, tokens, Token, TokenKind};
+
+mod catalog;
 
 /// What to rewrite into what.
 #[derive(Clone, Debug)]
@@ -54,6 +58,8 @@ impl VirtualSchema {
         let mut candidate: Option<Token> = None;
         let mut set = SetStatement::Start;
         let mut set_config = SetConfigCall::None;
+        let mut schema_comparison = catalog::SchemaComparison::default();
+        let mut relation_name = catalog::RelationName::default();
         for t in tokens(sql) {
             if matches!(t.kind, TokenKind::Whitespace | TokenKind::Comment) {
                 continue;
@@ -62,6 +68,12 @@ impl VirtualSchema {
                 if t.kind == TokenKind::Dot {
                     out.replace(&c, quoted_real.as_bytes());
                 }
+            }
+            if let Some(real) = schema_comparison.step(sql, &t, self) {
+                out.replace(&t, real.as_bytes());
+            }
+            if let Some((literal, real)) = relation_name.step(sql, &t, self) {
+                out.replace(&literal, real.as_bytes());
             }
             let is_word = |w: &str| is_identifier(sql, &t, w);
             let is_char = |ch: u8| t.kind == TokenKind::Other && t.text(sql) == [ch];
@@ -185,7 +197,11 @@ impl<'a> Splicer<'a> {
         }
     }
 
+    /// Replaces `token`, which must lie after every token replaced so far (one that does not is left).
     fn replace(&mut self, token: &Token, with: &[u8]) {
+        if token.start < self.copied {
+            return;
+        }
         let sql = self.sql;
         let out = self
             .out

@@ -15,6 +15,7 @@
 //! The loop is an event loop over two output buffers: it keeps reading both sides while writes are pending
 //! (up to a high-water mark), so a large pipelined batch cannot deadlock client, pgtenant and server.
 
+mod deallocate;
 pub mod expect;
 pub mod introspection;
 pub mod lasting;
@@ -516,6 +517,9 @@ impl TxnSession<'_> {
             }
             _ => frame,
         };
+        if msg_tag == tag::QUERY && self.answer_deallocate(state, &frame) {
+            return Step::Continue;
+        }
         let body = &frame[5.min(frame.len())..];
         // Answered without a server: closing a named statement, and a Sync or Flush with nothing pending.
         if state.server.is_none() {
@@ -827,6 +831,35 @@ impl TxnSession<'_> {
     }
 
     /// Sends synthetic responses that reached the head of the queue.
+    /// A Query that is one SQL `DEALLOCATE` of one of the client's protocol-level statements, with nothing
+    /// outstanding: answered here as PostgreSQL would (see [`deallocate`]). Returns whether it was.
+    fn answer_deallocate(&self, state: &mut State, frame: &Bytes) -> bool {
+        if !is_whole(frame) || !state.expect.is_empty() || state.pending > 0 {
+            return false;
+        }
+        let Some(name) =
+            crate::sql::message::text(tag::QUERY, frame).and_then(deallocate::deallocated_name)
+        else {
+            return false;
+        };
+        if state.statements.get(&name).is_none() {
+            return false;
+        }
+        let status = if state.server.is_none() {
+            TxStatus::Idle
+        } else {
+            state.status
+        };
+        if status == TxStatus::Failed {
+            protocol::write::error_response(&mut state.to_client, &transaction_aborted());
+        } else {
+            state.statements.remove(&name);
+            protocol::write::command_complete(&mut state.to_client, "DEALLOCATE");
+        }
+        protocol::write::ready_for_query(&mut state.to_client, status);
+        true
+    }
+
     fn emit_synthetic(&self, state: &mut State) {
         for frame in state.expect.take_synthetic_head() {
             state.to_client.extend_from_slice(&frame);
@@ -1076,6 +1109,13 @@ fn duplicate_statement(name: &str) -> PgError {
     PgError::error(
         "42P05",
         format!("prepared statement \"{name}\" already exists"),
+    )
+}
+
+fn transaction_aborted() -> PgError {
+    PgError::error(
+        "25P02",
+        "current transaction is aborted, commands ignored until end of transaction block",
     )
 }
 

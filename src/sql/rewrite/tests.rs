@@ -174,3 +174,80 @@ fn the_token_stream_is_kept_but_for_the_rewritten_names() {
         }
     }
 }
+
+#[test]
+fn catalog_lookups_of_the_virtual_schema_are_rewritten_as_captured_from_the_tools() {
+    let cases: &[(&str, &str)] = &[
+        // pgjdbc DatabaseMetaData.getTables / getColumns (Hibernate hbm2ddl validate)
+        (
+            "WHERE c.relnamespace = n.oid AND n.nspname LIKE 'public' AND c.relname LIKE 'gadgets'",
+            "WHERE c.relnamespace = n.oid AND n.nspname LIKE 'org_abc' AND c.relname LIKE 'gadgets'",
+        ),
+        // Active Record table_exists?("public.authors")
+        (
+            "WHERE n.nspname = 'public' AND c.relname = 'authors'",
+            "WHERE n.nspname = 'org_abc' AND c.relname = 'authors'",
+        ),
+        (
+            "WHERE \"table_schema\" = 'public' AND \"table_name\" = 'x'",
+            "WHERE \"table_schema\" = 'org_abc' AND \"table_name\" = 'x'",
+        ),
+        (
+            "WHERE schemaname <> 'public' AND nspname NOT ILIKE 'public'",
+            "WHERE schemaname <> 'org_abc' AND nspname NOT ILIKE 'org_abc'",
+        ),
+        (
+            "WHERE nspname != 'public'",
+            "WHERE nspname != 'org_abc'",
+        ),
+        (
+            "WHERE table_schema IN ('pg_catalog', 'public') AND x = 1",
+            "WHERE table_schema IN ('pg_catalog', 'org_abc') AND x = 1",
+        ),
+        // Hibernate's sequence and identity reads
+        (
+            "select nextval ('public.gadget_ids')",
+            "select nextval ('\"org_abc\".gadget_ids')",
+        ),
+        (
+            "SELECT currval('\"public\".\"T_id_seq\"'), setval('PUBLIC.s', 5), pg_catalog.to_regclass('public.t')",
+            "SELECT currval('\"org_abc\".\"T_id_seq\"'), setval('\"org_abc\".s', 5), pg_catalog.to_regclass('\"org_abc\".t')",
+        ),
+        (
+            "SELECT pg_get_serial_sequence('public.books', 'id')",
+            "SELECT pg_get_serial_sequence('\"org_abc\".books', 'id')",
+        ),
+        // Active Record's column lookup of a qualified table name
+        (
+            "WHERE a.attrelid = '\"public\".\"books\"'::regclass AND a.attnum > 0",
+            "WHERE a.attrelid = '\"org_abc\".\"books\"'::regclass AND a.attnum > 0",
+        ),
+        (
+            "SELECT 'public.books' :: regclass",
+            "SELECT '\"org_abc\".books' :: regclass",
+        ),
+    ];
+    for (sql, want) in cases {
+        assert_eq!(rewritten(sql), *want, "for {sql}");
+    }
+}
+
+#[test]
+fn strings_that_are_data_are_left_alone() {
+    let unchanged = [
+        "SELECT 'public'",
+        "SELECT * FROM notes WHERE visibility = 'public'",
+        "SELECT * FROM notes WHERE nspname_note = 'public'",
+        "WHERE n.nspname = ANY (current_schemas(false)) AND c.relname = 'public'",
+        "WHERE n.nspname = 'publicity'",
+        "WHERE n.nspname = 'PUBLIC'",
+        "SELECT nextval('orders_id_seq'), nextval('other.public')",
+        "SELECT 'public.books'::text, 'public.t'::regtype",
+        "SELECT nspname, 'public' FROM pg_namespace",
+        "SELECT upper('public.x'), '\"public\".x'",
+        "WHERE nspname = E'public'",
+    ];
+    for sql in unchanged {
+        assert_eq!(rewritten(sql), sql, "for {sql}");
+    }
+}

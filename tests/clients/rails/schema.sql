@@ -1,0 +1,1 @@
+-- Rails creates its tables itself (migrations in app.rb); the database starts empty.
