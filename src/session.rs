@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
 use tokio::net::TcpStream;
 
 /// Startup parameters that are not session settings and so are not passed on with `set_config`.
@@ -420,7 +420,7 @@ async fn handshake(
             .map(|p| p.map(|p| (client, p)));
     }
     loop {
-        match protocol::read_startup_packet(&mut tcp).await? {
+        match read_first_packet(&mut tcp).await? {
             StartupPacket::Ssl => match &proxy.tls() {
                 Some(acceptor) => {
                     tcp.write_all(b"S").await.map_err(ProtocolError::Io)?;
@@ -457,7 +457,7 @@ async fn startup_after_tls(
     proxy: &Proxy,
     client: &mut ClientStream,
 ) -> Result<Option<StartupParams>, LoginError> {
-    match protocol::read_startup_packet(client).await? {
+    match read_first_packet(client).await? {
         StartupPacket::Startup(params) => Ok(Some(params)),
         StartupPacket::Cancel {
             process_id,
@@ -482,6 +482,32 @@ async fn startup_after_tls(
             Err(LoginError::Refused(e.message))
         }
     }
+}
+
+/// Reads a StartupMessage, SSLRequest, GSSENCRequest or CancelRequest. One pgtenant cannot read gets a FATAL
+/// ErrorResponse saying why before the connection closes (0A000 for a protocol version other than 3, 08P01
+/// for a malformed packet), as PostgreSQL does for most of them; a connection that closed gets nothing.
+async fn read_first_packet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<StartupPacket, ProtocolError> {
+    let result = protocol::read_startup_packet(stream).await;
+    if let Err(e) = &result {
+        let code = match e {
+            ProtocolError::UnsupportedProtocol { .. } => Some(sqlstate::FEATURE_NOT_SUPPORTED),
+            ProtocolError::BadStartupLength(_) | ProtocolError::BadStartup(_) => {
+                Some(sqlstate::PROTOCOL_VIOLATION)
+            }
+            _ => None,
+        };
+        if let Some(code) = code {
+            tracing::info!(reason = %e, "first packet refused");
+            let mut out = BytesMut::new();
+            protocol::write::error_response(&mut out, &PgError::fatal(code, e.to_string()));
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+        }
+    }
+    result
 }
 
 async fn forward_cancel(proxy: &Proxy, key: ClientKey) {

@@ -530,6 +530,10 @@ pub struct FrameScanner {
     frame_start: Option<usize>,
 }
 
+/// Longest frame either side may send (PostgreSQL's own limit for a client message is just under 1 GiB, and
+/// it cannot build a larger one): a length field beyond it is a broken stream, not a message to relay.
+pub const MAX_FRAME_LEN: usize = 1 << 30;
+
 /// Largest body [`FrameScanner`] collects for a peek.
 const PEEK_MAX: usize = 256;
 
@@ -552,7 +556,7 @@ impl FrameScanner {
     /// body (bodies of at most 256 bytes only); `on_frame` is then called once per frame with the tag and the
     /// collected body (empty if not collected). When `on_frame` returns `false`, scanning stops there and
     /// `scan` returns where that frame lies in this chunk (the relay stops at a Terminate this way).
-    /// Returns `Err` on a length below 4.
+    /// Returns `Err` on a length below 4 or above [`MAX_FRAME_LEN`].
     pub fn scan(
         &mut self,
         chunk: &[u8],
@@ -603,7 +607,7 @@ impl FrameScanner {
                 self.header[3],
                 self.header[4],
             ]);
-            if len < 4 {
+            if len < 4 || len as usize > MAX_FRAME_LEN {
                 return Err(ProtocolError::BadFrameLength {
                     tag: tag as char,
                     len: len.max(0) as usize,

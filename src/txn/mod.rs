@@ -564,6 +564,20 @@ impl TxnSession<'_> {
                         }
                     }
                 }
+                // A Sync or Flush with a body is malformed: PostgreSQL reports it (and, after a Flush,
+                // skips to the next Sync).
+                tag::SYNC | tag::FLUSH if !body.is_empty() => {
+                    protocol::write::error_response(
+                        &mut state.to_client,
+                        &invalid_message_format(),
+                    );
+                    if msg_tag == tag::SYNC && state.expect.is_empty() && state.pending == 0 {
+                        protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
+                    } else {
+                        state.skipping_to_sync = true;
+                    }
+                    return Step::Continue;
+                }
                 tag::SYNC if state.expect.is_empty() && state.pending == 0 => {
                     protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
                     return Step::Continue;
@@ -1109,6 +1123,13 @@ fn duplicate_statement(name: &str) -> PgError {
     PgError::error(
         "42P05",
         format!("prepared statement \"{name}\" already exists"),
+    )
+}
+
+fn invalid_message_format() -> PgError {
+    PgError::error(
+        crate::protocol::sqlstate::PROTOCOL_VIOLATION,
+        "invalid message format",
     )
 }
 
