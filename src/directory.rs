@@ -111,8 +111,28 @@ pub enum DirectoryError {
 
 type AdminPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
 
+/// Receives the pool's failed connection attempts: logs them and wakes the lookups waiting.
+#[derive(Debug, Clone)]
+struct ConnectFailures(Arc<tokio::sync::Notify>);
+
+impl bb8::ErrorSink<tokio_postgres::Error> for ConnectFailures {
+    fn sink(&self, error: tokio_postgres::Error) {
+        tracing::warn!(%error, "cannot connect to the directory database");
+        self.0.notify_waiters();
+    }
+
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+}
+
+/// Admin connections the directory keeps.
+const DIRECTORY_POOL_SIZE: u32 = 4;
+
 pub struct Directory {
     pool: AdminPool,
+    /// Woken when the pool fails to open a connection: lookups waiting for one fail at once.
+    connect_failed: Arc<tokio::sync::Notify>,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, Vec<User>)>>,
 }
@@ -125,13 +145,19 @@ impl Directory {
     /// Connects lazily: the first lookup opens the first admin connection.
     pub fn new(admin: tokio_postgres::Config, ttl: Duration) -> Arc<Self> {
         let manager = PostgresConnectionManager::new(admin, NoTls);
+        let connect_failed = Arc::new(tokio::sync::Notify::new());
         let pool = bb8::Pool::builder()
-            .max_size(4)
+            .max_size(DIRECTORY_POOL_SIZE)
             .connection_timeout(Duration::from_secs(5))
             .test_on_check_out(false)
+            // A failed connect fails the waiting lookup instead of retrying with a growing backoff (up to
+            // 2.5 s between tries), so logins recover as soon as the server accepts connections again.
+            .retry_connection(false)
+            .error_sink(Box::new(ConnectFailures(connect_failed.clone())))
             .build_unchecked(manager);
         Arc::new(Self {
             pool,
+            connect_failed,
             ttl,
             cache: Mutex::new(HashMap::new()),
         })
@@ -160,12 +186,23 @@ impl Directory {
         Ok(users)
     }
 
+    /// Runs the lookup; a pooled connection found closed (the server restarted since it was opened) is
+    /// dropped and the lookup tried again on another, at most once per connection the pool can hold.
     async fn query(&self, identity: &Identity) -> Result<Vec<User>, DirectoryError> {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        let mut tries = 0;
+        loop {
+            match self.query_once(identity).await {
+                Err(DirectoryError::Query(e)) if e.is_closed() && tries < DIRECTORY_POOL_SIZE => {
+                    tries += 1;
+                    tracing::debug!("directory connection found closed; trying another");
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn query_once(&self, identity: &Identity) -> Result<Vec<User>, DirectoryError> {
+        let conn = self.connection().await?;
         let rows = match identity {
             Identity::UserId(id) => {
                 let Ok(id) = Uuid::parse_str(id) else {
@@ -213,10 +250,23 @@ impl Directory {
     pub async fn admin(
         &self,
     ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DirectoryError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))
+        self.connection().await
+    }
+
+    /// A pooled connection; fails as soon as the pool's attempt to open one fails (the server is down)
+    /// rather than after the pool's timeout.
+    async fn connection(
+        &self,
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DirectoryError> {
+        let failed = self.connect_failed.notified();
+        tokio::pin!(failed);
+        failed.as_mut().enable();
+        tokio::select! {
+            conn = self.pool.get() => conn.map_err(|e| DirectoryError::Unavailable(e.to_string())),
+            () = &mut failed => Err(DirectoryError::Unavailable(
+                "cannot connect to the directory database".into(),
+            )),
+        }
     }
 
     /// Sets a tenant role's password back to its derived value (given as a SCRAM verifier). A tenant can

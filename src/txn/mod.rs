@@ -100,7 +100,8 @@ struct State {
     server_in: BytesMut,
     /// Body bytes of a large server frame still to stream through.
     server_streaming: usize,
-    /// The last server message was an ErrorResponse (a FATAL before it closed, typically).
+    /// The last server message relayed to the client was an ErrorResponse (a FATAL before it closed,
+    /// typically).
     last_server_error: bool,
     /// Session state the client's SQL left on the server connection, told at the end of the transaction.
     lasting: Option<lasting::LastingState>,
@@ -977,7 +978,6 @@ impl TxnSession<'_> {
                     _ => {}
                 }
             }
-            state.last_server_error = msg_tag == b'E';
             // An error naming pgtenant's server-side statement names the client's instead.
             let renamed = if msg_tag == b'E' && whole {
                 state
@@ -990,6 +990,11 @@ impl TxnSession<'_> {
                 None
             };
             let outcome = state.expect.on_server_message(msg_tag);
+            // What the client last saw: a FATAL pgtenant swallowed (the answer to a message it injected)
+            // leaves the client without an error, so pgtenant adds its own when the server then closes.
+            if outcome.disposition != Some(Disposition::Swallow) {
+                state.last_server_error = msg_tag == b'E';
+            }
             state.pending = state.pending.saturating_sub(outcome.syncs_ignored);
             self.apply(state, &outcome);
             let take = if whole { total } else { state.server_in.len() };
