@@ -126,6 +126,11 @@ impl bb8::ErrorSink<tokio_postgres::Error> for ConnectFailures {
     }
 }
 
+/// A role that never logs in, whose password is derived from the server secret like a tenant role's: a
+/// tenant can change its own role's password, never this one's, so it tells whether a pgtenant has the
+/// server secret the tenants were set up with.
+pub const SECRET_CHECK_ROLE: &str = "pgtenant_secret_check";
+
 /// Admin connections the directory keeps.
 const DIRECTORY_POOL_SIZE: u32 = 4;
 
@@ -267,6 +272,32 @@ impl Directory {
                 "cannot connect to the directory database".into(),
             )),
         }
+    }
+
+    /// The SCRAM verifier PostgreSQL stores for [`SECRET_CHECK_ROLE`], if that role exists (reading
+    /// `pg_authid` needs a superuser as the admin user).
+    pub async fn secret_check_verifier(&self) -> Result<Option<String>, DirectoryError> {
+        let conn = self.connection().await?;
+        let row = conn
+            .query_opt(
+                "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+                &[&SECRET_CHECK_ROLE],
+            )
+            .await?;
+        Ok(row.and_then(|r| r.get(0)))
+    }
+
+    /// Creates [`SECRET_CHECK_ROLE`] (NOLOGIN) with `verifier` as its password; one that exists already
+    /// (another pgtenant was first) is left as it is.
+    pub async fn create_secret_check(&self, verifier: &str) -> Result<(), DirectoryError> {
+        let conn = self.connection().await?;
+        let sql = format!(
+            "DO $$ BEGIN CREATE ROLE {SECRET_CHECK_ROLE} NOLOGIN PASSWORD {}; \
+             EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+            quote_literal(verifier)
+        );
+        conn.batch_execute(&sql).await?;
+        Ok(())
     }
 
     /// Sets a tenant role's password back to its derived value (given as a SCRAM verifier). A tenant can

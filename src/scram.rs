@@ -68,6 +68,34 @@ pub fn verifier(password: &str, salt: &[u8; 16], iterations: NonZeroU32) -> Stri
     )
 }
 
+/// Whether `password` is the one `verifier` (as PostgreSQL stores it in `pg_authid.rolpassword`:
+/// `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`) was made from. Anything else: false.
+pub fn verifier_matches(password: &str, verifier: &str) -> bool {
+    let Some(rest) = verifier
+        .strip_prefix(MECHANISM)
+        .and_then(|r| r.strip_prefix('$'))
+    else {
+        return false;
+    };
+    let Some((params, keys)) = rest.split_once('$') else {
+        return false;
+    };
+    let (Some((iterations, salt)), Some((stored_key, _))) =
+        (params.split_once(':'), keys.split_once(':'))
+    else {
+        return false;
+    };
+    let (Some(iterations), Ok(salt), Ok(stored_key)) = (
+        iterations.parse::<u32>().ok().and_then(NonZeroU32::new),
+        B64.decode(salt),
+        B64.decode(stored_key),
+    ) else {
+        return false;
+    };
+    let salted = salted_password(password.as_bytes(), &salt, iterations);
+    sha256(&hmac_sha256(&salted, b"Client Key")).as_slice() == stored_key.as_slice()
+}
+
 /// A fresh random salt.
 pub fn random_salt() -> [u8; 16] {
     rand::random()
@@ -173,6 +201,23 @@ impl Default for ScramClient {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn verifiers_match_only_their_password() {
+        let iterations = NonZeroU32::new(16).expect("nonzero");
+        let v = verifier("right horse", &[7u8; 16], iterations);
+        assert!(verifier_matches("right horse", &v));
+        assert!(!verifier_matches("wrong horse", &v));
+        for garbage in [
+            "",
+            "md5abc",
+            "SCRAM-SHA-256$",
+            "SCRAM-SHA-256$0:AAAA$AAAA:AAAA",
+            "SCRAM-SHA-256$16:!!$x:y",
+        ] {
+            assert!(!verifier_matches("right horse", garbage), "{garbage}");
+        }
+    }
+
     use super::*;
 
     /// Plays the server side from a stored verifier, as PostgreSQL does, to check both halves agree.

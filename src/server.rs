@@ -41,6 +41,14 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     let client_slots = Arc::new(Semaphore::new(proxy.config().server.max_client_connections));
     let reaper = tokio::spawn(reap_idle_connections(proxy.clone()));
     let listener_task = proxy.spawn_directory_listener();
+    {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let passwords =
+                crate::tenancy::credentials::RolePasswords::new(proxy.config().server_secret());
+            crate::tenancy::secret_check::check_at_start(&proxy.directory, &passwords).await;
+        });
+    }
     let metrics_task = match proxy.config().server.metrics_listen {
         Some(addr) => match TcpListener::bind(addr).await {
             Ok(l) => Some(tokio::spawn(crate::metrics_http::serve(l, proxy.clone()))),

@@ -762,9 +762,14 @@ async fn acquire_upstream(proxy: &Proxy, user: &User) -> Result<crate::pool::Che
         Err(PoolError::Upstream(UpstreamError::Refused(fields)))
             if fields.code == sqlstate::INVALID_PASSWORD =>
         {
+            let passwords = RolePasswords::new(proxy.config().server_secret());
+            if crate::tenancy::secret_check::is_wrong(&proxy.directory, &passwords).await {
+                // Restoring would lock out every pgtenant that has the right secret.
+                tracing::error!(tenant = %user.tenant.slug, %role, "upstream login refused, and upstream.server_secret differs from the one the tenants were set up with (role pgtenant_secret_check): not restoring the role's password");
+                return Err(PoolError::Upstream(UpstreamError::Refused(fields)));
+            }
             tracing::warn!(tenant = %user.tenant.slug, %role, "tenant role password was changed outside pgtenant; restoring it");
-            let verifier =
-                RolePasswords::new(proxy.config().server_secret()).verifier_for(role.as_str());
+            let verifier = passwords.verifier_for(role.as_str());
             if let Err(e) = proxy.directory.restore_role_password(role, &verifier).await {
                 tracing::error!(error = %e, "could not restore the tenant role's password");
                 return Err(PoolError::Upstream(UpstreamError::Refused(fields)));
