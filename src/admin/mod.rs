@@ -1,13 +1,15 @@
 //! The admin channel: a client that connects to the reserved database (`server.admin_database`, default
 //! `pgtenant`) with an administrator's token is served by pgtenant itself, in the PostgreSQL protocol, so
-//! psql shows tables. Commands are parsed in [`parse`], run by [`show`], [`tenants`] and [`migrate`] (which
-//! call the same library functions as the CLI), and answered as text columns. Long commands stream progress
-//! as NOTICE messages while they run.
+//! psql shows tables. Commands are parsed in [`parse`], run by [`show`], [`logins`], [`tenants`], [`tokens`]
+//! and [`migrate`] (which call the same library functions as the CLI), and answered as text columns. Long
+//! commands stream progress as NOTICE messages while they run.
 
+mod logins;
 mod migrate;
 pub mod parse;
 mod show;
 mod tenants;
+mod tokens;
 
 use crate::protocol::{self, sqlstate, tag, PgError, TxStatus};
 use crate::proxy::Proxy;
@@ -260,6 +262,15 @@ async fn execute(proxy: Arc<Proxy>, command: Command, notices: Notices) -> Resul
         Command::ShowStats => Ok(show::stats(&proxy)),
         Command::Pause { tenant } => tenants::pause(&proxy, tenant.as_deref(), &notices).await,
         Command::Unpause { tenant } => tenants::unpause(&proxy, tenant.as_deref()).await,
+        Command::ShowLogins => Ok(logins::logins(&proxy)),
+        Command::RevokeToken { jti, sessions } => {
+            tokens::revoke_token(&proxy, &jti, sessions).await
+        }
+        Command::RevokeUser { email, sessions } => {
+            tokens::revoke_user(&proxy, &email, sessions).await
+        }
+        Command::DisableUser { email } => tokens::set_disabled(&proxy, &email, true).await,
+        Command::EnableUser { email } => tokens::set_disabled(&proxy, &email, false).await,
         Command::Shutdown => {
             let _ = notices
                 .send("pgtenant stops accepting clients; running transactions may finish".into());

@@ -4,5 +4,6 @@
 pub mod credentials;
 mod onboard;
 pub mod ops;
+pub mod revoke;
 
 pub use onboard::{find_user_by_email, onboard, OnboardError, OnboardRequest, Onboarded};
