@@ -23,11 +23,11 @@ BEGIN
         PERFORM pg_notify('pgtenant_directory', 'revocations changed');
     ELSIF NEW.jti IS NOT NULL THEN
         PERFORM pg_notify('pgtenant_directory',
-            format('revoked jti %s %s', NEW.end_sessions, NEW.jti));
+            format('revoked jti %s %s', NEW.end_sessions::text, NEW.jti));
     ELSE
         -- Whole seconds, rounded up: a token issued in the second of the revocation is refused too.
         PERFORM pg_notify('pgtenant_directory',
-            format('revoked user %s %s %s', NEW.end_sessions, NEW.user_id,
+            format('revoked user %s %s %s', NEW.end_sessions::text, NEW.user_id,
                    ceil(extract(epoch FROM NEW.revoked_before))::bigint));
     END IF;
     RETURN NULL;

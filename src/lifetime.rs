@@ -18,15 +18,18 @@ pub struct Deadline {
     pub reason: PgError,
 }
 
-/// The session's deadline, if it has one: the earlier of its token's expiry (`exp` + `auth.leeway_secs`, as at
-/// login, with `session_expiry = "end"`) and `server.max_session_secs` (0: none).
+/// The session's deadline, if it has one: the earlier of its token's expiry (with `session_expiry = "end"`: the
+/// first second in which a login with the token is refused, `exp` + `auth.leeway_secs` + 1, as the verifier
+/// compares whole seconds) and `server.max_session_secs` (0: none).
 pub fn deadline(config: &Config, token_expires_at: u64, now: SystemTime) -> Option<Deadline> {
     let now_secs = now
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
     let expiry = (config.auth.session_expiry == SessionExpiry::End).then(|| {
-        let at = token_expires_at.saturating_add(config.auth.leeway_secs) as f64;
+        let at = token_expires_at
+            .saturating_add(config.auth.leeway_secs)
+            .saturating_add(1) as f64;
         Deadline {
             after: Duration::from_secs_f64((at - now_secs).max(0.0)),
             reason: PgError::fatal(
@@ -92,7 +95,7 @@ mod tests {
         let now = UNIX_EPOCH + Duration::from_secs(1_000);
         assert!(deadline(&config(SessionExpiry::Ignore, 0, 30), 1_010, now).is_none());
         let d = deadline(&config(SessionExpiry::End, 0, 5), 1_010, now).expect("expiry");
-        assert_eq!(d.after, Duration::from_secs(15));
+        assert_eq!(d.after, Duration::from_secs(16));
         assert_eq!(d.reason.code, "28P01");
         let d = deadline(&config(SessionExpiry::End, 3, 5), 1_010, now).expect("cap first");
         assert_eq!(d.after, Duration::from_secs(3));
@@ -100,7 +103,7 @@ mod tests {
         let d = deadline(&config(SessionExpiry::Ignore, 3, 5), 1_010, now).expect("cap");
         assert_eq!(d.after, Duration::from_secs(3));
         // A token already past its exp (within the leeway) ends the session at its first idle point.
-        let d = deadline(&config(SessionExpiry::End, 0, 0), 900, now).expect("past");
+        let d = deadline(&config(SessionExpiry::End, 0, 0), 999, now).expect("past");
         assert_eq!(d.after, Duration::ZERO);
     }
 }

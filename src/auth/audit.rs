@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use uuid::Uuid;
 
 /// Why a login was refused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// Too many failed logins from the source address.
     RateLimitedAddress,

@@ -111,7 +111,8 @@ impl DirectoryEvent {
     /// The announcements of the revocation triggers (and of a disabled user); `None` for others. A payload
     /// that starts like one but does not parse is `RevocationsChanged`: reload rather than miss it.
     fn parse_revocation(payload: &str) -> Option<DirectoryEvent> {
-        let flag = |s: &str| s == "true";
+        // `format('%s', boolean)` in PL/pgSQL gives t / f; the migration's trigger spells them out.
+        let flag = |s: &str| s == "true" || s == "t";
         if payload == "revocations changed" {
             return Some(DirectoryEvent::RevocationsChanged);
         }
