@@ -62,19 +62,17 @@ pub fn deadline(config: &Config, token_expires_at: u64, now: SystemTime) -> Opti
 /// The relay's drain signal for one session: completes when `drain` does (shutdown), or at the deadline,
 /// after noting the deadline's reason on the session (told to the client when the relay ends at the next
 /// idle point).
-pub fn drain_or_deadline<'a>(
-    drain: impl Future<Output = ()> + 'a,
+pub async fn drain_or_deadline(
+    drain: impl Future<Output = ()>,
     deadline: Option<Deadline>,
-    session: &'a SessionHandle,
-) -> impl Future<Output = ()> + 'a {
-    async move {
-        let Some(deadline) = deadline else {
-            return drain.await;
-        };
-        tokio::select! {
-            _ = drain => {}
-            _ = tokio::time::sleep(deadline.after) => session.set_reason(deadline.reason),
-        }
+    session: &SessionHandle,
+) {
+    let Some(deadline) = deadline else {
+        return drain.await;
+    };
+    tokio::select! {
+        _ = drain => {}
+        _ = tokio::time::sleep(deadline.after) => session.set_reason(deadline.reason),
     }
 }
 

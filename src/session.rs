@@ -320,8 +320,9 @@ async fn finish(
                 .await;
             }
         }
-        RelayEnd::Shutdown => {
-            broken = true;
+        RelayEnd::Shutdown | RelayEnd::Drained => {
+            // Drained at an idle point for the session's deadline, the connection goes back to the pool.
+            broken = matches!(end, RelayEnd::Shutdown) || proxy.shutdown.is_cancelled();
             let reason = reason.unwrap_or_else(|| {
                 PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
             });

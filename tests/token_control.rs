@@ -236,6 +236,20 @@ async fn ends_between_transactions(
         Some(code)
     );
     assert!(idle.client.simple_query("SELECT 1").await.is_err());
+    // Ended at idle points, the server connections went back to the pool (session pooling: one each).
+    if proxy.config.pool.mode == pgtenant::config::PoolMode::Session {
+        let role = tenant.onboarded.role.to_string();
+        let back = eventually(Duration::from_secs(3), || async {
+            proxy
+                .proxy
+                .pools
+                .stats()
+                .iter()
+                .any(|p| p.role.as_str() == role && p.idle == 2 && p.active == 0)
+        })
+        .await;
+        assert!(back, "{:?}", proxy.proxy.pools.stats());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,8 +280,7 @@ async fn an_expired_token_ends_its_session_between_transactions() {
         let err = proxy
             .try_connect(&tenant.email, &token)
             .await
-            .err()
-            .expect("refused");
+            .expect_err("refused");
         assert_eq!(sqlstate(&err), "28P01");
         proxy.stop().await;
     }
