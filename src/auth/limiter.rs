@@ -344,12 +344,14 @@ impl LoginLimiter {
             })
     }
 
-    /// Buckets held (addresses, identities, tenants), for tests and SHOW CONFIG.
+    /// Buckets held (addresses, identities, tenants).
     pub fn sizes(&self) -> (usize, usize, usize) {
-        let len = |m: &Mutex<Buckets<_>>| m.lock().map(|b| b.len()).unwrap_or(0);
+        fn len<K: Hash + Eq + Clone>(buckets: &Mutex<Buckets<K>>) -> usize {
+            buckets.lock().map(|b| b.len()).unwrap_or(0)
+        }
         (
-            self.addresses.lock().map(|b| b.len()).unwrap_or(0),
-            self.identities.lock().map(|b| b.len()).unwrap_or(0),
+            len(&self.addresses),
+            len(&self.identities),
             len(&self.tenants),
         )
     }

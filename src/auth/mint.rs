@@ -24,8 +24,8 @@ pub struct MintRequest {
     pub issuer: Option<String>,
 }
 
-/// Mints an HS256 token with `secret` (at least 32 bytes): claims `sub`, `iat`, `exp`, a random `jti`, and `email`, `aud`,
-/// `iss`, `<admin_claim>: true` when requested.
+/// Mints an HS256 token with `secret` (at least 32 bytes): claims `sub`, `iat`, `exp`, a random `jti`, and
+/// `email`, `aud`, `iss`, `<admin_claim>: true` when requested.
 pub fn mint_hs256(
     secret: &[u8],
     req: &MintRequest,
