@@ -591,6 +591,18 @@ mod tests {
         let mut config: Config = toml::from_str(&text).expect("example config parses");
         config.upstream.server_secret = Some("0123456789abcdef0123".into());
         config.validate().expect("example config validates");
+        // The token-control keys are shown with their defaults.
+        let defaults = Config::default();
+        assert_eq!(
+            format!("{:?}", config.login),
+            format!("{:?}", defaults.login)
+        );
+        assert_eq!(config.server.max_session_secs, defaults.server.max_session_secs);
+        assert_eq!(config.auth.session_expiry, defaults.auth.session_expiry);
+        assert_eq!(
+            config.auth.revocation_refresh_secs,
+            defaults.auth.revocation_refresh_secs
+        );
     }
 
     #[test]
