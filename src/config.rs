@@ -597,7 +597,10 @@ mod tests {
             format!("{:?}", config.login),
             format!("{:?}", defaults.login)
         );
-        assert_eq!(config.server.max_session_secs, defaults.server.max_session_secs);
+        assert_eq!(
+            config.server.max_session_secs,
+            defaults.server.max_session_secs
+        );
         assert_eq!(config.auth.session_expiry, defaults.auth.session_expiry);
         assert_eq!(
             config.auth.revocation_refresh_secs,

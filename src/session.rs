@@ -606,6 +606,7 @@ async fn login(
                 .email
                 .clone()
                 .unwrap_or_else(|| claims.identity.value().to_string()),
+            token_expires_at: claims.expires_at,
         }));
     }
 

@@ -643,3 +643,28 @@ async fn tenant_logins_per_second_can_be_capped() {
     assert!(back, "the tenant's allowance refills");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_session_past_its_deadline_ends_at_its_next_command() {
+    let proxy = TestProxy::start_with(|c| c.server.max_session_secs = 1).await;
+    let mut config = proxy.client_config("ops", &admin_token());
+    config.dbname("pgtenant");
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("admin login");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+        .simple_query("SHOW VERSION")
+        .await
+        .expect("served before the deadline");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let err = client
+        .simple_query("SHOW VERSION")
+        .await
+        .expect_err("ended past the deadline");
+    assert_eq!(sqlstate(&err), "57P01", "{err:?}");
+    proxy.stop().await;
+}

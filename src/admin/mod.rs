@@ -25,6 +25,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub struct AdminIdentity {
     pub name: String,
+    /// The login token's `exp` (for `auth.session_expiry = "end"`).
+    pub token_expires_at: u64,
 }
 
 /// A result set: text columns.
@@ -70,7 +72,13 @@ pub async fn serve(
         tracing::debug!(%peer, error = %e, "admin client left during startup");
         return;
     }
-    if let Err(e) = session_loop(&proxy, &mut client, &who).await {
+    let deadline = crate::lifetime::deadline(
+        &proxy.config(),
+        who.token_expires_at,
+        std::time::SystemTime::now(),
+    )
+    .map(|d| (tokio::time::Instant::now() + d.after, d.reason));
+    if let Err(e) = session_loop(&proxy, &mut client, &who, deadline).await {
         tracing::debug!(%peer, error = %e, "admin session ended with an error");
     }
     tracing::info!(%peer, admin = %who.name, "admin session ended");
@@ -96,10 +104,13 @@ async fn send_startup(client: &mut ClientStream) -> std::io::Result<()> {
     client.flush().await
 }
 
+/// Serves commands until the client leaves. Past `deadline` (the token's expiry, `server.max_session_secs`),
+/// the next message ends the session with its reason instead: between commands, never during one.
 async fn session_loop(
     proxy: &Arc<Proxy>,
     client: &mut ClientStream,
     who: &AdminIdentity,
+    deadline: Option<(tokio::time::Instant, PgError)>,
 ) -> std::io::Result<()> {
     // After an extended-protocol message, everything up to the next Sync is skipped (one error reported).
     let mut skipping_to_sync = false;
@@ -117,6 +128,14 @@ async fn session_loop(
                 return Ok(());
             }
         };
+        if let Some((at, reason)) = &deadline {
+            if msg_tag != tag::TERMINATE && tokio::time::Instant::now() >= *at {
+                let mut out = BytesMut::new();
+                protocol::write::error_response(&mut out, reason);
+                client.write_all(&out).await?;
+                return client.flush().await;
+            }
+        }
         match msg_tag {
             tag::QUERY => {
                 let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
