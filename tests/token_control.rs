@@ -606,6 +606,13 @@ async fn a_brute_force_is_refused_and_counted_while_others_log_in() {
     assert!(logins.contains("|rate_limited_address|||||||4"), "{logins}");
     // Never the token.
     assert!(!logins.contains(&forged[..40]), "{logins}");
+    let config = admin(&proxy, "SHOW CONFIG").await;
+    // Buckets only for what failed: 127.0.0.2 and the eight spraying addresses whose token was checked (the last
+    // two were refused by the identity limit before that); the two attacked identities.
+    assert!(
+        config.contains("login.buckets_held|9 addresses, 2 identities, 0 tenants"),
+        "{config}"
+    );
     proxy.stop().await;
 }
 
