@@ -141,7 +141,8 @@ def main():
                     if time.time() > deadline:
                         raise
                     time.sleep(0.5)
-            print(f"{os.cpu_count()} cores, pgbench -n -C -S -M simple -c {args.clients} -j 2 -T {args.seconds}, "
+            print(f"{os.cpu_count()} cores (load average {os.getloadavg()[0]:.1f} at start), "
+                  f"pgbench -n -C -S -M simple -c {args.clients} -j 2 -T {args.seconds}, "
                   f"{args.rounds} rounds, PGTENANT_LOG={args.log}", flush=True)
             results = {"HS256": [], "RS256 (JWKS)": []}
             tokens = {"HS256": hs, "RS256 (JWKS)": rs}
@@ -153,6 +154,10 @@ def main():
                     results[name].append(res)
                     print(f"  round {r + 1} {name:<13} {res['tps']:>8.0f} logins/s  {res['latency_ms']:>6.2f} ms"
                           f"  {res['error']}", flush=True)
+            ratios = [rs["tps"] / hs["tps"] for hs, rs in zip(results["HS256"], results["RS256 (JWKS)"])
+                      if hs["tps"] > 0]
+            print(f"RS256 (JWKS) / HS256 per round: {', '.join(f'{r:.2f}' for r in ratios)}"
+                  f" (median {statistics.median(ratios):.2f})" if ratios else "no ratio: a run failed")
             print("medians:")
             for name, runs in results.items():
                 print(f"  {name:<13} {statistics.median(x['tps'] for x in runs):>8.0f} logins/s "
