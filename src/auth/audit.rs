@@ -327,6 +327,58 @@ mod tests {
         assert_eq!(unverified_ids(""), (None, None));
     }
 
+    /// A writer into a shared buffer, for a test subscriber.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn one_structured_line_per_login() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let audit = LoginAudit::default();
+        let user_id = Uuid::new_v4();
+        tracing::subscriber::with_default(subscriber, || {
+            let mut attempt = attempt(Some(Reason::Revoked));
+            attempt.set_user_name("ann@example.com");
+            attempt.tenant = Some("acme".into());
+            attempt.user_id = Some(user_id);
+            attempt.jti = Some("jti-1".into());
+            attempt.kid = Some("kid-1".into());
+            audit.record(&attempt, Some("28P01"), 10);
+        });
+        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+        assert_eq!(text.lines().count(), 1, "{text}");
+        for field in [
+            "pgtenant::audit",
+            "login",
+            "peer=127.0.0.1",
+            "user_name=\"ann@example.com\"",
+            "tenant=\"acme\"",
+            &format!("user_id={user_id}"),
+            "outcome=\"refused\"",
+            "reason=\"revoked\"",
+            "sqlstate=\"28P01\"",
+            "jti=\"jti-1\"",
+            "kid=\"kid-1\"",
+        ] {
+            assert!(text.contains(field), "{field} missing: {text}");
+        }
+    }
+
     #[test]
     fn only_credential_failures_count_toward_limits() {
         assert!(Reason::BadToken.is_credential_failure());
