@@ -10,6 +10,9 @@ use crate::sessions::SessionHandle;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Deadlines further than this (a century) are taken as this: timers and instants stay far from overflowing.
+const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 /// When a session must end, and what its client is told.
 #[derive(Debug, Clone)]
 pub struct Deadline {
@@ -22,16 +25,16 @@ pub struct Deadline {
 /// first second in which a login with the token is refused, `exp` + `auth.leeway_secs` + 1, as the verifier
 /// compares whole seconds) and `server.max_session_secs` (0: none).
 pub fn deadline(config: &Config, token_expires_at: u64, now: SystemTime) -> Option<Deadline> {
-    let now_secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0);
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let expiry = (config.auth.session_expiry == SessionExpiry::End).then(|| {
         let at = token_expires_at
             .saturating_add(config.auth.leeway_secs)
-            .saturating_add(1) as f64;
+            .saturating_add(1);
         Deadline {
-            after: Duration::from_secs_f64((at - now_secs).max(0.0)),
+            // Integer arithmetic and a cap: `exp` is the token's, however far ahead it says.
+            after: Duration::from_secs(at)
+                .saturating_sub(since_epoch)
+                .min(LONGEST),
             reason: PgError::fatal(
                 sqlstate::INVALID_PASSWORD,
                 format!(
@@ -44,7 +47,7 @@ pub fn deadline(config: &Config, token_expires_at: u64, now: SystemTime) -> Opti
     let cap = match config.server.max_session_secs {
         0 => None,
         secs => Some(Deadline {
-            after: Duration::from_secs(secs),
+            after: Duration::from_secs(secs).min(LONGEST),
             reason: PgError::fatal(
                 sqlstate::ADMIN_SHUTDOWN,
                 format!(
@@ -100,6 +103,9 @@ mod tests {
         assert_eq!(d.reason.code, "57P01");
         let d = deadline(&config(SessionExpiry::Ignore, 3, 5), 1_010, now).expect("cap");
         assert_eq!(d.after, Duration::from_secs(3));
+        // A token that says it never expires, and a cap of u64::MAX seconds: a century.
+        let d = deadline(&config(SessionExpiry::End, u64::MAX, 30), u64::MAX, now).expect("far");
+        assert_eq!(d.after, LONGEST);
         // A token already past its exp (within the leeway) ends the session at its first idle point.
         let d = deadline(&config(SessionExpiry::End, 0, 0), 999, now).expect("past");
         assert_eq!(d.after, Duration::ZERO);
