@@ -144,7 +144,11 @@ impl TokenBucket {
         if self.tokens >= 1.0 {
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / rate.per_sec))
+            // A rate so small that the wait overflows a Duration: as good as never.
+            Err(
+                Duration::try_from_secs_f64((1.0 - self.tokens) / rate.per_sec)
+                    .unwrap_or(Duration::MAX),
+            )
         }
     }
 
