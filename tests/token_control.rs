@@ -675,3 +675,23 @@ async fn an_admin_session_past_its_deadline_ends_at_its_next_command() {
     assert_eq!(sqlstate(&err), "57P01", "{err:?}");
     proxy.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_admin_token_no_longer_opens_the_admin_channel() {
+    let proxy = TestProxy::start().await;
+    let revoked = admin_token();
+    let mut config = proxy.client_config("ops", &revoked);
+    config.dbname("pgtenant");
+    let (_client, _connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("admin login before the revocation");
+    admin(&proxy, &format!("REVOKE TOKEN '{}'", jti_of(&revoked))).await;
+    let Err(err) = config.connect(tokio_postgres::NoTls).await else {
+        panic!("a revoked admin token opened the admin channel");
+    };
+    assert_eq!(sqlstate(&err), "28P01", "{err:?}");
+    // Another admin token still works (admin() mints a fresh one).
+    assert!(admin(&proxy, "SHOW VERSION").await.starts_with("pgtenant "));
+    proxy.stop().await;
+}
