@@ -35,6 +35,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tenancy: TenancyConfig,
     pub migrations: MigrationsConfig,
+    /// Login limits (failed logins per address and identity, logins per tenant) and the refusals kept.
+    pub login: crate::auth::limiter::LoginLimits,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -78,6 +80,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// A client idle (not in a transaction) for this long is disconnected; 0: never.
     pub client_idle_timeout_secs: u64,
+    /// A session is ended at its first idle point (between transactions) after this long; 0: no cap.
+    pub max_session_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +97,7 @@ impl Default for ServerConfig {
             shutdown_grace_secs: 30,
             metrics_listen: None,
             client_idle_timeout_secs: 0,
+            max_session_secs: 0,
         }
     }
 }
@@ -295,6 +300,9 @@ impl Config {
         if self.pool.size_per_tenant == 0 || self.pool.max_server_connections == 0 {
             return invalid("pool sizes must be at least 1");
         }
+        if let Err(m) = self.login.validate() {
+            return invalid(&m);
+        }
         if self.server.admin_database.is_empty() {
             return invalid("server.admin_database must not be empty");
         }
@@ -358,6 +366,10 @@ impl Config {
             (
                 "server.client_idle_timeout_secs".into(),
                 s.client_idle_timeout_secs.to_string(),
+            ),
+            (
+                "server.max_session_secs".into(),
+                s.max_session_secs.to_string(),
             ),
             ("upstream.host".into(), u.host.clone()),
             ("upstream.port".into(), u.port.to_string()),
@@ -456,6 +468,46 @@ impl Config {
                 a.jwks_allow_link_local.to_string(),
             ),
             (
+                "auth.session_expiry".into(),
+                a.session_expiry.as_str().to_string(),
+            ),
+            (
+                "auth.revocation_refresh_secs".into(),
+                a.revocation_refresh_secs.to_string(),
+            ),
+            (
+                "login.failures_burst_per_address".into(),
+                self.login.failures_burst_per_address.to_string(),
+            ),
+            (
+                "login.failures_per_sec_per_address".into(),
+                self.login.failures_per_sec_per_address.to_string(),
+            ),
+            (
+                "login.failures_burst_per_identity".into(),
+                self.login.failures_burst_per_identity.to_string(),
+            ),
+            (
+                "login.failures_per_sec_per_identity".into(),
+                self.login.failures_per_sec_per_identity.to_string(),
+            ),
+            (
+                "login.tenant_logins_per_sec".into(),
+                self.login.tenant_logins_per_sec.to_string(),
+            ),
+            (
+                "login.tenant_logins_burst".into(),
+                self.login.tenant_logins_burst.to_string(),
+            ),
+            (
+                "login.max_buckets".into(),
+                self.login.max_buckets.to_string(),
+            ),
+            (
+                "login.recent_refusals".into(),
+                self.login.recent_refusals.to_string(),
+            ),
+            (
                 "tenancy.schema_name_format".into(),
                 format!("{:?}", t.schema_name_format),
             ),
@@ -539,6 +591,21 @@ mod tests {
         let mut config: Config = toml::from_str(&text).expect("example config parses");
         config.upstream.server_secret = Some("0123456789abcdef0123".into());
         config.validate().expect("example config validates");
+        // The token-control keys are shown with their defaults.
+        let defaults = Config::default();
+        assert_eq!(
+            format!("{:?}", config.login),
+            format!("{:?}", defaults.login)
+        );
+        assert_eq!(
+            config.server.max_session_secs,
+            defaults.server.max_session_secs
+        );
+        assert_eq!(config.auth.session_expiry, defaults.auth.session_expiry);
+        assert_eq!(
+            config.auth.revocation_refresh_secs,
+            defaults.auth.revocation_refresh_secs
+        );
     }
 
     #[test]

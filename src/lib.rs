@@ -11,6 +11,9 @@
 //!   the backend messages pgtenant writes itself (ErrorResponse with SQLSTATE, authentication, ReadyForQuery).
 //! - [`auth`]: JWT verification of the password a client sends (algorithm allowlist, keys, claims, size limit),
 //!   and the identity provider's key sets (JWKS), fetched and refreshed in the background.
+//! - [`login_guard`]: what a login passes besides the token and the directory: failed-login limits, the
+//!   revocation list, the per-tenant login rate; and the audit line of every attempt (the parts live in `auth`:
+//!   `limiter`, `revocation`, `audit`).
 //! - [`directory`]: identity → user → organization → tenant (schema, role, status), cached with a short TTL,
 //!   read from the shared schema.
 //! - [`pool`]: one pool per tenant of raw upstream protocol connections logged in as the tenant's role, with a
@@ -18,7 +21,9 @@
 //! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
 //! - [`proxy`]: the state all sessions share (reloadable configuration, verifier, directory, pools).
 //! - [`session`]: one client connection from its first byte to its end: handshake, login, relay, check-in.
-//! - [`sessions`]: the registry of running sessions (admin views, ending a suspended tenant's sessions).
+//! - [`sessions`]: the registry of running sessions (admin views, ending the sessions of a suspended tenant, a
+//!   disabled user or a revoked token).
+//! - [`lifetime`]: a session's deadline (its token's expiry, `server.max_session_secs`), met at an idle point.
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
 //! - [`txn`]: transaction pooling: a server connection per transaction, prepared statements that follow the
 //!   client, settings synchronised on each checkout.
@@ -41,6 +46,8 @@ pub mod cancel;
 pub mod config;
 pub mod dev;
 pub mod directory;
+pub mod lifetime;
+pub mod login_guard;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrate;

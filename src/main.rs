@@ -48,17 +48,26 @@ enum Command {
         #[arg(long)]
         no_ddl: bool,
     },
-    /// Mint a development token with the configured HS256 secret (auth.hs_secret / PGTENANT_JWT_SECRET).
+    /// Mint a development token with the configured HS256 secret (auth.hs_secret / PGTENANT_JWT_SECRET), or
+    /// revoke tokens (`pgtenant token revoke`).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Token {
         /// Email of an existing user.
-        #[arg(long)]
-        email: String,
+        #[arg(long, required = true)]
+        email: Option<String>,
         /// Lifetime, e.g. 30m, 1h, 7d.
         #[arg(long, default_value = "1h", value_parser = parse_duration)]
         ttl: Duration,
         /// Mark the token as an administrator's (auth.admin_claim): it opens the admin channel.
         #[arg(long)]
         admin: bool,
+        #[command(subcommand)]
+        action: Option<TokenAction>,
+    },
+    /// Users: disable (logins refused, sessions ended on every pgtenant) or enable again.
+    User {
+        #[command(subcommand)]
+        action: UserAction,
     },
     /// Apply pending shared-schema migrations (shared-migrations/).
     Migrate {
@@ -72,6 +81,31 @@ enum Command {
     },
     /// Start a throwaway local PostgreSQL, migrate it, onboard a demo tenant and run the proxy.
     Dev(pgtenant::dev::DevArgs),
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Refuse a token (by its jti) or every token of a user issued until now, on every pgtenant at once.
+    #[command(group = clap::ArgGroup::new("which").required(true).args(["jti", "user"]))]
+    Revoke {
+        /// The token's `jti` claim.
+        #[arg(long)]
+        jti: Option<String>,
+        /// Email of the user whose tokens issued until now are refused (each of its memberships).
+        #[arg(long, value_name = "EMAIL")]
+        user: Option<String>,
+        /// Also end the sessions those tokens opened.
+        #[arg(long)]
+        sessions: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserAction {
+    /// Refuse the user's logins and end its sessions on every pgtenant.
+    Disable { email: String },
+    /// Let a disabled user log in again.
+    Enable { email: String },
 }
 
 #[derive(Subcommand)]
@@ -246,11 +280,40 @@ async fn run(cli: Cli) -> Result<()> {
             println!("migrations:   {} applied", done.migrations_applied);
             Ok(())
         }
-        Command::Token { email, ttl, admin } => {
+        Command::Token {
+            action:
+                Some(TokenAction::Revoke {
+                    jti,
+                    user,
+                    sessions,
+                }),
+            ..
+        } => {
             let config = load(&cli.config)?;
             let client = connect_admin(&config).await?;
+            revoke(&client, jti, user, sessions).await
+        }
+        Command::Token {
+            email, ttl, admin, ..
+        } => {
+            let config = load(&cli.config)?;
+            let client = connect_admin(&config).await?;
+            let email = email.context("--email is required")?;
             let token = pgtenant::dev::mint_token_for(&client, &config, &email, ttl, admin).await?;
             println!("{token}");
+            Ok(())
+        }
+        Command::User { action } => {
+            use pgtenant::tenancy::revoke::set_user_disabled;
+            let config = load(&cli.config)?;
+            let client = connect_admin(&config).await?;
+            let (email, disabled) = match action {
+                UserAction::Disable { email } => (email, true),
+                UserAction::Enable { email } => (email, false),
+            };
+            let changed = set_user_disabled(&client, &email, disabled).await?;
+            let what = if disabled { "disabled" } else { "enabled" };
+            println!("{email}: {what} ({} memberships changed)", changed.len());
             Ok(())
         }
         Command::Tenant { action } => {
@@ -421,6 +484,31 @@ async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
 
 fn load(path: &std::path::Path) -> Result<Config> {
     Config::load(path).with_context(|| format!("loading {}", path.display()))
+}
+
+async fn revoke(
+    client: &tokio_postgres::Client,
+    jti: Option<String>,
+    user: Option<String>,
+    sessions: bool,
+) -> Result<()> {
+    use pgtenant::tenancy::revoke::{revoke_token, revoke_user};
+    let ended = if sessions { "; its sessions end" } else { "" };
+    match (jti, user) {
+        (Some(jti), _) => {
+            revoke_token(client, &jti, sessions, "cli").await?;
+            println!("token revoked on every pgtenant{ended}");
+        }
+        (None, Some(email)) => {
+            let revoked = revoke_user(client, &email, sessions, "cli").await?;
+            println!(
+                "tokens of {email} issued until now revoked ({} memberships){ended}",
+                revoked.len()
+            );
+        }
+        (None, None) => bail!("give --jti or --user"),
+    }
+    Ok(())
 }
 
 async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client> {

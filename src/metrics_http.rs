@@ -63,6 +63,19 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
+/// Logins accepted, and refused by reason (every reason, zeros included, so rates can be taken from the start).
+fn render_logins(out: &mut String, proxy: &Proxy) {
+    let _ = writeln!(out, "# HELP pgtenant_logins_total Logins accepted.\n# TYPE pgtenant_logins_total counter\npgtenant_logins_total {}", proxy.logins.accepted());
+    let _ = writeln!(out, "# HELP pgtenant_login_refusals_total Logins refused, by reason.\n# TYPE pgtenant_login_refusals_total counter");
+    for (reason, count) in proxy.logins.refused() {
+        let _ = writeln!(
+            out,
+            "pgtenant_login_refusals_total{{reason=\"{}\"}} {count}",
+            reason.as_str()
+        );
+    }
+}
+
 /// Key set (JWKS) sources: keys serving, age of the set, fetches, and the last error as an info-style gauge.
 fn render_jwks(out: &mut String, proxy: &Proxy) {
     let verifier = proxy.verifier();
@@ -229,6 +242,7 @@ pub fn render(proxy: &Proxy) -> String {
         );
     }
     render_jwks(&mut out, proxy);
+    render_logins(&mut out, proxy);
     let _ = writeln!(out, "# HELP pgtenant_clients_total_current All client sessions.\n# TYPE pgtenant_clients_total_current gauge\npgtenant_clients_total_current {}", clients.len());
     out
 }

@@ -9,7 +9,7 @@ use crate::pool::PoolManager;
 use crate::protocol::{sqlstate, PgError};
 use crate::sessions::SessionRegistry;
 use crate::tenancy::credentials::RolePasswords;
-use crate::tenancy::ops::DirectoryEvent;
+use crate::tenancy::ops::{DirectoryEvent, Revocation};
 use crate::upstream::UpstreamTarget;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -45,6 +45,12 @@ pub struct Proxy {
     pub cancels: Arc<CancelMap>,
     pub sessions: Arc<SessionRegistry>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Failed-login and per-tenant login limits.
+    pub limiter: crate::auth::limiter::LoginLimiter,
+    /// Revoked tokens and users, kept in memory.
+    pub revocations: crate::auth::revocation::RevocationList,
+    /// Login counters by outcome and recent refusals.
+    pub logins: crate::auth::audit::LoginAudit,
     /// Stop accepting; sessions end when they stand idle between transactions.
     pub shutdown: CancellationToken,
     /// The shutdown grace period ran out: sessions end at once.
@@ -130,6 +136,9 @@ impl Proxy {
             cancels: CancelMap::new(),
             sessions: SessionRegistry::new(),
             metrics: crate::metrics::Metrics::new(),
+            limiter: Default::default(),
+            revocations: Default::default(),
+            logins: Default::default(),
             shutdown,
             force_close: CancellationToken::new(),
             started_at: std::time::SystemTime::now(),
@@ -212,19 +221,67 @@ impl Proxy {
 
     /// Acts on a directory change announced by any pgtenant or CLI.
     pub fn on_directory_event(&self, event: DirectoryEvent) {
-        if let DirectoryEvent::Closed {
-            tenant_id,
-            role,
-            why,
-        } = event
-        {
-            let reason = PgError::fatal(
-                sqlstate::ADMIN_SHUTDOWN,
-                format!("terminating connection: the organization was {why}"),
-            );
-            let ended = self.sessions.end_tenant_sessions(tenant_id, &reason);
-            self.pools.close_idle(Some(&RoleName::new(role)));
-            tracing::info!(%tenant_id, %why, sessions_ended = ended, "tenant closed");
+        match event {
+            DirectoryEvent::Closed {
+                tenant_id,
+                role,
+                why,
+            } => {
+                let reason = PgError::fatal(
+                    sqlstate::ADMIN_SHUTDOWN,
+                    format!("terminating connection: the organization was {why}"),
+                );
+                let ended = self.sessions.end_tenant_sessions(tenant_id, &reason);
+                self.pools.close_idle(Some(&RoleName::new(role)));
+                tracing::info!(%tenant_id, %why, sessions_ended = ended, "tenant closed");
+            }
+            DirectoryEvent::Revoked(revocation) => self.on_revocation(&revocation),
+            DirectoryEvent::RevocationsChanged => self.revocations.mark_stale(),
+            DirectoryEvent::UserDisabled { user_id } => {
+                let reason = PgError::fatal(
+                    sqlstate::INVALID_AUTHORIZATION,
+                    "terminating connection: the user was disabled",
+                );
+                let ended = self
+                    .sessions
+                    .end_sessions_where(|s| s.user_id == user_id, &reason);
+                tracing::info!(%user_id, sessions_ended = ended, "user disabled");
+            }
+            DirectoryEvent::Changed => {}
+        }
+    }
+
+    /// Refuses a revoked token from now on and, when asked, ends the sessions it opened.
+    fn on_revocation(&self, revocation: &Revocation) {
+        self.revocations.apply(revocation);
+        let reason = PgError::fatal(
+            sqlstate::INVALID_PASSWORD,
+            "terminating connection: the login token was revoked",
+        );
+        let ended = match revocation {
+            Revocation::Token {
+                jti,
+                end_sessions: true,
+            } => self
+                .sessions
+                .end_sessions_where(|s| s.jti.as_deref() == Some(jti.as_str()), &reason),
+            Revocation::User {
+                user_id,
+                before,
+                end_sessions: true,
+            } => self.sessions.end_sessions_where(
+                |s| s.user_id == *user_id && s.issued_at.is_none_or(|iat| iat < *before),
+                &reason,
+            ),
+            _ => 0,
+        };
+        match revocation {
+            Revocation::Token { jti, .. } => {
+                tracing::info!(jti = ?crate::auth::audit::loggable(jti), sessions_ended = ended, "token revoked")
+            }
+            Revocation::User { user_id, .. } => {
+                tracing::info!(%user_id, sessions_ended = ended, "tokens of a user revoked")
+            }
         }
     }
 

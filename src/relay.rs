@@ -41,8 +41,12 @@ pub enum RelayEnd {
     UpstreamGone(Option<std::io::Error>),
     /// A peer broke the framing.
     Protocol { from: Side, error: ProtocolError },
-    /// pgtenant is shutting down (or the session was ended from outside).
+    /// The session was ended from outside, at once (kicked: a suspended tenant, a revoked token, the end of
+    /// the shutdown grace period).
     Shutdown,
+    /// `drain` completed and the session then stood idle between transactions (pgtenant is shutting down, or
+    /// the session reached its deadline): the server connection is clean.
+    Drained,
     /// The client stayed idle, between transactions, past `server.client_idle_timeout_secs`.
     IdleTimeout,
 }
@@ -233,6 +237,11 @@ struct State<K, D> {
 }
 
 impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
+    /// Nothing of the client's is half forwarded.
+    fn client_at_boundary(&self) -> bool {
+        self.to_upstream.scanner.at_boundary() && !self.to_upstream.has_pending()
+    }
+
     fn restart_idle_timer(&mut self) {
         if let (Some(limit), Some(timer)) = (self.idle_timeout, self.idle_timer.as_mut()) {
             timer.as_mut().reset(tokio::time::Instant::now() + limit);
@@ -268,7 +277,7 @@ impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
                 return Poll::Ready((end, false));
             }
             if self.draining && self.books.idle() && !self.to_client.has_pending() {
-                return Poll::Ready((RelayEnd::Shutdown, false));
+                return Poll::Ready((RelayEnd::Drained, self.client_at_boundary()));
             }
             if !progress {
                 break;
@@ -379,7 +388,7 @@ impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
             Poll::Pending => return Poll::Pending,
         }
         if self.draining && self.books.idle() {
-            return Poll::Ready(RelayEnd::Shutdown);
+            return Poll::Ready(RelayEnd::Drained);
         }
         let n = match self.to_client.poll_read_in(cx, upstream) {
             Poll::Ready(Ok(0)) => return Poll::Ready(RelayEnd::UpstreamGone(None)),
@@ -461,6 +470,11 @@ where
     };
     let (end, client_clean) =
         std::future::poll_fn(|cx| state.poll_relay(cx, &mut *client, &mut *upstream)).await;
+    let client_clean = match end {
+        // Drained from the upstream side: check the client side here.
+        RelayEnd::Drained => client_clean || state.client_at_boundary(),
+        _ => client_clean,
+    };
     let _ = client.flush().await;
     let books = &state.books;
     books
@@ -469,7 +483,10 @@ where
 
     let leaves_cleanly = matches!(
         end,
-        RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) | RelayEnd::IdleTimeout
+        RelayEnd::ClientTerminated
+            | RelayEnd::ClientGone(_)
+            | RelayEnd::IdleTimeout
+            | RelayEnd::Drained
     );
     let upstream_at_boundary = state.to_client.scanner.at_boundary();
     let reusable = leaves_cleanly

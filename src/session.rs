@@ -2,9 +2,11 @@
 //! directory), the upstream connection (pool, startup parameters), the relay, and giving the upstream back.
 //! Every refusal is an ErrorResponse with a SQLSTATE; no token or password reaches a log or an error.
 
+use crate::auth::audit::{LoginAttempt, Reason};
 use crate::cancel::{ClientKey, UpstreamKey};
 use crate::config::PoolMode;
 use crate::directory::{quote_literal, TenantStatus, User};
+use crate::login_guard::{self, TokenFacts};
 use crate::metrics::Recorder;
 use crate::pool::{Checkout, PoolError};
 use crate::protocol::{
@@ -52,17 +54,30 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         user,
         server,
         virtual_schema,
+        token,
     } = ready;
+    let who = Who {
+        user: &user,
+        peer,
+        token: &token,
+    };
     let ended = match server {
         FirstServer::Connected(checkout) if mode_of(&proxy, &user) == PoolMode::Session => {
-            serve_session(&proxy, &mut client, *checkout, &user, peer, virtual_schema).await
+            serve_session(&proxy, &mut client, *checkout, &who, virtual_schema).await
         }
-        server => serve_transaction(&proxy, &mut client, server, &user, peer, virtual_schema).await,
+        server => serve_transaction(&proxy, &mut client, server, &who, virtual_schema).await,
     };
     let Some(ended) = ended else {
         return;
     };
     finish(&proxy, client, ended, &user, peer).await;
+}
+
+/// Who a session serves: the user, from where, with which token.
+struct Who<'a> {
+    user: &'a User,
+    peer: SocketAddr,
+    token: &'a TokenFacts,
 }
 
 /// How a session's relay ended, for [`finish`].
@@ -85,10 +100,10 @@ async fn serve_session(
     proxy: &Proxy,
     client: &mut ClientStream,
     mut checkout: Checkout,
-    user: &User,
-    peer: SocketAddr,
+    who: &Who<'_>,
     virtual_schema: Option<VirtualSchema>,
 ) -> Option<Ended> {
+    let (user, peer) = (who.user, who.peer);
     let conn = checkout.conn();
     let registration = proxy.cancels.register(Some(conn.process_id));
     registration.set_upstream(Some(UpstreamKey {
@@ -101,10 +116,10 @@ async fn serve_session(
         proxy.pools.check_in(checkout, false);
         return None;
     }
-    let session = register_session(proxy, user, peer, conn.process_id, client.is_tls());
+    let session = register_session(proxy, who, conn.process_id, client.is_tls());
     tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
     let kick = session.cancel.clone().cancelled_owned();
-    let drain = proxy.shutdown.child_token().cancelled_owned();
+    let drain = lifetime_drain(proxy, who, &session);
     let recorder = Recorder::new(proxy.metrics.tenant(&user.tenant.slug));
     let idle_timeout = client_idle_timeout(proxy);
     let outcome = relay::relay(
@@ -150,10 +165,10 @@ async fn serve_transaction(
     proxy: &Proxy,
     client: &mut ClientStream,
     server: FirstServer,
-    user: &User,
-    peer: SocketAddr,
+    who: &Who<'_>,
     virtual_schema: Option<VirtualSchema>,
 ) -> Option<Ended> {
+    let (user, peer) = (who.user, who.peer);
     let registration = proxy.cancels.register(None);
     let (desired, checkout) = match server {
         FirstServer::Connected(mut checkout) => {
@@ -169,7 +184,7 @@ async fn serve_transaction(
         tracing::debug!(%peer, error = %e, "client left before login completed");
         return None;
     }
-    let session = register_session(proxy, user, peer, 0, client.is_tls());
+    let session = register_session(proxy, who, 0, client.is_tls());
     tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, tls = client.is_tls(), mode = "transaction", "session started");
     let txn = crate::txn::TxnSession {
         pools: &proxy.pools,
@@ -184,7 +199,7 @@ async fn serve_transaction(
         .run(
             client,
             session.cancel.clone().cancelled_owned(),
-            proxy.shutdown.child_token().cancelled_owned(),
+            lifetime_drain(proxy, who, &session),
         )
         .await;
     registration.set_upstream(None);
@@ -207,13 +222,31 @@ fn client_idle_timeout(proxy: &Proxy) -> Option<Duration> {
     }
 }
 
+/// The relay's drain signal: pgtenant's shutdown, or the session's deadline (token expiry, maximum duration).
+fn lifetime_drain<'a>(
+    proxy: &Proxy,
+    who: &Who<'_>,
+    session: &'a crate::sessions::SessionHandle,
+) -> impl std::future::Future<Output = ()> + 'a {
+    let deadline = crate::lifetime::deadline(
+        &proxy.config(),
+        who.token.expires_at,
+        std::time::SystemTime::now(),
+    );
+    crate::lifetime::drain_or_deadline(
+        proxy.shutdown.child_token().cancelled_owned(),
+        deadline,
+        session,
+    )
+}
+
 fn register_session(
     proxy: &Proxy,
-    user: &User,
-    peer: SocketAddr,
+    who: &Who<'_>,
     backend_pid: i32,
     tls: bool,
 ) -> crate::sessions::SessionHandle {
+    let (user, peer) = (who.user, who.peer);
     // Ended at once when its tenant is closed or pgtenant's shutdown grace period runs out (`force_close`).
     proxy.sessions.register(
         SessionInfo {
@@ -226,6 +259,9 @@ fn register_session(
             backend_pid,
             tls,
             connected_at: std::time::SystemTime::now(),
+            user_id: user.id,
+            jti: who.token.jti.clone(),
+            issued_at: who.token.issued_at,
         },
         &proxy.force_close,
     )
@@ -284,8 +320,9 @@ async fn finish(
                 .await;
             }
         }
-        RelayEnd::Shutdown => {
-            broken = true;
+        RelayEnd::Shutdown | RelayEnd::Drained => {
+            // Drained at an idle point for the session's deadline, the connection goes back to the pool.
+            broken = matches!(end, RelayEnd::Shutdown) || proxy.shutdown.is_cancelled();
             let reason = reason.unwrap_or_else(|| {
                 PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
             });
@@ -356,6 +393,7 @@ struct Ready {
     server: FirstServer,
     /// The schema name the client writes for its tenant's schema, if on.
     virtual_schema: Option<VirtualSchema>,
+    token: TokenFacts,
 }
 
 /// The server connection a login leaves the session with.
@@ -384,7 +422,10 @@ async fn handshake_and_login(
     let Some((mut client, params)) = handshake(proxy, tcp).await? else {
         return Ok(None);
     };
-    match login(proxy, &mut client, &params, peer).await {
+    let mut attempt = LoginAttempt::new(peer.ip());
+    let result = login(proxy, &mut client, &params, &mut attempt).await;
+    login_guard::record(proxy, &mut attempt, result.as_ref().err());
+    match result {
         Ok(ready) => Ok(Some((client, ready))),
         Err(err) => {
             tracing::info!(%peer, code = %err.code, reason = %err.message, "login refused");
@@ -534,8 +575,10 @@ async fn login(
     proxy: &Proxy,
     client: &mut ClientStream,
     params: &StartupParams,
-    peer: SocketAddr,
+    attempt: &mut LoginAttempt,
 ) -> Result<LoggedIn, PgError> {
+    let peer = attempt.peer;
+    attempt.set_user_name(params.get("user").unwrap_or_default());
     if params.minor_version > 0 || !params.unsupported_options.is_empty() {
         let mut out = BytesMut::new();
         protocol::write::negotiate_protocol_version(&mut out, 0, &params.unsupported_options);
@@ -556,23 +599,25 @@ async fn login(
         .unwrap_or_default();
     if plaintext_password_refused(
         client.is_tls(),
-        peer.ip(),
+        peer,
         proxy.config().server.allow_plaintext_password,
     ) {
-        return Err(PgError::fatal(
+        let e = PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
             "pgtenant refuses to take a token over an unencrypted connection",
         )
-        .with_hint("connect with sslmode=require"));
+        .with_hint("connect with sslmode=require");
+        return Err(attempt.refuse(Reason::Plaintext, e));
     }
+    login_guard::check_limits(proxy, attempt)?;
 
     let token = read_token(proxy, client).await?;
-    let claims = proxy
-        .verifier()
-        .verify_login(&token)
-        .await
-        .map_err(|e| PgError::fatal(e.sqlstate(), format!("token rejected: {e}")))?;
+    let claims = match proxy.verifier().verify_login(&token).await {
+        Ok(claims) => claims,
+        Err(e) => return Err(login_guard::token_refused(attempt, &e, &token)),
+    };
     drop(token);
+    login_guard::check_token(proxy, attempt, &claims).await?;
 
     if database == proxy.config().server.admin_database {
         if !claims.is_admin {
@@ -587,6 +632,7 @@ async fn login(
                 .email
                 .clone()
                 .unwrap_or_else(|| claims.identity.value().to_string()),
+            token_expires_at: claims.expires_at,
         }));
     }
 
@@ -608,25 +654,30 @@ async fn login(
         database,
     )
     .map_err(|e| PgError::fatal(e.sqlstate(), e.to_string()))?;
+    attempt.tenant = Some(user.tenant.slug.clone());
+    attempt.user_id = Some(user.id);
     if user.disabled {
-        return Err(PgError::fatal(
+        let e = PgError::fatal(
             sqlstate::INVALID_AUTHORIZATION,
             format!("user \"{}\" is disabled", user.email),
-        ));
+        );
+        return Err(attempt.refuse(Reason::DisabledUser, e));
     }
     match user.tenant.status {
         TenantStatus::Active => {}
         TenantStatus::Suspended => {
-            return Err(PgError::fatal(
+            let e = PgError::fatal(
                 sqlstate::INVALID_AUTHORIZATION,
                 format!("organization \"{}\" is suspended", user.tenant.name),
-            ))
+            );
+            return Err(attempt.refuse(Reason::TenantClosed, e));
         }
         TenantStatus::Archived => {
-            return Err(PgError::fatal(
+            let e = PgError::fatal(
                 sqlstate::INVALID_AUTHORIZATION,
                 format!("organization \"{}\" was removed", user.tenant.name),
-            ))
+            );
+            return Err(attempt.refuse(Reason::TenantClosed, e));
         }
         TenantStatus::Provisioning => {
             return Err(PgError::fatal(
@@ -667,7 +718,9 @@ async fn login(
             ),
         ));
     }
+    login_guard::check_user(proxy, attempt, &user, &claims)?;
     let virtual_schema = virtual_schema_for(&config, &user.tenant, params)?;
+    let token = TokenFacts::of(&claims);
     proxy.pools.wait_unpaused(&user.tenant.role).await;
     let transaction_pooling =
         user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction;
@@ -678,6 +731,7 @@ async fn login(
                 user,
                 server,
                 virtual_schema,
+                token,
             })));
         }
     }
@@ -708,6 +762,7 @@ async fn login(
         user,
         server,
         virtual_schema,
+        token,
     })))
 }
 

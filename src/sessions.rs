@@ -1,5 +1,5 @@
 //! The client sessions running in this pgtenant process: for `SHOW CLIENTS` / `SHOW SERVERS`, and to end the
-//! sessions of a tenant that was suspended or dropped.
+//! sessions of a tenant that was suspended or dropped, of a user that was disabled, or of a revoked token.
 
 use crate::protocol::PgError;
 use std::collections::HashMap;
@@ -22,6 +22,10 @@ pub struct SessionInfo {
     pub backend_pid: i32,
     pub tls: bool,
     pub connected_at: SystemTime,
+    pub user_id: Uuid,
+    /// The login token's `jti` and `iat`, when it had them (revocation).
+    pub jti: Option<String>,
+    pub issued_at: Option<u64>,
 }
 
 struct Entry {
@@ -106,14 +110,20 @@ impl SessionRegistry {
 
     /// Ends every session of a tenant; each client is told `reason`. Returns how many were ended.
     pub fn end_tenant_sessions(&self, tenant_id: Uuid, reason: &PgError) -> usize {
+        self.end_sessions_where(|info| info.tenant_id == tenant_id, reason)
+    }
+
+    /// Ends at once every session `which` picks; each client is told `reason`. Returns how many were ended.
+    pub fn end_sessions_where(
+        &self,
+        which: impl Fn(&SessionInfo) -> bool,
+        reason: &PgError,
+    ) -> usize {
         let Ok(mut entries) = self.entries.lock() else {
             return 0;
         };
         let mut ended = 0;
-        for entry in entries
-            .values_mut()
-            .filter(|e| e.info.tenant_id == tenant_id)
-        {
+        for entry in entries.values_mut().filter(|e| which(&e.info)) {
             entry.reason = Some(reason.clone());
             entry.cancel.cancel();
             ended += 1;
@@ -123,6 +133,15 @@ impl SessionRegistry {
 }
 
 impl SessionHandle {
+    /// Notes why the session is about to end, unless a reason was given already.
+    pub fn set_reason(&self, reason: PgError) {
+        if let Ok(mut entries) = self.registry.entries.lock() {
+            if let Some(entry) = entries.get_mut(&self.id) {
+                entry.reason.get_or_insert(reason);
+            }
+        }
+    }
+
     /// Why the session was ended from outside, if it was.
     pub fn reason(&self) -> Option<PgError> {
         self.registry

@@ -461,8 +461,13 @@ async fn a_flood_of_unknown_kids_causes_at_most_a_few_fetches() {
     let key = TestKey::new(Algorithm::RS256, "real");
     let stub = Stub::start().await;
     stub.serve_keys("/jwks", &[&key]);
-    // Default refetch interval (30 s) and refresh (5 min).
-    let proxy = proxy_with_jwks(&[stub.url("/jwks")], |_| {}).await;
+    // Default refetch interval (30 s) and refresh (5 min). The failed-login limits would refuse this flood from
+    // one address after 20 tokens (53300, tests/token_control.rs): off here, to load the key set fetcher.
+    let proxy = proxy_with_jwks(&[stub.url("/jwks")], |c| {
+        c.login.failures_burst_per_address = 0;
+        c.login.failures_burst_per_identity = 0;
+    })
+    .await;
     login_ok(&proxy, &tenant, &key.token_for(&tenant)).await;
 
     let claims = user_claims(&tenant);

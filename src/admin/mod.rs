@@ -1,13 +1,15 @@
 //! The admin channel: a client that connects to the reserved database (`server.admin_database`, default
 //! `pgtenant`) with an administrator's token is served by pgtenant itself, in the PostgreSQL protocol, so
-//! psql shows tables. Commands are parsed in [`parse`], run by [`show`], [`tenants`] and [`migrate`] (which
-//! call the same library functions as the CLI), and answered as text columns. Long commands stream progress
-//! as NOTICE messages while they run.
+//! psql shows tables. Commands are parsed in [`parse`], run by [`show`], [`logins`], [`tenants`], [`tokens`]
+//! and [`migrate`] (which call the same library functions as the CLI), and answered as text columns. Long
+//! commands stream progress as NOTICE messages while they run.
 
+mod logins;
 mod migrate;
 pub mod parse;
 mod show;
 mod tenants;
+mod tokens;
 
 use crate::protocol::{self, sqlstate, tag, PgError, TxStatus};
 use crate::proxy::Proxy;
@@ -23,6 +25,8 @@ use tokio::sync::mpsc;
 #[derive(Debug, Clone)]
 pub struct AdminIdentity {
     pub name: String,
+    /// The login token's `exp` (for `auth.session_expiry = "end"`).
+    pub token_expires_at: u64,
 }
 
 /// A result set: text columns.
@@ -68,7 +72,13 @@ pub async fn serve(
         tracing::debug!(%peer, error = %e, "admin client left during startup");
         return;
     }
-    if let Err(e) = session_loop(&proxy, &mut client, &who).await {
+    let deadline = crate::lifetime::deadline(
+        &proxy.config(),
+        who.token_expires_at,
+        std::time::SystemTime::now(),
+    )
+    .map(|d| (tokio::time::Instant::now() + d.after, d.reason));
+    if let Err(e) = session_loop(&proxy, &mut client, &who, deadline).await {
         tracing::debug!(%peer, error = %e, "admin session ended with an error");
     }
     tracing::info!(%peer, admin = %who.name, "admin session ended");
@@ -94,10 +104,13 @@ async fn send_startup(client: &mut ClientStream) -> std::io::Result<()> {
     client.flush().await
 }
 
+/// Serves commands until the client leaves. Past `deadline` (the token's expiry, `server.max_session_secs`),
+/// the next message ends the session with its reason instead: between commands, never during one.
 async fn session_loop(
     proxy: &Arc<Proxy>,
     client: &mut ClientStream,
     who: &AdminIdentity,
+    deadline: Option<(tokio::time::Instant, PgError)>,
 ) -> std::io::Result<()> {
     // After an extended-protocol message, everything up to the next Sync is skipped (one error reported).
     let mut skipping_to_sync = false;
@@ -115,6 +128,14 @@ async fn session_loop(
                 return Ok(());
             }
         };
+        if let Some((at, reason)) = &deadline {
+            if msg_tag != tag::TERMINATE && tokio::time::Instant::now() >= *at {
+                let mut out = BytesMut::new();
+                protocol::write::error_response(&mut out, reason);
+                client.write_all(&out).await?;
+                return client.flush().await;
+            }
+        }
         match msg_tag {
             tag::QUERY => {
                 let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
@@ -260,6 +281,15 @@ async fn execute(proxy: Arc<Proxy>, command: Command, notices: Notices) -> Resul
         Command::ShowStats => Ok(show::stats(&proxy)),
         Command::Pause { tenant } => tenants::pause(&proxy, tenant.as_deref(), &notices).await,
         Command::Unpause { tenant } => tenants::unpause(&proxy, tenant.as_deref()).await,
+        Command::ShowLogins => Ok(logins::logins(&proxy)),
+        Command::RevokeToken { jti, sessions } => {
+            tokens::revoke_token(&proxy, &jti, sessions).await
+        }
+        Command::RevokeUser { email, sessions } => {
+            tokens::revoke_user(&proxy, &email, sessions).await
+        }
+        Command::DisableUser { email } => tokens::set_disabled(&proxy, &email, true).await,
+        Command::EnableUser { email } => tokens::set_disabled(&proxy, &email, false).await,
         Command::Shutdown => {
             let _ = notices
                 .send("pgtenant stops accepting clients; running transactions may finish".into());

@@ -45,6 +45,26 @@ pub enum Command {
     Shutdown,
     Reload,
     Help,
+    /// Recent refused logins, newest first.
+    ShowLogins,
+    /// Refuse the token with this `jti` from now on; with `sessions`, end the sessions it opened.
+    RevokeToken {
+        jti: String,
+        sessions: bool,
+    },
+    /// Refuse every token of the user (all its memberships) issued until now; with `sessions`, end its
+    /// sessions.
+    RevokeUser {
+        email: String,
+        sessions: bool,
+    },
+    /// Refuse the user's logins and end its sessions / undo.
+    DisableUser {
+        email: String,
+    },
+    EnableUser {
+        email: String,
+    },
 }
 
 /// What was wrong with a command, with a hint toward the right form.
@@ -70,6 +90,23 @@ pub const FORMS: &[(&str, &str)] = &[
     ("SHOW STATS", "per tenant: transactions and queries per second, latency percentiles, bytes, errors, waits"),
     ("SHOW CONFIG", "the running configuration (secrets hidden)"),
     ("SHOW VERSION", "pgtenant's version"),
+    (
+        "SHOW LOGINS",
+        "recent refused logins of this pgtenant: time, reason, SQLSTATE, address, user, tenant, jti, kid",
+    ),
+    (
+        "REVOKE TOKEN 'jti' [SESSIONS]",
+        "refuse one token on every pgtenant; SESSIONS also ends the sessions it opened",
+    ),
+    (
+        "REVOKE USER 'email' [SESSIONS]",
+        "refuse every token of a user issued until now; SESSIONS also ends its sessions",
+    ),
+    (
+        "DISABLE USER 'email'",
+        "refuse a user's logins and end its sessions on every pgtenant",
+    ),
+    ("ENABLE USER 'email'", "let a disabled user log in again"),
     (
         "CREATE TENANT 'name' ADMIN 'email' [NO DDL]",
         "onboard a tenant: organization, role, schema, migrations, admin user",
@@ -242,8 +279,7 @@ fn syntax(form: &str, got: &[Token]) -> SyntaxError {
 fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
     let mut c = Cursor { tokens, pos: 0 };
     let command = if c.keyword("SHOW") {
-        let form =
-            "SHOW TENANTS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION";
+        let form = "SHOW TENANTS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION | LOGINS";
         if c.keyword("TENANTS") {
             Command::ShowTenants
         } else if c.keyword("POOLS") {
@@ -260,6 +296,8 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
             Command::ShowConfig
         } else if c.keyword("VERSION") {
             Command::ShowVersion
+        } else if c.keyword("LOGINS") {
+            Command::ShowLogins
         } else {
             return Err(syntax(form, tokens));
         }
@@ -346,6 +384,48 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
             return Err(syntax("CHECK TENANTS", tokens));
         }
         Command::CheckTenants
+    } else if c.keyword("REVOKE") {
+        let form = "REVOKE TOKEN 'jti' [SESSIONS] | REVOKE USER 'email' [SESSIONS]";
+        let token = if c.keyword("TOKEN") {
+            true
+        } else if c.keyword("USER") {
+            false
+        } else {
+            return Err(syntax(form, tokens));
+        };
+        let Some(name) = c.name().filter(|n| !n.is_empty()) else {
+            return Err(syntax(form, tokens));
+        };
+        let sessions = c.keyword("SESSIONS");
+        if token {
+            Command::RevokeToken {
+                jti: name,
+                sessions,
+            }
+        } else {
+            Command::RevokeUser {
+                email: name,
+                sessions,
+            }
+        }
+    } else if c.keyword("DISABLE") || c.keyword("ENABLE") {
+        let disable = matches!(&tokens[0], Token::Word(w) if w.eq_ignore_ascii_case("DISABLE"));
+        let form = if disable {
+            "DISABLE USER 'email'"
+        } else {
+            "ENABLE USER 'email'"
+        };
+        if !c.keyword("USER") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(email) = c.name().filter(|n| !n.is_empty()) else {
+            return Err(syntax(form, tokens));
+        };
+        if disable {
+            Command::DisableUser { email }
+        } else {
+            Command::EnableUser { email }
+        }
     } else if c.keyword("RELOAD") {
         Command::Reload
     } else if c.keyword("HELP") {
@@ -470,5 +550,64 @@ mod tests {
         let err = parse("SHOW TENANTS extra").expect_err("bad");
         assert!(err.hint.contains("SHOW"), "{err:?}");
         assert!(parse("CREATE TENANT 'unterminated").is_err());
+    }
+
+    #[test]
+    fn token_and_user_commands_parse() {
+        assert_eq!(
+            parse("show logins; REVOKE TOKEN 'a-b c' ; revoke token j1 sessions").expect("ok"),
+            vec![
+                Command::ShowLogins,
+                Command::RevokeToken {
+                    jti: "a-b c".into(),
+                    sessions: false
+                },
+                Command::RevokeToken {
+                    jti: "j1".into(),
+                    sessions: true
+                },
+            ]
+        );
+        assert_eq!(
+            parse("REVOKE USER 'o''brien@x.com' SESSIONS; REVOKE USER \"a@b.c\"").expect("ok"),
+            vec![
+                Command::RevokeUser {
+                    email: "o'brien@x.com".into(),
+                    sessions: true
+                },
+                Command::RevokeUser {
+                    email: "a@b.c".into(),
+                    sessions: false
+                },
+            ]
+        );
+        assert_eq!(
+            parse("disable user 'a@b.c'; ENABLE USER 'a@b.c'").expect("ok"),
+            vec![
+                Command::DisableUser {
+                    email: "a@b.c".into()
+                },
+                Command::EnableUser {
+                    email: "a@b.c".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn malformed_token_and_user_commands_get_a_hint() {
+        for (bad, hint) in [
+            ("REVOKE", "REVOKE TOKEN"),
+            ("REVOKE TOKEN", "REVOKE TOKEN"),
+            ("REVOKE TOKEN ''", "REVOKE TOKEN"),
+            ("REVOKE SESSION x", "REVOKE USER"),
+            ("REVOKE USER a@b.c SESSIONS NOW", "REVOKE"),
+            ("DISABLE a@b.c", "DISABLE USER"),
+            ("ENABLE USER", "ENABLE USER"),
+            ("SHOW LOGIN", "LOGINS"),
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.hint.contains(hint), "{bad}: {err:?}");
+        }
     }
 }

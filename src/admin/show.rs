@@ -275,6 +275,19 @@ pub fn config(proxy: &Proxy) -> Reply {
             text(format!("{} ok, {} failed", s.fetches, s.failures)),
         ]);
     }
+    // What the token controls hold now.
+    let (jtis, users) = proxy.revocations.sizes();
+    table.row(vec![
+        text("revocations.held"),
+        text(format!("{jtis} tokens, {users} users")),
+    ]);
+    let (addresses, identities, tenants) = proxy.limiter.sizes();
+    table.row(vec![
+        text("login.buckets_held"),
+        text(format!(
+            "{addresses} addresses, {identities} identities, {tenants} tenants"
+        )),
+    ]);
     rows(table)
 }
 

@@ -24,8 +24,8 @@ pub struct MintRequest {
     pub issuer: Option<String>,
 }
 
-/// Mints an HS256 token with `secret` (at least 32 bytes): claims `sub`, `iat`, `exp`, and `email`, `aud`,
-/// `iss`, `<admin_claim>: true` when requested.
+/// Mints an HS256 token with `secret` (at least 32 bytes): claims `sub`, `iat`, `exp`, a random `jti`, and
+/// `email`, `aud`, `iss`, `<admin_claim>: true` when requested.
 pub fn mint_hs256(
     secret: &[u8],
     req: &MintRequest,
@@ -69,6 +69,11 @@ pub fn mint_hs256(
         claims.insert("iss".to_owned(), Value::from(iss.clone()));
     }
     claims.insert("iat".to_owned(), Value::from(now));
+    // A token id, so one token can be revoked (`pgtenant token revoke --jti`).
+    claims.insert(
+        "jti".to_owned(),
+        Value::from(uuid::Uuid::new_v4().simple().to_string()),
+    );
     claims.insert("exp".to_owned(), Value::from(exp));
     if req.admin {
         claims.insert(admin_claim.to_owned(), Value::Bool(true));

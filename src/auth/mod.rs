@@ -26,12 +26,15 @@
 //!
 //! [`mint_hs256`] mints development tokens (`pgtenant token`).
 
+pub mod audit;
 mod claim_path;
 mod jwks;
 mod jwks_fetch;
 mod jwks_store;
 mod keys;
+pub mod limiter;
 mod mint;
+pub mod revocation;
 mod verify;
 
 #[cfg(test)]
@@ -156,6 +159,30 @@ impl IdentityClaim {
     }
 }
 
+/// What happens to a session whose token expires after the login (`auth.session_expiry`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionExpiry {
+    /// The token is checked at login only, as PostgreSQL and RDS check a password (or an IAM token).
+    #[default]
+    Ignore,
+    /// The session ends at its first idle point (between transactions) once `exp` + `leeway_secs` has
+    /// passed, with a FATAL `28P01`.
+    End,
+}
+
+impl SessionExpiry {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionExpiry::Ignore => "ignore",
+            SessionExpiry::End => "end",
+        }
+    }
+}
+
+/// Default for [`AuthConfig::revocation_refresh_secs`].
+pub const DEFAULT_REVOCATION_REFRESH_SECS: u64 = 60;
+
 /// The `[auth]` section of the config file.
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -217,6 +244,11 @@ pub struct AuthConfig {
     pub jwks_allow_http: bool,
     /// Allow key set URLs that are or resolve to link-local / metadata addresses (default false).
     pub jwks_allow_link_local: bool,
+    /// A session outliving its token: "ignore" (default) or "end" (at its next idle point).
+    pub session_expiry: SessionExpiry,
+    /// The revocation list (`pgtenant.revoked_tokens`) is re-read by the next login after this many seconds,
+    /// besides the announcements that update it at once (default 60).
+    pub revocation_refresh_secs: u64,
 }
 
 /// `"one"` or `["one", "two"]`.
@@ -259,6 +291,8 @@ impl Default for AuthConfig {
             jwks_file_check_ms: DEFAULT_JWKS_FILE_CHECK_MS,
             jwks_allow_http: false,
             jwks_allow_link_local: false,
+            session_expiry: SessionExpiry::Ignore,
+            revocation_refresh_secs: DEFAULT_REVOCATION_REFRESH_SECS,
         }
     }
 }
@@ -292,6 +326,8 @@ impl fmt::Debug for AuthConfig {
             .field("jwks_file_check_ms", &self.jwks_file_check_ms)
             .field("jwks_allow_http", &self.jwks_allow_http)
             .field("jwks_allow_link_local", &self.jwks_allow_link_local)
+            .field("session_expiry", &self.session_expiry)
+            .field("revocation_refresh_secs", &self.revocation_refresh_secs)
             .finish()
     }
 }

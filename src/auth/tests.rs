@@ -1003,6 +1003,16 @@ fn mint_roundtrip() {
     assert_eq!(c.email.as_deref(), Some("dev@example.com"));
     assert!(c.is_admin);
     assert!(c.expires_at >= now() + 3590 && c.expires_at <= now() + 3600);
+    // Minted tokens carry iat and a random jti (revocation), and the verifier reads them.
+    let issued = c.issued_at.expect("iat");
+    assert!(issued + 5 >= now() && issued <= now());
+    let jti = c.jti.clone().expect("jti");
+    assert_eq!(jti.len(), 32);
+    let again = v
+        .verify(&mint_hs256(SECRET.as_bytes(), &req, DEFAULT_ADMIN_CLAIM).unwrap())
+        .unwrap();
+    assert_ne!(again.jti, Some(jti));
+    assert_eq!(c.kid, None);
 
     let plain = MintRequest {
         admin: false,

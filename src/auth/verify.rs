@@ -60,6 +60,12 @@ pub struct Claims {
     pub is_admin: bool,
     /// `exp`, seconds since the Unix epoch.
     pub expires_at: u64,
+    /// `iat`, seconds since the Unix epoch, when the token has one (revocation of a user's older tokens).
+    pub issued_at: Option<u64>,
+    /// `jti`, when the token has one as a usable string (revocation of one token, audit lines).
+    pub jti: Option<String>,
+    /// The header's `kid`, when it has one (audit lines only: never sent to a client).
+    pub kid: Option<String>,
 }
 
 /// Verifies client tokens. Built once at startup; cloning is cheap (an `Arc`).
@@ -258,7 +264,9 @@ impl TokenVerifier {
         let Value::Object(claims) = payload else {
             return Err(TokenError::Malformed);
         };
-        self.extract(&claims)
+        let mut extracted = self.extract(&claims)?;
+        extracted.kid = kid;
+        Ok(extracted)
     }
 
     /// The signature check of an RS*/PS*/ES*/EdDSA token when key sets are configured: a `kid` found in the key
@@ -417,6 +425,9 @@ impl TokenVerifier {
             email,
             is_admin,
             expires_at,
+            issued_at: claims.get("iat").and_then(numeric_date),
+            jti: usable_string(claims.get("jti")).map(str::to_owned),
+            kid: None,
         })
     }
 }

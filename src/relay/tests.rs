@@ -244,10 +244,12 @@ async fn kick_ends_at_once_and_drain_waits_for_the_transaction() {
     read_exactly(&mut h.client, answer(TxStatus::Idle).len()).await;
     let outcome = h.relay.await.expect("relay task");
     assert!(
-        matches!(outcome.end, RelayEnd::Shutdown),
+        matches!(outcome.end, RelayEnd::Drained),
         "{:?}",
         outcome.end
     );
+    // Drained at an idle point: the server connection can be reset and reused.
+    assert!(outcome.reusable_with_status.is_some());
 
     let mut h = start(None);
     h.client.write_all(&query("BEGIN")).await.expect("write");

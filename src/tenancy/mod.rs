@@ -4,6 +4,7 @@
 pub mod credentials;
 mod onboard;
 pub mod ops;
+pub mod revoke;
 pub mod secret_check;
 
 pub use onboard::{find_user_by_email, onboard, OnboardError, OnboardRequest, Onboarded};

@@ -44,6 +44,26 @@ pub enum DirectoryEvent {
         role: String,
         why: String,
     },
+    /// A token (or every token of a user issued before a time) was revoked (trigger on
+    /// `pgtenant.revoked_tokens`, shared migration V009).
+    Revoked(Revocation),
+    /// Revocations were removed: reload them.
+    RevocationsChanged,
+    /// A user was disabled: end its sessions (trigger on `pgtenant.users`).
+    UserDisabled { user_id: Uuid },
+}
+
+/// One revocation, as announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The token with this `jti`.
+    Token { jti: String, end_sessions: bool },
+    /// Every token of the user whose `iat` is before `before` (Unix seconds), or that has no `iat`.
+    User {
+        user_id: Uuid,
+        before: u64,
+        end_sessions: bool,
+    },
 }
 
 impl DirectoryEvent {
@@ -55,10 +75,23 @@ impl DirectoryEvent {
                 role,
                 why,
             } => format!("closed {tenant_id} {role} {why}"),
+            DirectoryEvent::Revoked(Revocation::Token { jti, end_sessions }) => {
+                format!("revoked jti {end_sessions} {jti}")
+            }
+            DirectoryEvent::Revoked(Revocation::User {
+                user_id,
+                before,
+                end_sessions,
+            }) => format!("revoked user {end_sessions} {user_id} {before}"),
+            DirectoryEvent::RevocationsChanged => "revocations changed".into(),
+            DirectoryEvent::UserDisabled { user_id } => format!("user_disabled {user_id}"),
         }
     }
 
     pub fn parse(payload: &str) -> DirectoryEvent {
+        if let Some(event) = Self::parse_revocation(payload) {
+            return event;
+        }
         let mut parts = payload.splitn(4, ' ');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
             (Some("closed"), Some(id), Some(role), why) => match Uuid::parse_str(id) {
@@ -71,6 +104,57 @@ impl DirectoryEvent {
             },
             _ => DirectoryEvent::Changed,
         }
+    }
+}
+
+impl DirectoryEvent {
+    /// The announcements of the revocation triggers (and of a disabled user); `None` for others. A payload
+    /// that starts like one but does not parse is `RevocationsChanged`: reload rather than miss it.
+    fn parse_revocation(payload: &str) -> Option<DirectoryEvent> {
+        // `format('%s', boolean)` in PL/pgSQL gives t / f; the migration's trigger spells them out.
+        let flag = |s: &str| s == "true" || s == "t";
+        if payload == "revocations changed" {
+            return Some(DirectoryEvent::RevocationsChanged);
+        }
+        if let Some(id) = payload.strip_prefix("user_disabled ") {
+            return Some(match Uuid::parse_str(id) {
+                Ok(user_id) => DirectoryEvent::UserDisabled { user_id },
+                Err(_) => DirectoryEvent::Changed,
+            });
+        }
+        if let Some(rest) = payload.strip_prefix("revoked jti ") {
+            return Some(match rest.split_once(' ') {
+                Some((end_sessions, jti)) if !jti.is_empty() => {
+                    DirectoryEvent::Revoked(Revocation::Token {
+                        jti: jti.to_string(),
+                        end_sessions: flag(end_sessions),
+                    })
+                }
+                _ => DirectoryEvent::RevocationsChanged,
+            });
+        }
+        if let Some(rest) = payload.strip_prefix("revoked user ") {
+            let mut parts = rest.split(' ');
+            let parsed = match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                (Some(end_sessions), Some(id), Some(before), None) => {
+                    match (Uuid::parse_str(id), before.parse::<u64>()) {
+                        (Ok(user_id), Ok(before)) => Some(Revocation::User {
+                            user_id,
+                            before,
+                            end_sessions: flag(end_sessions),
+                        }),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
+            return Some(
+                parsed
+                    .map(DirectoryEvent::Revoked)
+                    .unwrap_or(DirectoryEvent::RevocationsChanged),
+            );
+        }
+        None
     }
 }
 
@@ -368,6 +452,44 @@ mod tests {
         assert_eq!(
             DirectoryEvent::parse("closed not-a-uuid x"),
             DirectoryEvent::Changed
+        );
+    }
+
+    #[test]
+    fn revocation_events_round_trip() {
+        let user_id = Uuid::new_v4();
+        for event in [
+            DirectoryEvent::Revoked(Revocation::Token {
+                jti: "a jti with spaces".into(),
+                end_sessions: true,
+            }),
+            DirectoryEvent::Revoked(Revocation::User {
+                user_id,
+                before: 1_800_000_000,
+                end_sessions: false,
+            }),
+            DirectoryEvent::RevocationsChanged,
+            DirectoryEvent::UserDisabled { user_id },
+        ] {
+            assert_eq!(DirectoryEvent::parse(&event.payload()), event);
+        }
+        // What the trigger of shared migration V009 sends.
+        assert_eq!(
+            DirectoryEvent::parse(&format!("revoked user true {user_id} 1800000000")),
+            DirectoryEvent::Revoked(Revocation::User {
+                user_id,
+                before: 1_800_000_000,
+                end_sessions: true
+            })
+        );
+        // Garbled revocations reload rather than pass unnoticed.
+        assert_eq!(
+            DirectoryEvent::parse("revoked user true nope 12"),
+            DirectoryEvent::RevocationsChanged
+        );
+        assert_eq!(
+            DirectoryEvent::parse("revoked jti true "),
+            DirectoryEvent::RevocationsChanged
         );
     }
 }

@@ -283,7 +283,7 @@ impl TxnSession<'_> {
                 if !state.to_client.is_empty() {
                     let _ = client_write.write_all(&state.to_client).await;
                 }
-                return RelayEnd::Shutdown;
+                return RelayEnd::Drained;
             }
             let client_readable = state.to_server.len() < HIGH_WATER;
             let server_readable = state.to_client.len() < HIGH_WATER;
