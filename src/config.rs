@@ -113,6 +113,15 @@ pub struct UpstreamConfig {
     /// requires re-setting every tenant role's password (`pgtenant onboard` does it for new tenants).
     pub server_secret: Option<String>,
     pub connect_timeout_ms: u64,
+    /// TLS to PostgreSQL, with libpq's meaning (see `upstream_tls`); `disable` keeps connections plain.
+    pub sslmode: crate::upstream_tls::SslMode,
+    /// PEM file of the CA certificate(s) the server's certificate must chain to (verify-ca, verify-full; with
+    /// require or prefer it makes the chain checked, as libpq does).
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM client certificate chain and private key, for servers that ask for one (`clientcert` in
+    /// pg_hba.conf). Both or neither.
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -125,6 +134,10 @@ impl Default for UpstreamConfig {
             admin_password: None,
             server_secret: None,
             connect_timeout_ms: 5_000,
+            sslmode: crate::upstream_tls::SslMode::Disable,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 }
@@ -145,6 +158,10 @@ impl std::fmt::Debug for UpstreamConfig {
                 &self.server_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
             .finish()
     }
 }
@@ -292,6 +309,20 @@ impl Config {
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return invalid("server.tls_cert and server.tls_key must be set together");
         }
+        {
+            use crate::upstream_tls::SslMode;
+            let u = &self.upstream;
+            if matches!(u.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
+                && u.sslrootcert.is_none()
+            {
+                return invalid(
+                    "upstream.sslmode = verify-ca or verify-full needs upstream.sslrootcert",
+                );
+            }
+            if u.sslcert.is_some() != u.sslkey.is_some() {
+                return invalid("upstream.sslcert and upstream.sslkey must be set together");
+            }
+        }
         if self.pool.size_per_tenant == 0 || self.pool.max_server_connections == 0 {
             return invalid("pool sizes must be at least 1");
         }
@@ -369,6 +400,10 @@ impl Config {
                 "upstream.connect_timeout_ms".into(),
                 u.connect_timeout_ms.to_string(),
             ),
+            ("upstream.sslmode".into(), u.sslmode.as_str().to_string()),
+            ("upstream.sslrootcert".into(), path(&u.sslrootcert)),
+            ("upstream.sslcert".into(), path(&u.sslcert)),
+            ("upstream.sslkey".into(), path(&u.sslkey)),
             ("pool.mode".into(), p.mode.as_str().to_string()),
             ("pool.size_per_tenant".into(), p.size_per_tenant.to_string()),
             (
@@ -500,6 +535,25 @@ impl Config {
         Duration::from_millis(self.upstream.connect_timeout_ms)
     }
 
+    /// A tokio-postgres config logging in as a tenant role (its derived password), TLS as configured.
+    pub fn tenant_pg_config(
+        &self,
+        role: &str,
+        password: &str,
+        application_name: &str,
+    ) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&self.upstream.host)
+            .port(self.upstream.port)
+            .dbname(&self.upstream.database)
+            .user(role)
+            .password(password)
+            .application_name(application_name)
+            .ssl_mode(self.upstream.sslmode.postgres())
+            .connect_timeout(self.upstream_connect_timeout());
+        pg
+    }
+
     /// A tokio-postgres config for the admin role (shared schema, onboarding, migrations).
     pub fn admin_pg_config(&self) -> tokio_postgres::Config {
         let mut pg = tokio_postgres::Config::new();
@@ -508,6 +562,7 @@ impl Config {
             .dbname(&self.upstream.database)
             .user(&self.upstream.admin_user)
             .application_name("pgtenant-admin")
+            .ssl_mode(self.upstream.sslmode.postgres())
             .connect_timeout(self.upstream_connect_timeout());
         if let Some(password) = &self.upstream.admin_password {
             pg.password(password);

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 /// Name of a PostgreSQL role (a tenant's login role).
@@ -109,10 +109,31 @@ pub enum DirectoryError {
     Query(#[from] tokio_postgres::Error),
 }
 
-type AdminPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+/// How admin connections are made: TLS as `upstream.sslmode` says (the config carries the mode).
+pub type AdminTls = MakeRustlsConnect;
+
+type AdminPool = bb8::Pool<PostgresConnectionManager<AdminTls>>;
+
+/// Keeps the last error of the directory pool's connection attempts (bb8 itself only reports a timeout) and
+/// logs it.
+#[derive(Clone, Debug, Default)]
+struct LastConnectError(Arc<Mutex<Option<String>>>);
+
+impl bb8::ErrorSink<tokio_postgres::Error> for LastConnectError {
+    fn sink(&self, error: tokio_postgres::Error) {
+        let error = crate::upstream_tls::error_chain(&error);
+        tracing::error!(error = %error, "directory connection to the database server failed");
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+}
 
 pub struct Directory {
     pool: AdminPool,
+    last_connect_error: LastConnectError,
+    tls: crate::upstream_tls::UpstreamTls,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, Vec<User>)>>,
 }
@@ -123,18 +144,47 @@ const USER_COLUMNS: &str =
 
 impl Directory {
     /// Connects lazily: the first lookup opens the first admin connection.
-    pub fn new(admin: tokio_postgres::Config, ttl: Duration) -> Arc<Self> {
-        let manager = PostgresConnectionManager::new(admin, NoTls);
+    pub fn new(
+        admin: tokio_postgres::Config,
+        tls: crate::upstream_tls::UpstreamTls,
+        ttl: Duration,
+    ) -> Arc<Self> {
+        let manager = PostgresConnectionManager::new(admin, tls.postgres());
+        let last_connect_error = LastConnectError::default();
         let pool = bb8::Pool::builder()
             .max_size(4)
             .connection_timeout(Duration::from_secs(5))
             .test_on_check_out(false)
+            .error_sink(Box::new(last_connect_error.clone()))
             .build_unchecked(manager);
         Arc::new(Self {
             pool,
+            last_connect_error,
+            tls,
             ttl,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The error for a connection the pool could not give: bb8 says only "timed out", the sink knows why.
+    fn unavailable(&self, e: bb8::RunError<tokio_postgres::Error>) -> DirectoryError {
+        match e {
+            bb8::RunError::User(e) => {
+                DirectoryError::Unavailable(crate::upstream_tls::error_chain(&e))
+            }
+            bb8::RunError::TimedOut => {
+                let last = self
+                    .last_connect_error
+                    .0
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take();
+                DirectoryError::Unavailable(match last {
+                    Some(reason) => reason,
+                    None => "timed out waiting for a connection".into(),
+                })
+            }
+        }
     }
 
     /// Finds the memberships of the user a token names (one per organization, by slug); empty: no such user.
@@ -161,11 +211,7 @@ impl Directory {
     }
 
     async fn query(&self, identity: &Identity) -> Result<Vec<User>, DirectoryError> {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        let conn = self.pool.get().await.map_err(|e| self.unavailable(e))?;
         let rows = match identity {
             Identity::UserId(id) => {
                 let Ok(id) = Uuid::parse_str(id) else {
@@ -212,11 +258,9 @@ impl Directory {
     /// A connection as the admin role, from the directory's small pool (admin channel commands use it).
     pub async fn admin(
         &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DirectoryError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<AdminTls>>, DirectoryError>
+    {
+        self.pool.get().await.map_err(|e| self.unavailable(e))
     }
 
     /// Sets a tenant role's password back to its derived value (given as a SCRAM verifier). A tenant can
@@ -227,11 +271,7 @@ impl Directory {
         role: &RoleName,
         verifier: &str,
     ) -> Result<(), DirectoryError> {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        let conn = self.pool.get().await.map_err(|e| self.unavailable(e))?;
         conn.batch_execute(&format!(
             "ALTER ROLE {} PASSWORD {}",
             role.quoted(),
@@ -275,7 +315,7 @@ impl Directory {
         admin: &tokio_postgres::Config,
         on_event: &(impl Fn(DirectoryEvent) + Send + Sync),
     ) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = admin.connect(NoTls).await?;
+        let (client, mut connection) = admin.connect(self.tls.postgres()).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             loop {

@@ -16,6 +16,8 @@
 //! - [`pool`]: one pool per tenant of raw upstream protocol connections logged in as the tenant's role, with a
 //!   global cap and eviction of other tenants' idle connections.
 //! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
+//! - [`upstream_tls`]: TLS to PostgreSQL (`upstream.sslmode`, libpq's meaning): the rustls client
+//!   configuration, SSLRequest negotiation, the plain-or-TLS upstream stream, the tokio-postgres connector.
 //! - [`proxy`]: the state all sessions share (reloadable configuration, verifier, directory, pools).
 //! - [`session`]: one client connection from its first byte to its end: handshake, login, relay, check-in.
 //! - [`sessions`]: the registry of running sessions (admin views, ending a suspended tenant's sessions).
@@ -58,3 +60,4 @@ pub mod tenancy;
 pub mod tls;
 pub mod txn;
 pub mod upstream;
+pub mod upstream_tls;

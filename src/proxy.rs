@@ -11,6 +11,7 @@ use crate::sessions::SessionRegistry;
 use crate::tenancy::credentials::RolePasswords;
 use crate::tenancy::ops::DirectoryEvent;
 use crate::upstream::UpstreamTarget;
+use crate::upstream_tls::UpstreamTls;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub enum ProxyError {
     Tls(#[from] crate::tls::TlsConfigError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
     #[error("pgtenant was started without a config file: nothing to reload")]
     NoConfigFile,
 }
@@ -101,8 +104,10 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, ProxyError> {
         let verifier = TokenVerifier::new(&config.auth)?;
         let tls = tls_acceptor(&config)?;
+        let upstream_tls = UpstreamTls::from_config(&config.upstream)?;
         let directory = Directory::new(
             config.admin_pg_config(),
+            upstream_tls.clone(),
             Duration::from_millis(config.tenancy.directory_cache_ttl_ms),
         );
         let target = UpstreamTarget {
@@ -110,6 +115,7 @@ impl Proxy {
             port: config.upstream.port,
             database: config.upstream.database.clone(),
             connect_timeout: config.upstream_connect_timeout(),
+            tls: upstream_tls,
         };
         let pools = PoolManager::new(
             config.pool.clone(),
@@ -178,6 +184,10 @@ impl Proxy {
                 || old.upstream.port != config.upstream.port
                 || old.upstream.database != config.upstream.database
                 || old.upstream.admin_user != config.upstream.admin_user
+                || old.upstream.sslmode != config.upstream.sslmode
+                || old.upstream.sslrootcert != config.upstream.sslrootcert
+                || old.upstream.sslcert != config.upstream.sslcert
+                || old.upstream.sslkey != config.upstream.sslkey
             {
                 needs_restart.push("upstream");
             }

@@ -20,6 +20,8 @@ pub enum TenantOpError {
     NotConfirmed { slug: String },
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
 }
 
 /// A tenant as the operations see it.
@@ -279,6 +281,17 @@ pub async fn check_tenants(
     config: &Config,
     concurrency: usize,
 ) -> Result<Vec<TenantHealth>, TenantOpError> {
+    let tls = crate::upstream_tls::UpstreamTls::from_config(&config.upstream)?;
+    check_tenants_with(admin, config, &tls, concurrency).await
+}
+
+/// As [`check_tenants`], with TLS settings already read.
+pub async fn check_tenants_with(
+    admin: &Client,
+    config: &Config,
+    tls: &crate::upstream_tls::UpstreamTls,
+    concurrency: usize,
+) -> Result<Vec<TenantHealth>, TenantOpError> {
     let tenants: Vec<TenantRef> = list_tenants(admin)
         .await?
         .into_iter()
@@ -290,17 +303,15 @@ pub async fn check_tenants(
     let mut tasks = tokio::task::JoinSet::new();
     for (index, tenant) in tenants.into_iter().enumerate() {
         let permit = limit.clone().acquire_owned().await.expect("never closed");
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&config.upstream.host)
-            .port(config.upstream.port)
-            .dbname(&config.upstream.database)
-            .user(tenant.role.as_str())
-            .password(passwords.password_for(tenant.role.as_str()))
-            .application_name("pgtenant-check")
-            .connect_timeout(config.upstream_connect_timeout());
+        let pg = config.tenant_pg_config(
+            tenant.role.as_str(),
+            &passwords.password_for(tenant.role.as_str()),
+            "pgtenant-check",
+        );
+        let tls = tls.postgres();
         tasks.spawn(async move {
             let started = std::time::Instant::now();
-            let error = check_one(pg, &tenant).await.err();
+            let error = check_one(pg, tls, &tenant).await.err();
             drop(permit);
             (
                 index,
@@ -322,11 +333,12 @@ pub async fn check_tenants(
     Ok(results.into_iter().map(|(_, h)| h).collect())
 }
 
-async fn check_one(pg: tokio_postgres::Config, tenant: &TenantRef) -> Result<(), String> {
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| describe(&e))?;
+async fn check_one(
+    pg: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    tenant: &TenantRef,
+) -> Result<(), String> {
+    let (client, connection) = pg.connect(tls).await.map_err(|e| describe(&e))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -347,7 +359,7 @@ async fn check_one(pg: tokio_postgres::Config, tenant: &TenantRef) -> Result<(),
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => crate::upstream_tls::error_chain(e),
     }
 }
 
