@@ -35,6 +35,32 @@ pub struct Config {
     pub auth: AuthConfig,
     pub tenancy: TenancyConfig,
     pub migrations: MigrationsConfig,
+    pub health: HealthConfig,
+}
+
+/// The health endpoints on `server.metrics_listen` (`/health`, `/health/tenants`, `/live`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How long `/health` reuses its directory check.
+    pub ready_cache_ms: u64,
+    /// How long `/health/tenants` reuses a round of tenant checks.
+    pub tenants_cache_ms: u64,
+    /// Tenants checked at once in a round.
+    pub tenants_concurrency: usize,
+    /// How long the directory check (and getting a directory connection for a round) may take.
+    pub check_timeout_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            ready_cache_ms: 1_000,
+            tenants_cache_ms: 5_000,
+            tenants_concurrency: 4,
+            check_timeout_ms: 3_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -74,7 +100,8 @@ pub struct ServerConfig {
     pub admin_database: String,
     /// On SIGTERM (or the admin SHUTDOWN), how long sessions get to finish their transaction.
     pub shutdown_grace_secs: u64,
-    /// Address of the Prometheus `/metrics` endpoint (HTTP). Off when unset.
+    /// Address of the HTTP endpoints `/metrics` (Prometheus), `/health`, `/health/tenants` and `/live`. Off
+    /// when unset.
     pub metrics_listen: Option<SocketAddr>,
     /// A client idle (not in a transaction) for this long is disconnected; 0: never.
     pub client_idle_timeout_secs: u64,
@@ -326,6 +353,9 @@ impl Config {
         if self.pool.size_per_tenant == 0 || self.pool.max_server_connections == 0 {
             return invalid("pool sizes must be at least 1");
         }
+        if self.health.tenants_concurrency == 0 {
+            return invalid("health.tenants_concurrency must be at least 1");
+        }
         if self.server.admin_database.is_empty() {
             return invalid("server.admin_database must not be empty");
         }
@@ -516,6 +546,22 @@ impl Config {
                 t.virtual_schema.clone().unwrap_or_default(),
             ),
             ("migrations.concurrency".into(), m.concurrency.to_string()),
+            (
+                "health.ready_cache_ms".into(),
+                self.health.ready_cache_ms.to_string(),
+            ),
+            (
+                "health.tenants_cache_ms".into(),
+                self.health.tenants_cache_ms.to_string(),
+            ),
+            (
+                "health.tenants_concurrency".into(),
+                self.health.tenants_concurrency.to_string(),
+            ),
+            (
+                "health.check_timeout_ms".into(),
+                self.health.check_timeout_ms.to_string(),
+            ),
             (
                 "migrations.lock_timeout_ms".into(),
                 m.lock_timeout_ms.to_string(),

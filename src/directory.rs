@@ -255,6 +255,13 @@ impl Directory {
             .collect())
     }
 
+    /// Checks the directory database answers (`SELECT 1` on a pooled connection), for `/health`.
+    pub async fn ping(&self) -> Result<(), DirectoryError> {
+        let conn = self.pool.get().await.map_err(|e| self.unavailable(e))?;
+        conn.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     /// A connection as the admin role, from the directory's small pool (admin channel commands use it).
     pub async fn admin(
         &self,

@@ -30,6 +30,10 @@
 //!   state machine over both streams, client messages framed only to rewrite the virtual schema.
 //! - [`scram`]: SCRAM-SHA-256, client side and stored verifiers.
 //! - [`metrics`]: counters and latency histograms per tenant, for SHOW STATS and Prometheus.
+//! - [`metrics_http`]: the small HTTP listener on `server.metrics_listen`: `/metrics`, `/health`,
+//!   `/health/tenants`, `/live`.
+//! - [`health`]: readiness (listener, directory, draining) and per-tenant login checks, cached and run one
+//!   round at a time.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
 //! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and the credentials
 //!   of tenant roles (derived passwords, SCRAM verifiers).
@@ -43,6 +47,7 @@ pub mod cancel;
 pub mod config;
 pub mod dev;
 pub mod directory;
+pub mod health;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrate;

@@ -53,6 +53,10 @@ pub struct Proxy {
     /// The shutdown grace period ran out: sessions end at once.
     pub force_close: CancellationToken,
     pub started_at: std::time::SystemTime,
+    /// Health checks' cached results (`/health`, `/health/tenants`).
+    pub health: crate::health::Health,
+    /// The client listener is accepting (set by `server::run`).
+    listening: std::sync::atomic::AtomicBool,
     /// Stops the key set fetcher of the live verifier (a child of `shutdown`; replaced on RELOAD).
     jwks_fetcher: Mutex<Option<CancellationToken>>,
 }
@@ -139,7 +143,19 @@ impl Proxy {
             shutdown,
             force_close: CancellationToken::new(),
             started_at: std::time::SystemTime::now(),
+            health: crate::health::Health::default(),
+            listening: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Whether the client listener is accepting connections.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_listening(&self, up: bool) {
+        self.listening
+            .store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn config(&self) -> Arc<Config> {

@@ -292,12 +292,21 @@ pub async fn check_tenants_with(
     tls: &crate::upstream_tls::UpstreamTls,
     concurrency: usize,
 ) -> Result<Vec<TenantHealth>, TenantOpError> {
-    let tenants: Vec<TenantRef> = list_tenants(admin)
+    // Only the organizations' rows (list_tenants also sums every tenant's table sizes).
+    let tenants: Vec<TenantRef> = admin
+        .query(
+            &format!(
+                "SELECT {TENANT_COLUMNS} FROM pgtenant.organizations
+                 WHERE status IN ('active', 'suspended') ORDER BY created_at, id"
+            ),
+            &[],
+        )
         .await?
-        .into_iter()
-        .map(|l| l.tenant)
-        .filter(|t| t.status == "active" || t.status == "suspended")
+        .iter()
+        .map(tenant_from_row)
         .collect();
+    // A check that hangs (a server that accepts and never answers) reports instead of holding the round.
+    let limit_each = config.upstream_connect_timeout() * 2;
     let passwords = RolePasswords::new(config.server_secret());
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
@@ -311,7 +320,10 @@ pub async fn check_tenants_with(
         let tls = tls.postgres();
         tasks.spawn(async move {
             let started = std::time::Instant::now();
-            let error = check_one(pg, tls, &tenant).await.err();
+            let error = match tokio::time::timeout(limit_each, check_one(pg, tls, &tenant)).await {
+                Ok(result) => result.err(),
+                Err(_) => Some(format!("no answer within {} ms", limit_each.as_millis())),
+            };
             drop(permit);
             (
                 index,
