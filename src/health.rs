@@ -186,18 +186,20 @@ async fn run_tenant_round(proxy: &Proxy) -> TenantsReport {
             ))
         }
     };
-    let results = crate::tenancy::ops::check_tenants_with(
-        &admin,
+    // The directory connection goes back to its (small) pool before the logins start.
+    let listed = crate::tenancy::ops::checkable_tenants(&admin).await;
+    drop(admin);
+    let listed = match listed {
+        Ok(t) => t,
+        Err(e) => return failed(e.to_string()),
+    };
+    let results = crate::tenancy::ops::check_listed(
+        listed,
         &config,
         proxy.pools.upstream_tls(),
         config.health.tenants_concurrency,
     )
     .await;
-    drop(admin);
-    let results = match results {
-        Ok(r) => r,
-        Err(e) => return failed(e.to_string()),
-    };
     let tenants: Vec<TenantCheck> = results
         .into_iter()
         .map(|h| TenantCheck {

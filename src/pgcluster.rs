@@ -505,10 +505,13 @@ pub struct ClusterSpec {
 
 /// A server certificate for a cluster with `ssl = on`: written to `server.crt` / `server.key` in the data dir
 /// (the key with mode 0600, owned by the server's OS user, as PostgreSQL requires).
+/// With `client_ca_pem`, it becomes `ssl_ca_file`, against which client certificates are checked (for `cert`
+/// or `clientcert=` lines in pg_hba.conf).
 #[derive(Clone)]
 pub struct ClusterTls {
     pub cert_pem: String,
     pub key_pem: String,
+    pub client_ca_pem: Option<String>,
 }
 
 impl ClusterSpec {
@@ -533,7 +536,16 @@ impl ClusterSpec {
         self.tls = Some(ClusterTls {
             cert_pem: cert_pem.into(),
             key_pem: key_pem.into(),
+            client_ca_pem: None,
         });
+        self
+    }
+
+    /// With [`ClusterSpec::tls`]: client certificates are checked against this CA (PEM).
+    pub fn tls_client_ca(mut self, ca_pem: impl Into<String>) -> Self {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.client_ca_pem = Some(ca_pem.into());
+        }
         self
     }
 
@@ -893,7 +905,12 @@ impl Cluster {
     fn write_tls_files(&self, tls: &ClusterTls) -> Result<Vec<(String, String)>, ClusterError> {
         let cert = self.data_dir.join("server.crt");
         let key = self.data_dir.join("server.key");
-        for (path, text, mode) in [(&cert, &tls.cert_pem, 0o644), (&key, &tls.key_pem, 0o600)] {
+        let ca = self.data_dir.join("client-ca.crt");
+        let mut files = vec![(&cert, &tls.cert_pem, 0o644), (&key, &tls.key_pem, 0o600)];
+        if let Some(ca_pem) = &tls.client_ca_pem {
+            files.push((&ca, ca_pem, 0o644));
+        }
+        for (path, text, mode) in files {
             let _ = fs::remove_file(path);
             fs::OpenOptions::new()
                 .write(true)
@@ -906,11 +923,15 @@ impl Cluster {
                 chown_to(path, user)?;
             }
         }
-        Ok(vec![
+        let mut settings = vec![
             ("ssl".into(), "on".into()),
             ("ssl_cert_file".into(), cert.to_string_lossy().into_owned()),
             ("ssl_key_file".into(), key.to_string_lossy().into_owned()),
-        ])
+        ];
+        if tls.client_ca_pem.is_some() {
+            settings.push(("ssl_ca_file".into(), ca.to_string_lossy().into_owned()));
+        }
+        Ok(settings)
     }
 
     /// Stops a postmaster still running on our data dir; removes a stale `postmaster.pid`.

@@ -17,13 +17,20 @@ use std::time::Duration;
 /// The same as the plain cluster's, so raw logins work on both.
 const SUPERUSER_PASSWORD: &str = "test-superuser-password";
 
-/// The CA, a certificate of it for "localhost" (only), and an unrelated CA.
+/// The CA, a certificate of it for "localhost" (only), a client certificate of it for the role
+/// [`CERT_USER`], and an unrelated CA.
 struct Pki {
     ca_file: PathBuf,
     other_ca_file: PathBuf,
+    ca_pem: String,
     server_cert_pem: String,
     server_key_pem: String,
+    client_cert_file: PathBuf,
+    client_key_file: PathBuf,
 }
+
+/// A role that logs in with a client certificate only (pg_hba.conf `cert`).
+const CERT_USER: &str = "certuser";
 
 fn ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
     let key = rcgen::KeyPair::generate().expect("CA key");
@@ -53,15 +60,30 @@ fn pki(dir: &Path) -> Pki {
     let server = params
         .signed_by(&server_key, &ca_cert, &ca_key)
         .expect("server cert");
+    let client_key = rcgen::KeyPair::generate().expect("client key");
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("client params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, CERT_USER);
+    let client = params
+        .signed_by(&client_key, &ca_cert, &ca_key)
+        .expect("client cert");
     let ca_file = dir.join("ca.crt");
     let other_ca_file = dir.join("other-ca.crt");
+    let client_cert_file = dir.join("client.crt");
+    let client_key_file = dir.join("client.key");
     std::fs::write(&ca_file, ca_cert.pem()).expect("write CA");
     std::fs::write(&other_ca_file, other_ca.pem()).expect("write other CA");
+    std::fs::write(&client_cert_file, client.pem()).expect("write client cert");
+    std::fs::write(&client_key_file, client_key.serialize_pem()).expect("write client key");
     Pki {
         ca_file,
         other_ca_file,
+        ca_pem: ca_cert.pem(),
         server_cert_pem: server.pem(),
         server_key_pem: server_key.serialize_pem(),
+        client_cert_file,
+        client_key_file,
     }
 }
 
@@ -86,13 +108,22 @@ fn ssl_cluster() -> &'static SslCluster {
         let spec = ClusterSpec::new(root.join("data"), "postgres", SUPERUSER_PASSWORD)
             .setting("fsync", "off")
             .setting("synchronous_commit", "off")
-            .tls(pki.server_cert_pem.clone(), pki.server_key_pem.clone());
+            .tls(pki.server_cert_pem.clone(), pki.server_key_pem.clone())
+            .tls_client_ca(pki.ca_pem.clone());
         let cluster = Cluster::start(&bins, spec).expect("ssl cluster starts");
         cluster
             .stop_when_process_exits(Some(&root))
             .expect("watchdog");
         let port = cluster.port();
         let ca_file = pki.ca_file.clone();
+        // CERT_USER logs in with a client certificate and nothing else.
+        let hba = cluster.data_dir().join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!("hostssl all {CERT_USER} 127.0.0.1/32 cert\n{rules}"),
+        )
+        .expect("write pg_hba.conf");
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -119,6 +150,16 @@ fn ssl_cluster() -> &'static SslCluster {
                 )
                 .await
                 .expect("shared migrations");
+                admin
+                    .batch_execute(&format!("CREATE ROLE {CERT_USER} LOGIN"))
+                    .await
+                    .expect("certificate role");
+                admin
+                    .batch_execute("SELECT pg_reload_conf()")
+                    .await
+                    .expect("reload pg_hba.conf");
+                // The postmaster reads the file when it gets to the signal.
+                tokio::time::sleep(Duration::from_millis(500)).await;
             })
         })
         .join()
@@ -218,9 +259,13 @@ fn target(config: &Config) -> UpstreamTarget {
 
 /// A raw upstream connection as the superuser: Ok(is TLS) or the error text.
 async fn raw_connect(config: &Config) -> Result<bool, String> {
+    raw_connect_as(config, "postgres").await
+}
+
+async fn raw_connect_as(config: &Config, user: &str) -> Result<bool, String> {
     let cache = SaltedPasswordCache::default();
     let login = Login {
-        user: "postgres",
+        user,
         password: SUPERUSER_PASSWORD,
         salted_cache: &cache,
     };
@@ -551,4 +596,39 @@ async fn against_a_server_without_tls_require_fails_and_prefer_works() {
         "the client is told why: {db:?}"
     );
     proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_is_presented_when_configured() {
+    let c = ssl_cluster();
+    let without = verify_full();
+    let mut with = verify_full();
+    with.upstream.sslcert = Some(c.pki.client_cert_file.clone());
+    with.upstream.sslkey = Some(c.pki.client_key_file.clone());
+
+    // Raw tenant-style connections.
+    assert_eq!(raw_connect_as(&with, CERT_USER).await, Ok(true));
+    let err = raw_connect_as(&without, CERT_USER)
+        .await
+        .expect_err("no certificate, no login");
+    assert!(err.contains("certificate"), "{err}");
+
+    // tokio-postgres (admin side).
+    with.upstream.admin_user = CERT_USER.into();
+    with.upstream.admin_password = None;
+    let admin = pgtenant::dev::connect_admin(&with)
+        .await
+        .expect("login with the client certificate");
+    let row = admin
+        .query_one(
+            "SELECT current_user::text, client_dn FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("pg_stat_ssl");
+    assert_eq!(row.get::<_, String>(0), CERT_USER);
+    assert_eq!(
+        row.get::<_, Option<String>>(1).as_deref(),
+        Some("/CN=certuser")
+    );
 }

@@ -292,8 +292,14 @@ pub async fn check_tenants_with(
     tls: &crate::upstream_tls::UpstreamTls,
     concurrency: usize,
 ) -> Result<Vec<TenantHealth>, TenantOpError> {
-    // Only the organizations' rows (list_tenants also sums every tenant's table sizes).
-    let tenants: Vec<TenantRef> = admin
+    let tenants = checkable_tenants(admin).await?;
+    Ok(check_listed(tenants, config, tls, concurrency).await)
+}
+
+/// The tenants a check covers (active or suspended): only the organizations' rows (`list_tenants` also sums
+/// every tenant's table sizes).
+pub async fn checkable_tenants(admin: &Client) -> Result<Vec<TenantRef>, TenantOpError> {
+    Ok(admin
         .query(
             &format!(
                 "SELECT {TENANT_COLUMNS} FROM pgtenant.organizations
@@ -304,7 +310,17 @@ pub async fn check_tenants_with(
         .await?
         .iter()
         .map(tenant_from_row)
-        .collect();
+        .collect())
+}
+
+/// Logs in as each of `tenants`' roles and runs a query, `concurrency` at a time; results in their order.
+/// TLS is `tls`'s mode (the settings pgtenant started with), whatever a reloaded `config` says.
+pub async fn check_listed(
+    tenants: Vec<TenantRef>,
+    config: &Config,
+    tls: &crate::upstream_tls::UpstreamTls,
+    concurrency: usize,
+) -> Vec<TenantHealth> {
     // A check that hangs (a server that accepts and never answers) reports instead of holding the round.
     let limit_each = config.upstream_connect_timeout() * 2;
     let passwords = RolePasswords::new(config.server_secret());
@@ -312,11 +328,12 @@ pub async fn check_tenants_with(
     let mut tasks = tokio::task::JoinSet::new();
     for (index, tenant) in tenants.into_iter().enumerate() {
         let permit = limit.clone().acquire_owned().await.expect("never closed");
-        let pg = config.tenant_pg_config(
+        let mut pg = config.tenant_pg_config(
             tenant.role.as_str(),
             &passwords.password_for(tenant.role.as_str()),
             "pgtenant-check",
         );
+        pg.ssl_mode(tls.mode().postgres());
         let tls = tls.postgres();
         tasks.spawn(async move {
             let started = std::time::Instant::now();
@@ -342,7 +359,7 @@ pub async fn check_tenants_with(
         }
     }
     results.sort_by_key(|(i, _)| *i);
-    Ok(results.into_iter().map(|(_, h)| h).collect())
+    results.into_iter().map(|(_, h)| h).collect()
 }
 
 async fn check_one(
