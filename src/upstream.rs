@@ -292,7 +292,12 @@ impl UpstreamConn {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        self.stream.write_all(bytes).await.map_err(|e| {
+        // Flushed: over TLS, bytes taken while the socket was full go out only on a flush (no-op on TCP).
+        let sent = match self.stream.write_all(bytes).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        sent.map_err(|e| {
             self.broken = true;
             UpstreamError::Protocol(ProtocolError::Io(e))
         })
@@ -444,6 +449,8 @@ impl UpstreamConn {
     pub async fn terminate(mut self) {
         let mut out = BytesMut::new();
         protocol::write::terminate(&mut out);
-        let _ = self.stream.write_all(&out).await;
+        if self.stream.write_all(&out).await.is_ok() {
+            let _ = self.stream.shutdown().await;
+        }
     }
 }
