@@ -304,7 +304,7 @@ impl Directory {
                     _ = stop.cancelled() => return,
                     result = directory.listen_once(&admin, &on_event) => {
                         if let Err(e) = result {
-                            tracing::warn!(error = %e, "directory change listener disconnected; reconnecting");
+                            tracing::warn!(error = %crate::upstream_tls::error_chain(&e), "directory change listener disconnected; reconnecting");
                         }
                     }
                 }

@@ -85,7 +85,7 @@ pub enum HandshakeError {
     NotOffered(&'static str),
     #[error("the database server answered the SSLRequest with {0:#04x}, neither 'S' nor 'N'")]
     BadAnswer(u8),
-    #[error("TLS handshake with the database server failed: {0}")]
+    #[error("handshake failed: {0}")]
     Handshake(std::io::Error),
     #[error("I/O error during the SSLRequest: {0}")]
     Io(std::io::Error),
