@@ -114,25 +114,9 @@ pub type AdminTls = MakeRustlsConnect;
 
 type AdminPool = bb8::Pool<PostgresConnectionManager<AdminTls>>;
 
-/// Keeps the last error of the directory pool's connection attempts (bb8 itself only reports a timeout) and
-/// logs it.
-#[derive(Clone, Debug, Default)]
-struct LastConnectError(Arc<Mutex<Option<String>>>);
-
-impl bb8::ErrorSink<tokio_postgres::Error> for LastConnectError {
-    fn sink(&self, error: tokio_postgres::Error) {
-        let error = crate::upstream_tls::error_chain(&error);
-        tracing::error!(error = %error, "directory connection to the database server failed");
-        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
-    }
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
-        Box::new(self.clone())
-    }
-}
-
 pub struct Directory {
     pool: AdminPool,
-    last_connect_error: LastConnectError,
+    connect_errors: crate::pg_connect_errors::ConnectErrors,
     tls: crate::upstream_tls::UpstreamTls,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, Vec<User>)>>,
@@ -150,16 +134,16 @@ impl Directory {
         ttl: Duration,
     ) -> Arc<Self> {
         let manager = PostgresConnectionManager::new(admin, tls.postgres());
-        let last_connect_error = LastConnectError::default();
+        let connect_errors = crate::pg_connect_errors::ConnectErrors::new("directory");
         let pool = bb8::Pool::builder()
             .max_size(4)
             .connection_timeout(Duration::from_secs(5))
             .test_on_check_out(false)
-            .error_sink(Box::new(last_connect_error.clone()))
+            .error_sink(connect_errors.sink())
             .build_unchecked(manager);
         Arc::new(Self {
             pool,
-            last_connect_error,
+            connect_errors,
             tls,
             ttl,
             cache: Mutex::new(HashMap::new()),
@@ -168,23 +152,7 @@ impl Directory {
 
     /// The error for a connection the pool could not give: bb8 says only "timed out", the sink knows why.
     fn unavailable(&self, e: bb8::RunError<tokio_postgres::Error>) -> DirectoryError {
-        match e {
-            bb8::RunError::User(e) => {
-                DirectoryError::Unavailable(crate::upstream_tls::error_chain(&e))
-            }
-            bb8::RunError::TimedOut => {
-                let last = self
-                    .last_connect_error
-                    .0
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .take();
-                DirectoryError::Unavailable(match last {
-                    Some(reason) => reason,
-                    None => "timed out waiting for a connection".into(),
-                })
-            }
-        }
+        DirectoryError::Unavailable(self.connect_errors.explain(e))
     }
 
     /// Finds the memberships of the user a token names (one per organization, by slug); empty: no such user.

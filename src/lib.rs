@@ -38,6 +38,8 @@
 //! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and the credentials
 //!   of tenant roles (derived passwords, SCRAM verifiers).
 //! - [`migrate`]: versioned SQL files of `shared-migrations/` and `tenant-migrations/`, checksums, history.
+//! - [`pg_connect_errors`]: the error sink of the tokio-postgres pools (directory, migrations): logs why a
+//!   connection failed and keeps it, since bb8 itself only reports a timeout.
 //! - [`pgcluster`]: finding PostgreSQL's binaries and running a throwaway cluster (for `pgtenant dev` and tests).
 //! - [`dev`]: the `pgtenant dev` command.
 
@@ -51,6 +53,7 @@ pub mod health;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrate;
+pub mod pg_connect_errors;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;

@@ -688,3 +688,60 @@ async fn large_copy_and_results_pass_over_a_tls_upstream() {
         proxy.stop().await;
     }
 }
+
+/// A tenant migration fan-out over TLS: the admin pool and the connection logged in as the tenant's role.
+/// The migration itself records whether its own connection is encrypted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenant_migrations_run_over_tls() {
+    let tenant = onboard_ssl("migrate").await;
+    let dir = std::env::temp_dir().join(format!(
+        "pgtenant-tls-migrations-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::create_dir_all(&dir).expect("migrations dir");
+    for entry in std::fs::read_dir(common::repo_path("tenant-migrations")).expect("read dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().expect("file name").to_owned();
+        std::fs::copy(&path, dir.join(name)).expect("copy migration");
+    }
+    std::fs::write(
+        dir.join("V900__tls_probe.sql"),
+        "CREATE TABLE tls_probe AS
+           SELECT ssl, current_setting('application_name') AS app
+             FROM pg_stat_ssl WHERE pid = pg_backend_pid();\n",
+    )
+    .expect("write migration");
+    let mut config = verify_full();
+    config.tenancy.tenant_migrations_dir = dir.clone();
+    let migrator = pgtenant::migrate::tenants::TenantMigrator::new(&config, 2).expect("migrator");
+    let report = migrator
+        .run(
+            &pgtenant::migrate::tenants::FanOutOptions {
+                concurrency: 2,
+                only: Some(tenant.onboarded.slug.clone()),
+                ..Default::default()
+            },
+            &pgtenant::migrate::progress::Silent,
+        )
+        .await
+        .expect("fan-out over TLS");
+    assert!(report.ok(), "{report:?}");
+    assert_eq!(report.migrated, 1, "{report:?}");
+    let row = ssl_superuser()
+        .await
+        .query_one(
+            &format!(
+                "SELECT ssl, app FROM {}.tls_probe",
+                tenant.onboarded.schema.as_str()
+            ),
+            &[],
+        )
+        .await
+        .expect("probe row");
+    assert!(
+        row.get::<_, bool>(0),
+        "the tenant-role migration connection was not on TLS"
+    );
+    assert_eq!(row.get::<_, String>(1), "pgtenant-migrate");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -183,6 +183,7 @@ pub struct TenantMigrator {
 
 struct Inner {
     admin: AdminPool,
+    connect_errors: crate::pg_connect_errors::ConnectErrors,
     tenant_login: TenantLogin,
     migrations: Vec<Migration>,
     lock_timeout_ms: u64,
@@ -202,14 +203,17 @@ impl TenantMigrator {
         let migrations = load_dir(&config.tenancy.tenant_migrations_dir)?;
         let tls = UpstreamTls::from_config(&config.upstream)?;
         let manager = PostgresConnectionManager::new(config.admin_pg_config(), tls.postgres());
+        let connect_errors = crate::pg_connect_errors::ConnectErrors::new("migrations");
         let admin = bb8::Pool::builder()
             .max_size(concurrency.max(1) as u32 + 2)
             .connection_timeout(Duration::from_secs(30))
             .test_on_check_out(false)
+            .error_sink(connect_errors.sink())
             .build_unchecked(manager);
         Ok(Self {
             inner: Arc::new(Inner {
                 admin,
+                connect_errors,
                 tenant_login: TenantLogin {
                     config: config.clone(),
                     tls,
@@ -238,7 +242,7 @@ impl TenantMigrator {
             .admin
             .get()
             .await
-            .map_err(|e| MigrateError::AdminPool(e.to_string()))
+            .map_err(|e| MigrateError::AdminPool(self.inner.connect_errors.explain(e)))
     }
 
     /// Every tenant (or the one named by `only`) with its history.

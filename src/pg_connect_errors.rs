@@ -1,0 +1,52 @@
+//! bb8 pools of tokio-postgres connections report only "timed out" when connections cannot be made; the real
+//! error (server down, login refused, TLS refused) goes to the pool's error sink. [`ConnectErrors`] is that
+//! sink: it logs each failure with its whole cause and keeps the last one, to say why a `get` failed.
+
+use bb8::{ErrorSink, RunError};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone, Debug)]
+pub struct ConnectErrors {
+    /// Which pool, for the log line ("directory", "migrations").
+    pool: &'static str,
+    last: Arc<Mutex<Option<String>>>,
+}
+
+impl ConnectErrors {
+    pub fn new(pool: &'static str) -> Self {
+        Self {
+            pool,
+            last: Arc::default(),
+        }
+    }
+
+    /// The sink to give `bb8::Builder::error_sink`.
+    pub fn sink(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+
+    /// Why `get` failed: the error itself, or for a timeout the last connection error seen (taken, so an old
+    /// one is not repeated later).
+    pub fn explain(&self, e: RunError<tokio_postgres::Error>) -> String {
+        match e {
+            RunError::User(e) => crate::upstream_tls::error_chain(&e),
+            RunError::TimedOut => self
+                .last
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .unwrap_or_else(|| "timed out waiting for a connection".into()),
+        }
+    }
+}
+
+impl ErrorSink<tokio_postgres::Error> for ConnectErrors {
+    fn sink(&self, error: tokio_postgres::Error) {
+        let error = crate::upstream_tls::error_chain(&error);
+        tracing::error!(pool = self.pool, error = %error, "{} connection to the database server failed", self.pool);
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(error);
+    }
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<tokio_postgres::Error>> {
+        Box::new(self.clone())
+    }
+}
