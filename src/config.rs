@@ -58,7 +58,7 @@ impl Default for HealthConfig {
             ready_cache_ms: 1_000,
             tenants_cache_ms: 5_000,
             tenants_concurrency: 4,
-            check_timeout_ms: 3_000,
+            check_timeout_ms: 1_000,
         }
     }
 }
