@@ -174,12 +174,14 @@ impl UpstreamTls {
         let builder = builder
             .dangerous()
             .with_custom_certificate_verifier(verifier);
-        let config = match (&upstream.sslcert, &upstream.sslkey) {
+        let mut config = match (&upstream.sslcert, &upstream.sslkey) {
             (Some(cert), Some(key)) => {
                 builder.with_client_auth_cert(read_client_certs(cert)?, read_client_key(key)?)?
             }
             _ => builder.with_no_client_auth(),
         };
+        // As libpq 17: PostgreSQL 17+ refuses a different protocol name, older servers ignore it.
+        config.alpn_protocols = vec![crate::tls::ALPN_POSTGRESQL.to_vec()];
         let server_name = ServerName::try_from(upstream.host.clone())
             .map_err(|_| UpstreamTlsError::ServerName(upstream.host.clone()))?;
         Ok(Self {
