@@ -37,6 +37,32 @@ pub struct Config {
     pub migrations: MigrationsConfig,
     /// Login limits (failed logins per address and identity, logins per tenant) and the refusals kept.
     pub login: crate::auth::limiter::LoginLimits,
+    pub health: HealthConfig,
+}
+
+/// The health endpoints on `server.metrics_listen` (`/health`, `/health/tenants`, `/live`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How long `/health` reuses its directory check.
+    pub ready_cache_ms: u64,
+    /// How long `/health/tenants` reuses a round of tenant checks.
+    pub tenants_cache_ms: u64,
+    /// Tenants checked at once in a round.
+    pub tenants_concurrency: usize,
+    /// How long the directory check (and getting a directory connection for a round) may take.
+    pub check_timeout_ms: u64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            ready_cache_ms: 1_000,
+            tenants_cache_ms: 5_000,
+            tenants_concurrency: 4,
+            check_timeout_ms: 1_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -76,7 +102,8 @@ pub struct ServerConfig {
     pub admin_database: String,
     /// On SIGTERM (or the admin SHUTDOWN), how long sessions get to finish their transaction.
     pub shutdown_grace_secs: u64,
-    /// Address of the Prometheus `/metrics` endpoint (HTTP). Off when unset.
+    /// Address of the HTTP endpoints `/metrics` (Prometheus), `/health`, `/health/tenants` and `/live`. Off
+    /// when unset.
     pub metrics_listen: Option<SocketAddr>,
     /// A client idle (not in a transaction) for this long is disconnected; 0: never.
     pub client_idle_timeout_secs: u64,
@@ -118,6 +145,15 @@ pub struct UpstreamConfig {
     /// requires re-setting every tenant role's password (`pgtenant onboard` does it for new tenants).
     pub server_secret: Option<String>,
     pub connect_timeout_ms: u64,
+    /// TLS to PostgreSQL, with libpq's meaning (see `upstream_tls`); `disable` keeps connections plain.
+    pub sslmode: crate::upstream_tls::SslMode,
+    /// PEM file of the CA certificate(s) the server's certificate must chain to (verify-ca, verify-full; with
+    /// require or prefer it makes the chain checked, as libpq does).
+    pub sslrootcert: Option<PathBuf>,
+    /// PEM client certificate chain and private key, for servers that ask for one (`clientcert` in
+    /// pg_hba.conf). Both or neither.
+    pub sslcert: Option<PathBuf>,
+    pub sslkey: Option<PathBuf>,
 }
 
 impl Default for UpstreamConfig {
@@ -130,6 +166,10 @@ impl Default for UpstreamConfig {
             admin_password: None,
             server_secret: None,
             connect_timeout_ms: 5_000,
+            sslmode: crate::upstream_tls::SslMode::Disable,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
         }
     }
 }
@@ -150,6 +190,10 @@ impl std::fmt::Debug for UpstreamConfig {
                 &self.server_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("sslmode", &self.sslmode)
+            .field("sslrootcert", &self.sslrootcert)
+            .field("sslcert", &self.sslcert)
+            .field("sslkey", &self.sslkey)
             .finish()
     }
 }
@@ -297,11 +341,28 @@ impl Config {
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
             return invalid("server.tls_cert and server.tls_key must be set together");
         }
+        {
+            use crate::upstream_tls::SslMode;
+            let u = &self.upstream;
+            if matches!(u.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
+                && u.sslrootcert.is_none()
+            {
+                return invalid(
+                    "upstream.sslmode = verify-ca or verify-full needs upstream.sslrootcert",
+                );
+            }
+            if u.sslcert.is_some() != u.sslkey.is_some() {
+                return invalid("upstream.sslcert and upstream.sslkey must be set together");
+            }
+        }
         if self.pool.size_per_tenant == 0 || self.pool.max_server_connections == 0 {
             return invalid("pool sizes must be at least 1");
         }
         if let Err(m) = self.login.validate() {
             return invalid(&m);
+        }
+        if self.health.tenants_concurrency == 0 {
+            return invalid("health.tenants_concurrency must be at least 1");
         }
         if self.server.admin_database.is_empty() {
             return invalid("server.admin_database must not be empty");
@@ -381,6 +442,10 @@ impl Config {
                 "upstream.connect_timeout_ms".into(),
                 u.connect_timeout_ms.to_string(),
             ),
+            ("upstream.sslmode".into(), u.sslmode.as_str().to_string()),
+            ("upstream.sslrootcert".into(), path(&u.sslrootcert)),
+            ("upstream.sslcert".into(), path(&u.sslcert)),
+            ("upstream.sslkey".into(), path(&u.sslkey)),
             ("pool.mode".into(), p.mode.as_str().to_string()),
             ("pool.size_per_tenant".into(), p.size_per_tenant.to_string()),
             (
@@ -534,6 +599,22 @@ impl Config {
             ),
             ("migrations.concurrency".into(), m.concurrency.to_string()),
             (
+                "health.ready_cache_ms".into(),
+                self.health.ready_cache_ms.to_string(),
+            ),
+            (
+                "health.tenants_cache_ms".into(),
+                self.health.tenants_cache_ms.to_string(),
+            ),
+            (
+                "health.tenants_concurrency".into(),
+                self.health.tenants_concurrency.to_string(),
+            ),
+            (
+                "health.check_timeout_ms".into(),
+                self.health.check_timeout_ms.to_string(),
+            ),
+            (
                 "migrations.lock_timeout_ms".into(),
                 m.lock_timeout_ms.to_string(),
             ),
@@ -552,6 +633,25 @@ impl Config {
         Duration::from_millis(self.upstream.connect_timeout_ms)
     }
 
+    /// A tokio-postgres config logging in as a tenant role (its derived password), TLS as configured.
+    pub fn tenant_pg_config(
+        &self,
+        role: &str,
+        password: &str,
+        application_name: &str,
+    ) -> tokio_postgres::Config {
+        let mut pg = tokio_postgres::Config::new();
+        pg.host(&self.upstream.host)
+            .port(self.upstream.port)
+            .dbname(&self.upstream.database)
+            .user(role)
+            .password(password)
+            .application_name(application_name)
+            .ssl_mode(self.upstream.sslmode.postgres())
+            .connect_timeout(self.upstream_connect_timeout());
+        pg
+    }
+
     /// A tokio-postgres config for the admin role (shared schema, onboarding, migrations).
     pub fn admin_pg_config(&self) -> tokio_postgres::Config {
         let mut pg = tokio_postgres::Config::new();
@@ -560,6 +660,7 @@ impl Config {
             .dbname(&self.upstream.database)
             .user(&self.upstream.admin_user)
             .application_name("pgtenant-admin")
+            .ssl_mode(self.upstream.sslmode.postgres())
             .connect_timeout(self.upstream_connect_timeout());
         if let Some(password) = &self.upstream.admin_password {
             pg.password(password);

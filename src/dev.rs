@@ -60,6 +60,8 @@ pub enum DevError {
     Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    AdminConnect(#[from] AdminConnectError),
     #[error("{0}")]
     Token(String),
     #[error("{what} {}: {source}", path.display())]
@@ -345,11 +347,25 @@ async fn connect(
     Ok(client)
 }
 
-/// A connection as the configured admin role.
-pub async fn connect_admin(
-    config: &Config,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    connect(config.admin_pg_config()).await
+/// Why an admin connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminConnectError {
+    #[error(transparent)]
+    Tls(#[from] crate::upstream_tls::UpstreamTlsError),
+    #[error("{}", crate::upstream_tls::error_chain(.0))]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// A connection as the configured admin role, TLS as `upstream.sslmode` says.
+pub async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client, AdminConnectError> {
+    let tls = crate::upstream_tls::UpstreamTls::from_config(&config.upstream)?;
+    let (client, connection) = config.admin_pg_config().connect(tls.postgres()).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "admin connection ended");
+        }
+    });
+    Ok(client)
 }
 
 /// Mints a token for the user with this email, with the configured HS256 secret.

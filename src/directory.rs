@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 /// Name of a PostgreSQL role (a tenant's login role).
@@ -109,22 +109,10 @@ pub enum DirectoryError {
     Query(#[from] tokio_postgres::Error),
 }
 
-type AdminPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+/// How admin connections are made: TLS as `upstream.sslmode` says (the config carries the mode).
+pub type AdminTls = MakeRustlsConnect;
 
-/// Receives the pool's failed connection attempts: logs them and wakes the lookups waiting.
-#[derive(Debug, Clone)]
-struct ConnectFailures(Arc<tokio::sync::Notify>);
-
-impl bb8::ErrorSink<tokio_postgres::Error> for ConnectFailures {
-    fn sink(&self, error: tokio_postgres::Error) {
-        tracing::warn!(%error, "cannot connect to the directory database");
-        self.0.notify_waiters();
-    }
-
-    fn boxed_clone(&self) -> Box<dyn bb8::ErrorSink<tokio_postgres::Error>> {
-        Box::new(self.clone())
-    }
-}
+type AdminPool = bb8::Pool<PostgresConnectionManager<AdminTls>>;
 
 /// A role that never logs in, whose password is derived from the server secret like a tenant role's: a
 /// tenant can change its own role's password, never this one's, so it tells whether a pgtenant has the
@@ -136,8 +124,9 @@ const DIRECTORY_POOL_SIZE: u32 = 4;
 
 pub struct Directory {
     pool: AdminPool,
-    /// Woken when the pool fails to open a connection: lookups waiting for one fail at once.
-    connect_failed: Arc<tokio::sync::Notify>,
+    /// Why connections could not be made; also wakes the lookups waiting for one, which then fail at once.
+    connect_errors: crate::pg_connect_errors::ConnectErrors,
+    tls: crate::upstream_tls::UpstreamTls,
     ttl: Duration,
     cache: Mutex<HashMap<String, (Instant, Vec<User>)>>,
 }
@@ -148,9 +137,13 @@ const USER_COLUMNS: &str =
 
 impl Directory {
     /// Connects lazily: the first lookup opens the first admin connection.
-    pub fn new(admin: tokio_postgres::Config, ttl: Duration) -> Arc<Self> {
-        let manager = PostgresConnectionManager::new(admin, NoTls);
-        let connect_failed = Arc::new(tokio::sync::Notify::new());
+    pub fn new(
+        admin: tokio_postgres::Config,
+        tls: crate::upstream_tls::UpstreamTls,
+        ttl: Duration,
+    ) -> Arc<Self> {
+        let manager = PostgresConnectionManager::new(admin, tls.postgres());
+        let connect_errors = crate::pg_connect_errors::ConnectErrors::new("directory");
         let pool = bb8::Pool::builder()
             .max_size(DIRECTORY_POOL_SIZE)
             .connection_timeout(Duration::from_secs(5))
@@ -158,14 +151,20 @@ impl Directory {
             // A failed connect fails the waiting lookup instead of retrying with a growing backoff (up to
             // 2.5 s between tries), so logins recover as soon as the server accepts connections again.
             .retry_connection(false)
-            .error_sink(Box::new(ConnectFailures(connect_failed.clone())))
+            .error_sink(connect_errors.sink())
             .build_unchecked(manager);
         Arc::new(Self {
             pool,
-            connect_failed,
+            connect_errors,
+            tls,
             ttl,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The error for a connection the pool could not give: bb8 says only "timed out", the sink knows why.
+    fn unavailable(&self, e: bb8::RunError<tokio_postgres::Error>) -> DirectoryError {
+        DirectoryError::Unavailable(self.connect_errors.explain(e))
     }
 
     /// Finds the memberships of the user a token names (one per organization, by slug); empty: no such user.
@@ -251,10 +250,18 @@ impl Directory {
             .collect())
     }
 
+    /// Checks the directory database answers (`SELECT 1` on a pooled connection), for `/health`.
+    pub async fn ping(&self) -> Result<(), DirectoryError> {
+        let conn = self.connection().await?;
+        conn.simple_query("SELECT 1").await?;
+        Ok(())
+    }
+
     /// A connection as the admin role, from the directory's small pool (admin channel commands use it).
     pub async fn admin(
         &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DirectoryError> {
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<AdminTls>>, DirectoryError>
+    {
         self.connection().await
     }
 
@@ -262,15 +269,15 @@ impl Directory {
     /// rather than after the pool's timeout.
     async fn connection(
         &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, DirectoryError> {
-        let failed = self.connect_failed.notified();
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<AdminTls>>, DirectoryError>
+    {
+        let failed = self.connect_errors.failed();
+        let failed = failed.notified();
         tokio::pin!(failed);
         failed.as_mut().enable();
         tokio::select! {
-            conn = self.pool.get() => conn.map_err(|e| DirectoryError::Unavailable(e.to_string())),
-            () = &mut failed => Err(DirectoryError::Unavailable(
-                "cannot connect to the directory database".into(),
-            )),
+            conn = self.pool.get() => conn.map_err(|e| self.unavailable(e)),
+            () = &mut failed => Err(self.unavailable(bb8::RunError::TimedOut)),
         }
     }
 
@@ -308,11 +315,7 @@ impl Directory {
         role: &RoleName,
         verifier: &str,
     ) -> Result<(), DirectoryError> {
-        let conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| DirectoryError::Unavailable(e.to_string()))?;
+        let conn = self.pool.get().await.map_err(|e| self.unavailable(e))?;
         conn.batch_execute(&format!(
             "ALTER ROLE {} PASSWORD {}",
             role.quoted(),
@@ -338,7 +341,7 @@ impl Directory {
                     _ = stop.cancelled() => return,
                     result = directory.listen_once(&admin, &on_event) => {
                         if let Err(e) = result {
-                            tracing::warn!(error = %e, "directory change listener disconnected; reconnecting");
+                            tracing::warn!(error = %crate::upstream_tls::error_chain(&e), "directory change listener disconnected; reconnecting");
                         }
                     }
                 }
@@ -356,7 +359,7 @@ impl Directory {
         admin: &tokio_postgres::Config,
         on_event: &(impl Fn(DirectoryEvent) + Send + Sync),
     ) -> Result<(), tokio_postgres::Error> {
-        let (client, mut connection) = admin.connect(NoTls).await?;
+        let (client, mut connection) = admin.connect(self.tls.postgres()).await?;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let driver = tokio::spawn(async move {
             loop {

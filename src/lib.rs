@@ -19,6 +19,8 @@
 //! - [`pool`]: one pool per tenant of raw upstream protocol connections logged in as the tenant's role, with a
 //!   global cap and eviction of other tenants' idle connections.
 //! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
+//! - [`upstream_tls`]: TLS to PostgreSQL (`upstream.sslmode`, libpq's meaning): the rustls client
+//!   configuration, SSLRequest negotiation, the plain-or-TLS upstream stream, the tokio-postgres connector.
 //! - [`proxy`]: the state all sessions share (reloadable configuration, verifier, directory, pools).
 //! - [`session`]: one client connection from its first byte to its end: handshake, login, relay, check-in.
 //! - [`sessions`]: the registry of running sessions (admin views, ending the sessions of a suspended tenant, a
@@ -33,10 +35,16 @@
 //!   state machine over both streams, client messages framed only to rewrite the virtual schema.
 //! - [`scram`]: SCRAM-SHA-256, client side and stored verifiers.
 //! - [`metrics`]: counters and latency histograms per tenant, for SHOW STATS and Prometheus.
+//! - [`metrics_http`]: the small HTTP listener on `server.metrics_listen`: `/metrics`, `/health`,
+//!   `/health/tenants`, `/live`.
+//! - [`health`]: readiness (listener, directory, draining) and per-tenant login checks, cached and run one
+//!   round at a time.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
 //! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and the credentials
 //!   of tenant roles (derived passwords, SCRAM verifiers).
 //! - [`migrate`]: versioned SQL files of `shared-migrations/` and `tenant-migrations/`, checksums, history.
+//! - [`pg_connect_errors`]: the error sink of the tokio-postgres pools (directory, migrations): logs why a
+//!   connection failed and keeps it, since bb8 itself only reports a timeout.
 //! - [`pgcluster`]: finding PostgreSQL's binaries and running a throwaway cluster (for `pgtenant dev` and tests).
 //! - [`dev`]: the `pgtenant dev` command.
 
@@ -46,11 +54,13 @@ pub mod cancel;
 pub mod config;
 pub mod dev;
 pub mod directory;
+pub mod health;
 pub mod lifetime;
 pub mod login_guard;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrate;
+pub mod pg_connect_errors;
 pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
@@ -65,3 +75,4 @@ pub mod tenancy;
 pub mod tls;
 pub mod txn;
 pub mod upstream;
+pub mod upstream_tls;

@@ -1,5 +1,7 @@
-//! The Prometheus endpoint: `GET /metrics` in the text exposition format, on `server.metrics_listen`.
-//! A deliberately small HTTP/1.1 responder: one request per connection, nothing else served.
+//! The HTTP endpoints on `server.metrics_listen`: `GET /metrics` (Prometheus text exposition format),
+//! `/health` (readiness), `/health/tenants` (every tenant's login check, JSON) and `/live` (liveness).
+//! A deliberately small HTTP/1.1 responder: one request per connection, at most [`MAX_CONNECTIONS`] at once,
+//! nothing else served.
 
 use crate::proxy::Proxy;
 use std::fmt::Write as _;
@@ -9,43 +11,95 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+/// Connections served at once; further ones wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// Largest request head read (only its first line matters).
+const MAX_REQUEST: usize = 4096;
+
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
     if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "metrics endpoint listening");
+        tracing::info!(%addr, "metrics and health endpoint listening");
     }
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((mut stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let mut request = vec![0u8; 4096];
+            let mut request = vec![0u8; MAX_REQUEST];
             let read =
                 tokio::time::timeout(Duration::from_secs(5), stream.read(&mut request)).await;
             let Ok(Ok(n)) = read else {
                 return;
             };
-            let first_line = String::from_utf8_lossy(&request[..n])
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-            let response = if first_line.starts_with("GET /metrics ")
-                || first_line == "GET /metrics"
-            {
-                let body = render(&proxy);
-                format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                )
-            } else {
-                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                    .to_string()
-            };
+            let response = respond(&proxy, &request[..n]).await;
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
+            drop(slot);
         });
+    }
+}
+
+/// The method and path (without a query string) of a request's first line.
+fn request_target(request: &[u8]) -> Option<(&str, &str)> {
+    let line_end = request
+        .iter()
+        .position(|b| *b == b'\r' || *b == b'\n')
+        .unwrap_or(request.len());
+    let line = std::str::from_utf8(&request[..line_end]).ok()?;
+    let mut parts = line.split(' ');
+    let method = parts.next()?;
+    let target = parts.next()?;
+    let path = target.split('?').next().unwrap_or(target);
+    Some((method, path))
+}
+
+fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+fn json_response<T: serde::Serialize>(ok: bool, value: &T) -> String {
+    let status = if ok {
+        "200 OK"
+    } else {
+        "503 Service Unavailable"
+    };
+    let body = serde_json::to_string(value).unwrap_or_else(|_| "{}".into()) + "\n";
+    response(status, "application/json", &body)
+}
+
+async fn respond(proxy: &Proxy, request: &[u8]) -> String {
+    let not_found =
+        || "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string();
+    let Some((method, path)) = request_target(request) else {
+        return "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into();
+    };
+    if !matches!(path, "/metrics" | "/health" | "/health/tenants" | "/live") {
+        return not_found();
+    }
+    if method != "GET" {
+        return "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into();
+    }
+    match path {
+        "/metrics" => response("200 OK", "text/plain; version=0.0.4", &render(proxy)),
+        "/live" => response("200 OK", "text/plain", "ok\n"),
+        "/health" => {
+            let readiness = crate::health::readiness(proxy).await;
+            json_response(readiness.ready(), &readiness)
+        }
+        "/health/tenants" => {
+            let report = crate::health::tenants(proxy).await;
+            json_response(report.status == "ok", &report)
+        }
+        _ => not_found(),
     }
 }
 
@@ -243,6 +297,31 @@ pub fn render(proxy: &Proxy) -> String {
     }
     render_jwks(&mut out, proxy);
     render_logins(&mut out, proxy);
+    let _ = writeln!(out, "# HELP pgtenant_health_tenant_rounds_total Rounds of tenant login checks run for /health/tenants.\n# TYPE pgtenant_health_tenant_rounds_total counter\npgtenant_health_tenant_rounds_total {}", proxy.health.tenant_rounds());
     let _ = writeln!(out, "# HELP pgtenant_clients_total_current All client sessions.\n# TYPE pgtenant_clients_total_current gauge\npgtenant_clients_total_current {}", clients.len());
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::request_target;
+
+    #[test]
+    fn request_line_is_read_up_to_the_path() {
+        assert_eq!(
+            request_target(b"GET /health?x=1 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Some(("GET", "/health"))
+        );
+        assert_eq!(
+            request_target(b"HEAD /live HTTP/1.1\r\n"),
+            Some(("HEAD", "/live"))
+        );
+        assert_eq!(request_target(b"GET /live"), Some(("GET", "/live")));
+        assert_eq!(request_target(b"GET"), None);
+        assert_eq!(
+            request_target(b"GET /metrics HTTP/1.0"),
+            Some(("GET", "/metrics"))
+        );
+        assert_eq!(request_target(b"\xff\xfe\r\n"), None);
+    }
 }

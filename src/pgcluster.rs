@@ -499,6 +499,19 @@ pub struct ClusterSpec {
     /// Extra `-c name=value` for postgres, applied after the defaults (so they can override e.g.
     /// `max_connections`), e.g. `("fsync", "off")`.
     pub extra_settings: Vec<(String, String)>,
+    /// Serve TLS (`ssl = on`) with this certificate chain and key, PEM (test and dev clusters).
+    pub tls: Option<ClusterTls>,
+}
+
+/// A server certificate for a cluster with `ssl = on`: written to `server.crt` / `server.key` in the data dir
+/// (the key with mode 0600, owned by the server's OS user, as PostgreSQL requires).
+/// With `client_ca_pem`, it becomes `ssl_ca_file`, against which client certificates are checked (for `cert`
+/// or `clientcert=` lines in pg_hba.conf).
+#[derive(Clone)]
+pub struct ClusterTls {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: Option<String>,
 }
 
 impl ClusterSpec {
@@ -514,7 +527,26 @@ impl ClusterSpec {
             superuser_password: superuser_password.into(),
             port: 0,
             extra_settings: Vec::new(),
+            tls: None,
         }
+    }
+
+    /// Turns on `ssl` with this certificate chain and private key (PEM).
+    pub fn tls(mut self, cert_pem: impl Into<String>, key_pem: impl Into<String>) -> Self {
+        self.tls = Some(ClusterTls {
+            cert_pem: cert_pem.into(),
+            key_pem: key_pem.into(),
+            client_ca_pem: None,
+        });
+        self
+    }
+
+    /// With [`ClusterSpec::tls`]: client certificates are checked against this CA (PEM).
+    pub fn tls_client_ca(mut self, ca_pem: impl Into<String>) -> Self {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.client_ca_pem = Some(ca_pem.into());
+        }
+        self
     }
 
     /// Adds an extra `-c name=value`.
@@ -532,6 +564,7 @@ impl fmt::Debug for ClusterSpec {
             .field("superuser_password", &"<redacted>")
             .field("port", &self.port)
             .field("extra_settings", &self.extra_settings)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }
@@ -746,6 +779,11 @@ impl Cluster {
             cluster.initialized = true;
         }
 
+        let mut settings = spec.extra_settings.clone();
+        if let Some(tls) = &spec.tls {
+            settings.extend(cluster.write_tls_files(tls)?);
+        }
+
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -755,7 +793,7 @@ impl Cluster {
                 spec.port
             };
             cluster.port = port;
-            match cluster.pg_ctl_start(port, &spec.extra_settings) {
+            match cluster.pg_ctl_start(port, &settings) {
                 Ok(()) => break,
                 Err(StartError { reason, new_log }) => {
                     // pg_ctl may give up (timeout) on a postmaster that is still starting: stop it.
@@ -861,6 +899,39 @@ impl Cluster {
             )));
         }
         Ok(())
+    }
+
+    /// Writes the server certificate and key into the data dir; returns the settings that use them.
+    fn write_tls_files(&self, tls: &ClusterTls) -> Result<Vec<(String, String)>, ClusterError> {
+        let cert = self.data_dir.join("server.crt");
+        let key = self.data_dir.join("server.key");
+        let ca = self.data_dir.join("client-ca.crt");
+        let mut files = vec![(&cert, &tls.cert_pem, 0o644), (&key, &tls.key_pem, 0o600)];
+        if let Some(ca_pem) = &tls.client_ca_pem {
+            files.push((&ca, ca_pem, 0o644));
+        }
+        for (path, text, mode) in files {
+            let _ = fs::remove_file(path);
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(path)
+                .and_then(|mut f| f.write_all(text.as_bytes()))
+                .map_err(|e| io_err("could not write", path, e))?;
+            if let Some(user) = &self.user {
+                chown_to(path, user)?;
+            }
+        }
+        let mut settings = vec![
+            ("ssl".into(), "on".into()),
+            ("ssl_cert_file".into(), cert.to_string_lossy().into_owned()),
+            ("ssl_key_file".into(), key.to_string_lossy().into_owned()),
+        ];
+        if tls.client_ca_pem.is_some() {
+            settings.push(("ssl_ca_file".into(), ca.to_string_lossy().into_owned()));
+        }
+        Ok(settings)
     }
 
     /// Stops a postmaster still running on our data dir; removes a stale `postmaster.pid`.

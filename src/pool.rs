@@ -176,6 +176,11 @@ impl PoolManager {
         })
     }
 
+    /// TLS to the server (`upstream.sslmode`), for cancel requests.
+    pub fn upstream_tls(&self) -> &crate::upstream_tls::UpstreamTls {
+        &self.target.tls
+    }
+
     fn tenant_pool(&self, role: &RoleName) -> Arc<TenantPool> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
         tenants
@@ -286,7 +291,12 @@ impl PoolManager {
                 salted_cache: &self.salted,
             },
         )
-        .await?;
+        .await
+        .inspect_err(|e| {
+            if let UpstreamError::Tls { .. } = e {
+                tracing::error!(role = %role, sslmode = self.target.tls.mode().as_str(), error = %e, "TLS to the database server failed");
+            }
+        })?;
         tracing::debug!(role = %role, backend_pid = conn.process_id, "opened server connection");
         Ok(Some(Checkout {
             member: Some(Member {

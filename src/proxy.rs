@@ -11,6 +11,7 @@ use crate::sessions::SessionRegistry;
 use crate::tenancy::credentials::RolePasswords;
 use crate::tenancy::ops::{DirectoryEvent, Revocation};
 use crate::upstream::UpstreamTarget;
+use crate::upstream_tls::UpstreamTls;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -25,6 +26,8 @@ pub enum ProxyError {
     Tls(#[from] crate::tls::TlsConfigError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
     #[error("pgtenant was started without a config file: nothing to reload")]
     NoConfigFile,
 }
@@ -56,6 +59,10 @@ pub struct Proxy {
     /// The shutdown grace period ran out: sessions end at once.
     pub force_close: CancellationToken,
     pub started_at: std::time::SystemTime,
+    /// Health checks' cached results (`/health`, `/health/tenants`).
+    pub health: crate::health::Health,
+    /// The client listener is accepting (set by `server::run`).
+    listening: std::sync::atomic::AtomicBool,
     /// Stops the key set fetcher of the live verifier (a child of `shutdown`; replaced on RELOAD).
     jwks_fetcher: Mutex<Option<CancellationToken>>,
 }
@@ -107,8 +114,10 @@ impl Proxy {
     ) -> Result<Arc<Proxy>, ProxyError> {
         let verifier = TokenVerifier::new(&config.auth)?;
         let tls = tls_acceptor(&config)?;
+        let upstream_tls = UpstreamTls::from_config(&config.upstream)?;
         let directory = Directory::new(
             config.admin_pg_config(),
+            upstream_tls.clone(),
             Duration::from_millis(config.tenancy.directory_cache_ttl_ms),
         );
         let target = UpstreamTarget {
@@ -116,6 +125,7 @@ impl Proxy {
             port: config.upstream.port,
             database: config.upstream.database.clone(),
             connect_timeout: config.upstream_connect_timeout(),
+            tls: upstream_tls,
         };
         let pools = PoolManager::new(
             config.pool.clone(),
@@ -142,7 +152,19 @@ impl Proxy {
             shutdown,
             force_close: CancellationToken::new(),
             started_at: std::time::SystemTime::now(),
+            health: crate::health::Health::default(),
+            listening: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Whether the client listener is accepting connections.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_listening(&self, up: bool) {
+        self.listening
+            .store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -187,6 +209,10 @@ impl Proxy {
                 || old.upstream.port != config.upstream.port
                 || old.upstream.database != config.upstream.database
                 || old.upstream.admin_user != config.upstream.admin_user
+                || old.upstream.sslmode != config.upstream.sslmode
+                || old.upstream.sslrootcert != config.upstream.sslrootcert
+                || old.upstream.sslcert != config.upstream.sslcert
+                || old.upstream.sslkey != config.upstream.sslkey
             {
                 needs_restart.push("upstream");
             }

@@ -307,9 +307,10 @@ impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
         C: AsyncRead + Unpin,
         U: AsyncWrite + Unpin,
     {
+        // Flushed too: a TLS upstream may have taken bytes it could not send yet (a no-op on plain TCP).
         match self
             .to_upstream
-            .poll_write_out(cx, upstream, false, progress)
+            .poll_write_out(cx, upstream, true, progress)
         {
             Poll::Ready(Ok(())) => {}
             Poll::Ready(Err(e)) => return Poll::Ready((RelayEnd::UpstreamGone(Some(e)), false)),

@@ -62,6 +62,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "pgtenant listening");
     }
+    proxy.set_listening(true);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -89,6 +90,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
             drop(slot);
         });
     }
+    proxy.set_listening(false);
     drop(listener);
     tracker.close();
     tracing::info!(

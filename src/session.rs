@@ -351,7 +351,9 @@ async fn finish(
         if requests_in_flight && !matches!(end, RelayEnd::UpstreamGone(_)) {
             // Nobody waits for that query any more: stop it rather than let it run to its end.
             conn.broken = true;
-            if let Err(e) = UpstreamConn::cancel(conn.addr, conn.process_id, conn.secret_key).await
+            let tls = proxy.pools.upstream_tls();
+            if let Err(e) =
+                UpstreamConn::cancel(tls, conn.addr, conn.process_id, conn.secret_key).await
             {
                 tracing::debug!(error = %e, "could not cancel an abandoned query");
             }
@@ -555,8 +557,10 @@ async fn forward_cancel(proxy: &Proxy, key: ClientKey) {
     // As PostgreSQL, say nothing back either way.
     match proxy.cancels.lookup(key) {
         Some(upstream) => {
+            let tls = proxy.pools.upstream_tls();
             if let Err(e) =
-                UpstreamConn::cancel(upstream.addr, upstream.process_id, upstream.secret_key).await
+                UpstreamConn::cancel(tls, upstream.addr, upstream.process_id, upstream.secret_key)
+                    .await
             {
                 tracing::warn!(error = %e, "could not forward a cancel request upstream");
             } else {
@@ -642,10 +646,17 @@ async fn login(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "directory lookup failed");
-            PgError::fatal(
+            let refusal = PgError::fatal(
                 sqlstate::CONNECTION_FAILURE,
                 "pgtenant cannot reach its directory database",
-            )
+            );
+            // Why it cannot connect (server down, TLS refused) helps; a failed query's text stays in the log.
+            match e {
+                crate::directory::DirectoryError::Unavailable(reason) => {
+                    refusal.with_detail(reason)
+                }
+                _ => refusal,
+            }
         })?;
     let user = crate::directory::choose_membership(
         memberships,

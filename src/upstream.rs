@@ -4,6 +4,7 @@
 
 use crate::protocol::{self, sqlstate, tag, ErrorFields, PgError, ProtocolError, TxStatus};
 use crate::scram::{self, ScramClient, ScramError};
+use crate::upstream_tls::{HandshakeError, UpstreamStream, UpstreamTls};
 use bytes::{Buf, BytesMut};
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -21,6 +22,8 @@ pub struct UpstreamTarget {
     pub port: u16,
     pub database: String,
     pub connect_timeout: Duration,
+    /// `upstream.sslmode` and its certificates.
+    pub tls: UpstreamTls,
 }
 
 /// The login of one upstream connection. `salted` caches SCRAM's PBKDF2 result per role: the salt and
@@ -74,6 +77,11 @@ pub enum UpstreamError {
     },
     #[error("timed out connecting to the database server at {0}")]
     ConnectTimeout(String),
+    #[error("TLS with the database server at {addr} failed: {source}")]
+    Tls {
+        addr: String,
+        source: HandshakeError,
+    },
     #[error("database server refused the login: {0}")]
     Refused(ErrorFields),
     #[error("upstream login failed: {0}")]
@@ -112,9 +120,21 @@ impl UpstreamError {
     }
 }
 
+/// Why a cancel request could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    #[error(transparent)]
+    Tls(#[from] HandshakeError),
+    #[error("timed out connecting to the database server")]
+    Timeout,
+    #[error("I/O error sending the cancel request: {0}")]
+    Io(std::io::Error),
+}
+
 /// A logged-in upstream connection.
 pub struct UpstreamConn {
-    pub stream: TcpStream,
+    /// Plain TCP or TLS, as `upstream.sslmode` and the server decided.
+    pub stream: UpstreamStream,
     pub addr: SocketAddr,
     pub process_id: i32,
     pub secret_key: i32,
@@ -142,6 +162,13 @@ impl UpstreamConn {
         let addr = stream
             .peer_addr()
             .map_err(|source| UpstreamError::Connect {
+                addr: addr_text.clone(),
+                source,
+            })?;
+        let stream = tokio::time::timeout(target.connect_timeout, target.tls.negotiate(stream))
+            .await
+            .map_err(|_| UpstreamError::ConnectTimeout(addr_text.clone()))?
+            .map_err(|source| UpstreamError::Tls {
                 addr: addr_text.clone(),
                 source,
             })?;
@@ -265,7 +292,12 @@ impl UpstreamConn {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), UpstreamError> {
-        self.stream.write_all(bytes).await.map_err(|e| {
+        // Flushed: over TLS, bytes taken while the socket was full go out only on a flush (no-op on TCP).
+        let sent = match self.stream.write_all(bytes).await {
+            Ok(()) => self.stream.flush().await,
+            Err(e) => Err(e),
+        };
+        sent.map_err(|e| {
             self.broken = true;
             UpstreamError::Protocol(ProtocolError::Io(e))
         })
@@ -361,7 +393,7 @@ impl UpstreamConn {
         let mut buf = [0u8; 512];
         let mut pending = BytesMut::new();
         loop {
-            match self.stream.try_read(&mut buf) {
+            match self.stream.try_read_now(&mut buf) {
                 Ok(0) => return false,
                 Ok(n) => pending.extend_from_slice(&buf[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -388,12 +420,21 @@ impl UpstreamConn {
         true
     }
 
-    /// Sends a CancelRequest for this connection's running query, on a new connection to the same server.
-    pub async fn cancel(addr: SocketAddr, process_id: i32, secret_key: i32) -> std::io::Result<()> {
-        let mut stream = TcpStream::connect(addr).await?;
+    /// Sends a CancelRequest for this connection's running query, on a new connection to the same server,
+    /// encrypted as `upstream.sslmode` says (PostgreSQL reads a CancelRequest after an SSLRequest too).
+    pub async fn cancel(
+        tls: &UpstreamTls,
+        addr: SocketAddr,
+        process_id: i32,
+        secret_key: i32,
+    ) -> Result<(), CancelError> {
+        let mut stream = tokio::time::timeout(Duration::from_secs(10), tls.connect_addr(addr))
+            .await
+            .map_err(|_| CancelError::Timeout)??;
         let mut out = BytesMut::new();
         protocol::write::cancel_request(&mut out, process_id, secret_key);
-        stream.write_all(&out).await?;
+        stream.write_all(&out).await.map_err(CancelError::Io)?;
+        stream.flush().await.map_err(CancelError::Io)?;
         // The server closes the connection once it has read the request.
         let mut sink = [0u8; 16];
         let _ = tokio::time::timeout(
@@ -408,6 +449,8 @@ impl UpstreamConn {
     pub async fn terminate(mut self) {
         let mut out = BytesMut::new();
         protocol::write::terminate(&mut out);
-        let _ = self.stream.write_all(&out).await;
+        if self.stream.write_all(&out).await.is_ok() {
+            let _ = self.stream.shutdown().await;
+        }
     }
 }

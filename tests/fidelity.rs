@@ -170,6 +170,7 @@ async fn raw_copy_out(port: u16, user: &str, password: &str, sql: &str) -> RawCo
         port,
         database: DATABASE.into(),
         connect_timeout: Duration::from_secs(10),
+        tls: pgtenant::upstream_tls::UpstreamTls::disabled(),
     };
     let cache = SaltedPasswordCache::default();
     let mut conn = UpstreamConn::connect(

@@ -13,6 +13,9 @@ fn op_error(e: TenantOpError) -> PgError {
             PgError::error(sqlstate::INSUFFICIENT_PRIVILEGE, e.to_string())
         }
         TenantOpError::Db(e) => db_error(e),
+        TenantOpError::UpstreamTls(_) => {
+            PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
+        }
     }
 }
 
@@ -123,9 +126,14 @@ pub async fn check(proxy: &Proxy, notices: &Notices) -> Result<Reply, PgError> {
     let config = proxy.config();
     let admin = proxy.directory.admin().await.map_err(db_error)?;
     let _ = notices.send("logging in as every tenant's role…".to_string());
-    let results = ops::check_tenants(&admin, &config, config.migrations.concurrency)
-        .await
-        .map_err(op_error)?;
+    let results = ops::check_tenants_with(
+        &admin,
+        &config,
+        proxy.pools.upstream_tls(),
+        config.migrations.concurrency,
+    )
+    .await
+    .map_err(op_error)?;
     let mut table = Table::new(&["tenant", "schema", "status", "health", "ms"]);
     let mut unhealthy = 0;
     for h in &results {

@@ -89,6 +89,8 @@ pub enum MigrateError {
     RunLocked,
     #[error("admin database connection unavailable: {0}")]
     AdminPool(String),
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
     #[error("migration {file} failed: {source}")]
     Failed {
         file: String,

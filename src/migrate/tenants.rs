@@ -21,16 +21,17 @@ use super::{load_dir, MigrateError, Migration};
 use crate::config::Config;
 use crate::directory::SchemaName;
 use crate::tenancy::credentials::RolePasswords;
+use crate::upstream_tls::UpstreamTls;
 use bb8_postgres::PostgresConnectionManager;
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
-type AdminPool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+type AdminPool = bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
 
 /// Advisory lock held for a whole fan-out run.
 const RUN_LOCK: i64 = 0x7067_7465_6e61_0003;
@@ -182,6 +183,7 @@ pub struct TenantMigrator {
 
 struct Inner {
     admin: AdminPool,
+    connect_errors: crate::pg_connect_errors::ConnectErrors,
     tenant_login: TenantLogin,
     migrations: Vec<Migration>,
     lock_timeout_ms: u64,
@@ -189,10 +191,9 @@ struct Inner {
 
 /// How to log in as a tenant role.
 struct TenantLogin {
-    host: String,
-    port: u16,
-    database: String,
-    connect_timeout: Duration,
+    /// The configuration, for `Config::tenant_pg_config` (host, port, database, sslmode, timeout).
+    config: Config,
+    tls: UpstreamTls,
     passwords: RolePasswords,
 }
 
@@ -200,20 +201,22 @@ impl TenantMigrator {
     /// Loads `tenant-migrations/` and prepares an admin pool big enough for `concurrency` tenants at once.
     pub fn new(config: &Config, concurrency: usize) -> Result<Self, MigrateError> {
         let migrations = load_dir(&config.tenancy.tenant_migrations_dir)?;
-        let manager = PostgresConnectionManager::new(config.admin_pg_config(), NoTls);
+        let tls = UpstreamTls::from_config(&config.upstream)?;
+        let manager = PostgresConnectionManager::new(config.admin_pg_config(), tls.postgres());
+        let connect_errors = crate::pg_connect_errors::ConnectErrors::new("migrations");
         let admin = bb8::Pool::builder()
             .max_size(concurrency.max(1) as u32 + 2)
             .connection_timeout(Duration::from_secs(30))
             .test_on_check_out(false)
+            .error_sink(connect_errors.sink())
             .build_unchecked(manager);
         Ok(Self {
             inner: Arc::new(Inner {
                 admin,
+                connect_errors,
                 tenant_login: TenantLogin {
-                    host: config.upstream.host.clone(),
-                    port: config.upstream.port,
-                    database: config.upstream.database.clone(),
-                    connect_timeout: config.upstream_connect_timeout(),
+                    config: config.clone(),
+                    tls,
                     passwords: RolePasswords::new(config.server_secret()),
                 },
                 migrations,
@@ -233,12 +236,13 @@ impl TenantMigrator {
 
     async fn admin(
         &self,
-    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<NoTls>>, MigrateError> {
+    ) -> Result<bb8::PooledConnection<'_, PostgresConnectionManager<MakeRustlsConnect>>, MigrateError>
+    {
         self.inner
             .admin
             .get()
             .await
-            .map_err(|e| MigrateError::AdminPool(e.to_string()))
+            .map_err(|e| MigrateError::AdminPool(self.inner.connect_errors.explain(e)))
     }
 
     /// Every tenant (or the one named by `only`) with its history.
@@ -653,16 +657,10 @@ impl TenantMigrator {
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let login = &self.inner.tenant_login;
         let password = login.passwords.password_for(&tenant.role);
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host(&login.host)
-            .port(login.port)
-            .dbname(&login.database)
-            .user(&tenant.role)
-            .password(password)
-            .application_name("pgtenant-migrate")
-            .connect_timeout(login.connect_timeout);
-        let (client, connection) = config.connect(NoTls).await?;
+        let config = login
+            .config
+            .tenant_pg_config(&tenant.role, &password, "pgtenant-migrate");
+        let (client, connection) = config.connect(login.tls.postgres()).await?;
         tokio::spawn(async move {
             let _ = connection.await;
         });

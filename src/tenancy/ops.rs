@@ -20,6 +20,8 @@ pub enum TenantOpError {
     NotConfirmed { slug: String },
     #[error("database error: {0}")]
     Db(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    UpstreamTls(#[from] crate::upstream_tls::UpstreamTlsError),
 }
 
 /// A tenant as the operations see it.
@@ -363,28 +365,66 @@ pub async fn check_tenants(
     config: &Config,
     concurrency: usize,
 ) -> Result<Vec<TenantHealth>, TenantOpError> {
-    let tenants: Vec<TenantRef> = list_tenants(admin)
+    let tls = crate::upstream_tls::UpstreamTls::from_config(&config.upstream)?;
+    check_tenants_with(admin, config, &tls, concurrency).await
+}
+
+/// As [`check_tenants`], with TLS settings already read.
+pub async fn check_tenants_with(
+    admin: &Client,
+    config: &Config,
+    tls: &crate::upstream_tls::UpstreamTls,
+    concurrency: usize,
+) -> Result<Vec<TenantHealth>, TenantOpError> {
+    let tenants = checkable_tenants(admin).await?;
+    Ok(check_listed(tenants, config, tls, concurrency).await)
+}
+
+/// The tenants a check covers (active or suspended): only the organizations' rows (`list_tenants` also sums
+/// every tenant's table sizes).
+pub async fn checkable_tenants(admin: &Client) -> Result<Vec<TenantRef>, TenantOpError> {
+    Ok(admin
+        .query(
+            &format!(
+                "SELECT {TENANT_COLUMNS} FROM pgtenant.organizations
+                 WHERE status IN ('active', 'suspended') ORDER BY created_at, id"
+            ),
+            &[],
+        )
         .await?
-        .into_iter()
-        .map(|l| l.tenant)
-        .filter(|t| t.status == "active" || t.status == "suspended")
-        .collect();
+        .iter()
+        .map(tenant_from_row)
+        .collect())
+}
+
+/// Logs in as each of `tenants`' roles and runs a query, `concurrency` at a time; results in their order.
+/// TLS is `tls`'s mode (the settings pgtenant started with), whatever a reloaded `config` says.
+pub async fn check_listed(
+    tenants: Vec<TenantRef>,
+    config: &Config,
+    tls: &crate::upstream_tls::UpstreamTls,
+    concurrency: usize,
+) -> Vec<TenantHealth> {
+    // A check that hangs (a server that accepts and never answers) reports instead of holding the round.
+    let limit_each = config.upstream_connect_timeout() * 2;
     let passwords = RolePasswords::new(config.server_secret());
     let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for (index, tenant) in tenants.into_iter().enumerate() {
         let permit = limit.clone().acquire_owned().await.expect("never closed");
-        let mut pg = tokio_postgres::Config::new();
-        pg.host(&config.upstream.host)
-            .port(config.upstream.port)
-            .dbname(&config.upstream.database)
-            .user(tenant.role.as_str())
-            .password(passwords.password_for(tenant.role.as_str()))
-            .application_name("pgtenant-check")
-            .connect_timeout(config.upstream_connect_timeout());
+        let mut pg = config.tenant_pg_config(
+            tenant.role.as_str(),
+            &passwords.password_for(tenant.role.as_str()),
+            "pgtenant-check",
+        );
+        pg.ssl_mode(tls.mode().postgres());
+        let tls = tls.postgres();
         tasks.spawn(async move {
             let started = std::time::Instant::now();
-            let error = check_one(pg, &tenant).await.err();
+            let error = match tokio::time::timeout(limit_each, check_one(pg, tls, &tenant)).await {
+                Ok(result) => result.err(),
+                Err(_) => Some(format!("no answer within {} ms", limit_each.as_millis())),
+            };
             drop(permit);
             (
                 index,
@@ -403,14 +443,15 @@ pub async fn check_tenants(
         }
     }
     results.sort_by_key(|(i, _)| *i);
-    Ok(results.into_iter().map(|(_, h)| h).collect())
+    results.into_iter().map(|(_, h)| h).collect()
 }
 
-async fn check_one(pg: tokio_postgres::Config, tenant: &TenantRef) -> Result<(), String> {
-    let (client, connection) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| describe(&e))?;
+async fn check_one(
+    pg: tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    tenant: &TenantRef,
+) -> Result<(), String> {
+    let (client, connection) = pg.connect(tls).await.map_err(|e| describe(&e))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -431,7 +472,7 @@ async fn check_one(pg: tokio_postgres::Config, tenant: &TenantRef) -> Result<(),
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+        None => crate::upstream_tls::error_chain(e),
     }
 }
 

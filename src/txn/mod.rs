@@ -110,6 +110,12 @@ struct State {
     bytes_from_client: u64,
     bytes_from_upstream: u64,
     transactions: u64,
+    /// The client stream is TLS: what was written to it is flushed before the relay waits.
+    client_tls: bool,
+    /// Written to the client (TLS) and not flushed since.
+    client_unflushed: bool,
+    /// Written to the held server connection (TLS) and not flushed since.
+    server_unflushed: bool,
 }
 
 enum Step {
@@ -128,10 +134,18 @@ async fn read_opt<R: AsyncRead + Unpin>(
     }
 }
 
-/// Writes some of `buf` if there is a writer and anything to write; never completes otherwise. Cancel-safe.
-async fn write_opt<W: AsyncWrite + Unpin>(w: Option<&mut W>, buf: &[u8]) -> std::io::Result<usize> {
+/// Writes some of `buf` if there is a writer and anything to write; with nothing left to write and
+/// `unflushed`, flushes and returns 0 (a TLS stream may have taken bytes it could not send yet, and sends them
+/// only when written to or flushed). Never completes otherwise. Cancel-safe (a write or flush either happened
+/// or not; a flush may be repeated).
+async fn write_opt<W: AsyncWrite + Unpin>(
+    w: Option<&mut W>,
+    buf: &[u8],
+    unflushed: bool,
+) -> std::io::Result<usize> {
     match w {
         Some(w) if !buf.is_empty() => w.write(buf).await,
+        Some(w) if unflushed => w.flush().await.map(|()| 0),
         _ => std::future::pending().await,
     }
 }
@@ -222,6 +236,9 @@ impl TxnSession<'_> {
             bytes_from_client: 0,
             bytes_from_upstream: 0,
             transactions: 0,
+            client_tls: client.is_tls(),
+            client_unflushed: false,
+            server_unflushed: false,
         };
         let end = match client {
             ClientStream::Plain(tcp) => {
@@ -300,8 +317,8 @@ impl TxnSession<'_> {
                 tokio::select! {
                     r = read_opt(client_readable.then_some(&mut *client_read), &mut client_buf) => Event::ClientRead(r),
                     r = read_opt(server_read.as_mut().filter(|_| server_readable), &mut server_buf) => Event::ServerRead(r),
-                    r = write_opt(Some(&mut *client_write), &state.to_client) => Event::ClientWrote(r),
-                    r = write_opt(server_write.as_mut(), &state.to_server) => Event::ServerWrote(r),
+                    r = write_opt(Some(&mut *client_write), &state.to_client, state.client_unflushed) => Event::ClientWrote(r),
+                    r = write_opt(server_write.as_mut(), &state.to_server, state.server_unflushed) => Event::ServerWrote(r),
                     _ = &mut kick => Event::Kicked,
                     _ = &mut drain, if !draining => Event::Drain,
                     _ = idle_deadline(self.idle_timeout, last_client_activity), if between_transactions => Event::IdleTimeout,
@@ -347,9 +364,24 @@ impl TxnSession<'_> {
                         };
                     }
                 }
-                Event::ClientWrote(Ok(n)) => state.to_client.advance(n),
+                Event::ClientWrote(Ok(0)) if state.to_client.is_empty() => {
+                    state.client_unflushed = false;
+                }
+                Event::ClientWrote(Ok(n)) => {
+                    state.to_client.advance(n);
+                    state.client_unflushed = state.client_tls;
+                }
                 Event::ClientWrote(Err(e)) => return RelayEnd::ClientGone(Some(e)),
-                Event::ServerWrote(Ok(n)) => state.to_server.advance(n),
+                Event::ServerWrote(Ok(0)) if state.to_server.is_empty() => {
+                    state.server_unflushed = false;
+                }
+                Event::ServerWrote(Ok(n)) => {
+                    state.to_server.advance(n);
+                    state.server_unflushed = state
+                        .server
+                        .as_mut()
+                        .is_some_and(|c| c.conn().stream.is_tls());
+                }
                 Event::ServerWrote(Err(e)) => return RelayEnd::UpstreamGone(Some(e)),
                 Event::Kicked => return RelayEnd::Shutdown,
                 Event::Drain => draining = true,
@@ -370,7 +402,8 @@ impl TxnSession<'_> {
             && state.client_streaming == 0
             && state.server_streaming == 0
             && state.server_in.is_empty()
-            && state.to_server.is_empty();
+            && state.to_server.is_empty()
+            && !state.server_unflushed;
         if done {
             if let Some(checkout) = state.server.take() {
                 self.cancel.set_upstream(None);

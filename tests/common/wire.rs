@@ -7,7 +7,6 @@ use pgtenant::config::PoolMode;
 use pgtenant::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamTarget};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// A proxy in transaction pooling with `size` server connections per tenant.
 pub async fn txn_proxy(size: usize) -> TestProxy {
@@ -222,7 +221,7 @@ pub fn describe_message(tag: u8, body: &[u8]) -> Option<String> {
 }
 
 pub struct Raw {
-    pub stream: TcpStream,
+    pub stream: pgtenant::upstream_tls::UpstreamStream,
     pub label: &'static str,
 }
 
@@ -233,6 +232,7 @@ impl Raw {
             port,
             database: DATABASE.into(),
             connect_timeout: Duration::from_secs(10),
+            tls: pgtenant::upstream_tls::UpstreamTls::disabled(),
         };
         let cache = SaltedPasswordCache::default();
         let conn = UpstreamConn::connect(
