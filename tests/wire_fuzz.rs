@@ -15,7 +15,7 @@ use pgtenant::config::PoolMode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 static PANICS: AtomicUsize = AtomicUsize::new(0);
@@ -51,7 +51,7 @@ struct Outcome {
 const ALIVE: &str = "alive-probe";
 
 /// Reads messages until the connection closes, the probe query's answer arrives, or `deadline` passes.
-async fn outcome(stream: &mut TcpStream, deadline: Duration) -> Outcome {
+async fn outcome<S: AsyncRead + Unpin>(stream: &mut S, deadline: Duration) -> Outcome {
     let mut errors = Vec::new();
     let mut saw_probe = false;
     let end = tokio::time::timeout(deadline, async {
@@ -214,10 +214,11 @@ fn after_login_corpus() -> Vec<(&'static str, Vec<u8>)> {
 }
 
 /// Runs the corpus on fresh connections made by `connect`, a few at a time.
-async fn run_corpus<F, Fut>(connect: F) -> Vec<Outcome>
+async fn run_corpus<F, Fut, S>(connect: F) -> Vec<Outcome>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = TcpStream>,
+    Fut: std::future::Future<Output = S>,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut outcomes = Vec::new();
     for chunk in after_login_corpus().chunks(6) {
