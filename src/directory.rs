@@ -277,7 +277,11 @@ impl Directory {
         failed.as_mut().enable();
         tokio::select! {
             conn = self.pool.get() => conn.map_err(|e| self.unavailable(e)),
-            () = &mut failed => Err(self.unavailable(bb8::RunError::TimedOut)),
+            () = &mut failed => Err(DirectoryError::Unavailable(
+                self.connect_errors
+                    .last()
+                    .unwrap_or_else(|| "cannot connect to the directory database".into()),
+            )),
         }
     }
 

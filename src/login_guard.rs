@@ -83,11 +83,12 @@ struct FromDirectory<'a>(&'a Directory);
 
 impl AsyncLoad for FromDirectory<'_> {
     async fn load(self) -> Result<Rows, RevocationError> {
-        let conn = self
-            .0
-            .admin()
-            .await
-            .map_err(|e| RevocationError::Unavailable(e.to_string()))?;
+        let conn = self.0.admin().await.map_err(|e| match e {
+            crate::directory::DirectoryError::Unavailable(reason) => {
+                RevocationError::Unreachable(reason)
+            }
+            other => RevocationError::Unavailable(other.to_string()),
+        })?;
         revocation::load_rows(&conn).await
     }
 }
@@ -121,13 +122,17 @@ pub async fn check_token(
         .await
     {
         tracing::error!(error = %e, "revocation list unavailable");
-        return Err(attempt.refuse(
-            Reason::Unavailable,
-            PgError::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                "pgtenant cannot reach its directory database",
-            ),
-        ));
+        let refusal = PgError::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "pgtenant cannot reach its directory database",
+        );
+        // Why it cannot connect (server down, TLS refused) helps the client; a failed query's text stays
+        // in the log.
+        let refusal = match e {
+            RevocationError::Unreachable(reason) => refusal.with_detail(reason),
+            RevocationError::Unavailable(_) => refusal,
+        };
+        return Err(attempt.refuse(Reason::Unavailable, refusal));
     }
     match proxy.revocations.token_revoked(claims.jti.as_deref()) {
         Some(revoked) => Err(attempt.refuse(Reason::Revoked, revoked_error(revoked))),

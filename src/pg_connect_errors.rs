@@ -31,6 +31,11 @@ impl ConnectErrors {
         }
     }
 
+    /// The last connection error seen, left in place (several callers woken by one failure all say why).
+    pub fn last(&self) -> Option<String> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Notified at every failed connection attempt (register with `Notified::enable` before asking the pool).
     pub fn failed(&self) -> Arc<tokio::sync::Notify> {
         self.failed.clone()

@@ -26,6 +26,9 @@ pub enum Revoked {
 pub enum RevocationError {
     #[error("the revocation list cannot be read: {0}")]
     Unavailable(String),
+    /// No connection to the directory database could be made (server down, TLS refused): why.
+    #[error("the revocation list cannot be read: directory database unavailable: {0}")]
+    Unreachable(String),
 }
 
 #[derive(Default)]
