@@ -71,6 +71,13 @@ pub struct RelayOutcome {
 struct Books {
     /// Requests sent (Query, Sync, FunctionCall) minus ReadyForQuery received.
     outstanding: i64,
+    /// The unanswered requests in order: for a Sync, how many COPYs the client had ended (CopyDone or
+    /// CopyFail) when it sent it; [`NOT_A_SYNC`] for a Query or FunctionCall.
+    unanswered: std::collections::VecDeque<u64>,
+    /// CopyDone/CopyFail the client sent.
+    copy_ends_sent: u64,
+    /// CopyInResponses the upstream sent.
+    copy_ins_started: u64,
     /// Extended-protocol messages sent since the last Sync.
     unsynced: bool,
     status: u8,
@@ -79,7 +86,23 @@ struct Books {
     recorder: Recorder,
 }
 
+/// In [`Books::unanswered`]: a request that is not a Sync.
+const NOT_A_SYNC: u64 = u64::MAX;
+
 impl Books {
+    fn new(status: u8, recorder: Recorder) -> Self {
+        Books {
+            outstanding: 0,
+            unanswered: std::collections::VecDeque::new(),
+            copy_ends_sent: 0,
+            copy_ins_started: 0,
+            unsynced: false,
+            status,
+            last_upstream_tag: 0,
+            recorder,
+        }
+    }
+
     fn idle(&self) -> bool {
         self.outstanding == 0 && !self.unsynced && self.status == b'I'
     }
@@ -89,13 +112,16 @@ impl Books {
         match msg_tag {
             tag::QUERY | tag::FUNCTION_CALL => {
                 self.outstanding += 1;
+                self.unanswered.push_back(NOT_A_SYNC);
                 self.recorder.request_sent();
             }
             tag::SYNC => {
                 self.outstanding += 1;
+                self.unanswered.push_back(self.copy_ends_sent);
                 self.unsynced = false;
                 self.recorder.request_sent();
             }
+            tag::COPY_DONE | tag::COPY_FAIL => self.copy_ends_sent += 1,
             tag::PARSE | tag::BIND | tag::DESCRIBE | tag::EXECUTE | tag::CLOSE | tag::FLUSH => {
                 self.unsynced = true;
             }
@@ -107,8 +133,19 @@ impl Books {
 
     fn upstream_message(&mut self, msg_tag: u8, body: &[u8]) {
         self.last_upstream_tag = msg_tag;
-        if msg_tag == tag::READY_FOR_QUERY {
+        if msg_tag == tag::COPY_IN_RESPONSE {
+            // The server reads every message after the COPY's Execute in copy-in mode, where a Sync is
+            // ignored, until the client's CopyDone or CopyFail: those Syncs get no ReadyForQuery (drivers
+            // such as tokio-postgres send one before the data). Syncs sent before that Execute were
+            // answered before this message, so what is unanswered of this COPY's window is after it.
+            let window = self.copy_ins_started;
+            let before = self.unanswered.len();
+            self.unanswered.retain(|sent| *sent != window);
+            self.outstanding -= (before - self.unanswered.len()) as i64;
+            self.copy_ins_started += 1;
+        } else if msg_tag == tag::READY_FOR_QUERY {
             self.outstanding -= 1;
+            self.unanswered.pop_front();
             if let Some(status) = body.first() {
                 self.status = *status;
                 self.recorder.ready(*status);
@@ -452,13 +489,7 @@ where
         virtual_schema,
     } = options;
     let mut state = State {
-        books: Books {
-            outstanding: 0,
-            unsynced: false,
-            status: initial_status.as_byte(),
-            last_upstream_tag: 0,
-            recorder,
-        },
+        books: Books::new(initial_status.as_byte(), recorder),
         to_upstream: Pipe::new(),
         to_client: Pipe::new(),
         terminated: None,

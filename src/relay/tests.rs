@@ -314,3 +314,51 @@ async fn the_virtual_schema_is_rewritten_on_the_way_up_and_terminate_still_keeps
     h.upstream.read_to_end(&mut rest).await.expect("read rest");
     assert!(rest.is_empty(), "{rest:?}");
 }
+
+fn books() -> Books {
+    Books::new(b'I', Recorder::new(Arc::new(TenantMetrics::default())))
+}
+
+#[test]
+fn syncs_the_server_ignores_in_copy_in_mode_are_not_awaited() {
+    // tokio-postgres: Bind, Execute, Sync before the data; CopyDone and Sync after.
+    let mut b = books();
+    for t in [tag::BIND, tag::EXECUTE, tag::SYNC] {
+        b.client_message(t);
+    }
+    b.upstream_message(tag::COPY_IN_RESPONSE, &[]);
+    for t in [tag::COPY_DATA, tag::COPY_DONE, tag::SYNC] {
+        b.client_message(t);
+    }
+    b.upstream_message(tag::COMMAND_COMPLETE, b"COPY 1\0");
+    b.upstream_message(tag::READY_FOR_QUERY, b"I");
+    assert!(b.idle(), "outstanding {}", b.outstanding);
+
+    // The whole pipeline sent before the CopyInResponse arrives: only the Sync before CopyDone is ignored.
+    for t in [
+        tag::BIND,
+        tag::EXECUTE,
+        tag::SYNC,
+        tag::COPY_DATA,
+        tag::COPY_DONE,
+        tag::SYNC,
+    ] {
+        b.client_message(t);
+    }
+    b.upstream_message(tag::COPY_IN_RESPONSE, &[]);
+    assert_eq!(b.outstanding, 1);
+    b.upstream_message(tag::READY_FOR_QUERY, b"I");
+    assert!(b.idle());
+
+    // A Sync answered before a later COPY starts is not touched; a simple-query COPY counts its Query once.
+    b.client_message(tag::SYNC);
+    b.upstream_message(tag::READY_FOR_QUERY, b"I");
+    b.client_message(tag::QUERY);
+    b.upstream_message(tag::COPY_IN_RESPONSE, &[]);
+    b.client_message(tag::COPY_DATA);
+    b.client_message(tag::COPY_FAIL);
+    assert_eq!(b.outstanding, 1);
+    b.upstream_message(tag::ERROR_RESPONSE, &[]);
+    b.upstream_message(tag::READY_FOR_QUERY, b"I");
+    assert!(b.idle());
+}
