@@ -556,7 +556,8 @@ async fn read_first_packet<S: AsyncRead + AsyncWrite + Unpin>(
 async fn forward_cancel(proxy: &Proxy, key: ClientKey) {
     // As PostgreSQL, say nothing back either way.
     match proxy.cancels.lookup(key) {
-        Some(upstream) => {
+        Some(ticket) => {
+            let upstream = ticket.upstream;
             let tls = proxy.pools.upstream_tls();
             if let Err(e) =
                 UpstreamConn::cancel(tls, upstream.addr, upstream.process_id, upstream.secret_key)

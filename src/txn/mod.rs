@@ -294,7 +294,7 @@ impl TxnSession<'_> {
         let mut server_buf = vec![0u8; READ_SIZE];
         let mut last_client_activity = tokio::time::Instant::now();
         loop {
-            self.release_if_done(state);
+            self.release_if_done(state).await;
             if draining && state.server.is_none() {
                 // Between transactions: flush what the client is owed, then end.
                 if !state.to_client.is_empty() {
@@ -391,7 +391,7 @@ impl TxnSession<'_> {
     }
 
     /// Gives the server connection back once the client stands between transactions.
-    fn release_if_done(&self, state: &mut State) {
+    async fn release_if_done(&self, state: &mut State) {
         let done = state.server.is_some()
             && state.pending == 0
             && state.expect.is_empty()
@@ -406,7 +406,8 @@ impl TxnSession<'_> {
             && !state.server_unflushed;
         if done {
             if let Some(checkout) = state.server.take() {
-                self.cancel.set_upstream(None);
+                // A cancel this client sent while it held the connection must not reach the next client.
+                self.cancel.release_upstream().await;
                 self.pools.check_in(checkout, true);
             }
         }
