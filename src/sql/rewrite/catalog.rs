@@ -94,10 +94,31 @@ impl SchemaComparison {
 }
 
 fn is_schema_name_column(sql: &[u8], t: &Token) -> bool {
-    matches!(t.kind, TokenKind::Ident | TokenKind::QuotedIdent)
+    if !matches!(t.kind, TokenKind::Ident | TokenKind::QuotedIdent) {
+        return false;
+    }
+    // Every such column ends in "name" or "schema": most identifiers are out after one comparison.
+    let name = t.text(sql);
+    let name = match t.kind {
+        TokenKind::QuotedIdent if name.len() >= 2 => &name[1..name.len() - 1],
+        _ => name,
+    };
+    let ends_with = |suffix: &[u8]| {
+        name.len() >= suffix.len() && name[name.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+    };
+    (ends_with(b"name") || ends_with(b"schema"))
         && SCHEMA_NAME_COLUMNS
             .iter()
             .any(|column| is_identifier(sql, t, column))
+}
+
+/// Whether `t` names one of [`RELATION_NAME_FUNCTIONS`] (their lengths first: one comparison for most).
+fn is_relation_name_function(sql: &[u8], t: &Token) -> bool {
+    t.kind == TokenKind::Ident
+        && matches!(t.end - t.start, 6 | 7 | 11 | 22)
+        && RELATION_NAME_FUNCTIONS
+            .iter()
+            .any(|f| is_identifier(sql, t, f))
 }
 
 /// Where the tokens stand in `f('name'` (a relation-name function) or `'name'::regclass`.
@@ -137,12 +158,7 @@ impl RelationName {
                 RelationName::None
             }
             _ if t.kind == TokenKind::String => RelationName::Literal(*t),
-            _ if RELATION_NAME_FUNCTIONS
-                .iter()
-                .any(|f| is_identifier(sql, t, f)) =>
-            {
-                RelationName::Function
-            }
+            _ if is_relation_name_function(sql, t) => RelationName::Function,
             _ => RelationName::None,
         };
         let literal = found?;
