@@ -156,6 +156,14 @@ impl CancelRegistration {
     /// Points the client's key at no connection, then waits until no cancel looked up before is still on
     /// its way (at most [`CANCEL_WAIT`]): the connection may then go to another client.
     pub async fn release_upstream(&self) {
+        // Once per transaction: the common case (no cancel on its way) takes the lock once and no waiter.
+        {
+            let mut state = self.slot.state.lock().unwrap_or_else(|p| p.into_inner());
+            state.upstream = None;
+            if state.in_flight == 0 {
+                return;
+            }
+        }
         loop {
             let done = self.slot.done.notified();
             tokio::pin!(done);
@@ -236,7 +244,10 @@ mod tests {
             })
         };
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        assert!(!released.load(std::sync::atomic::Ordering::SeqCst), "released with a cancel in flight");
+        assert!(
+            !released.load(std::sync::atomic::Ordering::SeqCst),
+            "released with a cancel in flight"
+        );
         assert!(map.lookup(reg.key).is_none(), "no new cancel once released");
         drop(ticket);
         releasing.await.expect("release");

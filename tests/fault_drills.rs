@@ -415,17 +415,9 @@ async fn postgres_restart_under_load_fails_cleanly_and_recovers_in_both_modes() 
 
 /// Bytes of a StartupMessage for `user`.
 fn startup_packet(user: &str) -> Vec<u8> {
-    let mut body = 196608i32.to_be_bytes().to_vec();
-    for (k, v) in [("user", user), ("database", DATABASE)] {
-        body.extend_from_slice(k.as_bytes());
-        body.push(0);
-        body.extend_from_slice(v.as_bytes());
-        body.push(0);
-    }
-    body.push(0);
-    let mut out = (body.len() as i32 + 4).to_be_bytes().to_vec();
-    out.extend(body);
-    out
+    let mut out = bytes::BytesMut::new();
+    pgtenant::protocol::write::startup_message(&mut out, &[("user", user), ("database", DATABASE)]);
+    out.to_vec()
 }
 
 /// A client sending its startup packet one byte every 500 ms is cut at `login_timeout_ms`, holding nothing.

@@ -317,18 +317,9 @@ async fn bad_messages_after_login_end_as_directly_in_transaction_pooling() {
 }
 
 fn startup(params: &[(&str, &str)]) -> Vec<u8> {
-    let mut body = BytesMut::new();
-    body.put_i32(196608);
-    for (k, v) in params {
-        body.extend_from_slice(k.as_bytes());
-        body.put_u8(0);
-        body.extend_from_slice(v.as_bytes());
-        body.put_u8(0);
-    }
-    body.put_u8(0);
-    let mut out = (body.len() as i32 + 4).to_be_bytes().to_vec();
-    out.extend_from_slice(&body);
-    out
+    let mut out = BytesMut::new();
+    pgtenant::protocol::write::startup_message(&mut out, params);
+    out.to_vec()
 }
 
 fn before_login_corpus() -> Vec<(&'static str, Vec<u8>)> {

@@ -1,52 +1,10 @@
 #!/usr/bin/env bash
-# Captures what the Prisma app really sends to PostgreSQL (CAPTURED.md was made with it): starts a throwaway
-# cluster with log_statement=all (as the `postgres` OS user when run as root), creates the tables in `public`,
-# runs app.mjs against it directly (no pgtenant) and prints every distinct statement text, normalized
-# (whitespace collapsed), in order of first appearance, each marked Q (simple Query) or P (Parse, extended
-# protocol). Then the lines that name a catalog or change a setting, if any.
+# Captures what the Prisma app really sends to PostgreSQL (CAPTURED.md was made with it): tests/clients/capture.sh
+# with schema.sql and one run of app.mjs against the server directly (no pgtenant); prints every distinct
+# statement (Q = simple Query, P = Parse), then the ones naming `public`, a catalog or a setting.
 #
 #   bash tests/clients/prisma/capture.sh [port]      (needs `npm ci` and generate.sh run in this folder)
 set -euo pipefail
 cd "$(dirname "$0")"
-port=${1:-5499}
-bindir=${PGTENANT_PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
-dir=$(mktemp -d /tmp/prisma-capture.XXXXXX)
-as_pg=()
-if [ "$(id -u)" = 0 ]; then
-  chown postgres "$dir"
-  as_pg=(runuser -u postgres --)
-fi
-"${as_pg[@]}" "$bindir/initdb" -D "$dir/data" -U postgres --auth=trust >/dev/null
-"${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w \
-  -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c log_statement=all -c log_line_prefix='[%p] '" \
-  start >/dev/null
-trap '"${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null; rm -rf "$dir"' EXIT
-psql() { "$bindir/psql" -h 127.0.0.1 -p "$port" -U postgres -X -q -v ON_ERROR_STOP=1 "$@"; }
-psql -d postgres -c "CREATE DATABASE capture"
-psql -d capture -f schema.sql
-start=$(wc -l <"$dir/server.log")
-node app.mjs "postgresql://postgres@127.0.0.1:$port/capture?sslmode=disable" capture >/dev/null
-sleep 0.5
-tail -n +"$((start + 1))" "$dir/server.log" | python3 -c '
-import re, sys
-stmts, cur = [], None
-for line in sys.stdin:
-    m = re.match(r"\[\d+\] LOG:  (statement|execute [^:]*): (.*)", line.rstrip("\n"))
-    if m:
-        cur = ["Q" if m.group(1) == "statement" else "P", m.group(2)]
-        stmts.append(cur)
-    elif line.startswith("\t") and cur is not None:
-        cur[1] += " " + line.strip()
-    else:
-        cur = None
-seen = []
-for kind, text in stmts:
-    item = (kind, re.sub(r"\s+", " ", text).strip())
-    if item not in seen:
-        seen.append(item)
-for kind, text in seen:
-    print(kind, text)
-print("--- %d statements, %d distinct" % (len(stmts), len(seen)))
-odd = [t for _, t in seen if re.search(r"pg_catalog|information_schema|\bpg_[a-z_]+\b|\bSET\s+(SESSION|LOCAL|search_path|ROLE)|set_config|search_path", t, re.I)]
-print("--- naming a catalog or a setting:", *(odd or ["none"]), sep="\n")
-'
+CAPTURE_PORT=${1:-5499} exec bash ../capture.sh schema.sql \
+  node app.mjs 'postgresql://postgres@127.0.0.1:{port}/capture?sslmode=disable' capture
