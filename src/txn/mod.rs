@@ -1024,6 +1024,14 @@ impl TxnSession<'_> {
                 None
             };
             let outcome = state.expect.on_server_message(msg_tag);
+            if outcome.unmatched {
+                tracing::warn!(
+                    tag = %(msg_tag as char),
+                    // Nothing was taken off the queue: its head is what the books expected instead.
+                    expected = %state.expect.head_for_log(),
+                    "a server response matched no request of the client's (forwarded as is)"
+                );
+            }
             // What the client last saw: a FATAL pgtenant swallowed (the answer to a message it injected)
             // leaves the client without an error, so pgtenant adds its own when the server then closes.
             if outcome.disposition != Some(Disposition::Swallow) {
