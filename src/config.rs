@@ -38,6 +38,8 @@ pub struct Config {
     /// Login limits (failed logins per address and identity, logins per tenant) and the refusals kept.
     pub login: crate::auth::limiter::LoginLimits,
     pub health: HealthConfig,
+    /// Per-tenant limits' global defaults (statement_timeout …) and the queue NOTICE.
+    pub limits: crate::limits::LimitsConfig,
 }
 
 /// The health endpoints on `server.metrics_listen` (`/health`, `/health/tenants`, `/live`).
@@ -361,6 +363,9 @@ impl Config {
         if let Err(m) = self.login.validate() {
             return invalid(&m);
         }
+        if let Err(m) = self.limits.validate() {
+            return invalid(&m);
+        }
         if self.health.tenants_concurrency == 0 {
             return invalid("health.tenants_concurrency must be at least 1");
         }
@@ -618,6 +623,30 @@ impl Config {
                 "migrations.lock_timeout_ms".into(),
                 m.lock_timeout_ms.to_string(),
             ),
+            (
+                "limits.statement_timeout_ms".into(),
+                self.limits.statement_timeout_ms.to_string(),
+            ),
+            (
+                "limits.lock_timeout_ms".into(),
+                self.limits.lock_timeout_ms.to_string(),
+            ),
+            (
+                "limits.idle_in_transaction_timeout_ms".into(),
+                self.limits.idle_in_transaction_timeout_ms.to_string(),
+            ),
+            (
+                "limits.transaction_timeout_ms".into(),
+                self.limits.transaction_timeout_ms.to_string(),
+            ),
+            (
+                "limits.enforce_grace_ms".into(),
+                self.limits.enforce_grace_ms.to_string(),
+            ),
+            (
+                "limits.queue_notice_after_ms".into(),
+                self.limits.queue_notice_after_ms.to_string(),
+            ),
         ]
     }
 
@@ -707,6 +736,38 @@ mod tests {
             config.auth.revocation_refresh_secs,
             defaults.auth.revocation_refresh_secs
         );
+        // The limits section is shown with its defaults, every key of it.
+        assert_eq!(config.limits, defaults.limits);
+        let text_keys: Vec<&str> = text
+            .lines()
+            .skip_while(|l| l.trim() != "[limits]")
+            .skip(1)
+            .take_while(|l| !l.starts_with('['))
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .filter(|k| !k.starts_with('#'))
+            .collect();
+        let described: Vec<String> = config
+            .describe()
+            .into_iter()
+            .filter_map(|(k, _)| k.strip_prefix("limits.").map(str::to_string))
+            .collect();
+        assert_eq!(text_keys, described, "config/pgtenant.toml [limits] keys");
+    }
+
+    #[test]
+    fn limits_are_read_and_checked() {
+        let text = "[limits]\nstatement_timeout_ms = 5000\nqueue_notice_after_ms = 300\n";
+        let mut config: Config = toml::from_str(text).expect("parses");
+        assert_eq!(config.limits.statement_timeout_ms, 5_000);
+        assert_eq!(config.limits.queue_notice_after_ms, 300);
+        assert_eq!(config.limits.enforce_grace_ms, 1_000, "default kept");
+        config.upstream.server_secret = Some("0123456789abcdef0123".into());
+        config.validate().expect("valid");
+        config.limits.transaction_timeout_ms = 3_000_000_000;
+        assert!(
+            matches!(config.validate(), Err(ConfigError::Invalid(m)) if m.contains("limits.transaction_timeout_ms"))
+        );
+        assert!(toml::from_str::<Config>("[limits]\nstatement_timeout = 5\n").is_err());
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub struct Tenant {
     pub pool_mode: Option<crate::config::PoolMode>,
     /// The tenant's own virtual schema name, overriding `tenancy.virtual_schema` (`Some("")`: off).
     pub virtual_schema: Option<String>,
+    /// The tenant's own limits (statement_timeout …), overriding `[limits]` (shared migration V010).
+    pub limits: crate::limits::TenantLimits,
 }
 
 #[derive(Clone, Debug)]
@@ -133,7 +135,8 @@ pub struct Directory {
 
 const USER_COLUMNS: &str =
     "u.id, u.email, u.disabled, u.role, o.id, o.name, o.slug, o.schema_name::text, \
-     o.role_name::text, o.status, o.pool_mode, o.virtual_schema";
+     o.role_name::text, o.status, o.pool_mode, o.virtual_schema, o.statement_timeout_ms, \
+     o.lock_timeout_ms, o.idle_in_transaction_timeout_ms, o.transaction_timeout_ms";
 
 impl Directory {
     /// Connects lazily: the first lookup opens the first admin connection.
@@ -245,6 +248,12 @@ impl Directory {
                         .get::<_, Option<&str>>(10)
                         .and_then(crate::config::PoolMode::parse),
                     virtual_schema: r.get(11),
+                    limits: crate::limits::TenantLimits::from_columns([
+                        r.get(12),
+                        r.get(13),
+                        r.get(14),
+                        r.get(15),
+                    ]),
                 },
             })
             .collect())
@@ -496,6 +505,7 @@ mod tests {
                 status: TenantStatus::Active,
                 pool_mode: None,
                 virtual_schema: None,
+                limits: Default::default(),
             },
         }
     }

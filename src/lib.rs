@@ -26,6 +26,10 @@
 //! - [`sessions`]: the registry of running sessions (admin views, ending the sessions of a suspended tenant, a
 //!   disabled user or a revoked token).
 //! - [`lifetime`]: a session's deadline (its token's expiry, `server.max_session_secs`), met at an idle point.
+//! - [`limits`]: per-tenant statement_timeout, lock_timeout, idle_in_transaction_session_timeout and
+//!   transaction_timeout (directory columns, `[limits]` defaults): PostgreSQL's settings on each server
+//!   connection, pgtenant's own timers in both relays as a ceiling, the NOTICE of a client queued for a
+//!   connection.
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
 //! - [`txn`]: transaction pooling: a server connection per transaction, prepared statements that follow the
 //!   client, settings synchronised on each checkout.
@@ -56,6 +60,7 @@ pub mod dev;
 pub mod directory;
 pub mod health;
 pub mod lifetime;
+pub mod limits;
 pub mod login_guard;
 pub mod metrics;
 pub mod metrics_http;

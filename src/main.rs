@@ -74,7 +74,7 @@ enum Command {
         #[command(subcommand)]
         target: MigrateTarget,
     },
-    /// Existing tenants: list, suspend, resume, archive or drop, check.
+    /// Existing tenants: list, suspend, resume, archive or drop, check; their limits (statement_timeout …).
     Tenant {
         #[command(subcommand)]
         action: TenantAction,
@@ -125,6 +125,27 @@ enum TenantAction {
     },
     /// Log in as every tenant's role and report its health.
     Check,
+    /// Every tenant's statement_timeout, lock_timeout, idle_in_transaction_session_timeout and
+    /// transaction_timeout: its own value, or the [limits] default it follows.
+    Limits,
+    /// Set one of a tenant's limits, for its sessions from now on (on every pgtenant), as the admin command
+    /// ALTER TENANT x SET.
+    Set {
+        /// The tenant's slug, schema, name or id.
+        tenant: String,
+        /// statement_timeout, lock_timeout, idle_in_transaction_session_timeout or transaction_timeout.
+        setting: String,
+        /// A duration: 500ms, 5s, 2min, 1h (a bare number is milliseconds); 0 turns the limit off for this
+        /// tenant whatever the default.
+        value: String,
+    },
+    /// Put one of a tenant's limits (or all) back to the [limits] default, as ALTER TENANT x RESET.
+    Reset {
+        /// The tenant's slug, schema, name or id.
+        tenant: String,
+        /// A setting's name, or "all".
+        setting: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -458,6 +479,55 @@ async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
                 println!("dropped {} (schema {}, role {})", t.slug, t.schema, t.role);
             }
         },
+        TenantAction::Limits => {
+            use pgtenant::limits::Limit;
+            let defaults = &config.limits;
+            print!("{:<30}", "tenant");
+            for limit in Limit::ALL {
+                print!(" {:<38}", limit.setting_name());
+            }
+            println!();
+            for (tenant, own) in pgtenant::tenancy::limits::list_limits(&admin).await? {
+                print!("{:<30}", tenant.slug);
+                for limit in Limit::ALL {
+                    let shown = pgtenant::tenancy::limits::describe(
+                        own.get(limit),
+                        defaults.default_of(limit),
+                    );
+                    print!(" {shown:<38}");
+                }
+                println!();
+            }
+        }
+        TenantAction::Set {
+            tenant,
+            setting,
+            value,
+        } => {
+            let limit = limit_named(&setting)?;
+            let ms = pgtenant::limits::parse_ms(&value).map_err(anyhow::Error::msg)?;
+            let t = pgtenant::tenancy::limits::set_limits(&admin, &tenant, &[(limit, Some(ms))])
+                .await?;
+            println!(
+                "{}: {} = {} for its new sessions",
+                t.slug,
+                limit.setting_name(),
+                pgtenant::limits::format_ms(ms)
+            );
+        }
+        TenantAction::Reset { tenant, setting } => {
+            use pgtenant::limits::Limit;
+            let changes: Vec<(Limit, Option<u32>)> = if setting.eq_ignore_ascii_case("all") {
+                Limit::ALL.iter().map(|l| (*l, None)).collect()
+            } else {
+                vec![(limit_named(&setting)?, None)]
+            };
+            let t = pgtenant::tenancy::limits::set_limits(&admin, &tenant, &changes).await?;
+            println!(
+                "{}: {setting} back to the default for its new sessions",
+                t.slug
+            );
+        }
         TenantAction::Check => {
             let results = ops::check_tenants(&admin, config, config.migrations.concurrency).await?;
             let mut unhealthy = 0;
@@ -480,6 +550,12 @@ async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn limit_named(name: &str) -> Result<pgtenant::limits::Limit> {
+    pgtenant::limits::Limit::parse(name).with_context(|| {
+        format!("unknown tenant setting {name:?}: statement_timeout, lock_timeout, idle_in_transaction_session_timeout or transaction_timeout")
+    })
 }
 
 fn load(path: &std::path::Path) -> Result<Config> {

@@ -23,6 +23,11 @@ pub struct TenantMetrics {
     /// Clients that had to wait for a server connection, and for how long in total.
     pub waits: AtomicU64,
     pub wait_micros: AtomicU64,
+    /// Statements pgtenant cancelled at the tenant's statement_timeout (its ceiling; PostgreSQL's own
+    /// cancels are not counted here).
+    pub limit_cancels: AtomicU64,
+    /// Sessions pgtenant ended at the tenant's idle_in_transaction_session_timeout or transaction_timeout.
+    pub limit_terminations: AtomicU64,
     /// Request latency (first byte sent to ReadyForQuery), microseconds.
     latency: Mutex<Histogram<u64>>,
     rates: Mutex<Rates>,
@@ -56,6 +61,8 @@ impl Default for TenantMetrics {
             errors: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             wait_micros: AtomicU64::new(0),
+            limit_cancels: AtomicU64::new(0),
+            limit_terminations: AtomicU64::new(0),
             // 1 µs to 1 hour, 3 significant digits.
             latency: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds"),

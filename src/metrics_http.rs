@@ -3,6 +3,7 @@
 //! A deliberately small HTTP/1.1 responder: one request per connection, at most [`MAX_CONNECTIONS`] at once,
 //! nothing else served.
 
+use crate::pool::TenantPoolStats;
 use crate::proxy::Proxy;
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
@@ -194,7 +195,7 @@ pub fn render(proxy: &Proxy) -> String {
     let tenants = proxy.metrics.all();
     let clients = proxy.sessions.list();
     let pools = proxy.pools.stats();
-    let counters: [Counter; 6] = [
+    let counters: [Counter; 8] = [
         (
             "pgtenant_transactions_total",
             "Transactions completed (ReadyForQuery idle).",
@@ -224,6 +225,16 @@ pub fn render(proxy: &Proxy) -> String {
             "pgtenant_waits_total",
             "Times a client waited for a server connection.",
             |m| m.waits.load(Ordering::Relaxed),
+        ),
+        (
+            "pgtenant_limit_cancels_total",
+            "Statements pgtenant cancelled at the tenant's statement_timeout (its ceiling).",
+            |m| m.limit_cancels.load(Ordering::Relaxed),
+        ),
+        (
+            "pgtenant_limit_terminations_total",
+            "Sessions pgtenant ended at the tenant's idle_in_transaction_session_timeout or transaction_timeout.",
+            |m| m.limit_terminations.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, get) in counters {
@@ -275,25 +286,40 @@ pub fn render(proxy: &Proxy) -> String {
     for (tenant, n) in &by_tenant {
         let _ = writeln!(out, "pgtenant_clients{{tenant=\"{}\"}} {n}", escape(tenant));
     }
+    // Each family's samples in one group, after its HELP and TYPE (as the text format asks).
     let _ = writeln!(out, "# HELP pgtenant_server_connections Server connections by state.\n# TYPE pgtenant_server_connections gauge");
-    let _ = writeln!(out, "# HELP pgtenant_queued_clients Clients waiting for a server connection.\n# TYPE pgtenant_queued_clients gauge");
     for p in &pools {
         let role = escape(p.role.as_str());
-        let _ = writeln!(
-            out,
-            "pgtenant_server_connections{{role=\"{role}\",state=\"active\"}} {}",
-            p.active
-        );
-        let _ = writeln!(
-            out,
-            "pgtenant_server_connections{{role=\"{role}\",state=\"idle\"}} {}",
-            p.idle
-        );
-        let _ = writeln!(
-            out,
-            "pgtenant_queued_clients{{role=\"{role}\"}} {}",
-            p.waiting
-        );
+        for (state, n) in [("active", p.active), ("idle", p.idle)] {
+            let _ = writeln!(
+                out,
+                "pgtenant_server_connections{{role=\"{role}\",state=\"{state}\"}} {n}"
+            );
+        }
+    }
+    type PoolGauge = (&'static str, &'static str, fn(&TenantPoolStats) -> usize);
+    let gauges: [PoolGauge; 2] = [
+        (
+            "pgtenant_queued_clients",
+            "Clients waiting for a server connection.",
+            |p| p.waiting,
+        ),
+        (
+            "pgtenant_server_connections_limit",
+            "Server connections a tenant may have at once (pool.size_per_tenant).",
+            |p| p.limit,
+        ),
+    ];
+    for (name, help, get) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for p in &pools {
+            let _ = writeln!(
+                out,
+                "{name}{{role=\"{}\"}} {}",
+                escape(p.role.as_str()),
+                get(p)
+            );
+        }
     }
     render_jwks(&mut out, proxy);
     render_logins(&mut out, proxy);

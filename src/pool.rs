@@ -13,6 +13,7 @@
 
 use crate::config::PoolConfig;
 use crate::directory::RoleName;
+use crate::limits::ServerSettings;
 use crate::protocol::{sqlstate, PgError};
 use crate::tenancy::credentials::RolePasswords;
 use crate::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamError, UpstreamTarget};
@@ -85,6 +86,9 @@ struct TenantPool {
     /// The parameters a connection of this role reports at its defaults (after `RESET ALL`), and when they
     /// were seen: a transaction-pooled login is answered from them without a server connection.
     defaults: Mutex<Option<RoleDefaults>>,
+    /// The tenant's limits PostgreSQL enforces, as its latest login found them in the directory: new
+    /// connections are opened with them, idle ones opened with others are closed instead of reused.
+    settings: Mutex<ServerSettings>,
 }
 
 /// Parameters a server reported (name, value), and when they were seen.
@@ -106,6 +110,28 @@ pub struct TenantPoolStats {
     pub active: usize,
     pub idle: usize,
     /// Clients waiting for a connection.
+    pub waiting: usize,
+    /// Server connections the tenant may have at once (`pool.size_per_tenant`).
+    pub limit: usize,
+}
+
+impl TenantPoolStats {
+    /// The tenant's server connections: lent out and idle.
+    pub fn server_connections(&self) -> usize {
+        self.active + self.idle
+    }
+}
+
+/// Why a client waits for a server connection, for the NOTICE it gets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueState {
+    /// The tenant's connections lent out.
+    pub in_use: usize,
+    /// `pool.size_per_tenant`.
+    pub limit: usize,
+    /// `pool.max_server_connections`.
+    pub global_limit: usize,
+    /// Clients of the tenant waiting.
     pub waiting: usize,
 }
 
@@ -195,6 +221,7 @@ impl PoolManager {
                     waiting_global: AtomicUsize::new(0),
                     statement_generations: Mutex::new(HashMap::new()),
                     defaults: Mutex::new(None),
+                    settings: Mutex::new(ServerSettings::default()),
                 })
             })
             .clone()
@@ -223,6 +250,7 @@ impl PoolManager {
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout_ms);
         let pool = self.tenant_pool(role);
+        let settings = *pool.settings.lock().unwrap_or_else(|p| p.into_inner());
         let permit = if wait {
             let _waiting = Waiting::new(&pool.waiting);
             tokio::time::timeout_at(deadline, pool.checkout.clone().acquire_owned())
@@ -240,7 +268,8 @@ impl PoolManager {
         };
 
         while let Some(mut member) = pool.idle.lock().ok().and_then(|mut idle| idle.pop_back()) {
-            if member.conn.check_idle()
+            if member.conn.settings == settings
+                && member.conn.check_idle()
                 && !self.expired(&member.conn)
                 && self.healthy(&mut member.conn).await
             {
@@ -250,7 +279,7 @@ impl PoolManager {
                     _permit: permit,
                 }));
             }
-            tracing::debug!(role = %role, "dropping a stale idle server connection");
+            tracing::debug!(role = %role, "dropping a stale idle server connection (closed, expired, unhealthy or opened with other limits)");
         }
 
         let global = loop {
@@ -289,6 +318,7 @@ impl PoolManager {
                 user: role.as_str(),
                 password: &password,
                 salted_cache: &self.salted,
+                settings,
             },
         )
         .await
@@ -432,8 +462,31 @@ impl PoolManager {
                 active: self.config.size_per_tenant - p.checkout.available_permits(),
                 idle: p.idle.lock().map(|i| i.len()).unwrap_or(0),
                 waiting: p.waiting.load(Ordering::Relaxed),
+                limit: self.config.size_per_tenant,
             })
             .collect()
+    }
+
+    /// What a client waiting for `role`'s connections waits for.
+    pub fn queue_state(&self, role: &RoleName) -> QueueState {
+        let pool = self.tenant_pool(role);
+        QueueState {
+            in_use: self.config.size_per_tenant - pool.checkout.available_permits(),
+            limit: self.config.size_per_tenant,
+            global_limit: self.config.max_server_connections,
+            waiting: pool.waiting.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets the limits `role`'s server connections are opened with (see [`ServerSettings`]); the idle
+    /// connections opened with others are closed as they come up for reuse.
+    pub fn set_server_settings(&self, role: &RoleName, settings: ServerSettings) {
+        let pool = self.tenant_pool(role);
+        let mut current = pool.settings.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != settings {
+            tracing::info!(role = %role, ?settings, "server connections of the tenant get new limits");
+            *current = settings;
+        }
     }
 
     /// Idle server connections: (role, backend pid, seconds idle, seconds since connected).

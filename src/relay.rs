@@ -49,6 +49,8 @@ pub enum RelayEnd {
     Drained,
     /// The client stayed idle, between transactions, past `server.client_idle_timeout_secs`.
     IdleTimeout,
+    /// pgtenant's own limit of the tenant ended the session (idle in a transaction, or in one too long).
+    LimitReached(crate::limits::LimitEnd),
 }
 
 /// The result of a relay: why it ended, and the upstream's transaction status if the connection stands
@@ -65,6 +67,9 @@ pub struct RelayOutcome {
     pub upstream_ended_with_error: bool,
     /// Requests were still unanswered when the relay ended (a query may be running upstream).
     pub requests_in_flight: bool,
+    /// The client's stream stands between two messages: pgtenant may add one of its own (an error saying
+    /// why the session ends).
+    pub may_add_message: bool,
 }
 
 /// What the relay knows of the session's protocol state.
@@ -83,6 +88,8 @@ struct Books {
     status: u8,
     /// Tag of the last message the upstream sent.
     last_upstream_tag: u8,
+    /// ReadyForQuery messages received (for the limit timers).
+    answered: u64,
     recorder: Recorder,
 }
 
@@ -99,12 +106,18 @@ impl Books {
             unsynced: false,
             status,
             last_upstream_tag: 0,
+            answered: 0,
             recorder,
         }
     }
 
     fn idle(&self) -> bool {
         self.outstanding == 0 && !self.unsynced && self.status == b'I'
+    }
+
+    /// Requests are unanswered, or an extended batch is not yet synced.
+    fn busy(&self) -> bool {
+        self.outstanding > 0 || self.unsynced
     }
 
     /// Follows one client message; returns false at a Terminate.
@@ -145,6 +158,7 @@ impl Books {
             self.copy_ins_started += 1;
         } else if msg_tag == tag::READY_FOR_QUERY {
             self.outstanding -= 1;
+            self.answered += 1;
             self.unanswered.pop_front();
             if let Some(status) = body.first() {
                 self.status = *status;
@@ -271,6 +285,8 @@ struct State<K, D> {
     idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Rewrites the virtual schema in the client's messages, if on.
     rewriter: Option<rewrite::ClientRewriter>,
+    /// pgtenant's timers of the tenant's limits, if any is on.
+    limits: Option<crate::limits::watch::LimitWatch>,
 }
 
 impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
@@ -318,6 +334,13 @@ impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
             }
             if !progress {
                 break;
+            }
+        }
+        if let Some(watch) = self.limits.as_mut() {
+            let books = &self.books;
+            watch.observe(books.busy(), books.status != b'I', books.answered);
+            if let Poll::Ready(end) = watch.poll_end(cx) {
+                return Poll::Ready((RelayEnd::LimitReached(end), self.client_at_boundary()));
             }
         }
         if self.books.idle() && !self.to_upstream.has_pending() {
@@ -467,6 +490,8 @@ pub struct Options {
     pub idle_timeout: Option<Duration>,
     /// Rewrite this virtual schema name in the client's Query and Parse messages.
     pub virtual_schema: Option<crate::sql::VirtualSchema>,
+    /// pgtenant's timers of the tenant's limits (none when no limit is on).
+    pub limits: Option<crate::limits::watch::LimitWatch>,
 }
 
 /// Relays until the client leaves, the upstream goes away, `kick` completes (ends at once), or `drain`
@@ -487,6 +512,7 @@ where
         recorder,
         idle_timeout,
         virtual_schema,
+        limits,
     } = options;
     let mut state = State {
         books: Books::new(initial_status.as_byte(), recorder),
@@ -499,6 +525,7 @@ where
         idle_timeout,
         idle_timer: idle_timeout.map(|limit| Box::pin(tokio::time::sleep(limit))),
         rewriter: virtual_schema.map(rewrite::ClientRewriter::new),
+        limits,
     };
     let (end, client_clean) =
         std::future::poll_fn(|cx| state.poll_relay(cx, &mut *client, &mut *upstream)).await;
@@ -507,6 +534,13 @@ where
         RelayEnd::Drained => client_clean || state.client_at_boundary(),
         _ => client_clean,
     };
+    // Ended by a limit: what the server sent before is the client's (a cancelled statement's error, say).
+    let mut client_owed = false;
+    if matches!(end, RelayEnd::LimitReached(_)) && state.to_client.has_pending() {
+        let pending = &state.to_client.buf[state.to_client.start..state.to_client.end];
+        let written = tokio::time::timeout(Duration::from_secs(5), client.write_all(pending)).await;
+        client_owed = !matches!(written, Ok(Ok(())));
+    }
     let _ = client.flush().await;
     let books = &state.books;
     books
@@ -519,8 +553,16 @@ where
             | RelayEnd::ClientGone(_)
             | RelayEnd::IdleTimeout
             | RelayEnd::Drained
+            | RelayEnd::LimitReached(_)
     );
     let upstream_at_boundary = state.to_client.scanner.at_boundary();
+    let upstream_ended_with_error = books.last_upstream_tag == tag::ERROR_RESPONSE;
+    let may_add_message = match end {
+        // A FATAL the server sent before it closed is the last word.
+        RelayEnd::UpstreamGone(_) => upstream_at_boundary && !upstream_ended_with_error,
+        RelayEnd::LimitReached(_) => upstream_at_boundary && !client_owed,
+        _ => true,
+    };
     let reusable = leaves_cleanly
         && client_clean
         && upstream_at_boundary
@@ -534,8 +576,9 @@ where
         bytes_from_client: state.to_upstream.bytes,
         bytes_from_upstream: state.to_client.bytes,
         upstream_at_boundary,
-        upstream_ended_with_error: books.last_upstream_tag == tag::ERROR_RESPONSE,
+        upstream_ended_with_error,
         requests_in_flight: books.outstanding > 0,
+        may_add_message,
     }
 }
 

@@ -6,6 +6,8 @@ use crate::auth::audit::{LoginAttempt, Reason};
 use crate::cancel::{ClientKey, UpstreamKey};
 use crate::config::PoolMode;
 use crate::directory::{quote_literal, TenantStatus, User};
+use crate::limits::queue::QueueNotice;
+use crate::limits::SessionLimits;
 use crate::login_guard::{self, TokenFacts};
 use crate::metrics::Recorder;
 use crate::pool::{Checkout, PoolError};
@@ -55,11 +57,15 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         server,
         virtual_schema,
         token,
+        limits,
+        authenticated,
     } = ready;
     let who = Who {
         user: &user,
         peer,
         token: &token,
+        limits,
+        authenticated,
     };
     let ended = match server {
         FirstServer::Connected(checkout) if mode_of(&proxy, &user) == PoolMode::Session => {
@@ -73,11 +79,14 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     finish(&proxy, client, ended, &user, peer).await;
 }
 
-/// Who a session serves: the user, from where, with which token.
+/// Who a session serves: the user, from where, with which token, under which limits.
 struct Who<'a> {
     user: &'a User,
     peer: SocketAddr,
     token: &'a TokenFacts,
+    limits: SessionLimits,
+    /// AuthenticationOk was sent already (before the NOTICE of a long wait for a server connection).
+    authenticated: bool,
 }
 
 /// How a session's relay ended, for [`finish`].
@@ -111,7 +120,14 @@ async fn serve_session(
         process_id: conn.process_id,
         secret_key: conn.secret_key,
     }));
-    if let Err(e) = send_login_ok(client, &conn.parameters, registration.key).await {
+    if let Err(e) = send_login_ok(
+        client,
+        &conn.parameters,
+        registration.key,
+        who.authenticated,
+    )
+    .await
+    {
         tracing::debug!(%peer, error = %e, "client left before login completed");
         proxy.pools.check_in(checkout, false);
         return None;
@@ -122,6 +138,7 @@ async fn serve_session(
     let drain = lifetime_drain(proxy, who, &session);
     let recorder = Recorder::new(proxy.metrics.tenant(&user.tenant.slug));
     let idle_timeout = client_idle_timeout(proxy);
+    let limits = limit_watch(proxy, who, registration.key);
     let outcome = relay::relay(
         client,
         &mut conn.stream,
@@ -130,6 +147,7 @@ async fn serve_session(
             recorder,
             idle_timeout,
             virtual_schema,
+            limits,
         },
         kick,
         drain,
@@ -139,12 +157,7 @@ async fn serve_session(
     let reason = session.reason();
     let held = Some(checkout);
     Some(Ended {
-        may_add_message: match outcome.end {
-            RelayEnd::UpstreamGone(_) => {
-                outcome.upstream_at_boundary && !outcome.upstream_ended_with_error
-            }
-            _ => true,
-        },
+        may_add_message: outcome.may_add_message,
         end: outcome.end,
         held,
         reusable_with_status: outcome.reusable_with_status,
@@ -153,6 +166,27 @@ async fn serve_session(
         bytes_from_upstream: outcome.bytes_from_upstream,
         reason,
     })
+}
+
+/// pgtenant's timers of the session's limits (none when no limit is on): a statement past its limit is
+/// cancelled through the client's own cancel key.
+fn limit_watch(
+    proxy: &Proxy,
+    who: &Who<'_>,
+    key: ClientKey,
+) -> Option<crate::limits::watch::LimitWatch> {
+    let canceller = crate::limits::watch::Canceller {
+        cancels: proxy.cancels.clone(),
+        key,
+        tls: proxy.pools.upstream_tls().clone(),
+    };
+    let tenant = &who.user.tenant.slug;
+    crate::limits::watch::LimitWatch::new(
+        who.limits,
+        Some(canceller),
+        tenant,
+        Some(proxy.metrics.tenant(tenant)),
+    )
 }
 
 fn mode_of(proxy: &Proxy, user: &User) -> PoolMode {
@@ -176,7 +210,7 @@ async fn serve_transaction(
         }
         FirstServer::Later(parameters) => (parameters, None),
     };
-    let sent = send_login_ok(client, &desired, registration.key).await;
+    let sent = send_login_ok(client, &desired, registration.key, who.authenticated).await;
     if let Some(checkout) = checkout {
         proxy.pools.check_in(checkout, true);
     }
@@ -194,6 +228,8 @@ async fn serve_transaction(
         metrics: proxy.metrics.tenant(&user.tenant.slug),
         idle_timeout: client_idle_timeout(proxy),
         virtual_schema,
+        limits: limit_watch(proxy, who, registration.key),
+        queue_notice: QueueNotice::new(&proxy.config(), &user.tenant.slug),
     };
     let outcome = txn
         .run(
@@ -338,6 +374,13 @@ async fn finish(
             )
             .await;
         }
+        RelayEnd::LimitReached(limit) => {
+            // The server connection: rolled back and reset below when it stands idle in the transaction;
+            // with a statement running, cancelled and closed (the transaction then rolls back).
+            if may_add_message {
+                let _ = send_error(&mut client, &limit.error()).await;
+            }
+        }
         RelayEnd::ClientTerminated | RelayEnd::ClientGone(_) => {}
     }
     let _ = client.shutdown().await;
@@ -396,6 +439,9 @@ struct Ready {
     /// The schema name the client writes for its tenant's schema, if on.
     virtual_schema: Option<VirtualSchema>,
     token: TokenFacts,
+    limits: SessionLimits,
+    /// AuthenticationOk was sent already (a long wait for the server connection got a NOTICE).
+    authenticated: bool,
 }
 
 /// The server connection a login leaves the session with.
@@ -733,6 +779,10 @@ async fn login(
     login_guard::check_user(proxy, attempt, &user, &claims)?;
     let virtual_schema = virtual_schema_for(&config, &user.tenant, params)?;
     let token = TokenFacts::of(&claims);
+    let limits = SessionLimits::resolve(&config.limits, &user.tenant.limits);
+    proxy
+        .pools
+        .set_server_settings(&user.tenant.role, limits.server_settings());
     proxy.pools.wait_unpaused(&user.tenant.role).await;
     let transaction_pooling =
         user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction;
@@ -744,11 +794,31 @@ async fn login(
                 server,
                 virtual_schema,
                 token,
+                limits,
+                authenticated: false,
             })));
         }
     }
     let wait_started = std::time::Instant::now();
-    let mut checkout = acquire_upstream(proxy, &user).await.map_err(|e| {
+    // A long wait gets a NOTICE; libpq and the drivers read one only after AuthenticationOk.
+    let mut authenticated = false;
+    let queue_notice = QueueNotice::new(&proxy.config(), &user.tenant.slug);
+    let acquired = crate::limits::queue::wait_with_notice(
+        acquire_upstream(proxy, &user),
+        queue_notice.after,
+        async || {
+            let mut out = BytesMut::new();
+            protocol::write::authentication_ok(&mut out);
+            protocol::write::notice_response(
+                &mut out,
+                &queue_notice.notice(&proxy.pools, &user.tenant.role),
+            );
+            authenticated = true;
+            let _ = write_all(client, &out).await;
+        },
+    )
+    .await;
+    let mut checkout = acquired.map_err(|e| {
         tracing::warn!(tenant = %user.tenant.slug, error = %e, "no server connection for a client");
         e.to_client_error()
     })?;
@@ -775,6 +845,8 @@ async fn login(
         server,
         virtual_schema,
         token,
+        limits,
+        authenticated,
     })))
 }
 
@@ -1025,9 +1097,12 @@ async fn send_login_ok(
     client: &mut ClientStream,
     parameters: &[(String, String)],
     key: ClientKey,
+    authenticated: bool,
 ) -> std::io::Result<()> {
     let mut out = BytesMut::with_capacity(512);
-    protocol::write::authentication_ok(&mut out);
+    if !authenticated {
+        protocol::write::authentication_ok(&mut out);
+    }
     for (name, value) in parameters {
         protocol::write::parameter_status(&mut out, name, value);
     }

@@ -32,6 +32,8 @@ pub struct Login<'a> {
     pub user: &'a str,
     pub password: &'a str,
     pub salted_cache: &'a SaltedPasswordCache,
+    /// The tenant's limits PostgreSQL enforces, sent as startup parameters.
+    pub settings: crate::limits::ServerSettings,
 }
 
 /// (user, salt, iterations) of a SCRAM login.
@@ -146,6 +148,8 @@ pub struct UpstreamConn {
     pub broken: bool,
     /// Prepared statements pgtenant created on it (transaction pooling); emptied by a reset.
     pub prepared: crate::txn::statements::ServerStatements,
+    /// The limits it was opened with (startup parameters: `RESET` and `DISCARD ALL` come back to them).
+    pub settings: crate::limits::ServerSettings,
 }
 
 impl UpstreamConn {
@@ -182,6 +186,7 @@ impl UpstreamConn {
             last_used: Instant::now(),
             broken: false,
             prepared: Default::default(),
+            settings: login.settings,
         };
         tokio::time::timeout(target.connect_timeout, conn.startup(target, login))
             .await
@@ -195,12 +200,14 @@ impl UpstreamConn {
         login: Login<'_>,
     ) -> Result<(), UpstreamError> {
         let mut out = BytesMut::new();
-        protocol::write::startup_message(
-            &mut out,
-            // No application_name: a client that sets none sees '' as it would directly, and a reset
-            // brings a reused connection back to that.
-            &[("user", login.user), ("database", &target.database)],
-        );
+        // No application_name: a client that sets none sees '' as it would directly, and a reset brings a
+        // reused connection back to that. The tenant's limits are startup parameters, PostgreSQL's session
+        // defaults for this connection.
+        let limits = login.settings.startup_parameters();
+        let mut parameters: Vec<(&str, &str)> =
+            vec![("user", login.user), ("database", &target.database)];
+        parameters.extend(limits.iter().map(|(name, value)| (*name, value.as_str())));
+        protocol::write::startup_message(&mut out, &parameters);
         self.send(&out).await?;
         let mut scram: Option<ScramClient> = None;
         loop {

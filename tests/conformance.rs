@@ -533,13 +533,13 @@ async fn conformance(driver: Driver) {
     if !require_driver(driver) {
         return;
     }
-    // pgtenant's own warnings, shown with a failing test's output (its books disagreeing with the server,
-    // say); PGTENANT_TEST_LOG (e.g. pgtenant=debug) for more, when reading a difference.
-    let filter = std::env::var("PGTENANT_TEST_LOG").unwrap_or_else(|_| "pgtenant=warn".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_test_writer()
-        .try_init();
+    if let Ok(filter) = std::env::var("PGTENANT_TEST_LOG") {
+        // pgtenant's own log (e.g. PGTENANT_TEST_LOG=pgtenant=debug), for reading a difference.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let started = Instant::now();
     let name = driver.name();
 

@@ -207,7 +207,7 @@ proptest! {
     #[test]
     fn admin_commands_never_panic(text in prop_oneof![
         any::<String>(),
-        "((SHOW|MIGRATE|TENANTS|PAUSE|RESUME|KICK|ONBOARD|TENANT|RELOAD|CONFIG|POOLS|DRY|RUN|REVOKE|TOKEN|USER|'x'|'|;| |[a-z0-9@.]{1,8}|\"|--|\n))*",
+        "((SHOW|MIGRATE|TENANTS|PAUSE|RESUME|KICK|ONBOARD|TENANT|RELOAD|CONFIG|POOLS|DRY|RUN|REVOKE|TOKEN|USER|ALTER|SET|RESET|ALL|LIMITS|statement_timeout|=|TO|DEFAULT|ñé|'5 s'|'x'|'|;| |[a-z0-9@.]{1,8}|\"|--|\n))*",
     ]) {
         let _ = pgtenant::admin::parse::parse(&text);
     }

@@ -179,6 +179,7 @@ async fn raw_copy_out(port: u16, user: &str, password: &str, sql: &str) -> RawCo
             user,
             password,
             salted_cache: &cache,
+            settings: Default::default(),
         },
     )
     .await

@@ -268,6 +268,7 @@ async fn raw_connect_as(config: &Config, user: &str) -> Result<bool, String> {
         user,
         password: SUPERUSER_PASSWORD,
         salted_cache: &cache,
+        settings: Default::default(),
     };
     match UpstreamConn::connect(&target(config), login).await {
         Ok(mut conn) => {

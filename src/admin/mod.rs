@@ -1,6 +1,7 @@
 //! The admin channel: a client that connects to the reserved database (`server.admin_database`, default
 //! `pgtenant`) with an administrator's token is served by pgtenant itself, in the PostgreSQL protocol, so
-//! psql shows tables. Commands are parsed in [`parse`], run by [`show`], [`logins`], [`tenants`], [`tokens`]
+//! psql shows tables. Commands are parsed in [`parse`], run by [`show`], [`logins`], [`tenants`] (also their
+//! limits), [`tokens`]
 //! and [`migrate`] (which call the same library functions as the CLI), and answered as text columns. Long
 //! commands stream progress as NOTICE messages while they run.
 
@@ -290,6 +291,10 @@ async fn execute(proxy: Arc<Proxy>, command: Command, notices: Notices) -> Resul
         }
         Command::DisableUser { email } => tokens::set_disabled(&proxy, &email, true).await,
         Command::EnableUser { email } => tokens::set_disabled(&proxy, &email, false).await,
+        Command::ShowLimits => show::limits(&proxy).await,
+        Command::AlterTenantLimits { tenant, changes } => {
+            tenants::alter_limits(&proxy, &tenant, &changes).await
+        }
         Command::Shutdown => {
             let _ = notices
                 .send("pgtenant stops accepting clients; running transactions may finish".into());

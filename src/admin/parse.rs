@@ -1,6 +1,8 @@
 //! The admin channel's command language: keywords (any case), names as bare words or quoted ('…' or "…"),
 //! statements separated by `;`.
 
+use crate::limits::Limit;
+
 /// One admin command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
@@ -65,6 +67,14 @@ pub enum Command {
     EnableUser {
         email: String,
     },
+    /// Every tenant's limits: its own values, or the defaults it follows.
+    ShowLimits,
+    /// `ALTER TENANT x SET setting = value` (`Some(ms)`, 0: off), `… RESET setting` / `RESET ALL` (`None`:
+    /// back to the `[limits]` default).
+    AlterTenantLimits {
+        tenant: String,
+        changes: Vec<(Limit, Option<u32>)>,
+    },
 }
 
 /// What was wrong with a command, with a hint toward the right form.
@@ -90,6 +100,10 @@ pub const FORMS: &[(&str, &str)] = &[
     ("SHOW STATS", "per tenant: transactions and queries per second, latency percentiles, bytes, errors, waits"),
     ("SHOW CONFIG", "the running configuration (secrets hidden)"),
     ("SHOW VERSION", "pgtenant's version"),
+    (
+        "SHOW LIMITS",
+        "every tenant's statement_timeout, lock_timeout, idle_in_transaction_session_timeout, transaction_timeout",
+    ),
     (
         "SHOW LOGINS",
         "recent refused logins of this pgtenant: time, reason, SQLSTATE, address, user, tenant, jti, kid",
@@ -138,6 +152,14 @@ pub const FORMS: &[(&str, &str)] = &[
     (
         "CHECK TENANTS",
         "log in as every tenant's role and report its health",
+    ),
+    (
+        "ALTER TENANT x SET setting = 'value'",
+        "a tenant's statement_timeout, lock_timeout, idle_in_transaction_session_timeout or transaction_timeout ('5s', 0: off) for its new sessions",
+    ),
+    (
+        "ALTER TENANT x RESET setting | ALL",
+        "back to the [limits] default",
     ),
     ("RELOAD", "re-read the configuration file"),
     ("HELP", "this list"),
@@ -259,6 +281,62 @@ impl<'a> Cursor<'a> {
     fn done(&self) -> bool {
         self.pos >= self.tokens.len()
     }
+    /// The remaining tokens' text, words and quoted strings joined by spaces; consumes them.
+    fn rest_text(&mut self) -> String {
+        let text: Vec<&str> = self.tokens[self.pos.min(self.tokens.len())..]
+            .iter()
+            .map(|t| match t {
+                Token::Word(w) | Token::Quoted(w) => w.as_str(),
+                Token::Semicolon => ";",
+            })
+            .collect();
+        self.pos = self.tokens.len();
+        text.join(" ")
+    }
+}
+
+/// The form of ALTER TENANT, for hints.
+const ALTER_TENANT_FORM: &str =
+    "ALTER TENANT x SET statement_timeout = '5s' | ALTER TENANT x RESET statement_timeout | ALL";
+
+fn limit_named(name: &str) -> Result<Limit, SyntaxError> {
+    Limit::parse(name).ok_or_else(|| SyntaxError {
+        message: format!("unknown tenant setting \"{name}\""),
+        hint: "the settings are statement_timeout, lock_timeout, idle_in_transaction_session_timeout and transaction_timeout".into(),
+    })
+}
+
+/// `setting = value` or `setting TO value` (value `DEFAULT`: back to the default) of ALTER TENANT … SET.
+fn limit_assignment(text: &str) -> Result<(Limit, Option<u32>), SyntaxError> {
+    let text = text.trim();
+    let end = text
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(text.len());
+    let (name, rest) = text.split_at(end);
+    let rest = rest.trim_start();
+    let value = if let Some(v) = rest.strip_prefix('=') {
+        v
+    } else if rest
+        .get(..3)
+        .is_some_and(|to| to.eq_ignore_ascii_case("to "))
+    {
+        &rest[3..]
+    } else {
+        return Err(SyntaxError {
+            message: format!("syntax error in admin command \"ALTER TENANT … SET {text}\""),
+            hint: format!("expected: {ALTER_TENANT_FORM}"),
+        });
+    };
+    let limit = limit_named(name)?;
+    let value = value.trim();
+    if value.eq_ignore_ascii_case("default") {
+        return Ok((limit, None));
+    }
+    let ms = crate::limits::parse_ms(value).map_err(|message| SyntaxError {
+        message: format!("invalid value for {}: {message}", limit.setting_name()),
+        hint: "give a duration such as '500ms', '5s', '2min' or '1h'; 0 turns the limit off".into(),
+    })?;
+    Ok((limit, Some(ms)))
 }
 
 fn syntax(form: &str, got: &[Token]) -> SyntaxError {
@@ -279,7 +357,7 @@ fn syntax(form: &str, got: &[Token]) -> SyntaxError {
 fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
     let mut c = Cursor { tokens, pos: 0 };
     let command = if c.keyword("SHOW") {
-        let form = "SHOW TENANTS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION | LOGINS";
+        let form = "SHOW TENANTS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION | LOGINS | LIMITS";
         if c.keyword("TENANTS") {
             Command::ShowTenants
         } else if c.keyword("POOLS") {
@@ -298,6 +376,8 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
             Command::ShowVersion
         } else if c.keyword("LOGINS") {
             Command::ShowLogins
+        } else if c.keyword("LIMITS") {
+            Command::ShowLimits
         } else {
             return Err(syntax(form, tokens));
         }
@@ -426,6 +506,31 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
         } else {
             Command::EnableUser { email }
         }
+    } else if c.keyword("ALTER") {
+        if !c.keyword("TENANT") {
+            return Err(syntax(ALTER_TENANT_FORM, tokens));
+        }
+        let Some(tenant) = c.name() else {
+            return Err(syntax(ALTER_TENANT_FORM, tokens));
+        };
+        let changes = if c.keyword("SET") {
+            if c.done() {
+                return Err(syntax(ALTER_TENANT_FORM, tokens));
+            }
+            vec![limit_assignment(&c.rest_text())?]
+        } else if c.keyword("RESET") {
+            if c.keyword("ALL") {
+                Limit::ALL.iter().map(|l| (*l, None)).collect()
+            } else {
+                match c.name() {
+                    Some(name) => vec![(limit_named(&name)?, None)],
+                    None => return Err(syntax(ALTER_TENANT_FORM, tokens)),
+                }
+            }
+        } else {
+            return Err(syntax(ALTER_TENANT_FORM, tokens));
+        };
+        Command::AlterTenantLimits { tenant, changes }
     } else if c.keyword("RELOAD") {
         Command::Reload
     } else if c.keyword("HELP") {
@@ -592,6 +697,70 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn tenant_limits_are_set_and_reset() {
+        let set = |tenant: &str, limit, ms| Command::AlterTenantLimits {
+            tenant: tenant.into(),
+            changes: vec![(limit, ms)],
+        };
+        for text in [
+            "ALTER TENANT acme SET statement_timeout = '5s'",
+            "alter tenant acme set statement_timeout='5s'",
+            "ALTER TENANT acme SET statement_timeout=5s",
+            "ALTER TENANT acme SET statement_timeout TO 5000",
+            "ALTER TENANT acme SET STATEMENT_TIMEOUT = '5 s'",
+        ] {
+            assert_eq!(
+                parse(text).expect(text),
+                vec![set("acme", Limit::StatementTimeout, Some(5_000))],
+                "{text}"
+            );
+        }
+        assert_eq!(
+            parse(
+                "ALTER TENANT 'Acme Co' SET idle_in_transaction_session_timeout = 0; SHOW LIMITS"
+            )
+            .expect("ok"),
+            vec![
+                set("Acme Co", Limit::IdleInTransactionTimeout, Some(0)),
+                Command::ShowLimits
+            ]
+        );
+        assert_eq!(
+            parse("ALTER TENANT acme SET transaction_timeout TO DEFAULT").expect("ok"),
+            vec![set("acme", Limit::TransactionTimeout, None)]
+        );
+        assert_eq!(
+            parse("ALTER TENANT acme RESET lock_timeout").expect("ok"),
+            vec![set("acme", Limit::LockTimeout, None)]
+        );
+        assert_eq!(
+            parse("ALTER TENANT acme RESET ALL").expect("ok"),
+            vec![Command::AlterTenantLimits {
+                tenant: "acme".into(),
+                changes: Limit::ALL.iter().map(|l| (*l, None)).collect()
+            }]
+        );
+        for (bad, hint) in [
+            (
+                "ALTER TENANT acme SET work_mem = '4MB'",
+                "statement_timeout",
+            ),
+            ("ALTER TENANT acme SET statement_timeout = '5 sec'", "'5s'"),
+            ("ALTER TENANT acme SET statement_timeout = '-1'", "'5s'"),
+            ("ALTER TENANT acme SET statement_timeout", "ALTER TENANT"),
+            ("ALTER TENANT acme SET", "ALTER TENANT"),
+            ("ALTER TENANT acme RESET", "ALTER TENANT"),
+            ("ALTER TENANT acme", "ALTER TENANT"),
+            ("ALTER ROLE acme SET x = 1", "ALTER TENANT"),
+            ("ALTER TENANT acme RESET lock_timeout now", "ALTER"),
+            ("ALTER TENANT acme SET x ñé", "ALTER TENANT"),
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.hint.contains(hint), "{bad}: {err:?}");
+        }
     }
 
     #[test]

@@ -79,15 +79,49 @@ pub async fn pools(proxy: &Proxy) -> Result<Reply, PgError> {
         .collect();
     let mut stats = proxy.pools.stats();
     stats.sort_by(|a, b| a.role.cmp(&b.role));
-    let mut table = Table::new(&["tenant", "role", "active", "idle", "size"]);
+    let mut table = Table::new(&[
+        "tenant",
+        "role",
+        "active",
+        "idle",
+        "waiting",
+        "server_connections",
+        "limit",
+    ]);
     for s in stats {
         table.row(vec![
             slugs.get(s.role.as_str()).cloned(),
             text(&s.role),
             text(s.active),
             text(s.idle),
-            text(proxy.pools.size_per_tenant()),
+            text(s.waiting),
+            text(s.server_connections()),
+            text(s.limit),
         ]);
+    }
+    Ok(rows(table))
+}
+
+/// Every tenant's limits: its own value, or the `[limits]` default it follows (`5s (default)`; `0`: off).
+pub async fn limits(proxy: &Proxy) -> Result<Reply, PgError> {
+    use crate::limits::Limit;
+    let admin = proxy.directory.admin().await.map_err(db_error)?;
+    let listed = crate::tenancy::limits::list_limits(&admin)
+        .await
+        .map_err(db_error)?;
+    let defaults = &proxy.config().limits;
+    let mut columns = vec!["tenant"];
+    columns.extend(Limit::ALL.iter().map(|l| l.setting_name()));
+    let mut table = Table::new(&columns);
+    for (tenant, own) in listed {
+        let mut row = vec![text(&tenant.slug)];
+        row.extend(Limit::ALL.iter().map(|l| {
+            text(crate::tenancy::limits::describe(
+                own.get(*l),
+                defaults.default_of(*l),
+            ))
+        }));
+        table.row(row);
     }
     Ok(rows(table))
 }

@@ -1,4 +1,4 @@
-//! CREATE / SUSPEND / RESUME / DROP TENANT and CHECK TENANTS: the same functions the CLI calls.
+//! CREATE / SUSPEND / RESUME / DROP / ALTER TENANT and CHECK TENANTS: the same functions the CLI calls.
 
 use super::{db_error, Notices, Reply, Table};
 use crate::protocol::{sqlstate, PgError};
@@ -212,5 +212,23 @@ pub async fn unpause(proxy: &Proxy, selector: Option<&str>) -> Result<Reply, PgE
     proxy.pools.resume(role.as_ref());
     Ok(Reply::Done {
         tag: "RESUME".into(),
+    })
+}
+
+/// ALTER TENANT x SET / RESET: the tenant's limits, for its sessions from now on (on every pgtenant: the
+/// table's trigger announces the change).
+pub async fn alter_limits(
+    proxy: &Proxy,
+    selector: &str,
+    changes: &[(crate::limits::Limit, Option<u32>)],
+) -> Result<Reply, PgError> {
+    let admin = proxy.directory.admin().await.map_err(db_error)?;
+    let tenant = crate::tenancy::limits::set_limits(&admin, selector, changes)
+        .await
+        .map_err(op_error)?;
+    proxy.directory.invalidate();
+    tracing::info!(tenant = %tenant.slug, ?changes, "tenant limits changed");
+    Ok(Reply::Done {
+        tag: "ALTER TENANT".into(),
     })
 }

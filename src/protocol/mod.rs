@@ -474,6 +474,11 @@ pub mod sqlstate {
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const SYNTAX_ERROR: &str = "42601";
+    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
+    /// PostgreSQL 17's transaction_timeout (pgtenant enforces it on any version).
+    pub const TRANSACTION_TIMEOUT: &str = "25P04";
+    /// A NOTICE of pgtenant's own ("warning" class, as PostgreSQL's plain NOTICEs).
+    pub const WARNING: &str = "01000";
 }
 
 /// Fields of an ErrorResponse / NoticeResponse body read from upstream.

@@ -45,6 +45,19 @@ fn start_with(
     idle_timeout: Option<Duration>,
     virtual_schema: Option<crate::sql::VirtualSchema>,
 ) -> Harness {
+    start_full(idle_timeout, virtual_schema, None)
+}
+
+/// With pgtenant's limit timers (no cancel requests go out: there is no server to send them to).
+fn start_with_limits(limits: crate::limits::SessionLimits) -> Harness {
+    start_full(None, None, Some(limits))
+}
+
+fn start_full(
+    idle_timeout: Option<Duration>,
+    virtual_schema: Option<crate::sql::VirtualSchema>,
+    limits: Option<crate::limits::SessionLimits>,
+) -> Harness {
     let (client, mut relay_client) = duplex(64 * 1024);
     let (upstream, mut relay_upstream) = duplex(64 * 1024);
     let kick = tokio_util::sync::CancellationToken::new();
@@ -52,6 +65,7 @@ fn start_with(
     let metrics = Arc::new(TenantMetrics::default());
     let recorder = Recorder::new(metrics.clone());
     let (k, d) = (kick.clone(), drain.clone());
+    let watch_metrics = metrics.clone();
     let relay = tokio::spawn(async move {
         relay(
             &mut relay_client,
@@ -61,6 +75,9 @@ fn start_with(
                 recorder,
                 idle_timeout,
                 virtual_schema,
+                limits: limits.and_then(|l| {
+                    crate::limits::watch::LimitWatch::new(l, None, "t", Some(watch_metrics))
+                }),
             },
             k.cancelled_owned(),
             d.cancelled_owned(),
@@ -361,4 +378,112 @@ fn syncs_the_server_ignores_in_copy_in_mode_are_not_awaited() {
     b.upstream_message(tag::ERROR_RESPONSE, &[]);
     b.upstream_message(tag::READY_FOR_QUERY, b"I");
     assert!(b.idle());
+}
+
+fn limits(statement: u32, idle: u32, transaction: u32) -> crate::limits::SessionLimits {
+    crate::limits::SessionLimits {
+        statement_timeout_ms: statement,
+        lock_timeout_ms: 0,
+        idle_in_transaction_timeout_ms: idle,
+        transaction_timeout_ms: transaction,
+        enforce_grace_ms: 1_000,
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_in_a_transaction_past_the_limit_ends_with_a_clean_connection() {
+    let mut h = start_with_limits(limits(0, 5_000, 0));
+    h.round_trip("BEGIN", TxStatus::InTransaction).await;
+    tokio::time::sleep(Duration::from_millis(5_900)).await;
+    assert!(!h.relay.is_finished(), "ended within the grace");
+    // Work in the transaction starts the idle time afresh.
+    h.round_trip("SELECT 1", TxStatus::InTransaction).await;
+    tokio::time::sleep(Duration::from_millis(5_900)).await;
+    assert!(!h.relay.is_finished(), "idle time counted across work");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let outcome = h.relay.await.expect("relay task");
+    assert!(
+        matches!(
+            outcome.end,
+            RelayEnd::LimitReached(crate::limits::LimitEnd::IdleInTransaction { limit_ms: 5_000 })
+        ),
+        "{:?}",
+        outcome.end
+    );
+    // Rolled back and reset by the session, then reused; the client may be told why.
+    assert_eq!(outcome.reusable_with_status, Some(TxStatus::InTransaction));
+    assert!(outcome.may_add_message);
+    assert_eq!(
+        h.metrics
+            .limit_terminations
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_transaction_past_its_limit_ends_with_its_statement_in_flight() {
+    let mut h = start_with_limits(limits(0, 0, 10_000));
+    h.round_trip("BEGIN", TxStatus::InTransaction).await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    h.client
+        .write_all(&query("SELECT pg_sleep(60)"))
+        .await
+        .expect("client writes");
+    read_exactly(&mut h.upstream, query("SELECT pg_sleep(60)").len()).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let outcome = h.relay.await.expect("relay task");
+    assert!(
+        matches!(
+            outcome.end,
+            RelayEnd::LimitReached(crate::limits::LimitEnd::Transaction { limit_ms: 10_000 })
+        ),
+        "{:?}",
+        outcome.end
+    );
+    // The statement is still running: the session cancels it and closes the connection.
+    assert!(outcome.requests_in_flight);
+    assert_eq!(outcome.reusable_with_status, None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_statement_past_its_limit_is_cancelled_and_the_session_goes_on() {
+    let mut h = start_with_limits(limits(2_000, 0, 0));
+    h.client
+        .write_all(&query("SELECT pg_sleep(60)"))
+        .await
+        .expect("client writes");
+    read_exactly(&mut h.upstream, query("SELECT pg_sleep(60)").len()).await;
+    tokio::time::sleep(Duration::from_millis(2_900)).await;
+    assert_eq!(
+        h.metrics
+            .limit_cancels
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "within the grace"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        h.metrics
+            .limit_cancels
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(!h.relay.is_finished());
+    // The server's answer (its cancel error, here a plain one) passes; the session goes on.
+    h.upstream
+        .write_all(&answer(TxStatus::Idle))
+        .await
+        .expect("upstream answers");
+    read_exactly(&mut h.client, answer(TxStatus::Idle).len()).await;
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        h.metrics
+            .limit_cancels
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1,
+        "nothing outstanding, nothing cancelled"
+    );
+    h.round_trip("SELECT 1", TxStatus::Idle).await;
+    assert!(!h.relay.is_finished());
 }

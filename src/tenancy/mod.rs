@@ -1,7 +1,8 @@
 //! Tenants: onboarding (organization row, role, schema, grants, all tenant migrations, admin user, in one
-//! transaction) and the credentials of tenant roles.
+//! transaction), the credentials of tenant roles, and operations on existing tenants (status, limits).
 
 pub mod credentials;
+pub mod limits;
 mod onboard;
 pub mod ops;
 pub mod revoke;

@@ -23,6 +23,8 @@ pub mod statements;
 
 use crate::cancel::{CancelRegistration, UpstreamKey};
 use crate::directory::RoleName;
+use crate::limits::queue::QueueNotice;
+use crate::limits::watch::LimitWatch;
 use crate::metrics::Recorder;
 use crate::pool::{Checkout, PoolError, PoolManager};
 use crate::protocol::{self, sqlstate, tag, ErrorFields, PgError, ProtocolError, TxStatus};
@@ -79,6 +81,10 @@ pub struct TxnSession<'a> {
     pub idle_timeout: Option<std::time::Duration>,
     /// The schema name the client writes for its tenant's schema, rewritten in Query and Parse text.
     pub virtual_schema: Option<crate::sql::VirtualSchema>,
+    /// pgtenant's timers of the tenant's limits (none when no limit is on).
+    pub limits: Option<LimitWatch>,
+    /// The NOTICE of a long wait for a server connection.
+    pub queue_notice: QueueNotice,
 }
 
 struct State {
@@ -116,6 +122,8 @@ struct State {
     client_unflushed: bool,
     /// Written to the held server connection (TLS) and not flushed since.
     server_unflushed: bool,
+    /// ReadyForQuery messages from servers (for the limit timers).
+    answered: u64,
 }
 
 enum Step {
@@ -166,6 +174,16 @@ enum Event {
     Kicked,
     Drain,
     IdleTimeout,
+    Limit(crate::limits::LimitEnd),
+}
+
+/// Completes when a limit ends the session; never without limits. Cancel-safe (see
+/// [`LimitWatch::ended_by_limit`]).
+async fn limit_reached(watch: Option<&mut LimitWatch>) -> crate::limits::LimitEnd {
+    match watch {
+        Some(watch) => watch.ended_by_limit().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn frame_header(buf: &[u8]) -> (u8, i32) {
@@ -210,7 +228,7 @@ impl TxnSession<'_> {
     /// Serves the client until it leaves, a side fails, it is kicked out (`kick`), or pgtenant drains
     /// (`drain`: the client's running transaction may finish first).
     pub async fn run(
-        self,
+        mut self,
         client: &mut ClientStream,
         kick: impl Future<Output = ()>,
         drain: impl Future<Output = ()>,
@@ -239,16 +257,18 @@ impl TxnSession<'_> {
             client_tls: client.is_tls(),
             client_unflushed: false,
             server_unflushed: false,
+            answered: 0,
         };
+        let mut limits = self.limits.take();
         let end = match client {
             ClientStream::Plain(tcp) => {
                 let (mut r, mut w) = tcp.split();
-                self.event_loop(&mut state, &mut r, &mut w, kick, drain)
+                self.event_loop(&mut state, &mut limits, &mut r, &mut w, kick, drain)
                     .await
             }
             ClientStream::Tls(tls) => {
                 let (mut r, mut w) = tokio::io::split(tls.as_mut());
-                self.event_loop(&mut state, &mut r, &mut w, kick, drain)
+                self.event_loop(&mut state, &mut limits, &mut r, &mut w, kick, drain)
                     .await
             }
         };
@@ -263,8 +283,10 @@ impl TxnSession<'_> {
             && state.server_streaming == 0
             && state.server_in.is_empty()
             && state.to_server.is_empty();
+        // Ended by a limit, pgtenant says why even after the server's last error (a cancelled statement).
+        let by_limit = matches!(end, RelayEnd::LimitReached(_));
         TxnOutcome {
-            may_add_message: state.server_streaming == 0 && !state.last_server_error,
+            may_add_message: state.server_streaming == 0 && (by_limit || !state.last_server_error),
             reusable_with_status: (clean && state.server.is_some()).then_some(state.status),
             requests_in_flight: state.pending > 0,
             held: state.server.take(),
@@ -278,6 +300,7 @@ impl TxnSession<'_> {
     async fn event_loop<CR, CW>(
         &self,
         state: &mut State,
+        limits: &mut Option<LimitWatch>,
         client_read: &mut CR,
         client_write: &mut CW,
         kick: impl Future<Output = ()>,
@@ -302,6 +325,14 @@ impl TxnSession<'_> {
                 }
                 return RelayEnd::Drained;
             }
+            if let Some(watch) = limits.as_mut() {
+                let held = state.server.is_some();
+                watch.observe(
+                    held && (state.pending > 0 || state.unsynced),
+                    held && state.status != TxStatus::Idle,
+                    state.answered,
+                );
+            }
             let client_readable = state.to_server.len() < HIGH_WATER;
             let server_readable = state.to_client.len() < HIGH_WATER;
             let between_transactions = state.server.is_none();
@@ -322,6 +353,7 @@ impl TxnSession<'_> {
                     _ = &mut kick => Event::Kicked,
                     _ = &mut drain, if !draining => Event::Drain,
                     _ = idle_deadline(self.idle_timeout, last_client_activity), if between_transactions => Event::IdleTimeout,
+                    end = limit_reached(limits.as_mut()) => Event::Limit(end),
                 }
             };
             match event {
@@ -333,7 +365,7 @@ impl TxnSession<'_> {
                     }
                     state.bytes_from_client += n as u64;
                     state.client_in.extend_from_slice(&client_buf[..n]);
-                    match self.process_client(state).await {
+                    match self.process_client(state, client_write).await {
                         Ok(Step::Continue) => {}
                         Ok(Step::End(end)) => {
                             let _ = client_write.write_all(&state.to_client).await;
@@ -386,6 +418,12 @@ impl TxnSession<'_> {
                 Event::Kicked => return RelayEnd::Shutdown,
                 Event::Drain => draining = true,
                 Event::IdleTimeout => return RelayEnd::IdleTimeout,
+                Event::Limit(end) => {
+                    // What the server sent before (a cancelled statement's error, say) is the client's.
+                    let _ = client_write.write_all(&state.to_client).await;
+                    state.to_client.clear();
+                    return RelayEnd::LimitReached(end);
+                }
             }
         }
     }
@@ -413,14 +451,32 @@ impl TxnSession<'_> {
         }
     }
 
-    /// Takes a server connection for the client if it has none, with the client's settings applied.
-    async fn ensure_server(&self, state: &mut State) -> Result<(), PgError> {
+    /// Takes a server connection for the client if it has none, with the client's settings applied. A
+    /// long wait gets a NOTICE, written to the client at once (after what it is owed already).
+    async fn ensure_server<CW: AsyncWrite + Unpin>(
+        &self,
+        state: &mut State,
+        client_write: &mut CW,
+    ) -> Result<(), PgError> {
         if state.server.is_some() {
             return Ok(());
         }
         self.pools.wait_unpaused(self.role).await;
         let started = std::time::Instant::now();
-        let checkout = self.pools.acquire(self.role).await.map_err(pool_error)?;
+        let acquired = crate::limits::queue::wait_with_notice(
+            self.pools.acquire(self.role),
+            self.queue_notice.after,
+            async || {
+                let notice = self.queue_notice.notice(self.pools, self.role);
+                protocol::write::notice_response(&mut state.to_client, &notice);
+                if client_write.write_all(&state.to_client).await.is_ok() {
+                    state.to_client.clear();
+                    let _ = client_write.flush().await;
+                }
+            },
+        )
+        .await;
+        let checkout = acquired.map_err(pool_error)?;
         let waited = started.elapsed();
         if waited >= std::time::Duration::from_millis(1) {
             self.metrics.add_wait(waited);
@@ -463,7 +519,11 @@ impl TxnSession<'_> {
     }
 
     /// Handles every complete client message buffered (streaming large ones through).
-    async fn process_client(&self, state: &mut State) -> Result<Step, ProtocolError> {
+    async fn process_client<CW: AsyncWrite + Unpin>(
+        &self,
+        state: &mut State,
+        client_write: &mut CW,
+    ) -> Result<Step, ProtocolError> {
         loop {
             if state.client_streaming > 0 {
                 let n = state.client_streaming.min(state.client_in.len());
@@ -497,14 +557,20 @@ impl TxnSession<'_> {
             }
             if whole {
                 let frame = state.client_in.split_to(total).freeze();
-                if let Step::End(end) = self.client_message(state, msg_tag, frame).await {
+                if let Step::End(end) = self
+                    .client_message(state, msg_tag, frame, client_write)
+                    .await
+                {
                     return Ok(Step::End(end));
                 }
             } else {
                 // A large Query, CopyData or FunctionCall: account for it, then stream its bytes.
                 let available = state.client_in.len();
                 let head = state.client_in.split_to(available).freeze();
-                if let Step::End(end) = self.client_message(state, msg_tag, head).await {
+                if let Step::End(end) = self
+                    .client_message(state, msg_tag, head, client_write)
+                    .await
+                {
                     return Ok(Step::End(end));
                 }
                 state.client_streaming = total - available;
@@ -514,7 +580,13 @@ impl TxnSession<'_> {
     }
 
     /// One client message (or the head of a large one).
-    async fn client_message(&self, state: &mut State, msg_tag: u8, frame: Bytes) -> Step {
+    async fn client_message<CW: AsyncWrite + Unpin>(
+        &self,
+        state: &mut State,
+        msg_tag: u8,
+        frame: Bytes,
+        client_write: &mut CW,
+    ) -> Step {
         if msg_tag == tag::TERMINATE {
             return Step::End(RelayEnd::ClientTerminated);
         }
@@ -621,7 +693,7 @@ impl TxnSession<'_> {
                 _ => {}
             }
         }
-        if let Err(error) = self.ensure_server(state).await {
+        if let Err(error) = self.ensure_server(state, client_write).await {
             protocol::write::error_response(&mut state.to_client, &error);
             match msg_tag {
                 tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => {
@@ -989,6 +1061,7 @@ impl TxnSession<'_> {
                             .and_then(|b| TxStatus::from_byte(*b))
                             .unwrap_or(TxStatus::Failed);
                         state.pending = state.pending.saturating_sub(1);
+                        state.answered += 1;
                         if state.status == TxStatus::Idle {
                             if let Some(found) = state.lasting.take() {
                                 protocol::write::notice_response(
@@ -1024,14 +1097,6 @@ impl TxnSession<'_> {
                 None
             };
             let outcome = state.expect.on_server_message(msg_tag);
-            if outcome.unmatched {
-                tracing::warn!(
-                    tag = %(msg_tag as char),
-                    // Nothing was taken off the queue: its head is what the books expected instead.
-                    expected = %state.expect.head_for_log(),
-                    "a server response matched no request of the client's (forwarded as is)"
-                );
-            }
             // What the client last saw: a FATAL pgtenant swallowed (the answer to a message it injected)
             // leaves the client without an error, so pgtenant adds its own when the server then closes.
             if outcome.disposition != Some(Disposition::Swallow) {

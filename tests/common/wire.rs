@@ -241,6 +241,7 @@ impl Raw {
                 user,
                 password,
                 salted_cache: &cache,
+                settings: Default::default(),
             },
         )
         .await
