@@ -52,6 +52,7 @@ async fn onboard_many(
                     admin_email: format!("admin{i}@bench.test"),
                     slug: None,
                     ddl_allowed: None,
+                    cluster: None,
                 },
             )
             .await

@@ -11,12 +11,13 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-/// Where a cancel for one client goes.
-#[derive(Clone, Copy, Debug)]
+/// Where a cancel for one client goes, and with which TLS settings (those of the connection's cluster).
+#[derive(Clone, Debug)]
 pub struct UpstreamKey {
     pub addr: SocketAddr,
     pub process_id: i32,
     pub secret_key: i32,
+    pub tls: Arc<crate::upstream_tls::UpstreamTls>,
 }
 
 /// Where the client's cancels go now: set by its session (once per transaction in transaction pooling)
@@ -130,7 +131,7 @@ impl CancelMap {
         let slot = entry.upstream.clone();
         drop(entries);
         let mut state = slot.state.lock().ok()?;
-        let upstream = state.upstream?;
+        let upstream = state.upstream.clone()?;
         state.in_flight += 1;
         drop(state);
         Some(CancelTicket { slot, upstream })
@@ -209,6 +210,7 @@ mod tests {
             addr: "127.0.0.1:5432".parse().expect("addr"),
             process_id: 77,
             secret_key: 99,
+            tls: Arc::new(crate::upstream_tls::UpstreamTls::disabled()),
         };
         reg.set_upstream(Some(upstream));
         let key = reg.key;
@@ -231,6 +233,7 @@ mod tests {
             addr: "127.0.0.1:5432".parse().expect("addr"),
             process_id: 5,
             secret_key: 6,
+            tls: Arc::new(crate::upstream_tls::UpstreamTls::disabled()),
         }));
         let ticket = map.lookup(reg.key).expect("ticket");
         let released = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

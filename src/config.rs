@@ -40,6 +40,120 @@ pub struct Config {
     pub health: HealthConfig,
     /// Per-tenant limits' global defaults (statement_timeout …) and the queue NOTICE.
     pub limits: crate::limits::LimitsConfig,
+    /// Secrets of the clusters the directory names (`[clusters.<name>]`): their connection settings are
+    /// in `pgtenant.clusters`, their passwords only here or in `PGTENANT_CLUSTER_<NAME>_ADMIN_PASSWORD`.
+    pub clusters: std::collections::BTreeMap<String, ClusterSecrets>,
+    /// Read replicas: when a session goes to one, and how far behind one may be.
+    pub replicas: ReplicasConfig,
+}
+
+/// A secret from the config file or the environment: never printed (`Debug` redacts it, no `Display`).
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself, for the one place that hands it on (a connection's password).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[clusters.<name>]`: what pgtenant needs to log in to a cluster as its admin role that the directory does
+/// not hold.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterSecrets {
+    /// The password of the cluster's `admin_user`. A replica without one uses its primary's.
+    pub admin_password: Option<Secret>,
+}
+
+/// How a session asks for a replica (libpq's `target_session_attrs` values, in the startup option
+/// `pgtenant.target_session_attrs` or implied by the database name suffix).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum TargetSessionAttrs {
+    /// The tenant's primary (also `read-write`, `primary`).
+    #[default]
+    Any,
+    /// A replica within the lag limit, else the primary.
+    PreferStandby,
+    /// A replica within the lag limit, else the login is refused (57P03). `read-only` means the same.
+    Standby,
+}
+
+impl TargetSessionAttrs {
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "any" | "read-write" | "primary" => Some(Self::Any),
+            "prefer-standby" => Some(Self::PreferStandby),
+            "standby" | "read-only" => Some(Self::Standby),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::PreferStandby => "prefer-standby",
+            Self::Standby => "standby",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplicasConfig {
+    /// A replica further behind its primary than this (or whose lag is unknown) gets no new sessions.
+    pub max_replica_lag_ms: u64,
+    /// How often each pgtenant measures every replica's lag.
+    pub check_interval_ms: u64,
+    /// A database name ending with this (`app.ro`, `acme.ro`) asks for `database_suffix_target`; "": off.
+    pub database_suffix: String,
+    /// What the suffix asks for: "prefer-standby" (default) or "standby".
+    pub database_suffix_target: TargetSessionAttrs,
+}
+
+impl Default for ReplicasConfig {
+    fn default() -> Self {
+        Self {
+            max_replica_lag_ms: 5_000,
+            check_interval_ms: 500,
+            database_suffix: ".ro".into(),
+            database_suffix_target: TargetSessionAttrs::PreferStandby,
+        }
+    }
+}
+
+/// Where onboarding puts a tenant for which no cluster is named.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// The default cluster (`[upstream]`).
+    #[default]
+    Default,
+    /// The active primary with the fewest tenants.
+    FewestTenants,
+    /// The active primary whose database is the smallest (`pg_database_size`).
+    LeastBytes,
+}
+
+impl Placement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Default => "default",
+            Self::FewestTenants => "fewest_tenants",
+            Self::LeastBytes => "least_bytes",
+        }
+    }
 }
 
 /// The health endpoints on `server.metrics_listen` (`/health`, `/health/tenants`, `/live`).
@@ -284,6 +398,10 @@ pub struct TenancyConfig {
     pub allow_tenant_ddl: bool,
     pub tenant_migrations_dir: PathBuf,
     pub shared_migrations_dir: PathBuf,
+    /// The guards a cluster other than the default one needs (applied by ADD CLUSTER).
+    pub cluster_migrations_dir: PathBuf,
+    /// Where onboarding places a tenant when no cluster is named.
+    pub placement: Placement,
     /// How long a directory lookup (user → tenant) is cached.
     pub directory_cache_ttl_ms: u64,
     /// Statement run at onboarding, as the tenant's role in its schema, to record the admin user in the
@@ -301,6 +419,8 @@ impl Default for TenancyConfig {
             allow_tenant_ddl: true,
             tenant_migrations_dir: PathBuf::from("tenant-migrations"),
             shared_migrations_dir: PathBuf::from("shared-migrations"),
+            cluster_migrations_dir: PathBuf::from("cluster-migrations"),
+            placement: Placement::Default,
             directory_cache_ttl_ms: 5_000,
             admin_user_sql: "INSERT INTO employees (email, full_name, role) VALUES ($1, 'Administrator', 'admin')".into(),
             virtual_schema: Some("public".into()),
@@ -330,6 +450,18 @@ impl Config {
         }
         if let Ok(password) = std::env::var("PGTENANT_ADMIN_PASSWORD") {
             self.upstream.admin_password = Some(password);
+        }
+        // PGTENANT_CLUSTER_<NAME>_ADMIN_PASSWORD: the cluster named <name> in lower case.
+        for (key, value) in std::env::vars() {
+            let name = key
+                .strip_prefix("PGTENANT_CLUSTER_")
+                .and_then(|rest| rest.strip_suffix("_ADMIN_PASSWORD"));
+            if let Some(name) = name.filter(|n| !n.is_empty()) {
+                self.clusters
+                    .entry(name.to_ascii_lowercase())
+                    .or_default()
+                    .admin_password = Some(Secret::new(value));
+            }
         }
         self.auth.apply_env();
     }
@@ -368,6 +500,23 @@ impl Config {
         }
         if self.health.tenants_concurrency == 0 {
             return invalid("health.tenants_concurrency must be at least 1");
+        }
+        if self.clusters.contains_key(crate::clusters::DEFAULT_CLUSTER) {
+            return invalid(
+                "[clusters.default]: the default cluster's admin password is upstream.admin_password",
+            );
+        }
+        if let Some(name) = self
+            .clusters
+            .keys()
+            .find(|n| !crate::clusters::ClusterName::is_valid(n))
+        {
+            return invalid(&format!(
+                "[clusters.{name}]: a cluster name is lower-case letters, digits and _, starting with a letter"
+            ));
+        }
+        if self.replicas.check_interval_ms == 0 {
+            return invalid("replicas.check_interval_ms must be at least 1");
         }
         if self.server.admin_database.is_empty() {
             return invalid("server.admin_database must not be empty");
@@ -602,6 +751,27 @@ impl Config {
                 "tenancy.virtual_schema".into(),
                 t.virtual_schema.clone().unwrap_or_default(),
             ),
+            (
+                "tenancy.cluster_migrations_dir".into(),
+                t.cluster_migrations_dir.display().to_string(),
+            ),
+            ("tenancy.placement".into(), t.placement.as_str().to_string()),
+            (
+                "replicas.max_replica_lag_ms".into(),
+                self.replicas.max_replica_lag_ms.to_string(),
+            ),
+            (
+                "replicas.check_interval_ms".into(),
+                self.replicas.check_interval_ms.to_string(),
+            ),
+            (
+                "replicas.database_suffix".into(),
+                self.replicas.database_suffix.clone(),
+            ),
+            (
+                "replicas.database_suffix_target".into(),
+                self.replicas.database_suffix_target.as_str().to_string(),
+            ),
             ("migrations.concurrency".into(), m.concurrency.to_string()),
             (
                 "health.ready_cache_ms".into(),
@@ -648,6 +818,19 @@ impl Config {
                 self.limits.queue_notice_after_ms.to_string(),
             ),
         ]
+        .into_iter()
+        .chain(self.clusters.iter().map(|(name, c)| {
+            (
+                format!("clusters.{name}.admin_password"),
+                if c.admin_password.is_some() {
+                    "(set)"
+                } else {
+                    "(not set)"
+                }
+                .to_string(),
+            )
+        }))
+        .collect()
     }
 
     pub fn server_secret(&self) -> &[u8] {
@@ -662,6 +845,30 @@ impl Config {
         Duration::from_millis(self.upstream.connect_timeout_ms)
     }
 
+    /// A tokio-postgres config logging in as a tenant role on the default cluster (see
+    /// [`UpstreamConfig::tenant_pg_config`]).
+    pub fn tenant_pg_config(
+        &self,
+        role: &str,
+        password: &str,
+        application_name: &str,
+    ) -> tokio_postgres::Config {
+        self.upstream
+            .tenant_pg_config(role, password, application_name)
+    }
+
+    /// A tokio-postgres config for the admin role of the default cluster (shared schema, onboarding,
+    /// migrations).
+    pub fn admin_pg_config(&self) -> tokio_postgres::Config {
+        self.upstream.admin_pg_config()
+    }
+}
+
+impl UpstreamConfig {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
     /// A tokio-postgres config logging in as a tenant role (its derived password), TLS as configured.
     pub fn tenant_pg_config(
         &self,
@@ -670,28 +877,28 @@ impl Config {
         application_name: &str,
     ) -> tokio_postgres::Config {
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&self.upstream.host)
-            .port(self.upstream.port)
-            .dbname(&self.upstream.database)
+        pg.host(&self.host)
+            .port(self.port)
+            .dbname(&self.database)
             .user(role)
             .password(password)
             .application_name(application_name)
-            .ssl_mode(self.upstream.sslmode.postgres())
-            .connect_timeout(self.upstream_connect_timeout());
+            .ssl_mode(self.sslmode.postgres())
+            .connect_timeout(self.connect_timeout());
         pg
     }
 
-    /// A tokio-postgres config for the admin role (shared schema, onboarding, migrations).
+    /// A tokio-postgres config for the admin role.
     pub fn admin_pg_config(&self) -> tokio_postgres::Config {
         let mut pg = tokio_postgres::Config::new();
-        pg.host(&self.upstream.host)
-            .port(self.upstream.port)
-            .dbname(&self.upstream.database)
-            .user(&self.upstream.admin_user)
+        pg.host(&self.host)
+            .port(self.port)
+            .dbname(&self.database)
+            .user(&self.admin_user)
             .application_name("pgtenant-admin")
-            .ssl_mode(self.upstream.sslmode.postgres())
-            .connect_timeout(self.upstream_connect_timeout());
-        if let Some(password) = &self.upstream.admin_password {
+            .ssl_mode(self.sslmode.postgres())
+            .connect_timeout(self.connect_timeout());
+        if let Some(password) = &self.admin_password {
             pg.password(password);
         }
         pg
@@ -708,8 +915,20 @@ mod tests {
         config.upstream.admin_password = Some("admin-pass-xyz".into());
         config.upstream.server_secret = Some("server-secret-xyz".into());
         config.auth.hs_secret = Some("jwt-secret-xyz".into());
+        config.clusters.insert(
+            "eu2".into(),
+            ClusterSecrets {
+                admin_password: Some(Secret::new("cluster-pass-xyz")),
+            },
+        );
         let printed = format!("{config:?} {:?}", config.describe());
-        for secret in ["admin-pass-xyz", "server-secret-xyz", "jwt-secret-xyz"] {
+        assert!(printed.contains("clusters.eu2.admin_password"), "{printed}");
+        for secret in [
+            "admin-pass-xyz",
+            "server-secret-xyz",
+            "jwt-secret-xyz",
+            "cluster-pass-xyz",
+        ] {
             assert!(!printed.contains(secret), "{secret} leaked into {printed}");
         }
     }
@@ -768,6 +987,26 @@ mod tests {
             matches!(config.validate(), Err(ConfigError::Invalid(m)) if m.contains("limits.transaction_timeout_ms"))
         );
         assert!(toml::from_str::<Config>("[limits]\nstatement_timeout = 5\n").is_err());
+    }
+
+    #[test]
+    fn cluster_passwords_come_from_the_environment_too() {
+        std::env::set_var("PGTENANT_CLUSTER_ENV_TEST_7_ADMIN_PASSWORD", "from-env-xyz");
+        let mut config = Config::default();
+        config.apply_env();
+        std::env::remove_var("PGTENANT_CLUSTER_ENV_TEST_7_ADMIN_PASSWORD");
+        let secret = config
+            .clusters
+            .get("env_test_7")
+            .and_then(|c| c.admin_password.as_ref())
+            .map(|s| s.expose().to_string());
+        assert_eq!(secret.as_deref(), Some("from-env-xyz"));
+        config.upstream.server_secret = Some("0123456789abcdef0123".into());
+        config.validate().expect("valid");
+        config
+            .clusters
+            .insert("Bad-Name".into(), ClusterSecrets::default());
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -225,6 +225,7 @@ async fn run_with_cluster(
                 admin_email: args.demo_email.clone(),
                 slug: None,
                 ddl_allowed: None,
+                cluster: None,
             },
         )
         .await?;

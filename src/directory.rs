@@ -7,6 +7,7 @@
 //! the token's organization claim when configured, else the database name (an organization's slug or schema).
 
 use crate::auth::{Identity, OrgClaim};
+use crate::clusters::ClusterName;
 use crate::protocol::sqlstate;
 use crate::tenancy::ops::DirectoryEvent;
 use bb8_postgres::PostgresConnectionManager;
@@ -68,7 +69,7 @@ pub enum TenantStatus {
 }
 
 impl TenantStatus {
-    fn parse(s: &str) -> Self {
+    pub fn parse(s: &str) -> Self {
         match s {
             "active" => Self::Active,
             "provisioning" => Self::Provisioning,
@@ -76,8 +77,23 @@ impl TenantStatus {
             _ => Self::Suspended,
         }
     }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Suspended => "suspended",
+            Self::Provisioning => "provisioning",
+            Self::Archived => "archived",
+        }
+    }
 }
 
+impl fmt::Display for TenantStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A tenant (an organization's row), as every part sees it: logins, the admin operations, the migrator.
 #[derive(Clone, Debug)]
 pub struct Tenant {
     pub id: Uuid,
@@ -86,6 +102,10 @@ pub struct Tenant {
     pub schema: SchemaName,
     pub role: RoleName,
     pub status: TenantStatus,
+    /// The cluster its role and schema live on.
+    pub cluster: ClusterName,
+    /// Whether its role may run DDL (the DDL guard of its cluster enforces it).
+    pub ddl_allowed: bool,
     /// The tenant's own pooling mode, overriding `pool.mode`.
     pub pool_mode: Option<crate::config::PoolMode>,
     /// The tenant's own virtual schema name, overriding `tenancy.virtual_schema` (`Some("")`: off).
@@ -133,10 +153,40 @@ pub struct Directory {
     cache: Mutex<HashMap<String, (Instant, Vec<User>)>>,
 }
 
-const USER_COLUMNS: &str =
-    "u.id, u.email, u.disabled, u.role, o.id, o.name, o.slug, o.schema_name::text, \
-     o.role_name::text, o.status, o.pool_mode, o.virtual_schema, o.statement_timeout_ms, \
+/// The columns of `pgtenant.organizations o` that [`Tenant::from_row`] reads.
+pub const TENANT_COLUMNS: &str = "o.id, o.name, o.slug, o.schema_name::text, o.role_name::text, \
+     o.status, o.cluster, o.ddl_allowed, o.pool_mode, o.virtual_schema, o.statement_timeout_ms, \
      o.lock_timeout_ms, o.idle_in_transaction_timeout_ms, o.transaction_timeout_ms";
+
+impl Tenant {
+    /// Reads the [`TENANT_COLUMNS`] of a row, starting at column `at`.
+    pub fn from_row(r: &tokio_postgres::Row, at: usize) -> Tenant {
+        Tenant {
+            id: r.get(at),
+            name: r.get(at + 1),
+            slug: r.get(at + 2),
+            schema: SchemaName::new(r.get::<_, String>(at + 3)),
+            role: RoleName::new(r.get::<_, String>(at + 4)),
+            status: TenantStatus::parse(r.get::<_, &str>(at + 5)),
+            cluster: ClusterName::new(r.get::<_, String>(at + 6)),
+            ddl_allowed: r.get(at + 7),
+            pool_mode: r
+                .get::<_, Option<&str>>(at + 8)
+                .and_then(crate::config::PoolMode::parse),
+            virtual_schema: r.get(at + 9),
+            limits: crate::limits::TenantLimits::from_columns([
+                r.get(at + 10),
+                r.get(at + 11),
+                r.get(at + 12),
+                r.get(at + 13),
+            ]),
+        }
+    }
+}
+
+fn user_columns() -> String {
+    format!("u.id, u.email, u.disabled, u.role, {TENANT_COLUMNS}")
+}
 
 impl Directory {
     /// Connects lazily: the first lookup opens the first admin connection.
@@ -216,16 +266,18 @@ impl Directory {
                     return Ok(Vec::new());
                 };
                 let sql = format!(
-                    "SELECT {USER_COLUMNS} FROM pgtenant.users u \
-                     JOIN pgtenant.organizations o ON o.id = u.organization_id WHERE u.id = $1"
+                    "SELECT {} FROM pgtenant.users u \
+                     JOIN pgtenant.organizations o ON o.id = u.organization_id WHERE u.id = $1",
+                    user_columns()
                 );
                 conn.query(&sql, &[&id]).await?
             }
             Identity::Email(email) => {
                 let sql = format!(
-                    "SELECT {USER_COLUMNS} FROM pgtenant.users u \
+                    "SELECT {} FROM pgtenant.users u \
                      JOIN pgtenant.organizations o ON o.id = u.organization_id \
-                     WHERE lower(u.email) = lower($1) ORDER BY o.slug"
+                     WHERE lower(u.email) = lower($1) ORDER BY o.slug",
+                    user_columns()
                 );
                 conn.query(&sql, &[email]).await?
             }
@@ -237,24 +289,7 @@ impl Directory {
                 email: r.get(1),
                 disabled: r.get(2),
                 role: r.get(3),
-                tenant: Tenant {
-                    id: r.get(4),
-                    name: r.get(5),
-                    slug: r.get(6),
-                    schema: SchemaName::new(r.get::<_, String>(7)),
-                    role: RoleName::new(r.get::<_, String>(8)),
-                    status: TenantStatus::parse(r.get::<_, &str>(9)),
-                    pool_mode: r
-                        .get::<_, Option<&str>>(10)
-                        .and_then(crate::config::PoolMode::parse),
-                    virtual_schema: r.get(11),
-                    limits: crate::limits::TenantLimits::from_columns([
-                        r.get(12),
-                        r.get(13),
-                        r.get(14),
-                        r.get(15),
-                    ]),
-                },
+                tenant: Tenant::from_row(&r, 4),
             })
             .collect())
     }
@@ -503,6 +538,8 @@ mod tests {
                 schema: SchemaName::new(format!("org_{slug}")),
                 role: RoleName::new(format!("tenant_{slug}")),
                 status: TenantStatus::Active,
+                cluster: ClusterName::default_cluster(),
+                ddl_allowed: true,
                 pool_mode: None,
                 virtual_schema: None,
                 limits: Default::default(),

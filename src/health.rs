@@ -196,7 +196,7 @@ async fn run_tenant_round(proxy: &Proxy) -> TenantsReport {
     let results = crate::tenancy::ops::check_listed(
         listed,
         &config,
-        proxy.pools.upstream_tls(),
+        &proxy.clusters.current(),
         config.health.tenants_concurrency,
     )
     .await;

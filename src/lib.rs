@@ -16,6 +16,8 @@
 //!   `limiter`, `revocation`, `audit`).
 //! - [`directory`]: identity → user → organization → tenant (schema, role, status), cached with a short TTL,
 //!   read from the shared schema.
+//! - [`clusters`]: the PostgreSQL clusters tenants are placed on (`pgtenant.clusters`), their read
+//!   replicas and how far behind those are, placement of new tenants, which cluster a session goes to.
 //! - [`pool`]: one pool per tenant of raw upstream protocol connections logged in as the tenant's role, with a
 //!   global cap and eviction of other tenants' idle connections.
 //! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
@@ -55,6 +57,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cancel;
+pub mod clusters;
 pub mod config;
 pub mod dev;
 pub mod directory;

@@ -33,7 +33,8 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Serve,
-    /// Create a tenant: organization, role, schema, tenant migrations and admin user, in one transaction.
+    /// Create a tenant: organization, role, schema, tenant migrations and admin user, in one transaction (in
+    /// three on a cluster other than the default one: see README "Several clusters").
     Onboard {
         /// Organization name, e.g. "Demo Company".
         #[arg(long)]
@@ -47,6 +48,10 @@ enum Command {
         /// Take DDL (CREATE, ALTER, DROP) away from this tenant.
         #[arg(long)]
         no_ddl: bool,
+        /// The cluster the tenant goes to (a primary of `pgtenant cluster list`; default: as
+        /// tenancy.placement says).
+        #[arg(long)]
+        cluster: Option<String>,
     },
     /// Mint a development token with the configured HS256 secret (auth.hs_secret / PGTENANT_JWT_SECRET), or
     /// revoke tokens (`pgtenant token revoke`).
@@ -79,8 +84,64 @@ enum Command {
         #[command(subcommand)]
         action: TenantAction,
     },
+    /// Clusters tenants are placed on: list, add (a primary or a replica), apply a cluster's guards.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
     /// Start a throwaway local PostgreSQL, migrate it, onboard a demo tenant and run the proxy.
     Dev(pgtenant::dev::DevArgs),
+}
+
+#[derive(Subcommand)]
+enum ClusterAction {
+    /// Every cluster with its role, address, status, tenants, size and (replicas) replay lag in bytes.
+    List,
+    /// Check a cluster and record it in the directory (a primary also gets its guards).
+    ///
+    /// A primary must not be in recovery; it gets the files of cluster-migrations/ and its
+    /// pgtenant_secret_check role. A replica must be a streaming standby of its primary (same system
+    /// identifier). The admin password comes from [clusters.<name>] admin_password or
+    /// PGTENANT_CLUSTER_<NAME>_ADMIN_PASSWORD (a replica falls back to its primary's), never from the
+    /// directory.
+    Add {
+        /// Lower-case letters, digits and _, starting with a letter, at most 40.
+        name: String,
+        /// Host name or IP address of the cluster, as every pgtenant reaches it.
+        #[arg(long)]
+        host: String,
+        #[arg(long, default_value_t = 5432)]
+        port: u16,
+        /// Default: the primary's (a replica), else upstream.database.
+        #[arg(long)]
+        database: Option<String>,
+        /// The admin role (default: the primary's, else upstream.admin_user).
+        #[arg(long)]
+        user: Option<String>,
+        /// disable, prefer, require, verify-ca or verify-full (default: the primary's, else disable).
+        #[arg(long, value_parser = parse_sslmode)]
+        sslmode: Option<pgtenant::upstream_tls::SslMode>,
+        /// CA certificate(s) (PEM) the cluster's certificate must chain to; a path every pgtenant has.
+        #[arg(long)]
+        sslrootcert: Option<PathBuf>,
+        /// Client certificate (PEM), with --sslkey; a path every pgtenant has.
+        #[arg(long, requires = "sslkey")]
+        sslcert: Option<PathBuf>,
+        /// Client key (PEM), with --sslcert.
+        #[arg(long, requires = "sslcert")]
+        sslkey: Option<PathBuf>,
+        /// A streaming replica of this primary (reads may go to it).
+        #[arg(long, value_name = "PRIMARY")]
+        replica_of: Option<String>,
+    },
+    /// Apply pending cluster-migrations/ on a cluster that is not the default one.
+    Guards { name: String },
+}
+
+fn parse_sslmode(text: &str) -> Result<pgtenant::upstream_tls::SslMode, String> {
+    pgtenant::clusters::parse_sslmode(text).ok_or_else(|| {
+        format!("unknown sslmode {text}: disable, prefer, require, verify-ca, verify-full")
+    })
 }
 
 #[derive(Subcommand)]
@@ -280,6 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
             admin_email,
             slug,
             no_ddl,
+            cluster,
         } => {
             let config = load(&cli.config)?;
             let mut admin = connect_admin(&config).await?;
@@ -291,10 +353,12 @@ async fn run(cli: Cli) -> Result<()> {
                     admin_email,
                     slug,
                     ddl_allowed: no_ddl.then_some(false),
+                    cluster,
                 },
             )
             .await?;
             println!("organization: {} ({})", done.slug, done.organization_id);
+            println!("cluster:      {}", done.cluster);
             println!("schema:       {}", done.schema);
             println!("role:         {}", done.role);
             println!("admin user:   {}", done.admin_user_id);
@@ -345,7 +409,94 @@ async fn run(cli: Cli) -> Result<()> {
             let config = load(&cli.config)?;
             migrate(&config, target).await
         }
+        Command::Cluster { action } => {
+            let config = load(&cli.config)?;
+            cluster_action(&config, action).await
+        }
     }
+}
+
+async fn cluster_action(config: &Config, action: ClusterAction) -> Result<()> {
+    use pgtenant::clusters::{self, ops};
+    let admin = connect_admin(config).await?;
+    let set = clusters::load_with(&admin, config).await?;
+    match action {
+        ClusterAction::List => {
+            let facts = ops::describe(&admin, &set, Duration::from_secs(5)).await?;
+            println!(
+                "{:<16} {:<8} {:<12} {:<32} {:<9} {:>7} {:>12} {:>10}  health",
+                "name", "role", "primary", "address", "status", "tenants", "bytes", "lag_bytes"
+            );
+            for f in facts {
+                let e = &f.entry;
+                println!(
+                    "{:<16} {:<8} {:<12} {:<32} {:<9} {:>7} {:>12} {:>10}  {}",
+                    e.name(),
+                    e.row.role.as_str(),
+                    e.row
+                        .primary_of
+                        .as_ref()
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    e.address(),
+                    e.row.status.as_str(),
+                    f.tenants,
+                    f.size_bytes
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    f.lag_bytes
+                        .map(|b| b.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                    f.error
+                        .map(|e| format!("down: {e}"))
+                        .unwrap_or_else(|| "ok".into()),
+                );
+            }
+        }
+        ClusterAction::Add {
+            name,
+            host,
+            port,
+            database,
+            user,
+            sslmode,
+            sslrootcert,
+            sslcert,
+            sslkey,
+            replica_of,
+        } => {
+            let request = ops::AddCluster {
+                name,
+                host,
+                port,
+                database,
+                admin_user: user,
+                sslmode,
+                sslrootcert,
+                sslcert,
+                sslkey,
+                replica_of,
+            };
+            let row = ops::add_cluster(&admin, config, &set, &request).await?;
+            println!(
+                "added cluster {} ({}{})",
+                row.name,
+                row.role.as_str(),
+                row.primary_of
+                    .map(|p| format!(" of {p}"))
+                    .unwrap_or_default()
+            );
+        }
+        ClusterAction::Guards { name } => {
+            let entry = set.get(&clusters::ClusterName::new(name))?;
+            let applied = clusters::guards::apply(&entry, config).await?;
+            println!(
+                "cluster {}: cluster migrations applied: {applied:?}",
+                entry.name()
+            );
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
@@ -381,6 +532,9 @@ async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
             for slug in &report.busy {
                 println!("BUSY {slug}: another migrator holds its lock");
             }
+            for (slug, cluster) in &report.pending {
+                println!("PENDING {slug}: cluster {cluster} is down; the next run migrates it");
+            }
             if !report.ok() {
                 bail!("not every tenant was migrated");
             }
@@ -390,8 +544,8 @@ async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
             let latest = migrator.latest();
             let rows = migrator.status(None).await?;
             println!(
-                "{:<30} {:<24} {:<10} {:>7}  pending",
-                "tenant", "schema", "status", "version"
+                "{:<30} {:<24} {:<10} {:>7}  {:<12} pending",
+                "tenant", "schema", "status", "version", "cluster"
             );
             let mut behind = 0;
             for row in &rows {
@@ -402,9 +556,13 @@ async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
                     .version
                     .map(|v| v.to_string())
                     .unwrap_or_else(|| "-".into());
+                let pending = match &row.cluster_down {
+                    None => format!("{:?}", row.pending),
+                    Some(e) => format!("unknown: cluster down ({e})"),
+                };
                 println!(
-                    "{:<30} {:<24} {:<10} {:>7}  {:?}",
-                    row.slug, row.schema, row.status, version, row.pending
+                    "{:<30} {:<24} {:<10} {:>7}  {:<12} {pending}",
+                    row.slug, row.schema, row.status, version, row.cluster
                 );
             }
             let latest = latest.map(|v| v.to_string()).unwrap_or_else(|| "-".into());
@@ -421,7 +579,12 @@ async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
                     .iter()
                     .map(|m| format!("V{}__{}", m.version, m.name))
                     .collect();
-                println!("{} ({}): {}", tenant.slug, tenant.schema, names.join(", "));
+                println!(
+                    "{} ({}): {}",
+                    tenant.tenant.slug,
+                    tenant.tenant.schema,
+                    names.join(", ")
+                );
             }
             println!("{} tenants would be migrated", plan.len());
         }
@@ -441,20 +604,30 @@ async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
 async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
     use pgtenant::tenancy::ops;
     let mut admin = connect_admin(config).await?;
+    let clusters = pgtenant::clusters::load_with(&admin, config).await?;
     match action {
         TenantAction::List => {
             println!(
-                "{:<30} {:<20} {:<10} {:>7} {:>12}",
+                "{:<30} {:<20} {:<10} {:>7} {:>12}  cluster",
                 "slug", "schema", "status", "version", "bytes"
             );
-            for l in ops::list_tenants(&admin).await? {
+            for l in ops::list_tenants(&admin, &clusters).await? {
                 let version = l
                     .version
                     .map(|v| v.to_string())
                     .unwrap_or_else(|| "-".into());
+                let bytes = l
+                    .size_bytes
+                    .map(|b| b.to_string())
+                    .unwrap_or_else(|| "-".into());
                 println!(
-                    "{:<30} {:<20} {:<10} {:>7} {:>12}",
-                    l.tenant.slug, l.tenant.schema, l.tenant.status, version, l.size_bytes
+                    "{:<30} {:<20} {:<10} {:>7} {:>12}  {}",
+                    l.tenant.slug,
+                    l.tenant.schema,
+                    l.tenant.status,
+                    version,
+                    bytes,
+                    l.tenant.cluster
                 );
             }
         }
@@ -463,19 +636,19 @@ async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
             println!("suspended {}", t.slug);
         }
         TenantAction::Resume { tenant } => {
-            let t = ops::resume(&mut admin, &tenant).await?;
+            let t = ops::resume(&mut admin, &clusters, &tenant).await?;
             println!("resumed {}", t.slug);
         }
         TenantAction::Drop { tenant, confirm } => match confirm {
             None => {
-                let t = ops::archive(&mut admin, &tenant).await?;
+                let t = ops::archive(&mut admin, &clusters, &tenant).await?;
                 println!(
                     "archived {} (data kept; drop for good with --confirm {})",
                     t.slug, t.slug
                 );
             }
             Some(word) => {
-                let t = ops::drop_tenant(&mut admin, &tenant, &word).await?;
+                let t = ops::drop_tenant(&mut admin, &clusters, &tenant, &word).await?;
                 println!("dropped {} (schema {}, role {})", t.slug, t.schema, t.role);
             }
         },
@@ -529,7 +702,9 @@ async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
             );
         }
         TenantAction::Check => {
-            let results = ops::check_tenants(&admin, config, config.migrations.concurrency).await?;
+            let results =
+                ops::check_tenants_with(&admin, config, &clusters, config.migrations.concurrency)
+                    .await?;
             let mut unhealthy = 0;
             for h in &results {
                 match &h.error {

@@ -289,11 +289,13 @@ pub fn render(proxy: &Proxy) -> String {
     // Each family's samples in one group, after its HELP and TYPE (as the text format asks).
     let _ = writeln!(out, "# HELP pgtenant_server_connections Server connections by state.\n# TYPE pgtenant_server_connections gauge");
     for p in &pools {
+        // A tenant role has a pool on its primary and on each replica it reads from.
         let role = escape(p.role.as_str());
+        let cluster = escape(p.cluster.as_str());
         for (state, n) in [("active", p.active), ("idle", p.idle)] {
             let _ = writeln!(
                 out,
-                "pgtenant_server_connections{{role=\"{role}\",state=\"{state}\"}} {n}"
+                "pgtenant_server_connections{{role=\"{role}\",cluster=\"{cluster}\",state=\"{state}\"}} {n}"
             );
         }
     }
@@ -315,9 +317,40 @@ pub fn render(proxy: &Proxy) -> String {
         for p in &pools {
             let _ = writeln!(
                 out,
-                "{name}{{role=\"{}\"}} {}",
+                "{name}{{role=\"{}\",cluster=\"{}\"}} {}",
                 escape(p.role.as_str()),
+                escape(p.cluster.as_str()),
                 get(p)
+            );
+        }
+    }
+    let replicas: Vec<_> = proxy
+        .clusters
+        .current()
+        .iter()
+        .filter(|e| e.is_replica())
+        .map(|e| (e.name().clone(), proxy.replicas.health(e.name())))
+        .collect();
+    if !replicas.is_empty() {
+        let _ = writeln!(out, "# HELP pgtenant_replica_lag_seconds How far behind its primary a replica is, as this pgtenant measures it (absent: unknown).\n# TYPE pgtenant_replica_lag_seconds gauge");
+        for (name, health) in &replicas {
+            if let Some(lag) = health.as_ref().and_then(|h| h.lag_ms) {
+                let _ = writeln!(
+                    out,
+                    "pgtenant_replica_lag_seconds{{replica=\"{}\"}} {}",
+                    escape(name.as_str()),
+                    lag as f64 / 1e3
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP pgtenant_replica_up Whether the replica answered its last lag measure.\n# TYPE pgtenant_replica_up gauge");
+        for (name, health) in &replicas {
+            let up = health.as_ref().is_some_and(|h| h.lag_ms.is_some());
+            let _ = writeln!(
+                out,
+                "pgtenant_replica_up{{replica=\"{}\"}} {}",
+                escape(name.as_str()),
+                u8::from(up)
             );
         }
     }

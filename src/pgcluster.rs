@@ -471,6 +471,11 @@ fn pg_command(program: impl AsRef<OsStr>, user: Option<&OsUser>) -> Command {
     cmd
 }
 
+/// Escapes a value for a single-quoted libpq connection string value.
+fn conninfo_quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('\'', "\\'")
+}
+
 /// Quotes one word for `/bin/sh` (pg_ctl passes `-o` through the shell).
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
@@ -837,6 +842,55 @@ impl Cluster {
             "PostgreSQL started"
         );
         Ok(cluster)
+    }
+
+    /// Starts a streaming replica of `primary` on `spec.data_dir`: when the data directory holds no cluster
+    /// yet, `pg_basebackup -R -X stream -c fast` from the primary (as the primary's superuser, over TCP, run
+    /// as the `postgres` OS user when root) makes it a standby (`standby.signal`, `primary_conninfo` in
+    /// `postgresql.auto.conf`); then it starts like any cluster ([`Cluster::start`]), in hot standby. The
+    /// primary's `pg_hba.conf` (initdb's) allows replication connections from loopback. Returns once the
+    /// standby accepts TCP connections; being in recovery and caught up is the caller's to wait for (e.g.
+    /// `pg_last_wal_replay_lsn()` reaching the primary's `pg_current_wal_lsn()`).
+    pub fn start_replica(
+        bins: &PgBinaries,
+        primary: &Cluster,
+        spec: ClusterSpec,
+    ) -> Result<Cluster, ClusterError> {
+        let user = postgres_os_user()?;
+        let Layout { data_dir, .. } = layout(&spec.data_dir)?;
+        if !data_dir.join("PG_VERSION").exists() {
+            if let Some(parent) = data_dir.parent() {
+                fs::create_dir_all(parent)
+                    .map_err(|e| io_err("could not create directory", parent, e))?;
+            }
+            match fs::DirBuilder::new().mode(0o700).create(&data_dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && data_dir.is_dir() => {}
+                Err(e) => return Err(io_err("could not create data directory", &data_dir, e)),
+            }
+            if let Some(user) = &user {
+                chown_to(&data_dir, user)?;
+            }
+            let conninfo = format!(
+                "host={HOST} port={} user='{}' password='{}' dbname=postgres",
+                primary.port,
+                conninfo_quote(&primary.superuser),
+                conninfo_quote(&primary.superuser_password)
+            );
+            tracing::info!(data_dir = %data_dir.display(), primary_port = primary.port, "pg_basebackup for a replica");
+            let mut cmd = pg_command(bins.path("pg_basebackup"), user.as_ref());
+            cmd.arg("-D").arg(&data_dir).arg("-d").arg(&conninfo).args([
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ]);
+            // The output never holds the connection string; the error says which program failed.
+            run_checked(&mut cmd)?;
+        }
+        Cluster::start(bins, spec)
     }
 
     /// Creates the parent, data, socket dirs and the log file; hands them to the postgres OS user when root and

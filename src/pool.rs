@@ -1,4 +1,7 @@
-//! One pool per tenant of raw upstream connections logged in as the tenant's role, under a global cap.
+//! One pool per tenant and cluster of raw upstream connections logged in as the tenant's role, under a
+//! global cap. A pool is keyed by (cluster, role): a tenant's primary and each of its replicas have a pool
+//! of their own, and a pool opened on a cluster whose connection settings changed since (another target)
+//! is replaced by a new one on first use, so a tenant moved to another cluster gets new connections.
 //!
 //! - A tenant has at most `size_per_tenant` connections checked out; a client that finds them all busy waits
 //!   up to `acquire_timeout` and then gets 53300.
@@ -11,6 +14,7 @@
 //! bb8 is not used here: it has no way to take an idle connection out of one pool to make room for another
 //! tenant's, which the global cap needs.
 
+use crate::clusters::ClusterName;
 use crate::config::PoolConfig;
 use crate::directory::RoleName;
 use crate::limits::ServerSettings;
@@ -45,6 +49,25 @@ impl PoolError {
     }
 }
 
+/// What a pool serves: one tenant role on one cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PoolKey {
+    pub cluster: ClusterName,
+    pub role: RoleName,
+}
+
+impl PoolKey {
+    pub fn new(cluster: ClusterName, role: RoleName) -> Self {
+        Self { cluster, role }
+    }
+}
+
+impl std::fmt::Display for PoolKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.role, self.cluster)
+    }
+}
+
 /// A live connection and its share of the global cap.
 struct Member {
     conn: UpstreamConn,
@@ -69,7 +92,11 @@ impl Drop for LiveCount {
 }
 
 struct TenantPool {
-    role: RoleName,
+    key: PoolKey,
+    /// Where its connections go.
+    target: Arc<UpstreamTarget>,
+    /// Replaced by a pool to another target: connections given back are closed.
+    retired: std::sync::atomic::AtomicBool,
     /// One permit per checked-out connection.
     checkout: Arc<Semaphore>,
     /// Idle connections, oldest first.
@@ -107,6 +134,7 @@ impl TenantPool {
 #[derive(Debug, Clone)]
 pub struct TenantPoolStats {
     pub role: RoleName,
+    pub cluster: ClusterName,
     pub active: usize,
     pub idle: usize,
     /// Clients waiting for a connection.
@@ -137,13 +165,12 @@ pub struct QueueState {
 
 pub struct PoolManager {
     config: PoolConfig,
-    target: UpstreamTarget,
     passwords: RolePasswords,
     salted: SaltedPasswordCache,
     global: Arc<Semaphore>,
     /// Clients waiting for room under the global cap.
     global_waiting: AtomicUsize,
-    tenants: Mutex<HashMap<RoleName, Arc<TenantPool>>>,
+    tenants: Mutex<HashMap<PoolKey, Arc<TenantPool>>>,
     pauses: Pauses,
 }
 
@@ -189,47 +216,73 @@ impl Checkout {
 }
 
 impl PoolManager {
-    pub fn new(config: PoolConfig, target: UpstreamTarget, passwords: RolePasswords) -> Arc<Self> {
+    pub fn new(config: PoolConfig, passwords: RolePasswords) -> Arc<Self> {
         Arc::new(Self {
             global: Arc::new(Semaphore::new(config.max_server_connections)),
             global_waiting: AtomicUsize::new(0),
             pauses: Pauses::default(),
             config,
-            target,
             passwords,
             salted: SaltedPasswordCache::default(),
             tenants: Mutex::new(HashMap::new()),
         })
     }
 
-    /// TLS to the server (`upstream.sslmode`), for cancel requests.
-    pub fn upstream_tls(&self) -> &crate::upstream_tls::UpstreamTls {
-        &self.target.tls
-    }
-
-    fn tenant_pool(&self, role: &RoleName) -> Arc<TenantPool> {
+    /// The pool of `key`, made on first use; a pool whose connections go to another target than `target`
+    /// (the cluster's settings changed) is replaced, its idle connections closed.
+    fn tenant_pool(&self, key: &PoolKey, target: &Arc<UpstreamTarget>) -> Arc<TenantPool> {
         let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
-        tenants
-            .entry(role.clone())
-            .or_insert_with(|| {
-                Arc::new(TenantPool {
-                    role: role.clone(),
-                    checkout: Arc::new(Semaphore::new(self.config.size_per_tenant)),
-                    idle: Mutex::new(VecDeque::new()),
-                    live: Arc::new(AtomicUsize::new(0)),
-                    waiting: AtomicUsize::new(0),
-                    waiting_global: AtomicUsize::new(0),
-                    statement_generations: Mutex::new(HashMap::new()),
-                    defaults: Mutex::new(None),
-                    settings: Mutex::new(ServerSettings::default()),
-                })
-            })
-            .clone()
+        let mut settings = ServerSettings::default();
+        if let Some(pool) = tenants.get(key) {
+            if Arc::ptr_eq(&pool.target, target) {
+                return pool.clone();
+            }
+            tracing::info!(pool = %key, "the cluster's connection settings changed: new server connections");
+            let old = pool.clone();
+            old.retired.store(true, Ordering::Relaxed);
+            settings = *old.settings.lock().unwrap_or_else(|p| p.into_inner());
+            let drained: Vec<Member> = match old.idle.lock() {
+                Ok(mut idle) => idle.drain(..).collect(),
+                Err(_) => Vec::new(),
+            };
+            for member in drained {
+                spawn_terminate(member);
+            }
+        }
+        let pool = Arc::new(TenantPool {
+            key: key.clone(),
+            target: target.clone(),
+            retired: std::sync::atomic::AtomicBool::new(false),
+            checkout: Arc::new(Semaphore::new(self.config.size_per_tenant)),
+            idle: Mutex::new(VecDeque::new()),
+            live: Arc::new(AtomicUsize::new(0)),
+            waiting: AtomicUsize::new(0),
+            waiting_global: AtomicUsize::new(0),
+            statement_generations: Mutex::new(HashMap::new()),
+            defaults: Mutex::new(None),
+            settings: Mutex::new(settings),
+        });
+        tenants.insert(key.clone(), pool.clone());
+        pool
     }
 
-    /// Lends a connection of `role`'s pool: an idle one if there is a healthy one, else a new one.
-    pub async fn acquire(&self, role: &RoleName) -> Result<Checkout, PoolError> {
-        match self.acquire_inner(role, true).await? {
+    /// The pool of `key`, if it was made.
+    fn existing_pool(&self, key: &PoolKey) -> Option<Arc<TenantPool>> {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
+    }
+
+    /// Lends a connection of `key`'s pool: an idle one if there is a healthy one, else a new one to
+    /// `target` (the key's cluster).
+    pub async fn acquire(
+        &self,
+        key: &PoolKey,
+        target: &Arc<UpstreamTarget>,
+    ) -> Result<Checkout, PoolError> {
+        match self.acquire_inner(key, target, true).await? {
             Some(checkout) => Ok(checkout),
             None => unreachable!("a waiting acquire returns a connection or an error"),
         }
@@ -237,19 +290,25 @@ impl PoolManager {
 
     /// A connection only if one can be had without waiting for another client to give one back
     /// (an idle one, or room to open one). `Ok(None)` otherwise.
-    pub async fn try_acquire(&self, role: &RoleName) -> Result<Option<Checkout>, PoolError> {
-        self.acquire_inner(role, false).await
+    pub async fn try_acquire(
+        &self,
+        key: &PoolKey,
+        target: &Arc<UpstreamTarget>,
+    ) -> Result<Option<Checkout>, PoolError> {
+        self.acquire_inner(key, target, false).await
     }
 
     async fn acquire_inner(
         &self,
-        role: &RoleName,
+        key: &PoolKey,
+        target: &Arc<UpstreamTarget>,
         wait: bool,
     ) -> Result<Option<Checkout>, PoolError> {
+        let role = &key.role;
         let started = Instant::now();
         let deadline =
             tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout_ms);
-        let pool = self.tenant_pool(role);
+        let pool = self.tenant_pool(key, target);
         let settings = *pool.settings.lock().unwrap_or_else(|p| p.into_inner());
         let permit = if wait {
             let _waiting = Waiting::new(&pool.waiting);
@@ -279,7 +338,7 @@ impl PoolManager {
                     _permit: permit,
                 }));
             }
-            tracing::debug!(role = %role, "dropping a stale idle server connection (closed, expired, unhealthy or opened with other limits)");
+            tracing::debug!(pool = %key, "dropping a stale idle server connection (closed, expired, unhealthy or opened with other limits)");
         }
 
         let global = loop {
@@ -313,7 +372,7 @@ impl PoolManager {
         };
         let password = self.passwords.password_for(role.as_str());
         let conn = UpstreamConn::connect(
-            &self.target,
+            &pool.target,
             Login {
                 user: role.as_str(),
                 password: &password,
@@ -324,10 +383,10 @@ impl PoolManager {
         .await
         .inspect_err(|e| {
             if let UpstreamError::Tls { .. } = e {
-                tracing::error!(role = %role, sslmode = self.target.tls.mode().as_str(), error = %e, "TLS to the database server failed");
+                tracing::error!(role = %role, cluster = %key.cluster, sslmode = pool.target.tls.mode().as_str(), error = %e, "TLS to the database server failed");
             }
         })?;
-        tracing::debug!(role = %role, backend_pid = conn.process_id, "opened server connection");
+        tracing::debug!(pool = %key, backend_pid = conn.process_id, "opened server connection");
         Ok(Some(Checkout {
             member: Some(Member {
                 conn,
@@ -369,7 +428,7 @@ impl PoolManager {
         let evicted = pool.idle.lock().ok().and_then(|mut idle| idle.pop_front());
         match evicted {
             Some(member) => {
-                tracing::debug!(role = %pool.role, "closing an idle server connection to make room for another tenant");
+                tracing::debug!(pool = %pool.key, "closing an idle server connection to make room for another tenant");
                 spawn_terminate(member);
                 true
             }
@@ -383,7 +442,11 @@ impl PoolManager {
         let Some(mut member) = checkout.member.take() else {
             return;
         };
-        if !reusable || member.conn.broken || self.expired(&member.conn) {
+        if !reusable
+            || member.conn.broken
+            || self.expired(&member.conn)
+            || self.replaced(&checkout.pool)
+        {
             spawn_terminate(member);
             return;
         }
@@ -402,6 +465,11 @@ impl PoolManager {
         if let Ok(mut idle) = checkout.pool.idle.lock() {
             idle.push_back(member);
         }
+    }
+
+    /// Whether `pool` is no longer the one its key names (its cluster's settings changed).
+    fn replaced(&self, pool: &TenantPool) -> bool {
+        pool.retired.load(Ordering::Relaxed)
     }
 
     /// Closes idle connections past `idle_timeout` or `max_lifetime`. Run periodically.
@@ -434,7 +502,7 @@ impl PoolManager {
         let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
             Ok(t) => t
                 .values()
-                .filter(|p| role.is_none_or(|r| *r == p.role))
+                .filter(|p| role.is_none_or(|r| *r == p.key.role))
                 .cloned()
                 .collect(),
             Err(_) => return,
@@ -458,7 +526,8 @@ impl PoolManager {
         pools
             .iter()
             .map(|p| TenantPoolStats {
-                role: p.role.clone(),
+                role: p.key.role.clone(),
+                cluster: p.key.cluster.clone(),
                 active: self.config.size_per_tenant - p.checkout.available_permits(),
                 idle: p.idle.lock().map(|i| i.len()).unwrap_or(0),
                 waiting: p.waiting.load(Ordering::Relaxed),
@@ -467,30 +536,43 @@ impl PoolManager {
             .collect()
     }
 
-    /// What a client waiting for `role`'s connections waits for.
-    pub fn queue_state(&self, role: &RoleName) -> QueueState {
-        let pool = self.tenant_pool(role);
+    /// What a client waiting for `key`'s connections waits for.
+    pub fn queue_state(&self, key: &PoolKey) -> QueueState {
+        let (in_use, waiting) = self
+            .existing_pool(key)
+            .map(|pool| {
+                (
+                    self.config.size_per_tenant - pool.checkout.available_permits(),
+                    pool.waiting.load(Ordering::Relaxed),
+                )
+            })
+            .unwrap_or((0, 0));
         QueueState {
-            in_use: self.config.size_per_tenant - pool.checkout.available_permits(),
+            in_use,
             limit: self.config.size_per_tenant,
             global_limit: self.config.max_server_connections,
-            waiting: pool.waiting.load(Ordering::Relaxed),
+            waiting,
         }
     }
 
-    /// Sets the limits `role`'s server connections are opened with (see [`ServerSettings`]); the idle
+    /// Sets the limits `key`'s server connections are opened with (see [`ServerSettings`]); the idle
     /// connections opened with others are closed as they come up for reuse.
-    pub fn set_server_settings(&self, role: &RoleName, settings: ServerSettings) {
-        let pool = self.tenant_pool(role);
+    pub fn set_server_settings(
+        &self,
+        key: &PoolKey,
+        target: &Arc<UpstreamTarget>,
+        settings: ServerSettings,
+    ) {
+        let pool = self.tenant_pool(key, target);
         let mut current = pool.settings.lock().unwrap_or_else(|p| p.into_inner());
         if *current != settings {
-            tracing::info!(role = %role, ?settings, "server connections of the tenant get new limits");
+            tracing::info!(pool = %key, ?settings, "server connections of the tenant get new limits");
             *current = settings;
         }
     }
 
-    /// Idle server connections: (role, backend pid, seconds idle, seconds since connected).
-    pub fn idle_servers(&self) -> Vec<(RoleName, i32, u64, u64)> {
+    /// Idle server connections: (pool, backend pid, seconds idle, seconds since connected).
+    pub fn idle_servers(&self) -> Vec<(PoolKey, i32, u64, u64)> {
         let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
             Ok(t) => t.values().cloned().collect(),
             Err(_) => return Vec::new(),
@@ -500,7 +582,7 @@ impl PoolManager {
             if let Ok(idle) = pool.idle.lock() {
                 for m in idle.iter() {
                     servers.push((
-                        pool.role.clone(),
+                        pool.key.clone(),
                         m.conn.process_id,
                         m.conn.last_used.elapsed().as_secs(),
                         m.conn.created_at.elapsed().as_secs(),
@@ -515,16 +597,25 @@ impl PoolManager {
         self.config.size_per_tenant
     }
 
-    /// Remembers the parameters a connection of `role` reports at the role's defaults.
-    pub fn remember_defaults(&self, role: &RoleName, parameters: &[(String, String)]) {
-        let pool = self.tenant_pool(role);
+    /// Remembers the parameters a connection of `key` reports at the role's defaults.
+    pub fn remember_defaults(&self, key: &PoolKey, parameters: &[(String, String)]) {
+        let Some(pool) = self.existing_pool(key) else {
+            return;
+        };
         let mut defaults = pool.defaults.lock().unwrap_or_else(|p| p.into_inner());
         *defaults = Some((parameters.to_vec(), Instant::now()));
     }
 
-    /// The parameters of `role`'s defaults, if seen within `max_age`.
-    pub fn defaults(&self, role: &RoleName, max_age: Duration) -> Option<Vec<(String, String)>> {
-        let pool = self.tenant_pool(role);
+    /// The parameters of `key`'s role defaults, if seen within `max_age` (by a pool to `target`).
+    pub fn defaults(
+        &self,
+        key: &PoolKey,
+        target: &Arc<UpstreamTarget>,
+        max_age: Duration,
+    ) -> Option<Vec<(String, String)>> {
+        let pool = self
+            .existing_pool(key)
+            .filter(|p| Arc::ptr_eq(&p.target, target))?;
         let defaults = pool.defaults.lock().unwrap_or_else(|p| p.into_inner());
         defaults
             .as_ref()
@@ -533,8 +624,10 @@ impl PoolManager {
     }
 
     /// The current generation of a statement's server-side name (see `txn::statements`).
-    pub fn statement_generation(&self, role: &RoleName, base: &str) -> u32 {
-        let pool = self.tenant_pool(role);
+    pub fn statement_generation(&self, key: &PoolKey, base: &str) -> u32 {
+        let Some(pool) = self.existing_pool(key) else {
+            return 0;
+        };
         let generations = pool
             .statement_generations
             .lock()
@@ -543,9 +636,11 @@ impl PoolManager {
     }
 
     /// Retires a server-side statement name that went stale: later Parses of its query get a new name.
-    pub fn retire_statement(&self, role: &RoleName, server_name: &str) {
+    pub fn retire_statement(&self, key: &PoolKey, server_name: &str) {
         let (base, generation) = crate::txn::statements::generation_of(server_name);
-        let pool = self.tenant_pool(role);
+        let Some(pool) = self.existing_pool(key) else {
+            return;
+        };
         let mut generations = pool
             .statement_generations
             .lock()
@@ -555,9 +650,9 @@ impl PoolManager {
     }
 
     /// Whether a server-side statement name belongs to an older generation than the current one.
-    pub fn is_retired(&self, role: &RoleName, server_name: &str) -> bool {
+    pub fn is_retired(&self, key: &PoolKey, server_name: &str) -> bool {
         let (base, generation) = crate::txn::statements::generation_of(server_name);
-        generation < self.statement_generation(role, base)
+        generation < self.statement_generation(key, base)
     }
 
     /// Holds new transactions (and logins) of `role`, or of every tenant.
@@ -613,7 +708,18 @@ impl PoolManager {
         }
     }
 
-    /// Server connections lent out for `role` (or all tenants).
+    /// Server connections (active, idle) of this pgtenant to each cluster.
+    pub fn by_cluster(&self) -> HashMap<ClusterName, (usize, usize)> {
+        let mut out: HashMap<ClusterName, (usize, usize)> = HashMap::new();
+        for s in self.stats() {
+            let e = out.entry(s.cluster).or_default();
+            e.0 += s.active;
+            e.1 += s.idle;
+        }
+        out
+    }
+
+    /// Server connections lent out for `role` (or all tenants), on every cluster.
     pub fn active(&self, role: Option<&RoleName>) -> usize {
         self.stats()
             .iter()

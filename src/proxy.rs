@@ -10,7 +10,6 @@ use crate::protocol::{sqlstate, PgError};
 use crate::sessions::SessionRegistry;
 use crate::tenancy::credentials::RolePasswords;
 use crate::tenancy::ops::{DirectoryEvent, Revocation};
-use crate::upstream::UpstreamTarget;
 use crate::upstream_tls::UpstreamTls;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -44,6 +43,10 @@ pub struct Proxy {
     /// The file the configuration came from, for RELOAD.
     pub config_path: Option<PathBuf>,
     pub directory: Arc<Directory>,
+    /// The clusters of the directory, with this pgtenant's secrets (reloaded on `clusters changed`).
+    pub clusters: Arc<crate::clusters::registry::Clusters>,
+    /// How far behind each replica is, as this pgtenant measures it.
+    pub replicas: Arc<crate::clusters::replicas::ReplicaMonitor>,
     pub pools: Arc<PoolManager>,
     pub cancels: Arc<CancelMap>,
     pub sessions: Arc<SessionRegistry>,
@@ -120,16 +123,12 @@ impl Proxy {
             upstream_tls.clone(),
             Duration::from_millis(config.tenancy.directory_cache_ttl_ms),
         );
-        let target = UpstreamTarget {
-            host: config.upstream.host.clone(),
-            port: config.upstream.port,
-            database: config.upstream.database.clone(),
-            connect_timeout: config.upstream_connect_timeout(),
-            tls: upstream_tls,
-        };
+        let clusters = crate::clusters::registry::Clusters::new(&config, upstream_tls);
+        let replicas = crate::clusters::replicas::ReplicaMonitor::new(Duration::from_millis(
+            config.replicas.check_interval_ms,
+        ));
         let pools = PoolManager::new(
             config.pool.clone(),
-            target,
             RolePasswords::new(config.server_secret()),
         );
         let jwks_fetcher = Mutex::new(spawn_jwks_fetcher(&verifier, &shutdown));
@@ -142,6 +141,8 @@ impl Proxy {
             jwks_fetcher,
             config_path,
             directory,
+            clusters,
+            replicas,
             pools,
             cancels: CancelMap::new(),
             sessions: SessionRegistry::new(),
@@ -273,8 +274,54 @@ impl Proxy {
                     .end_sessions_where(|s| s.user_id == user_id, &reason);
                 tracing::info!(%user_id, sessions_ended = ended, "user disabled");
             }
+            DirectoryEvent::ClustersChanged => self.spawn_clusters_reload(),
             DirectoryEvent::Changed => {}
         }
+    }
+
+    /// Reads the clusters again, in the background.
+    pub fn spawn_clusters_reload(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (clusters, directory, config) =
+            (self.clusters.clone(), self.directory.clone(), self.config());
+        runtime.spawn(async move {
+            if let Err(e) = clusters.reload(&directory, &config).await {
+                tracing::warn!(error = %e, "could not read the clusters from the directory");
+            }
+        });
+    }
+
+    /// Starts what keeps the clusters current: a first read, one every `RELOAD_EVERY`, and the replica
+    /// lag measures. They stop with `shutdown`.
+    pub fn spawn_cluster_tasks(self: &Arc<Self>) {
+        let proxy = Arc::downgrade(self);
+        let stop = self.shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                match proxy.upgrade() {
+                    Some(p) => p.spawn_clusters_reload(),
+                    None => return,
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(crate::clusters::registry::RELOAD_EVERY) => {}
+                }
+            }
+        });
+        self.replicas
+            .spawn(self.clusters.clone(), self.shutdown.clone());
+    }
+
+    /// The cluster `name` (read from the directory again if this pgtenant does not know it yet).
+    pub async fn cluster(
+        &self,
+        name: &crate::clusters::ClusterName,
+    ) -> Result<Arc<crate::clusters::ClusterEntry>, crate::clusters::ClusterError> {
+        self.clusters
+            .entry(name, &self.directory, &self.config())
+            .await
     }
 
     /// Refuses a revoked token from now on and, when asked, ends the sessions it opened.

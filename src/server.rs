@@ -41,6 +41,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     let client_slots = Arc::new(Semaphore::new(proxy.config().server.max_client_connections));
     let reaper = tokio::spawn(reap_idle_connections(proxy.clone()));
     let listener_task = proxy.spawn_directory_listener();
+    proxy.spawn_cluster_tasks();
     {
         let proxy = proxy.clone();
         tokio::spawn(async move {

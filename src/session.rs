@@ -4,13 +4,15 @@
 
 use crate::auth::audit::{LoginAttempt, Reason};
 use crate::cancel::{ClientKey, UpstreamKey};
+use crate::clusters::route::{self, TARGET_SESSION_ATTRS_PARAMETER};
 use crate::config::PoolMode;
+use crate::config::TargetSessionAttrs;
 use crate::directory::{quote_literal, TenantStatus, User};
 use crate::limits::queue::QueueNotice;
 use crate::limits::SessionLimits;
 use crate::login_guard::{self, TokenFacts};
 use crate::metrics::Recorder;
-use crate::pool::{Checkout, PoolError};
+use crate::pool::{Checkout, PoolError, PoolKey};
 use crate::protocol::{
     self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus,
 };
@@ -59,6 +61,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         token,
         limits,
         authenticated,
+        pool,
     } = ready;
     let who = Who {
         user: &user,
@@ -66,6 +69,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
         token: &token,
         limits,
         authenticated,
+        pool: &pool,
     };
     let ended = match server {
         FirstServer::Connected(checkout) if mode_of(&proxy, &user) == PoolMode::Session => {
@@ -79,7 +83,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     finish(&proxy, client, ended, &user, peer).await;
 }
 
-/// Who a session serves: the user, from where, with which token, under which limits.
+/// Who a session serves: the user, from where, with which token, under which limits, on which pool.
 struct Who<'a> {
     user: &'a User,
     peer: SocketAddr,
@@ -87,6 +91,15 @@ struct Who<'a> {
     limits: SessionLimits,
     /// AuthenticationOk was sent already (before the NOTICE of a long wait for a server connection).
     authenticated: bool,
+    pool: &'a ServerPool,
+}
+
+/// Where a session's server connections come from: the tenant's role on its primary or on a replica.
+struct ServerPool {
+    key: PoolKey,
+    target: Arc<crate::upstream::UpstreamTarget>,
+    /// The cluster, for restoring a changed role password (on its primary).
+    cluster: Arc<crate::clusters::ClusterEntry>,
 }
 
 /// How a session's relay ended, for [`finish`].
@@ -119,6 +132,7 @@ async fn serve_session(
         addr: conn.addr,
         process_id: conn.process_id,
         secret_key: conn.secret_key,
+        tls: conn.tls.clone(),
     }));
     if let Err(e) = send_login_ok(
         client,
@@ -133,7 +147,7 @@ async fn serve_session(
         return None;
     }
     let session = register_session(proxy, who, conn.process_id, client.is_tls());
-    tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
+    tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
     let kick = session.cancel.clone().cancelled_owned();
     let drain = lifetime_drain(proxy, who, &session);
     let recorder = Recorder::new(proxy.metrics.tenant(&user.tenant.slug));
@@ -178,7 +192,6 @@ fn limit_watch(
     let canceller = crate::limits::watch::Canceller {
         cancels: proxy.cancels.clone(),
         key,
-        tls: proxy.pools.upstream_tls().clone(),
     };
     let tenant = &who.user.tenant.slug;
     crate::limits::watch::LimitWatch::new(
@@ -219,10 +232,11 @@ async fn serve_transaction(
         return None;
     }
     let session = register_session(proxy, who, 0, client.is_tls());
-    tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, tls = client.is_tls(), mode = "transaction", "session started");
+    tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, tls = client.is_tls(), mode = "transaction", "session started");
     let txn = crate::txn::TxnSession {
         pools: &proxy.pools,
-        role: &user.tenant.role,
+        pool: &who.pool.key,
+        target: &who.pool.target,
         cancel: &registration,
         desired,
         metrics: proxy.metrics.tenant(&user.tenant.slug),
@@ -292,6 +306,7 @@ fn register_session(
             tenant_id: user.tenant.id,
             tenant_slug: user.tenant.slug.clone(),
             role: user.tenant.role.as_str().to_string(),
+            cluster: who.pool.key.cluster.to_string(),
             backend_pid,
             tls,
             connected_at: std::time::SystemTime::now(),
@@ -394,9 +409,9 @@ async fn finish(
         if requests_in_flight && !matches!(end, RelayEnd::UpstreamGone(_)) {
             // Nobody waits for that query any more: stop it rather than let it run to its end.
             conn.broken = true;
-            let tls = proxy.pools.upstream_tls();
+            let tls = conn.tls.clone();
             if let Err(e) =
-                UpstreamConn::cancel(tls, conn.addr, conn.process_id, conn.secret_key).await
+                UpstreamConn::cancel(&tls, conn.addr, conn.process_id, conn.secret_key).await
             {
                 tracing::debug!(error = %e, "could not cancel an abandoned query");
             }
@@ -442,6 +457,7 @@ struct Ready {
     limits: SessionLimits,
     /// AuthenticationOk was sent already (a long wait for the server connection got a NOTICE).
     authenticated: bool,
+    pool: ServerPool,
 }
 
 /// The server connection a login leaves the session with.
@@ -603,11 +619,14 @@ async fn forward_cancel(proxy: &Proxy, key: ClientKey) {
     // As PostgreSQL, say nothing back either way.
     match proxy.cancels.lookup(key) {
         Some(ticket) => {
-            let upstream = ticket.upstream;
-            let tls = proxy.pools.upstream_tls();
-            if let Err(e) =
-                UpstreamConn::cancel(tls, upstream.addr, upstream.process_id, upstream.secret_key)
-                    .await
+            let upstream = &ticket.upstream;
+            if let Err(e) = UpstreamConn::cancel(
+                &upstream.tls,
+                upstream.addr,
+                upstream.process_id,
+                upstream.secret_key,
+            )
+            .await
             {
                 tracing::warn!(error = %e, "could not forward a cancel request upstream");
             } else {
@@ -644,10 +663,18 @@ async fn login(
             "pgtenant does not serve replication connections",
         ));
     }
-    let database = params
+    let requested = params
         .get("database")
         .or(params.get("user"))
         .unwrap_or_default();
+    let option = startup_settings(params)?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == TARGET_SESSION_ATTRS_PARAMETER)
+        .map(|(_, v)| v);
+    let request = route::request(requested, option.as_deref(), &proxy.config().replicas)
+        .map_err(|m| PgError::fatal(sqlstate::INVALID_PARAMETER_VALUE, m))?;
+    let database = request.database.as_str();
     if plaintext_password_refused(
         client.is_tls(),
         peer,
@@ -780,14 +807,15 @@ async fn login(
     let virtual_schema = virtual_schema_for(&config, &user.tenant, params)?;
     let token = TokenFacts::of(&claims);
     let limits = SessionLimits::resolve(&config.limits, &user.tenant.limits);
+    let mut pool = server_pool(proxy, &user, request.attrs).await?;
     proxy
         .pools
-        .set_server_settings(&user.tenant.role, limits.server_settings());
+        .set_server_settings(&pool.key, &pool.target, limits.server_settings());
     proxy.pools.wait_unpaused(&user.tenant.role).await;
     let transaction_pooling =
         user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction;
     if transaction_pooling {
-        if let Some(parameters) = login_without_server(proxy, &user, params) {
+        if let Some(parameters) = login_without_server(proxy, &pool, params) {
             let server = FirstServer::Later(parameters);
             return Ok(LoggedIn::Tenant(Box::new(Ready {
                 user,
@@ -796,6 +824,7 @@ async fn login(
                 token,
                 limits,
                 authenticated: false,
+                pool,
             })));
         }
     }
@@ -803,23 +832,41 @@ async fn login(
     // A long wait gets a NOTICE; libpq and the drivers read one only after AuthenticationOk.
     let mut authenticated = false;
     let queue_notice = QueueNotice::new(&proxy.config(), &user.tenant.slug);
-    let acquired = crate::limits::queue::wait_with_notice(
-        acquire_upstream(proxy, &user),
-        queue_notice.after,
-        async || {
-            let mut out = BytesMut::new();
-            protocol::write::authentication_ok(&mut out);
-            protocol::write::notice_response(
-                &mut out,
-                &queue_notice.notice(&proxy.pools, &user.tenant.role),
-            );
-            authenticated = true;
-            let _ = write_all(client, &out).await;
-        },
-    )
-    .await;
+    let acquired = loop {
+        let acquired = crate::limits::queue::wait_with_notice(
+            acquire_upstream(proxy, &user, &pool),
+            queue_notice.after,
+            async || {
+                let mut out = BytesMut::new();
+                if !authenticated {
+                    protocol::write::authentication_ok(&mut out);
+                }
+                protocol::write::notice_response(
+                    &mut out,
+                    &queue_notice.notice(&proxy.pools, &pool.key),
+                );
+                authenticated = true;
+                let _ = write_all(client, &out).await;
+            },
+        )
+        .await;
+        match acquired {
+            // A replica that cannot be reached after all: `prefer-standby` goes on with the primary.
+            Err(PoolError::Upstream(e))
+                if request.attrs == TargetSessionAttrs::PreferStandby
+                    && pool.cluster.is_replica() =>
+            {
+                tracing::info!(tenant = %user.tenant.slug, replica = %pool.key.cluster, error = %e, "replica unreachable; the session goes to the primary");
+                pool = primary_pool(proxy, &user).await?;
+                proxy
+                    .pools
+                    .set_server_settings(&pool.key, &pool.target, limits.server_settings());
+            }
+            other => break other,
+        }
+    };
     let mut checkout = acquired.map_err(|e| {
-        tracing::warn!(tenant = %user.tenant.slug, error = %e, "no server connection for a client");
+        tracing::warn!(tenant = %user.tenant.slug, cluster = %pool.key.cluster, error = %e, "no server connection for a client");
         e.to_client_error()
     })?;
     note_wait(proxy, &user, wait_started.elapsed());
@@ -832,7 +879,7 @@ async fn login(
         }
         proxy
             .pools
-            .remember_defaults(&user.tenant.role, &checkout.conn().parameters);
+            .remember_defaults(&pool.key, &checkout.conn().parameters);
     }
     if let Err(e) = apply_client_settings(checkout.conn(), params, virtual_schema.as_ref()).await {
         let reusable = checkout.conn().reset(TxStatus::Idle).await.is_ok();
@@ -847,7 +894,77 @@ async fn login(
         token,
         limits,
         authenticated,
+        pool,
     })))
+}
+
+/// The pool of the tenant's role on its primary.
+async fn primary_pool(proxy: &Proxy, user: &User) -> Result<ServerPool, PgError> {
+    let cluster = proxy.cluster(&user.tenant.cluster).await.map_err(|e| {
+        tracing::error!(tenant = %user.tenant.slug, cluster = %user.tenant.cluster, error = %e, "the tenant's cluster is not usable");
+        PgError::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("pgtenant cannot reach the cluster of organization \"{}\"", user.tenant.name),
+        )
+        .with_detail(e.to_string())
+    })?;
+    pool_on(cluster, user)
+}
+
+fn pool_on(
+    cluster: Arc<crate::clusters::ClusterEntry>,
+    user: &User,
+) -> Result<ServerPool, PgError> {
+    let target = cluster.target().map_err(|e| {
+        PgError::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "pgtenant cannot reach the tenant's cluster",
+        )
+        .with_detail(e.to_string())
+    })?;
+    Ok(ServerPool {
+        key: PoolKey::new(cluster.name().clone(), user.tenant.role.clone()),
+        target,
+        cluster,
+    })
+}
+
+/// Where the session's connections go: its primary, or a replica of it when the session asks for one and
+/// one is fit (see `clusters::route`).
+async fn server_pool(
+    proxy: &Proxy,
+    user: &User,
+    attrs: TargetSessionAttrs,
+) -> Result<ServerPool, PgError> {
+    let primary = primary_pool(proxy, user).await?;
+    if attrs == TargetSessionAttrs::Any {
+        return Ok(primary);
+    }
+    let max_lag = Duration::from_millis(proxy.config().replicas.max_replica_lag_ms);
+    match route::pick_replica(
+        &proxy.clusters.current(),
+        &proxy.replicas,
+        &user.tenant.cluster,
+        max_lag,
+    ) {
+        Ok((replica, lag_ms)) => {
+            tracing::debug!(tenant = %user.tenant.slug, replica = %replica.name(), lag_ms, "session goes to a replica");
+            pool_on(replica, user)
+        }
+        Err(why) if attrs == TargetSessionAttrs::PreferStandby => {
+            tracing::info!(tenant = %user.tenant.slug, cluster = %user.tenant.cluster, reason = %why, "no replica fit; the session goes to the primary");
+            Ok(primary)
+        }
+        Err(why) => Err(PgError::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "no replica of cluster \"{}\" can take a read-only session",
+                user.tenant.cluster
+            ),
+        )
+        .with_detail(why)
+        .with_hint("ask for prefer-standby to fall back to the primary, or try again")),
+    }
 }
 
 /// How long the parameters of a role's defaults are trusted for logins without a server connection (a
@@ -860,15 +977,15 @@ const ROLE_DEFAULTS_MAX_AGE: Duration = Duration::from_secs(60);
 /// to the default). Otherwise `None`, and the login takes a server connection to apply and check them.
 fn login_without_server(
     proxy: &Proxy,
-    user: &User,
+    pool: &ServerPool,
     params: &StartupParams,
 ) -> Option<Vec<(String, String)>> {
     let mut parameters = proxy
         .pools
-        .defaults(&user.tenant.role, ROLE_DEFAULTS_MAX_AGE)?;
+        .defaults(&pool.key, &pool.target, ROLE_DEFAULTS_MAX_AGE)?;
     for (name, value) in &params.params {
         match name.as_str() {
-            "user" | "database" | VIRTUAL_SCHEMA_PARAMETER => {}
+            "user" | "database" | VIRTUAL_SCHEMA_PARAMETER | TARGET_SESSION_ATTRS_PARAMETER => {}
             "application_name"
                 if value.len() < 64 && value.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
             {
@@ -893,29 +1010,83 @@ fn note_wait(proxy: &Proxy, user: &User, waited: Duration) {
     }
 }
 
-/// Takes a server connection for the user's tenant. If the tenant role's password no longer works (the
-/// tenant changed it), it is restored from the server secret and the login tried once more.
-async fn acquire_upstream(proxy: &Proxy, user: &User) -> Result<crate::pool::Checkout, PoolError> {
+/// Takes a server connection for the user's tenant from `pool`. If the tenant role's password no longer
+/// works (the tenant changed it), it is restored from the server secret on the cluster's primary and the
+/// login tried once more.
+async fn acquire_upstream(
+    proxy: &Proxy,
+    user: &User,
+    pool: &ServerPool,
+) -> Result<crate::pool::Checkout, PoolError> {
     let role = &user.tenant.role;
-    match proxy.pools.acquire(role).await {
+    match proxy.pools.acquire(&pool.key, &pool.target).await {
         Err(PoolError::Upstream(UpstreamError::Refused(fields)))
             if fields.code == sqlstate::INVALID_PASSWORD =>
         {
             let passwords = RolePasswords::new(proxy.config().server_secret());
-            if crate::tenancy::secret_check::is_wrong(&proxy.directory, &passwords).await {
-                // Restoring would lock out every pgtenant that has the right secret.
-                tracing::error!(tenant = %user.tenant.slug, %role, "upstream login refused, and upstream.server_secret differs from the one the tenants were set up with (role pgtenant_secret_check): not restoring the role's password");
-                return Err(PoolError::Upstream(UpstreamError::Refused(fields)));
-            }
-            tracing::warn!(tenant = %user.tenant.slug, %role, "tenant role password was changed outside pgtenant; restoring it");
             let verifier = passwords.verifier_for(role.as_str());
-            if let Err(e) = proxy.directory.restore_role_password(role, &verifier).await {
-                tracing::error!(error = %e, "could not restore the tenant role's password");
+            let restored = if user.tenant.cluster.is_default() {
+                restore_on_default(proxy, user, &passwords, &verifier).await
+            } else {
+                restore_on_cluster(proxy, user, &passwords, &verifier).await
+            };
+            if !restored {
                 return Err(PoolError::Upstream(UpstreamError::Refused(fields)));
             }
-            proxy.pools.acquire(role).await
+            proxy.pools.acquire(&pool.key, &pool.target).await
         }
         other => other,
+    }
+}
+
+/// Restores the tenant role's password on the default cluster; false if it must not or could not.
+async fn restore_on_default(
+    proxy: &Proxy,
+    user: &User,
+    passwords: &RolePasswords,
+    verifier: &str,
+) -> bool {
+    let role = &user.tenant.role;
+    if crate::tenancy::secret_check::is_wrong(&proxy.directory, passwords).await {
+        // Restoring would lock out every pgtenant that has the right secret.
+        tracing::error!(tenant = %user.tenant.slug, %role, "upstream login refused, and upstream.server_secret differs from the one the tenants were set up with (role pgtenant_secret_check): not restoring the role's password");
+        return false;
+    }
+    tracing::warn!(tenant = %user.tenant.slug, %role, "tenant role password was changed outside pgtenant; restoring it");
+    if let Err(e) = proxy.directory.restore_role_password(role, verifier).await {
+        tracing::error!(error = %e, "could not restore the tenant role's password");
+        return false;
+    }
+    true
+}
+
+/// Restores the tenant role's password on the tenant's cluster (its primary), checked against that
+/// cluster's `pgtenant_secret_check` role; false if it must not or could not.
+async fn restore_on_cluster(
+    proxy: &Proxy,
+    user: &User,
+    passwords: &RolePasswords,
+    verifier: &str,
+) -> bool {
+    use crate::tenancy::secret_check::{check_on, restore_role_password_on, SecretCheck};
+    let role = &user.tenant.role;
+    let restored = async {
+        let primary = proxy.cluster(&user.tenant.cluster).await?;
+        let admin = primary.connect_admin().await?;
+        if check_on(&admin, passwords).await? == SecretCheck::Differs {
+            tracing::error!(tenant = %user.tenant.slug, %role, cluster = %user.tenant.cluster, "upstream login refused, and upstream.server_secret differs from the one the cluster's tenants were set up with (role pgtenant_secret_check): not restoring the role's password");
+            return Ok(false);
+        }
+        tracing::warn!(tenant = %user.tenant.slug, %role, cluster = %user.tenant.cluster, "tenant role password was changed outside pgtenant; restoring it");
+        restore_role_password_on(&admin, role, verifier).await?;
+        Ok::<bool, crate::clusters::ClusterError>(true)
+    };
+    match restored.await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "could not restore the tenant role's password");
+            false
+        }
     }
 }
 
@@ -972,7 +1143,7 @@ async fn apply_client_settings(
 ) -> Result<(), PgError> {
     let settings: Vec<(String, String)> = startup_settings(params)?
         .into_iter()
-        .filter(|(k, _)| k != VIRTUAL_SCHEMA_PARAMETER)
+        .filter(|(k, _)| k != VIRTUAL_SCHEMA_PARAMETER && k != TARGET_SESSION_ATTRS_PARAMETER)
         .map(|(k, v)| match virtual_schema {
             // search_path naming the virtual schema means the tenant's.
             Some(vs) if k.eq_ignore_ascii_case("search_path") => {

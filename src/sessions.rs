@@ -19,6 +19,8 @@ pub struct SessionInfo {
     pub tenant_id: Uuid,
     pub tenant_slug: String,
     pub role: String,
+    /// The cluster its server connections go to (a replica's name for a read-only session).
+    pub cluster: String,
     pub backend_pid: i32,
     pub tls: bool,
     pub connected_at: SystemTime,

@@ -150,6 +150,8 @@ pub struct UpstreamConn {
     pub prepared: crate::txn::statements::ServerStatements,
     /// The limits it was opened with (startup parameters: `RESET` and `DISCARD ALL` come back to them).
     pub settings: crate::limits::ServerSettings,
+    /// The TLS settings it was opened with (a cancel request for it goes the same way).
+    pub tls: std::sync::Arc<UpstreamTls>,
 }
 
 impl UpstreamConn {
@@ -187,6 +189,7 @@ impl UpstreamConn {
             broken: false,
             prepared: Default::default(),
             settings: login.settings,
+            tls: std::sync::Arc::new(target.tls.clone()),
         };
         tokio::time::timeout(target.connect_timeout, conn.startup(target, login))
             .await

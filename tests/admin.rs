@@ -4,24 +4,7 @@
 mod common;
 
 use common::*;
-use pgtenant::auth::{mint_hs256, MintRequest};
 use std::time::Duration;
-
-fn admin_token() -> String {
-    mint_hs256(
-        JWT_SECRET.as_bytes(),
-        &MintRequest {
-            sub: "platform-operator".into(),
-            email: Some("ops@platform.test".into()),
-            ttl: Duration::from_secs(600),
-            admin: true,
-            audience: None,
-            issuer: None,
-        },
-        "pgtenant_admin",
-    )
-    .expect("mint")
-}
 
 fn admin_conninfo(proxy: &TestProxy) -> String {
     format!(
@@ -29,18 +12,6 @@ fn admin_conninfo(proxy: &TestProxy) -> String {
         proxy.addr.port(),
         admin_token()
     )
-}
-
-/// Runs admin commands with psql; returns (success, stdout, stderr). `-A -t` output: one row per line,
-/// columns separated by `|`.
-async fn psql_admin(proxy: &TestProxy, commands: &[&str]) -> (bool, String, String) {
-    let conninfo = admin_conninfo(proxy);
-    let mut args: Vec<&str> = vec![&conninfo, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"];
-    for c in commands {
-        args.push("-c");
-        args.push(c);
-    }
-    run_program(&client_program("psql"), &args, &[], None).await
 }
 
 async fn admin_ok(proxy: &TestProxy, command: &str) -> String {
@@ -63,12 +34,30 @@ async fn every_command_answers_through_psql() {
         "SUSPEND TENANT",
         "CHECK TENANTS",
         "RELOAD",
+        "SHOW CLUSTERS",
+        "ADD CLUSTER",
     ] {
         assert!(help.contains(form), "HELP lacks {form}: {help}");
     }
     assert!(admin_ok(&proxy, "SHOW VERSION")
         .await
         .starts_with("pgtenant "));
+    // One cluster: the default one, [upstream]'s.
+    let clusters = admin_ok(&proxy, "SHOW CLUSTERS").await;
+    let fields: Vec<&str> = clusters.trim().split('|').collect();
+    assert_eq!(fields[0..3], ["default", "primary", ""], "{clusters}");
+    assert_eq!(
+        fields[3],
+        format!("127.0.0.1:{}/{}", db.config.upstream.port, db.name),
+        "{clusters}"
+    );
+    assert_eq!(fields.last().copied(), Some("ok"), "{clusters}");
+    let (ok, _, stderr) = psql_admin(
+        &proxy,
+        &["CREATE TENANT 'x' ADMIN 'x@x.test' ON CLUSTER nowhere"],
+    )
+    .await;
+    assert!(!ok && stderr.contains("no cluster \"nowhere\""), "{stderr}");
 
     let created = admin_ok(
         &proxy,

@@ -109,6 +109,7 @@ async fn onboard_on(
             admin_email: email.clone(),
             slug: None,
             ddl_allowed,
+            cluster: None,
         },
     )
     .await
@@ -1466,7 +1467,7 @@ async fn dry_run_and_status_and_onboarding_during_a_fan_out() {
         .await
         .expect("dry run")
         .into_iter()
-        .map(|(t, files)| (t.slug, files.iter().map(|f| f.version).collect()))
+        .map(|(t, files)| (t.tenant.slug, files.iter().map(|f| f.version).collect()))
         .collect();
     let mut want: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for t in fillers.iter().chain([&a]) {

@@ -1,10 +1,12 @@
 //! Secrets stay secret: one run through the paths that handle them (logins with good and bad tokens in both
 //! pooling modes, admin logins and every SHOW, /metrics, an upstream login refused because the server
-//! secret is wrong, a server connection killed, a tenant changing its own role's password), with pgtenant's
+//! secret is wrong, a server connection killed, a tenant changing its own role's password, a second cluster
+//! added with an admin password of its own from `[clusters.<name>]`, a tenant placed and served there, and
+//! a pgtenant with a wrong cluster password running SHOW CLUSTERS and MIGRATE TENANTS), with pgtenant's
 //! log captured at TRACE (and tokio-postgres's at DEBUG). Then every byte pgtenant produced (log lines, error
 //! messages with their detail and hint, SHOW output, the metrics page) is searched for every secret the run
-//! used: the JWT secret, the server secret, the superuser's password, each token (and its signature), and the
-//! tenant roles' derived passwords. None may appear.
+//! used: the JWT secret, the server secret, the superuser's password, the cluster admin passwords (right and
+//! wrong), each token (and its signature), and the tenant roles' derived passwords. None may appear.
 
 mod common;
 
@@ -137,14 +139,54 @@ async fn no_secret_appears_in_logs_errors_show_output_or_metrics() {
             passwords.password_for(t.onboarded.role.as_str()),
         ));
     }
+    // A second cluster whose admin role has a password of its own, given in [clusters.secretsb]; the
+    // transaction-pooling pgtenant has a wrong one.
+    let extra = ExtraCluster::primary().await;
+    let cluster_password = "cluster-admin-password-0123456789xyz";
+    let wrong_cluster_password = "wrong-cluster-password-0123456789xyz";
+    secrets.push((
+        "cluster secretsb's admin password".into(),
+        cluster_password.into(),
+    ));
+    secrets.push((
+        "a wrong cluster admin password".into(),
+        wrong_cluster_password.into(),
+    ));
+    extra
+        .superuser()
+        .await
+        // As a verifier: this statement is in the (captured) log of the test's own client.
+        .batch_execute(&format!(
+            "CREATE ROLE b_admin SUPERUSER LOGIN PASSWORD '{}'",
+            pgtenant::scram::verifier(
+                cluster_password,
+                &pgtenant::scram::random_salt(),
+                std::num::NonZeroU32::new(4096).expect("nonzero")
+            )
+        ))
+        .await
+        .expect("cluster admin role");
+    let cluster_secret = |c: &mut pgtenant::config::Config, password: &str| {
+        c.clusters.insert(
+            "secretsb".into(),
+            pgtenant::config::ClusterSecrets {
+                admin_password: Some(pgtenant::config::Secret::new(password)),
+            },
+        );
+    };
     let metrics_port = pgtenant::pgcluster::free_port().expect("port");
     // No leeway, so that a token expired two seconds ago is refused.
     let session = TestProxy::start_with(|c| {
         c.auth.leeway_secs = 0;
         c.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port)));
+        cluster_secret(c, cluster_password);
     })
     .await;
-    let txn = txn_proxy_with(2, |c| c.auth.leeway_secs = 0).await;
+    let txn = txn_proxy_with(2, |c| {
+        c.auth.leeway_secs = 0;
+        cluster_secret(c, wrong_cluster_password);
+    })
+    .await;
 
     // Good logins and queries, both modes, with a notice and an error from the server.
     for (proxy, tenant) in [(&session, &a), (&txn, &b)] {
@@ -230,8 +272,67 @@ async fn no_secret_appears_in_logs_errors_show_output_or_metrics() {
         seen += &error_text(&e);
     }
     admin_config.password(&admin);
+    let mut txn_admin_config = tokio_postgres::Config::new();
+    txn_admin_config
+        .host("127.0.0.1")
+        .port(txn.addr.port())
+        .user("operator")
+        .dbname("pgtenant")
+        .password(&admin);
     let admin_client = connect(admin_config).await;
+    // The cluster added, a tenant placed on it and served; the other pgtenant's wrong password shows as
+    // a refused admin login there, without the password.
+    seen += &simple_text(
+        &admin_client,
+        &format!(
+            "ADD CLUSTER secretsb HOST '127.0.0.1' PORT {} DATABASE '{DATABASE}' USER 'b_admin'",
+            extra.port()
+        ),
+    )
+    .await;
+    let mut placed_config = session.config.clone();
+    cluster_secret(&mut placed_config, cluster_password);
+    let on_b = {
+        let email = format!("owner-{}@secrets-b.test", uuid::Uuid::new_v4().simple());
+        let onboarded = pgtenant::tenancy::onboard(
+            &mut superuser().await,
+            &placed_config,
+            &pgtenant::tenancy::OnboardRequest {
+                name: format!("Secrets On B {}", uuid::Uuid::new_v4().simple()),
+                admin_email: email.clone(),
+                slug: None,
+                ddl_allowed: None,
+                cluster: Some("secretsb".into()),
+            },
+        )
+        .await
+        .expect("onboard on secretsb");
+        TestTenant { email, onboarded }
+    };
+    secrets.push((
+        "the role password of the tenant on secretsb".into(),
+        passwords.password_for(on_b.onboarded.role.as_str()),
+    ));
+    let on_b_token = on_b.token();
+    note_token(&mut secrets, "the secretsb tenant's token", &on_b_token);
+    for proxy in [&session, &txn] {
+        match proxy.try_connect(&on_b.email, &on_b_token).await {
+            Ok(client) => {
+                seen += &simple_text(&client, "SELECT current_user, inet_server_port()").await
+            }
+            Err(e) => seen += &error_text(&e),
+        }
+    }
+    let txn_admin = connect(txn_admin_config).await;
+    let refused_cluster = simple_text(&txn_admin, "SHOW CLUSTERS").await;
+    assert!(
+        refused_cluster.contains("password authentication failed"),
+        "the wrong cluster password is refused: {refused_cluster}"
+    );
+    seen += &refused_cluster;
+    seen += &simple_text(&txn_admin, "MIGRATE TENANTS").await;
     for show in [
+        "SHOW CLUSTERS",
         "SHOW CONFIG",
         "SHOW CLIENTS",
         "SHOW SERVERS",

@@ -143,7 +143,7 @@ async fn ended_with(
         .unwrap_or_else(|| panic!("{what}: not a server error: {error}"))
 }
 
-/// The tenant's SHOW POOLS row: tenant|role|active|idle|waiting|server_connections|limit.
+/// The tenant's SHOW POOLS row: tenant|role|active|idle|waiting|server_connections|limit|cluster.
 async fn pool_row(proxy: &TestProxy, tenant: &TestTenant) -> Option<String> {
     let admin = admin_client(proxy).await;
     simple_rows(&admin, "SHOW POOLS")
@@ -588,7 +588,7 @@ async fn a_queued_client_gets_a_notice_while_it_waits_in_both_modes() {
         )
     );
     let row = pool_row(&proxy, &tenant).await.expect("pool row");
-    assert!(row.ends_with("|1|0|1|1|1"), "one waits: {row}");
+    assert!(row.ends_with("|1|0|1|1|1|default"), "one waits: {row}");
     drop(holder);
     loop {
         let (tag, body) = read_raw(&mut raw, "the rest of the login").await;
@@ -654,7 +654,10 @@ async fn show_pools_and_metrics_show_connections_against_the_limit() {
     let second = proxy.connect(&tenant).await;
     let role = tenant.onboarded.role.as_str();
     let row = pool_row(&proxy, &tenant).await.expect("pool row");
-    assert_eq!(row, format!("{}|{role}|2|0|0|2|3", tenant.onboarded.slug));
+    assert_eq!(
+        row,
+        format!("{}|{role}|2|0|0|2|3|default", tenant.onboarded.slug)
+    );
     let admin = admin_client(&proxy).await;
     let header: Vec<String> = admin
         .simple_query("SHOW POOLS")
@@ -677,18 +680,19 @@ async fn show_pools_and_metrics_show_connections_against_the_limit() {
             "idle",
             "waiting",
             "server_connections",
-            "limit"
+            "limit",
+            "cluster"
         ]
     );
     let metrics = pgtenant::metrics_http::render(&proxy.proxy);
     assert!(
         metrics.contains(&format!(
-            "pgtenant_server_connections_limit{{role=\"{role}\"}} 3"
+            "pgtenant_server_connections_limit{{role=\"{role}\",cluster=\"default\"}} 3"
         )),
         "{metrics}"
     );
     assert!(metrics.contains(&format!(
-        "pgtenant_server_connections{{role=\"{role}\",state=\"active\"}} 2"
+        "pgtenant_server_connections{{role=\"{role}\",cluster=\"default\",state=\"active\"}} 2"
     )));
     assert!(metrics.contains("# TYPE pgtenant_limit_cancels_total counter"));
     drop((first, second));

@@ -222,6 +222,7 @@ async fn onboard_ssl(label: &str) -> TestTenant {
             admin_email: email.clone(),
             slug: None,
             ddl_allowed: None,
+            cluster: None,
         },
     )
     .await
@@ -541,11 +542,14 @@ async fn verify_full_refuses_another_name_with_08006_and_a_log_line() {
     // The tenant pool on its own (what serves a session once the directory answered).
     let pools = pgtenant::pool::PoolManager::new(
         config.pool.clone(),
-        target(&config),
         pgtenant::tenancy::credentials::RolePasswords::new(config.server_secret()),
     );
+    let key = pgtenant::pool::PoolKey::new(
+        pgtenant::clusters::ClusterName::default_cluster(),
+        tenant.onboarded.role.clone(),
+    );
     let err = pools
-        .acquire(&tenant.onboarded.role)
+        .acquire(&key, &std::sync::Arc::new(target(&config)))
         .await
         .map(|_| ())
         .expect_err("tenant connection refused");

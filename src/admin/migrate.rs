@@ -31,8 +31,12 @@ pub async fn run(
     notices: Notices,
 ) -> Result<Reply, PgError> {
     let config = proxy.config();
-    let migrator =
-        TenantMigrator::new(&config, config.migrations.concurrency).map_err(migrate_error)?;
+    let migrator = TenantMigrator::with_clusters(
+        &config,
+        config.migrations.concurrency,
+        (*proxy.clusters.current()).clone(),
+    )
+    .map_err(migrate_error)?;
     if dry_run {
         let plan = migrator
             .dry_run(tenant.as_deref())
@@ -44,7 +48,11 @@ pub async fn run(
                 .iter()
                 .map(|m| format!("V{}__{}", m.version, m.name))
                 .collect();
-            table.row(vec![text(&t.slug), text(&t.schema), text(names.join(", "))]);
+            table.row(vec![
+                text(&t.tenant.slug),
+                text(&t.tenant.schema),
+                text(names.join(", ")),
+            ]);
         }
         return Ok(Reply::Rows {
             table,
@@ -73,6 +81,24 @@ pub async fn run(
             text("busy"),
             text("another migrator holds its lock"),
         ]);
+    }
+    for (slug, cluster) in &report.pending {
+        table.row(vec![
+            text(slug),
+            text("pending"),
+            text(format!(
+                "cluster {cluster} is down; the next run migrates it"
+            )),
+        ]);
+    }
+    for (cluster, c) in &report.clusters {
+        if let Some(why) = &c.down {
+            table.row(vec![
+                text(format!("(cluster {cluster})")),
+                text("down"),
+                text(format!("{why}; {} tenants pending", c.pending)),
+            ]);
+        }
     }
     table.row(vec![
         text("(all)"),

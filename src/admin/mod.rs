@@ -5,6 +5,7 @@
 //! and [`migrate`] (which call the same library functions as the CLI), and answered as text columns. Long
 //! commands stream progress as NOTICE messages while they run.
 
+mod clusters;
 mod logins;
 mod migrate;
 pub mod parse;
@@ -268,7 +269,10 @@ async fn execute(proxy: Arc<Proxy>, command: Command, notices: Notices) -> Resul
             name,
             admin_email,
             ddl,
-        } => tenants::create(&proxy, name, admin_email, ddl).await,
+            cluster,
+        } => tenants::create(&proxy, name, admin_email, ddl, cluster).await,
+        Command::ShowClusters => clusters::show(&proxy).await,
+        Command::AddCluster(request) => clusters::add(&proxy, &request).await,
         Command::SuspendTenant { tenant } => tenants::suspend(&proxy, &tenant).await,
         Command::ResumeTenant { tenant } => tenants::resume(&proxy, &tenant).await,
         Command::DropTenant { tenant, confirm } => {

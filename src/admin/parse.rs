@@ -19,7 +19,13 @@ pub enum Command {
         name: String,
         admin_email: String,
         ddl: bool,
+        /// `ON CLUSTER c`; `None`: as `tenancy.placement` says.
+        cluster: Option<String>,
     },
+    /// Every cluster: role, address, status, tenants, connections, size, replica lag.
+    ShowClusters,
+    /// Check a cluster and record it in the directory.
+    AddCluster(crate::clusters::ops::AddCluster),
     Migrate {
         tenant: Option<String>,
         dry_run: bool,
@@ -122,8 +128,16 @@ pub const FORMS: &[(&str, &str)] = &[
     ),
     ("ENABLE USER 'email'", "let a disabled user log in again"),
     (
-        "CREATE TENANT 'name' ADMIN 'email' [NO DDL]",
-        "onboard a tenant: organization, role, schema, migrations, admin user",
+        "CREATE TENANT 'name' ADMIN 'email' [NO DDL] [ON CLUSTER c]",
+        "onboard a tenant: organization, role, schema, migrations, admin user (on a cluster, or by tenancy.placement)",
+    ),
+    (
+        "SHOW CLUSTERS",
+        "every cluster: role, address, status, tenants, server connections, size, replica lag",
+    ),
+    (
+        "ADD CLUSTER name HOST 'h' [PORT n] [DATABASE 'd'] [USER 'u'] [SSLMODE m] [SSLROOTCERT 'f'] [SSLCERT 'f' SSLKEY 'f'] [REPLICA OF primary]",
+        "check a cluster (a primary gets its guards) and record it; its password comes from [clusters.name]",
     ),
     (
         "MIGRATE TENANTS [DRY RUN]",
@@ -357,9 +371,11 @@ fn syntax(form: &str, got: &[Token]) -> SyntaxError {
 fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
     let mut c = Cursor { tokens, pos: 0 };
     let command = if c.keyword("SHOW") {
-        let form = "SHOW TENANTS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION | LOGINS | LIMITS";
+        let form = "SHOW TENANTS | CLUSTERS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION | LOGINS | LIMITS";
         if c.keyword("TENANTS") {
             Command::ShowTenants
+        } else if c.keyword("CLUSTERS") {
+            Command::ShowClusters
         } else if c.keyword("POOLS") {
             Command::ShowPools
         } else if c.keyword("CLIENTS") {
@@ -382,7 +398,7 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
             return Err(syntax(form, tokens));
         }
     } else if c.keyword("CREATE") {
-        let form = "CREATE TENANT 'name' ADMIN 'email' [NO DDL]";
+        let form = "CREATE TENANT 'name' ADMIN 'email' [NO DDL] [ON CLUSTER c]";
         if !c.keyword("TENANT") {
             return Err(syntax(form, tokens));
         }
@@ -396,11 +412,74 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
             return Err(syntax(form, tokens));
         };
         let ddl = !c.keywords(&["NO", "DDL"]);
+        let cluster = if c.keywords(&["ON", "CLUSTER"]) {
+            match c.name() {
+                Some(name) => Some(name),
+                None => return Err(syntax(form, tokens)),
+            }
+        } else {
+            None
+        };
         Command::CreateTenant {
             name,
             admin_email,
             ddl,
+            cluster,
         }
+    } else if c.keyword("ADD") {
+        let form = "ADD CLUSTER name HOST 'h' [PORT n] [DATABASE 'd'] [USER 'u'] [SSLMODE m] [SSLROOTCERT 'f'] [SSLCERT 'f' SSLKEY 'f'] [REPLICA OF primary]";
+        if !c.keyword("CLUSTER") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(name) = c.name() else {
+            return Err(syntax(form, tokens));
+        };
+        let mut add = crate::clusters::ops::AddCluster {
+            name,
+            host: String::new(),
+            port: 5432,
+            database: None,
+            admin_user: None,
+            sslmode: None,
+            sslrootcert: None,
+            sslcert: None,
+            sslkey: None,
+            replica_of: None,
+        };
+        let mut host = None;
+        while !c.done() {
+            let value = |c: &mut Cursor<'_>| c.name().ok_or_else(|| syntax(form, tokens));
+            if c.keyword("HOST") {
+                host = Some(value(&mut c)?);
+            } else if c.keyword("PORT") {
+                add.port = value(&mut c)?
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| syntax(form, tokens))?;
+            } else if c.keyword("DATABASE") {
+                add.database = Some(value(&mut c)?);
+            } else if c.keyword("USER") {
+                add.admin_user = Some(value(&mut c)?);
+            } else if c.keyword("SSLMODE") {
+                add.sslmode = Some(
+                    crate::clusters::parse_sslmode(&value(&mut c)?.to_ascii_lowercase())
+                        .ok_or_else(|| syntax(form, tokens))?,
+                );
+            } else if c.keyword("SSLROOTCERT") {
+                add.sslrootcert = Some(value(&mut c)?.into());
+            } else if c.keyword("SSLCERT") {
+                add.sslcert = Some(value(&mut c)?.into());
+            } else if c.keyword("SSLKEY") {
+                add.sslkey = Some(value(&mut c)?.into());
+            } else if c.keywords(&["REPLICA", "OF"]) {
+                add.replica_of = Some(value(&mut c)?);
+            } else {
+                return Err(syntax(form, tokens));
+            }
+        }
+        add.host = host.ok_or_else(|| syntax(form, tokens))?;
+        Command::AddCluster(add)
     } else if c.keyword("MIGRATE") {
         let form = "MIGRATE TENANTS [DRY RUN] | MIGRATE TENANT x [DRY RUN]";
         let tenant = if c.keyword("TENANTS") || c.keyword("ALL") {
@@ -590,9 +669,48 @@ mod tests {
             vec![Command::CreateTenant {
                 name: "Acme 'Corp'".into(),
                 admin_email: "a@b.c".into(),
-                ddl: false
+                ddl: false,
+                cluster: None,
             }]
         );
+        assert_eq!(
+            parse("create tenant x admin 'a@b.c' on cluster eu2; SHOW CLUSTERS").expect("ok"),
+            vec![
+                Command::CreateTenant {
+                    name: "x".into(),
+                    admin_email: "a@b.c".into(),
+                    ddl: true,
+                    cluster: Some("eu2".into()),
+                },
+                Command::ShowClusters
+            ]
+        );
+        assert_eq!(
+            parse("ADD CLUSTER eu2_r1 HOST '10.0.0.3' PORT 5433 REPLICA OF eu2 SSLMODE verify-full SSLROOTCERT '/etc/ca.crt'")
+                .expect("ok"),
+            vec![Command::AddCluster(crate::clusters::ops::AddCluster {
+                name: "eu2_r1".into(),
+                host: "10.0.0.3".into(),
+                port: 5433,
+                database: None,
+                admin_user: None,
+                sslmode: Some(crate::upstream_tls::SslMode::VerifyFull),
+                sslrootcert: Some("/etc/ca.crt".into()),
+                sslcert: None,
+                sslkey: None,
+                replica_of: Some("eu2".into()),
+            })]
+        );
+        for bad in [
+            "ADD CLUSTER eu2",
+            "ADD CLUSTER eu2 HOST h PORT x",
+            "ADD CLUSTER eu2 HOST h SSLMODE sometimes",
+            "ADD CLUSTER eu2 HOST h REPLICA",
+            "CREATE TENANT x ADMIN 'a@b.c' ON CLUSTER",
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.hint.contains("CLUSTER"), "{bad}: {err:?}");
+        }
         assert_eq!(
             parse("migrate tenants dry run").expect("ok"),
             vec![Command::Migrate {

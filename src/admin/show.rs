@@ -32,23 +32,26 @@ pub fn pretty_size(bytes: i64) -> String {
     format!("{:.0} {}", size, UNITS[unit])
 }
 
-/// Server connections (active, idle) per role in this pgtenant.
+/// Server connections (active, idle) per role in this pgtenant, on every cluster.
 fn servers_by_role(proxy: &Proxy) -> HashMap<String, (usize, usize)> {
-    proxy
-        .pools
-        .stats()
-        .into_iter()
-        .map(|s| (s.role.as_str().to_string(), (s.active, s.idle)))
-        .collect()
+    let mut by_role: HashMap<String, (usize, usize)> = HashMap::new();
+    for s in proxy.pools.stats() {
+        let e = by_role.entry(s.role.as_str().to_string()).or_default();
+        e.0 += s.active;
+        e.1 += s.idle;
+    }
+    by_role
 }
 
 pub async fn tenants(proxy: &Proxy) -> Result<Reply, PgError> {
     let admin = proxy.directory.admin().await.map_err(db_error)?;
-    let listing = ops::list_tenants(&admin).await.map_err(db_error)?;
+    let listing = ops::list_tenants(&admin, &proxy.clusters.current())
+        .await
+        .map_err(db_error)?;
     let clients = proxy.sessions.count_by_tenant();
     let servers = servers_by_role(proxy);
     let mut table = Table::new(&[
-        "name", "slug", "schema", "status", "version", "size", "clients", "servers",
+        "name", "slug", "schema", "status", "version", "size", "clients", "servers", "cluster",
     ]);
     for l in listing {
         let (active, idle) = servers
@@ -59,11 +62,15 @@ pub async fn tenants(proxy: &Proxy) -> Result<Reply, PgError> {
             text(&l.tenant.name),
             text(&l.tenant.slug),
             text(&l.tenant.schema),
-            text(&l.tenant.status),
+            text(l.tenant.status),
             l.version.map(|v| v.to_string()),
-            text(pretty_size(l.size_bytes)),
+            l.size_bytes.map(pretty_size),
             text(clients.get(&l.tenant.id).copied().unwrap_or(0)),
             text(active + idle),
+            text(match &l.cluster_error {
+                None => l.tenant.cluster.to_string(),
+                Some(e) => format!("{} (down: {e})", l.tenant.cluster),
+            }),
         ]);
     }
     Ok(rows(table))
@@ -71,14 +78,18 @@ pub async fn tenants(proxy: &Proxy) -> Result<Reply, PgError> {
 
 pub async fn pools(proxy: &Proxy) -> Result<Reply, PgError> {
     let admin = proxy.directory.admin().await.map_err(db_error)?;
-    let slugs: HashMap<String, String> = ops::list_tenants(&admin)
+    let slugs: HashMap<String, String> = admin
+        .query(
+            "SELECT role_name::text, slug FROM pgtenant.organizations",
+            &[],
+        )
         .await
         .map_err(db_error)?
         .into_iter()
-        .map(|l| (l.tenant.role.as_str().to_string(), l.tenant.slug))
+        .map(|r| (r.get(0), r.get(1)))
         .collect();
     let mut stats = proxy.pools.stats();
-    stats.sort_by(|a, b| a.role.cmp(&b.role));
+    stats.sort_by(|a, b| (&a.role, &a.cluster).cmp(&(&b.role, &b.cluster)));
     let mut table = Table::new(&[
         "tenant",
         "role",
@@ -87,6 +98,7 @@ pub async fn pools(proxy: &Proxy) -> Result<Reply, PgError> {
         "waiting",
         "server_connections",
         "limit",
+        "cluster",
     ]);
     for s in stats {
         table.row(vec![
@@ -97,6 +109,7 @@ pub async fn pools(proxy: &Proxy) -> Result<Reply, PgError> {
             text(s.waiting),
             text(s.server_connections()),
             text(s.limit),
+            text(&s.cluster),
         ]);
     }
     Ok(rows(table))
@@ -139,6 +152,7 @@ pub fn clients(proxy: &Proxy) -> Reply {
         "tls",
         "backend_pid",
         "connected_seconds",
+        "cluster",
     ]);
     for s in proxy.sessions.list() {
         table.row(vec![
@@ -149,6 +163,7 @@ pub fn clients(proxy: &Proxy) -> Reply {
             text(s.tls),
             text(s.backend_pid),
             text(seconds_since(s.connected_at)),
+            text(&s.cluster),
         ]);
     }
     rows(table)
@@ -162,6 +177,7 @@ pub fn servers(proxy: &Proxy) -> Reply {
         "client_id",
         "idle_seconds",
         "age_seconds",
+        "cluster",
     ]);
     for s in proxy.sessions.list() {
         table.row(vec![
@@ -171,16 +187,18 @@ pub fn servers(proxy: &Proxy) -> Reply {
             text(s.id),
             None,
             None,
+            text(&s.cluster),
         ]);
     }
-    for (role, pid, idle, age) in proxy.pools.idle_servers() {
+    for (key, pid, idle, age) in proxy.pools.idle_servers() {
         table.row(vec![
-            text(role),
+            text(&key.role),
             text(pid),
             text("idle"),
             None,
             text(idle),
             text(age),
+            text(&key.cluster),
         ]);
     }
     rows(table)
@@ -190,11 +208,13 @@ pub async fn migrations(proxy: &Proxy, tenant: Option<&str>) -> Result<Reply, Pg
     let config = proxy.config();
     match tenant {
         None => {
-            let migrator = TenantMigrator::new(&config, 1)
-                .map_err(|e| PgError::error("58030", e.to_string()))?;
+            let migrator =
+                TenantMigrator::with_clusters(&config, 1, (*proxy.clusters.current()).clone())
+                    .map_err(|e| PgError::error("58030", e.to_string()))?;
             let status = migrator.status(None).await.map_err(db_error)?;
-            let mut table =
-                Table::new(&["tenant", "schema", "status", "version", "latest", "pending"]);
+            let mut table = Table::new(&[
+                "tenant", "schema", "status", "version", "latest", "pending", "cluster",
+            ]);
             let latest = migrator.latest();
             for t in status {
                 let pending: Vec<String> = t.pending.iter().map(|v| v.to_string()).collect();
@@ -205,6 +225,10 @@ pub async fn migrations(proxy: &Proxy, tenant: Option<&str>) -> Result<Reply, Pg
                     t.version.map(|v| v.to_string()),
                     latest.map(|v| v.to_string()),
                     text(pending.join(",")),
+                    text(match &t.cluster_down {
+                        None => t.cluster.to_string(),
+                        Some(e) => format!("{} (down: {e})", t.cluster),
+                    }),
                 ]);
             }
             Ok(rows(table))
@@ -214,14 +238,17 @@ pub async fn migrations(proxy: &Proxy, tenant: Option<&str>) -> Result<Reply, Pg
             let tenant = ops::find_tenant(&admin, selector).await.map_err(|e| {
                 PgError::error(crate::protocol::sqlstate::UNDEFINED_OBJECT, e.to_string())
             })?;
-            let history = admin
-                .query(
-                    "SELECT version, name, checksum, applied_at::text, duration_ms
-                     FROM pgtenant.tenant_migrations WHERE organization_id = $1 ORDER BY version",
-                    &[&tenant.id],
-                )
-                .await
-                .map_err(db_error)?;
+            // The history lives on the tenant's cluster.
+            let sql = "SELECT version, name, checksum, applied_at::text, duration_ms
+                       FROM pgtenant.tenant_migrations WHERE organization_id = $1 ORDER BY version";
+            let history = if tenant.cluster.is_default() {
+                admin.query(sql, &[&tenant.id]).await.map_err(db_error)?
+            } else {
+                drop(admin);
+                let entry = proxy.cluster(&tenant.cluster).await.map_err(db_error)?;
+                let client = entry.connect_admin().await.map_err(db_error)?;
+                client.query(sql, &[&tenant.id]).await.map_err(db_error)?
+            };
             let mut table =
                 Table::new(&["version", "name", "checksum", "applied_at", "duration_ms"]);
             for r in history {

@@ -13,7 +13,7 @@ fn op_error(e: TenantOpError) -> PgError {
             PgError::error(sqlstate::INSUFFICIENT_PRIVILEGE, e.to_string())
         }
         TenantOpError::Db(e) => db_error(e),
-        TenantOpError::UpstreamTls(_) => {
+        TenantOpError::UpstreamTls(_) | TenantOpError::Cluster(_) => {
             PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
         }
     }
@@ -28,20 +28,36 @@ pub async fn create(
     name: String,
     admin_email: String,
     ddl: bool,
+    cluster: Option<String>,
 ) -> Result<Reply, PgError> {
     let config = proxy.config();
+    if cluster
+        .as_deref()
+        .is_some_and(|c| c != crate::clusters::DEFAULT_CLUSTER)
+        || config.tenancy.placement != crate::config::Placement::Default
+    {
+        // The directory's clusters as they are now.
+        if let Err(e) = proxy.clusters.reload(&proxy.directory, &config).await {
+            return Err(PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string()));
+        }
+    }
+    let clusters = proxy.clusters.current();
     let mut admin = proxy.directory.admin().await.map_err(db_error)?;
     let request = OnboardRequest {
         name,
         admin_email,
         slug: None,
         ddl_allowed: (!ddl).then_some(false),
+        cluster,
     };
-    let done = tenancy::onboard(&mut admin, &config, &request)
+    let done = tenancy::onboard_with(&mut admin, &config, &clusters, &request)
         .await
         .map_err(|e| match e {
-            OnboardError::EmptyName | OnboardError::BadEmail(_) => {
+            OnboardError::EmptyName | OnboardError::BadEmail(_) | OnboardError::NotAPrimary(_) => {
                 PgError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
+            }
+            OnboardError::Cluster(crate::clusters::ClusterError::Unknown(_)) => {
+                PgError::error(sqlstate::UNDEFINED_OBJECT, e.to_string())
             }
             OnboardError::SlugTaken(_) | OnboardError::EmailTaken(_) => {
                 PgError::error("42710", e.to_string())
@@ -55,6 +71,7 @@ pub async fn create(
         "organization_id",
         "admin_user_id",
         "migrations",
+        "cluster",
     ]);
     table.row(vec![
         text(&done.slug),
@@ -63,6 +80,7 @@ pub async fn create(
         text(done.organization_id),
         text(done.admin_user_id),
         text(done.migrations_applied),
+        text(&done.cluster),
     ]);
     Ok(Reply::Rows {
         table,
@@ -87,7 +105,10 @@ pub async fn suspend(proxy: &Proxy, selector: &str) -> Result<Reply, PgError> {
 
 pub async fn resume(proxy: &Proxy, selector: &str) -> Result<Reply, PgError> {
     let mut admin = proxy.directory.admin().await.map_err(db_error)?;
-    ops::resume(&mut admin, selector).await.map_err(op_error)?;
+    let clusters = proxy.clusters.current();
+    ops::resume(&mut admin, &clusters, selector)
+        .await
+        .map_err(op_error)?;
     proxy.directory.invalidate();
     Ok(Reply::Done {
         tag: "RESUME TENANT".into(),
@@ -96,13 +117,16 @@ pub async fn resume(proxy: &Proxy, selector: &str) -> Result<Reply, PgError> {
 
 pub async fn drop(proxy: &Proxy, selector: &str, confirm: Option<&str>) -> Result<Reply, PgError> {
     let mut admin = proxy.directory.admin().await.map_err(db_error)?;
+    let clusters = proxy.clusters.current();
     let (tenant, tag) = match confirm {
         None => (
-            ops::archive(&mut admin, selector).await.map_err(op_error)?,
+            ops::archive(&mut admin, &clusters, selector)
+                .await
+                .map_err(op_error)?,
             "ARCHIVE TENANT",
         ),
         Some(word) => (
-            ops::drop_tenant(&mut admin, selector, word)
+            ops::drop_tenant(&mut admin, &clusters, selector, word)
                 .await
                 .map_err(op_error)?,
             "DROP TENANT",
@@ -129,12 +153,12 @@ pub async fn check(proxy: &Proxy, notices: &Notices) -> Result<Reply, PgError> {
     let results = ops::check_tenants_with(
         &admin,
         &config,
-        proxy.pools.upstream_tls(),
+        &proxy.clusters.current(),
         config.migrations.concurrency,
     )
     .await
     .map_err(op_error)?;
-    let mut table = Table::new(&["tenant", "schema", "status", "health", "ms"]);
+    let mut table = Table::new(&["tenant", "schema", "status", "health", "ms", "cluster"]);
     let mut unhealthy = 0;
     for h in &results {
         if h.error.is_some() {
@@ -143,9 +167,10 @@ pub async fn check(proxy: &Proxy, notices: &Notices) -> Result<Reply, PgError> {
         table.row(vec![
             text(&h.tenant.slug),
             text(&h.tenant.schema),
-            text(&h.tenant.status),
+            text(h.tenant.status),
             text(h.error.clone().unwrap_or_else(|| "healthy".into())),
             text(h.elapsed.as_millis()),
+            text(&h.tenant.cluster),
         ]);
     }
     let _ = notices.send(format!(

@@ -1,8 +1,7 @@
 //! The NOTICE a client gets while it waits for a server connection: after `limits.queue_notice_after_ms`
 //! (once per wait), saying why; the wait itself goes on until `pool.acquire_timeout_ms` (53300).
 
-use crate::directory::RoleName;
-use crate::pool::{PoolManager, QueueState};
+use crate::pool::{PoolKey, PoolManager, QueueState};
 use crate::protocol::{sqlstate, PgError, Severity};
 use std::future::Future;
 use std::time::Duration;
@@ -50,11 +49,11 @@ impl QueueNotice {
     }
 
     /// The NOTICE, saying how things stand now.
-    pub fn notice(&self, pools: &PoolManager, role: &RoleName) -> PgError {
+    pub fn notice(&self, pools: &PoolManager, pool: &PoolKey) -> PgError {
         tracing::debug!(tenant = %self.tenant, "a client waits for a server connection: NOTICE sent");
         notice(
             &self.tenant,
-            &pools.queue_state(role),
+            &pools.queue_state(pool),
             self.acquire_timeout_ms,
         )
     }

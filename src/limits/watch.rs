@@ -19,7 +19,6 @@ use super::{format_ms, LimitEnd, SessionLimits};
 use crate::cancel::{CancelMap, ClientKey};
 use crate::metrics::TenantMetrics;
 use crate::upstream::UpstreamConn;
-use crate::upstream_tls::UpstreamTls;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -31,9 +30,8 @@ use tokio::time::{Instant, Sleep};
 /// Sends the cancel request for the client's running statement.
 pub struct Canceller {
     pub cancels: Arc<CancelMap>,
-    /// The client's own key: the map knows which server connection it holds now.
+    /// The client's own key: the map knows which server connection it holds now (and its TLS settings).
     pub key: ClientKey,
-    pub tls: UpstreamTls,
 }
 
 impl Canceller {
@@ -41,11 +39,11 @@ impl Canceller {
     /// Returns the backend pid when a cancel went out.
     fn cancel(&self) -> Option<i32> {
         let ticket = self.cancels.lookup(self.key)?;
-        let upstream = ticket.upstream;
-        let tls = self.tls.clone();
+        let process_id = ticket.upstream.process_id;
         tokio::spawn(async move {
+            let upstream = &ticket.upstream;
             let sent = UpstreamConn::cancel(
-                &tls,
+                &upstream.tls,
                 upstream.addr,
                 upstream.process_id,
                 upstream.secret_key,
@@ -57,7 +55,7 @@ impl Canceller {
             // Only now may the connection go to another client (transaction pooling).
             drop(ticket);
         });
-        Some(upstream.process_id)
+        Some(process_id)
     }
 }
 

@@ -15,23 +15,31 @@
 //! - **Failure isolation and resume.** A failing tenant is rolled back to exactly where it was and reported
 //!   (SQLSTATE, message, file, line); the others go on. A run killed at any point leaves every tenant either
 //!   migrated with its history or untouched; running again applies only what is pending.
+//! - **Every cluster at once.** A tenant is migrated on its cluster: its lock, tickets, history and role are
+//!   there (the default cluster is the directory's database). Each cluster has its own admin pool and its
+//!   own `concurrency`; all clusters go on side by side and make one report. A cluster that cannot be
+//!   reached, before the run or in the middle of it (a tenant fails with a connection error and the cluster
+//!   then refuses a fresh connection), is reported down: its tenants not yet done are **pending**, the
+//!   others go on, and the next run completes them. The run lock is the directory's.
 
 use super::progress::Progress;
 use super::{load_dir, MigrateError, Migration};
+use crate::clusters::{ClusterEntry, ClusterName, ClusterSet};
 use crate::config::Config;
-use crate::directory::SchemaName;
+use crate::directory::{Tenant, TENANT_COLUMNS};
 use crate::tenancy::credentials::RolePasswords;
 use crate::upstream_tls::UpstreamTls;
 use bb8_postgres::PostgresConnectionManager;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
 
 type AdminPool = bb8::Pool<PostgresConnectionManager<MakeRustlsConnect>>;
+type PooledAdmin<'a> = bb8::PooledConnection<'a, PostgresConnectionManager<MakeRustlsConnect>>;
 
 /// Advisory lock held for a whole fan-out run.
 const RUN_LOCK: i64 = 0x7067_7465_6e61_0003;
@@ -106,14 +114,29 @@ pub enum TenantOutcome {
     Busy,
     /// The run stopped before this tenant (failure limit or canary).
     NotStarted,
+    /// Its cluster is down (why): nothing of the tenant changed, the next run migrates it.
+    Pending(String),
 }
 
 #[derive(Debug, Clone)]
 pub struct TenantResult {
     pub slug: String,
     pub schema: String,
+    pub cluster: ClusterName,
     pub outcome: TenantOutcome,
     pub elapsed: Duration,
+}
+
+/// What a fan-out did on one cluster.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterReport {
+    pub tenants: usize,
+    pub migrated: usize,
+    pub up_to_date: usize,
+    pub failed: usize,
+    pub pending: usize,
+    /// Why the cluster was reported down, if it was.
+    pub down: Option<String>,
 }
 
 /// What a fan-out did.
@@ -125,12 +148,38 @@ pub struct FanOutReport {
     pub failed: Vec<(String, TenantFailure)>,
     pub busy: Vec<String>,
     pub not_started: usize,
+    /// Tenants left for the next run because their cluster is down: (slug, cluster).
+    pub pending: Vec<(String, ClusterName)>,
+    /// Per cluster, by name.
+    pub clusters: BTreeMap<ClusterName, ClusterReport>,
     pub elapsed: Duration,
 }
 
 impl FanOutReport {
     pub fn ok(&self) -> bool {
-        self.failed.is_empty() && self.busy.is_empty() && self.not_started == 0
+        self.failed.is_empty()
+            && self.busy.is_empty()
+            && self.not_started == 0
+            && self.pending.is_empty()
+    }
+
+    fn count(&mut self, cluster: &ClusterName, outcome: &TenantOutcome) {
+        let c = self.clusters.entry(cluster.clone()).or_default();
+        c.tenants += 1;
+        match outcome {
+            TenantOutcome::UpToDate => c.up_to_date += 1,
+            TenantOutcome::Migrated(_) => c.migrated += 1,
+            TenantOutcome::Failed(_) => c.failed += 1,
+            TenantOutcome::Pending(_) => c.pending += 1,
+            TenantOutcome::Busy | TenantOutcome::NotStarted => {}
+        }
+    }
+
+    fn cluster_down(&mut self, cluster: &ClusterName, why: &str) {
+        let c = self.clusters.entry(cluster.clone()).or_default();
+        if c.down.is_none() {
+            c.down = Some(why.to_string());
+        }
     }
 }
 
@@ -138,30 +187,42 @@ impl fmt::Display for FanOutReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} tenants: {} migrated, {} already up to date, {} failed, {} busy, {} not started ({:.1}s)",
+            "{} tenants: {} migrated, {} already up to date, {} failed, {} busy, {} not started",
             self.tenants,
             self.migrated,
             self.up_to_date,
             self.failed.len(),
             self.busy.len(),
             self.not_started,
-            self.elapsed.as_secs_f64()
-        )
+        )?;
+        if !self.pending.is_empty() {
+            write!(f, ", {} pending (cluster down)", self.pending.len())?;
+        }
+        write!(f, " ({:.1}s)", self.elapsed.as_secs_f64())?;
+        if self.clusters.len() > 1 || self.clusters.values().any(|c| c.down.is_some()) {
+            for (name, c) in &self.clusters {
+                write!(
+                    f,
+                    "; cluster {name}: {} migrated, {} up to date, {} failed, {} pending",
+                    c.migrated, c.up_to_date, c.failed, c.pending
+                )?;
+                if let Some(why) = &c.down {
+                    write!(f, " (down: {why})")?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
 /// One tenant as the migrator sees it.
 #[derive(Debug, Clone)]
 pub struct TenantRow {
-    pub id: Uuid,
-    pub slug: String,
-    pub name: String,
-    pub schema: SchemaName,
-    pub role: String,
-    pub ddl_allowed: bool,
-    pub status: String,
-    /// (version, checksum) applied, ascending.
+    pub tenant: Tenant,
+    /// (version, checksum) applied, ascending (read on the tenant's cluster).
     pub applied: Vec<(i32, String)>,
+    /// The tenant's cluster could not be asked for its history (why).
+    pub cluster_down: Option<String>,
 }
 
 /// A tenant's version and what it lacks.
@@ -171,8 +232,11 @@ pub struct TenantVersion {
     pub name: String,
     pub schema: String,
     pub status: String,
+    pub cluster: ClusterName,
+    /// `None` also when the cluster is down (see `cluster_down`).
     pub version: Option<i32>,
     pub pending: Vec<i32>,
+    pub cluster_down: Option<String>,
 }
 
 /// Runs tenant migrations. Cheap to clone.
@@ -182,47 +246,183 @@ pub struct TenantMigrator {
 }
 
 struct Inner {
+    /// The default cluster's admin pool: the directory, and that cluster's tenants.
     admin: AdminPool,
     connect_errors: crate::pg_connect_errors::ConnectErrors,
-    tenant_login: TenantLogin,
+    config: Config,
+    /// TLS of the default cluster, as read from `[upstream]`.
+    default_tls: UpstreamTls,
+    /// The directory's clusters, read at first use (or given).
+    clusters: tokio::sync::OnceCell<ClusterSet>,
+    /// One admin pool per cluster other than the default one, made at first use.
+    cluster_pools: Mutex<HashMap<ClusterName, Arc<ClusterPool>>>,
+    passwords: RolePasswords,
+    /// Tenants migrated at once on each cluster.
+    concurrency: usize,
     migrations: Vec<Migration>,
     lock_timeout_ms: u64,
 }
 
-/// How to log in as a tenant role.
-struct TenantLogin {
-    /// The configuration, for `Config::tenant_pg_config` (host, port, database, sslmode, timeout).
-    config: Config,
-    tls: UpstreamTls,
-    passwords: RolePasswords,
+/// A cluster as the migrator uses it: where tenant connections go, and an admin pool.
+struct ClusterPool {
+    entry: Arc<ClusterEntry>,
+    admin: AdminPool,
+    connect_errors: crate::pg_connect_errors::ConnectErrors,
+}
+
+fn admin_pool(
+    config: tokio_postgres::Config,
+    tls: &UpstreamTls,
+    concurrency: usize,
+    connect_errors: &crate::pg_connect_errors::ConnectErrors,
+    connection_timeout: Duration,
+) -> AdminPool {
+    let manager = PostgresConnectionManager::new(config, tls.postgres());
+    bb8::Pool::builder()
+        .max_size(concurrency.max(1) as u32 + 2)
+        .connection_timeout(connection_timeout)
+        .test_on_check_out(false)
+        .error_sink(connect_errors.sink())
+        .build_unchecked(manager)
 }
 
 impl TenantMigrator {
-    /// Loads `tenant-migrations/` and prepares an admin pool big enough for `concurrency` tenants at once.
+    /// Loads `tenant-migrations/` and prepares an admin pool big enough for `concurrency` tenants at once
+    /// (per cluster; the other clusters' pools are made when first needed).
     pub fn new(config: &Config, concurrency: usize) -> Result<Self, MigrateError> {
         let migrations = load_dir(&config.tenancy.tenant_migrations_dir)?;
         let tls = UpstreamTls::from_config(&config.upstream)?;
-        let manager = PostgresConnectionManager::new(config.admin_pg_config(), tls.postgres());
         let connect_errors = crate::pg_connect_errors::ConnectErrors::new("migrations");
-        let admin = bb8::Pool::builder()
-            .max_size(concurrency.max(1) as u32 + 2)
-            .connection_timeout(Duration::from_secs(30))
-            .test_on_check_out(false)
-            .error_sink(connect_errors.sink())
-            .build_unchecked(manager);
+        let admin = admin_pool(
+            config.admin_pg_config(),
+            &tls,
+            concurrency,
+            &connect_errors,
+            Duration::from_secs(30),
+        );
         Ok(Self {
             inner: Arc::new(Inner {
                 admin,
                 connect_errors,
-                tenant_login: TenantLogin {
-                    config: config.clone(),
-                    tls,
-                    passwords: RolePasswords::new(config.server_secret()),
-                },
+                config: config.clone(),
+                default_tls: tls,
+                clusters: tokio::sync::OnceCell::new(),
+                cluster_pools: Mutex::new(HashMap::new()),
+                passwords: RolePasswords::new(config.server_secret()),
+                concurrency: concurrency.max(1),
                 migrations,
                 lock_timeout_ms: config.migrations.lock_timeout_ms,
             }),
         })
+    }
+
+    /// As [`TenantMigrator::new`], with the clusters already read (the proxy's).
+    pub fn with_clusters(
+        config: &Config,
+        concurrency: usize,
+        clusters: ClusterSet,
+    ) -> Result<Self, MigrateError> {
+        let migrator = Self::new(config, concurrency)?;
+        let _ = migrator.inner.clusters.set(clusters);
+        Ok(migrator)
+    }
+
+    /// The directory's clusters.
+    async fn clusters(&self) -> Result<&ClusterSet, MigrateError> {
+        self.inner
+            .clusters
+            .get_or_try_init(|| async {
+                let admin = self.admin().await?;
+                ClusterSet::load(&*admin, &self.inner.config, &self.inner.default_tls)
+                    .await
+                    .map_err(|e| MigrateError::AdminPool(e.to_string()))
+            })
+            .await
+    }
+
+    /// The migrator's pool on a cluster other than the default one.
+    async fn cluster_pool(&self, name: &ClusterName) -> Result<Arc<ClusterPool>, MigrateError> {
+        if let Some(pool) = self
+            .inner
+            .cluster_pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
+            return Ok(pool.clone());
+        }
+        let entry = self
+            .clusters()
+            .await?
+            .get(name)
+            .map_err(|e| MigrateError::AdminPool(e.to_string()))?;
+        let tls = entry
+            .tls()
+            .map_err(|e| MigrateError::AdminPool(e.to_string()))?;
+        let connect_errors = crate::pg_connect_errors::ConnectErrors::new("migrations");
+        let admin = admin_pool(
+            entry.upstream.admin_pg_config(),
+            tls,
+            self.inner.concurrency,
+            &connect_errors,
+            entry.upstream.connect_timeout() * 2,
+        );
+        let pool = Arc::new(ClusterPool {
+            entry,
+            admin,
+            connect_errors,
+        });
+        self.inner
+            .cluster_pools
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone(), pool.clone());
+        Ok(pool)
+    }
+
+    /// An admin connection to `cluster` (the default one: the directory's pool). Fails as soon as the
+    /// pool's attempt to connect fails (the cluster is down), not after the pool's timeout.
+    async fn cluster_admin(
+        &self,
+        cluster: &ClusterName,
+    ) -> Result<PooledAdmin<'static>, MigrateError> {
+        let (pool, errors) = if cluster.is_default() {
+            (self.inner.admin.clone(), self.inner.connect_errors.clone())
+        } else {
+            let p = self.cluster_pool(cluster).await?;
+            (p.admin.clone(), p.connect_errors.clone())
+        };
+        let failed = errors.failed();
+        let failed = failed.notified();
+        tokio::pin!(failed);
+        failed.as_mut().enable();
+        tokio::select! {
+            conn = pool.get_owned() => conn.map_err(|e| MigrateError::AdminPool(errors.explain(e))),
+            () = &mut failed => Err(MigrateError::AdminPool(
+                errors.last().unwrap_or_else(|| format!("cannot connect to cluster {cluster}")),
+            )),
+        }
+    }
+
+    /// Whether `cluster` accepts a new admin connection now (asked after a tenant failed with a connection
+    /// error): `Err` says why not.
+    async fn probe(&self, cluster: &ClusterName) -> Result<(), String> {
+        let entry = self
+            .clusters()
+            .await
+            .map_err(|e| e.to_string())?
+            .get(cluster)
+            .map_err(|e| e.to_string())?;
+        let limit = entry.upstream.connect_timeout();
+        match tokio::time::timeout(limit, entry.connect_admin()).await {
+            Ok(Ok(client)) => client
+                .simple_query("SELECT 1")
+                .await
+                .map(|_| ())
+                .map_err(|e| crate::upstream_tls::error_chain(&e)),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no connection within {} ms", limit.as_millis())),
+        }
     }
 
     pub fn migrations(&self) -> &[Migration] {
@@ -245,38 +445,73 @@ impl TenantMigrator {
             .map_err(|e| MigrateError::AdminPool(self.inner.connect_errors.explain(e)))
     }
 
-    /// Every tenant (or the one named by `only`) with its history.
+    /// Every tenant (or the one named by `only`) with its history, read on its cluster. The tenants of a
+    /// cluster that does not answer come with `cluster_down` set and no history.
     pub async fn load_tenants(&self, only: Option<&str>) -> Result<Vec<TenantRow>, MigrateError> {
-        let admin = self.admin().await?;
-        let rows = admin
-            .query(
-                "SELECT o.id, o.slug, o.name, o.schema_name::text, o.role_name::text, o.ddl_allowed, o.status,
-                        coalesce(array_agg(m.version ORDER BY m.version) FILTER (WHERE m.version IS NOT NULL), '{}'),
-                        coalesce(array_agg(m.checksum ORDER BY m.version) FILTER (WHERE m.version IS NOT NULL), '{}')
-                 FROM pgtenant.organizations o
-                 LEFT JOIN pgtenant.tenant_migrations m ON m.organization_id = o.id
-                 WHERE o.status <> 'provisioning'
-                   AND ($1::text IS NULL OR o.slug = $1 OR o.schema_name::text = $1 OR o.id::text = $1 OR o.name = $1)
-                 GROUP BY o.id
-                 ORDER BY o.created_at, o.id",
-                &[&only],
-            )
-            .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| {
-                let versions: Vec<i32> = r.get(7);
-                let checksums: Vec<String> = r.get(8);
-                TenantRow {
-                    id: r.get(0),
-                    slug: r.get(1),
-                    name: r.get(2),
-                    schema: SchemaName::new(r.get::<_, String>(3)),
-                    role: r.get(4),
-                    ddl_allowed: r.get(5),
-                    status: r.get(6),
-                    applied: versions.into_iter().zip(checksums).collect(),
+        let tenants: Vec<Tenant> = {
+            let admin = self.admin().await?;
+            admin
+                .query(
+                    &format!(
+                        "SELECT {TENANT_COLUMNS} FROM pgtenant.organizations o
+                         WHERE o.status <> 'provisioning'
+                           AND ($1::text IS NULL OR o.slug = $1 OR o.schema_name::text = $1
+                                OR o.id::text = $1 OR o.name = $1)
+                         ORDER BY o.created_at, o.id"
+                    ),
+                    &[&only],
+                )
+                .await?
+                .iter()
+                .map(|r| Tenant::from_row(r, 0))
+                .collect()
+        };
+        let mut clusters: Vec<ClusterName> = tenants.iter().map(|t| t.cluster.clone()).collect();
+        clusters.sort();
+        clusters.dedup();
+        let mut histories: HashMap<Uuid, Vec<(i32, String)>> = HashMap::new();
+        let mut down: HashMap<ClusterName, String> = HashMap::new();
+        for cluster in clusters {
+            let ids: Vec<Uuid> = tenants
+                .iter()
+                .filter(|t| t.cluster == cluster)
+                .map(|t| t.id)
+                .collect();
+            let read = async {
+                let admin = self.cluster_admin(&cluster).await?;
+                Ok::<_, MigrateError>(
+                    admin
+                        .query(
+                            "SELECT organization_id, array_agg(version ORDER BY version),
+                                    array_agg(checksum ORDER BY version)
+                             FROM pgtenant.tenant_migrations WHERE organization_id = ANY($1)
+                             GROUP BY organization_id",
+                            &[&ids],
+                        )
+                        .await?,
+                )
+            };
+            match read.await {
+                Ok(rows) => {
+                    for r in rows {
+                        let versions: Vec<i32> = r.get(1);
+                        let checksums: Vec<String> = r.get(2);
+                        histories.insert(r.get(0), versions.into_iter().zip(checksums).collect());
+                    }
                 }
+                Err(e) if cluster.is_default() => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%cluster, error = %e, "cannot read the tenants' history on a cluster");
+                    down.insert(cluster, e.to_string());
+                }
+            }
+        }
+        Ok(tenants
+            .into_iter()
+            .map(|tenant| TenantRow {
+                applied: histories.remove(&tenant.id).unwrap_or_default(),
+                cluster_down: down.get(&tenant.cluster).cloned(),
+                tenant,
             })
             .collect())
     }
@@ -289,14 +524,20 @@ impl TenantMigrator {
         let mut out_of_order: BTreeMap<(i32, i32), Vec<&str>> = BTreeMap::new();
         let mut pending_all = Vec::with_capacity(tenants.len());
         for tenant in tenants {
+            if tenant.cluster_down.is_some() {
+                // Nothing known of its history: it waits for its cluster.
+                pending_all.push(Vec::new());
+                continue;
+            }
+            let slug = tenant.tenant.slug.as_str();
             let applied: HashSet<i32> = tenant.applied.iter().map(|(v, _)| *v).collect();
             for (version, checksum) in &tenant.applied {
                 match files.iter().find(|m| m.version == *version) {
                     Some(m) if m.checksum != *checksum => {
-                        changed.entry(*version).or_default().push(&tenant.slug)
+                        changed.entry(*version).or_default().push(slug)
                     }
                     Some(_) => {}
-                    None => missing.entry(*version).or_default().push(&tenant.slug),
+                    None => missing.entry(*version).or_default().push(slug),
                 }
             }
             let max_applied = tenant.applied.iter().map(|(v, _)| *v).max();
@@ -311,7 +552,7 @@ impl TenantMigrator {
                     out_of_order
                         .entry((files[*first].version, max))
                         .or_default()
-                        .push(&tenant.slug);
+                        .push(slug);
                 }
             }
             pending_all.push(pending);
@@ -359,15 +600,21 @@ impl TenantMigrator {
                 let applied: HashSet<i32> = t.applied.iter().map(|(v, _)| *v).collect();
                 TenantVersion {
                     version: t.applied.iter().map(|(v, _)| *v).max(),
-                    pending: files
-                        .iter()
-                        .filter(|m| !applied.contains(&m.version))
-                        .map(|m| m.version)
-                        .collect(),
-                    slug: t.slug,
-                    name: t.name,
-                    schema: t.schema.as_str().to_string(),
-                    status: t.status,
+                    pending: if t.cluster_down.is_some() {
+                        Vec::new()
+                    } else {
+                        files
+                            .iter()
+                            .filter(|m| !applied.contains(&m.version))
+                            .map(|m| m.version)
+                            .collect()
+                    },
+                    slug: t.tenant.slug,
+                    name: t.tenant.name,
+                    schema: t.tenant.schema.as_str().to_string(),
+                    status: t.tenant.status.as_str().to_string(),
+                    cluster: t.tenant.cluster,
+                    cluster_down: t.cluster_down,
                 }
             })
             .collect())
@@ -393,18 +640,26 @@ impl TenantMigrator {
             .collect())
     }
 
-    /// Accepts the checksums of the files on disk for versions already applied (after an intentional edit).
-    /// Returns the number of history rows changed.
+    /// Accepts the checksums of the files on disk for versions already applied (after an intentional edit),
+    /// on every primary. Returns the number of history rows changed.
     pub async fn repair(&self) -> Result<u64, MigrateError> {
-        let admin = self.admin().await?;
+        let names: Vec<ClusterName> = self
+            .clusters()
+            .await?
+            .primaries()
+            .map(|e| e.name().clone())
+            .collect();
         let mut changed = 0;
-        for m in &self.inner.migrations {
-            changed += admin
-                .execute(
-                    "UPDATE pgtenant.tenant_migrations SET checksum = $2 WHERE version = $1 AND checksum <> $2",
-                    &[&m.version, &m.checksum],
-                )
-                .await?;
+        for cluster in names {
+            let admin = self.cluster_admin(&cluster).await?;
+            for m in &self.inner.migrations {
+                changed += admin
+                    .execute(
+                        "UPDATE pgtenant.tenant_migrations SET checksum = $2 WHERE version = $1 AND checksum <> $2",
+                        &[&m.version, &m.checksum],
+                    )
+                    .await?;
+            }
         }
         Ok(changed)
     }
@@ -437,40 +692,50 @@ impl TenantMigrator {
         progress: &dyn Progress,
         started: Instant,
     ) -> Result<FanOutReport, MigrateError> {
-        // Tickets and unlocks left by a migrator that was killed. Under the run lock no other migrator is
-        // at work, so a backend still holding a ticket is an orphan (maybe blocked mid-migration): end it
-        // (its transaction rolls back), then drop every leftover ticket and unlock.
-        {
-            let admin = self.admin().await?;
-            admin
-                .batch_execute(
-                    "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
-                      WHERE a.pid <> pg_backend_pid()
-                        AND (EXISTS (SELECT 1 FROM pgtenant.migration_tickets t
-                                     WHERE t.backend_pid = a.pid AND t.role_name = a.usename)
-                          OR EXISTS (SELECT 1 FROM pgtenant.ddl_unlocks u
-                                     WHERE u.backend_pid = a.pid AND u.role_name = a.usename));
-                     DELETE FROM pgtenant.migration_tickets;
-                     DELETE FROM pgtenant.ddl_unlocks;",
-                )
-                .await?;
-        }
         let tenants = self.load_tenants(options.only.as_deref()).await?;
-        let pending = self.check(&tenants)?;
         let mut report = FanOutReport {
             tenants: tenants.len(),
             ..FanOutReport::default()
         };
-        let work: Vec<(TenantRow, Vec<usize>)> = tenants
-            .into_iter()
-            .zip(pending)
-            .filter(|(_, p)| {
-                if p.is_empty() {
-                    report.up_to_date += 1;
-                }
-                !p.is_empty()
-            })
+        // Tickets and unlocks left by a migrator that was killed, on every cluster with tenants. Under the
+        // run lock no other migrator is at work, so a backend still holding a ticket is an orphan (maybe
+        // blocked mid-migration): end it (its transaction rolls back), then drop every leftover ticket and
+        // unlock. A cluster that cannot be cleaned up is down for this run.
+        let mut down: HashMap<ClusterName, String> = HashMap::new();
+        let mut clusters: Vec<ClusterName> = tenants
+            .iter()
+            .filter(|t| t.cluster_down.is_none())
+            .map(|t| t.tenant.cluster.clone())
             .collect();
+        clusters.sort();
+        clusters.dedup();
+        for cluster in clusters {
+            if let Err(e) = self.clean_up_orphans(&cluster).await {
+                if cluster.is_default() {
+                    return Err(e);
+                }
+                down.insert(cluster, e.to_string());
+            }
+        }
+        let pending = self.check(&tenants)?;
+        let mut work: Vec<(TenantRow, Vec<usize>)> = Vec::new();
+        for (tenant, pending) in tenants.into_iter().zip(pending) {
+            let cluster = tenant.tenant.cluster.clone();
+            let why = tenant
+                .cluster_down
+                .clone()
+                .or_else(|| down.get(&cluster).cloned());
+            if let Some(why) = why {
+                report.cluster_down(&cluster, &why);
+                report.count(&cluster, &TenantOutcome::Pending(why));
+                report.pending.push((tenant.tenant.slug, cluster));
+            } else if pending.is_empty() {
+                report.count(&cluster, &TenantOutcome::UpToDate);
+                report.up_to_date += 1;
+            } else {
+                work.push((tenant, pending));
+            }
+        }
         progress.start(work.len());
 
         let (canary, rest) = match options.canary {
@@ -483,11 +748,12 @@ impl TenantMigrator {
             None => (Vec::new(), work),
         };
         let failures = Arc::new(AtomicUsize::new(0));
+        let run = Arc::new(RunState::default());
         let canary_failed = if canary.is_empty() {
             false
         } else {
             let before = failures.load(Ordering::Relaxed);
-            self.fan_out(canary, options, progress, &failures, &mut report)
+            self.fan_out(canary, options, progress, &failures, &run, &mut report)
                 .await;
             failures.load(Ordering::Relaxed) > before
         };
@@ -496,7 +762,7 @@ impl TenantMigrator {
                 report.not_started += 1;
             }
         } else {
-            self.fan_out(rest, options, progress, &failures, &mut report)
+            self.fan_out(rest, options, progress, &failures, &run, &mut report)
                 .await;
         }
         progress.finish();
@@ -504,56 +770,90 @@ impl TenantMigrator {
         Ok(report)
     }
 
+    /// Ends orphaned migrator backends on `cluster` and drops leftover tickets and unlocks there.
+    async fn clean_up_orphans(&self, cluster: &ClusterName) -> Result<(), MigrateError> {
+        let admin = self.cluster_admin(cluster).await?;
+        admin
+            .batch_execute(
+                "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a
+                  WHERE a.pid <> pg_backend_pid()
+                    AND (EXISTS (SELECT 1 FROM pgtenant.migration_tickets t
+                                 WHERE t.backend_pid = a.pid AND t.role_name = a.usename)
+                      OR EXISTS (SELECT 1 FROM pgtenant.ddl_unlocks u
+                                 WHERE u.backend_pid = a.pid AND u.role_name = a.usename));
+                 DELETE FROM pgtenant.migration_tickets;
+                 DELETE FROM pgtenant.ddl_unlocks;",
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Migrates `work`: every tenant in a task of its own that waits for a turn on its cluster
+    /// (`options.concurrency` at once per cluster), so clusters go on side by side, each in order.
     async fn fan_out(
         &self,
         work: Vec<(TenantRow, Vec<usize>)>,
         options: &FanOutOptions,
         progress: &dyn Progress,
         failures: &Arc<AtomicUsize>,
+        run: &Arc<RunState>,
         report: &mut FanOutReport,
     ) {
-        let limit = Arc::new(tokio::sync::Semaphore::new(options.concurrency.max(1)));
-        let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = tokio::task::JoinSet::new();
         let mut results = Vec::new();
         for (tenant, pending) in work {
-            let permit = limit.clone().acquire_owned().await.expect("never closed");
-            // Take in finished results while waiting, so progress is shown as it happens.
-            while let Some(done) = tasks.try_join_next() {
-                if let Ok(result) = done {
-                    progress.tenant(&result);
-                    results.push(result);
-                }
-            }
-            if stop.load(Ordering::Relaxed) {
-                results.push(TenantResult {
-                    slug: tenant.slug,
-                    schema: tenant.schema.as_str().to_string(),
-                    outcome: TenantOutcome::NotStarted,
-                    elapsed: Duration::ZERO,
-                });
-                continue;
-            }
+            let limit = run.limit(&tenant.tenant.cluster, options.concurrency);
             let migrator = self.clone();
             let failures = failures.clone();
-            let stop = stop.clone();
+            let run = run.clone();
             let stop_after = options.stop_after_failures;
             tasks.spawn(async move {
+                let cluster = tenant.tenant.cluster.clone();
+                let result = |outcome, elapsed| TenantResult {
+                    slug: tenant.tenant.slug.clone(),
+                    schema: tenant.tenant.schema.as_str().to_string(),
+                    cluster: cluster.clone(),
+                    outcome,
+                    elapsed,
+                };
+                let Ok(_permit) = limit.acquire_owned().await else {
+                    return result(TenantOutcome::NotStarted, Duration::ZERO);
+                };
+                if run.stop.load(Ordering::Relaxed) {
+                    return result(TenantOutcome::NotStarted, Duration::ZERO);
+                }
+                if let Some(why) = run.down(&cluster) {
+                    return result(TenantOutcome::Pending(why), Duration::ZERO);
+                }
                 let started = Instant::now();
-                let outcome = migrator.migrate_one(&tenant, &pending).await;
+                let mut outcome = migrator.migrate_one(&tenant, &pending).await;
+                if let TenantOutcome::Failed(f) = &outcome {
+                    // 08: connection lost or refused; 57P0x: the server is shutting down or starting.
+                    if f.sqlstate.starts_with("08") || f.sqlstate.starts_with("57P") {
+                        // Is it the tenant, or its whole cluster? A cluster that refuses a fresh connection
+                        // is down: this tenant and its cluster's others wait for the next run.
+                        let why = match run.down(&cluster) {
+                            Some(why) => Some(why),
+                            None => match migrator.probe(&cluster).await {
+                                Ok(()) => None,
+                                Err(why) => {
+                                    tracing::warn!(%cluster, reason = %why, "cluster down during the fan-out; its tenants left pending");
+                                    Some(run.mark_down(&cluster, why))
+                                }
+                            },
+                        };
+                        if let Some(why) = why {
+                            outcome = TenantOutcome::Pending(why);
+                        }
+                    }
+                }
                 if matches!(outcome, TenantOutcome::Failed(_)) {
                     let failed = failures.fetch_add(1, Ordering::Relaxed) + 1;
                     if stop_after.is_some_and(|n| failed >= n) {
-                        stop.store(true, Ordering::Relaxed);
+                        run.stop.store(true, Ordering::Relaxed);
                     }
                 }
-                drop(permit);
-                TenantResult {
-                    slug: tenant.slug,
-                    schema: tenant.schema.as_str().to_string(),
-                    outcome,
-                    elapsed: started.elapsed(),
-                }
+                result(outcome, started.elapsed())
             });
         }
         while let Some(done) = tasks.join_next().await {
@@ -566,23 +866,28 @@ impl TenantMigrator {
             }
         }
         for result in results {
+            report.count(&result.cluster, &result.outcome);
             match result.outcome {
                 TenantOutcome::UpToDate => report.up_to_date += 1,
                 TenantOutcome::Migrated(_) => report.migrated += 1,
                 TenantOutcome::Failed(f) => report.failed.push((result.slug, f)),
                 TenantOutcome::Busy => report.busy.push(result.slug),
                 TenantOutcome::NotStarted => report.not_started += 1,
+                TenantOutcome::Pending(why) => {
+                    report.cluster_down(&result.cluster, &why);
+                    report.pending.push((result.slug, result.cluster));
+                }
             }
         }
     }
 
-    /// Migrates one tenant under its lock.
+    /// Migrates one tenant under its lock, on its cluster.
     async fn migrate_one(&self, tenant: &TenantRow, pending: &[usize]) -> TenantOutcome {
-        let admin = match self.admin().await {
+        let admin = match self.cluster_admin(&tenant.tenant.cluster).await {
             Ok(a) => a,
             Err(e) => return TenantOutcome::Failed(plain_failure("08006", e.to_string())),
         };
-        let key = tenant_lock_key(&tenant.id);
+        let key = tenant_lock_key(&tenant.tenant.id);
         match admin
             .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
             .await
@@ -596,7 +901,7 @@ impl TenantMigrator {
             .execute("SELECT pg_advisory_unlock($1)", &[&key])
             .await
         {
-            tracing::warn!(tenant = %tenant.slug, error = %e, "could not release a tenant migration lock");
+            tracing::warn!(tenant = %tenant.tenant.slug, error = %e, "could not release a tenant migration lock");
         }
         outcome
     }
@@ -611,7 +916,7 @@ impl TenantMigrator {
         let applied: HashSet<i32> = match admin
             .query(
                 "SELECT version FROM pgtenant.tenant_migrations WHERE organization_id = $1",
-                &[&tenant.id],
+                &[&tenant.tenant.id],
             )
             .await
         {
@@ -626,41 +931,62 @@ impl TenantMigrator {
         if pending.is_empty() {
             return TenantOutcome::UpToDate;
         }
-        let client = match self.connect_as_tenant(tenant).await {
+        let client = match self.connect_as_tenant(&tenant.tenant).await {
             Ok(c) => c,
-            Err(e) => return TenantOutcome::Failed(db_failure(&e, None, None)),
+            Err(e) => return TenantOutcome::Failed(e),
         };
         let pid: i32 = match client.query_one("SELECT pg_backend_pid()", &[]).await {
             Ok(r) => r.get(0),
             Err(e) => return TenantOutcome::Failed(db_failure(&e, None, None)),
         };
-        if let Err(e) = self.issue_tickets(admin, tenant, pid, &pending).await {
+        if let Err(e) = self
+            .issue_tickets(admin, &tenant.tenant, pid, &pending)
+            .await
+        {
             return TenantOutcome::Failed(db_failure(&e, None, None));
         }
-        let outcome = self.run_files(&client, tenant, &pending).await;
+        let outcome = self.run_files(&client, &tenant.tenant, &pending).await;
         if let Err(e) = admin
             .execute(
                 "WITH t AS (DELETE FROM pgtenant.migration_tickets WHERE role_name = $1 AND backend_pid = $2)
                  DELETE FROM pgtenant.ddl_unlocks WHERE role_name = $1 AND backend_pid = $2",
-                &[&tenant.role, &pid],
+                &[&tenant.tenant.role.as_str(), &pid],
             )
             .await
         {
-            tracing::warn!(tenant = %tenant.slug, error = %e, "could not clean up migration tickets");
+            tracing::warn!(tenant = %tenant.tenant.slug, error = %e, "could not clean up migration tickets");
         }
         outcome
     }
 
+    /// A connection logged in as the tenant's role on its cluster.
     async fn connect_as_tenant(
         &self,
-        tenant: &TenantRow,
-    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let login = &self.inner.tenant_login;
-        let password = login.passwords.password_for(&tenant.role);
-        let config = login
-            .config
-            .tenant_pg_config(&tenant.role, &password, "pgtenant-migrate");
-        let (client, connection) = config.connect(login.tls.postgres()).await?;
+        tenant: &Tenant,
+    ) -> Result<tokio_postgres::Client, TenantFailure> {
+        let (config, tls) = if tenant.cluster.is_default() {
+            (
+                self.inner.config.upstream.clone(),
+                self.inner.default_tls.clone(),
+            )
+        } else {
+            let pool = self
+                .cluster_pool(&tenant.cluster)
+                .await
+                .map_err(|e| plain_failure("08006", e.to_string()))?;
+            let tls = pool
+                .entry
+                .tls()
+                .map_err(|e| plain_failure("08006", e.to_string()))?
+                .clone();
+            (pool.entry.upstream.clone(), tls)
+        };
+        let password = self.inner.passwords.password_for(tenant.role.as_str());
+        let pg = config.tenant_pg_config(tenant.role.as_str(), &password, "pgtenant-migrate");
+        let (client, connection) = pg
+            .connect(tls.postgres())
+            .await
+            .map_err(|e| db_failure(&e, None, None))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -670,7 +996,7 @@ impl TenantMigrator {
     async fn issue_tickets(
         &self,
         admin: &tokio_postgres::Client,
-        tenant: &TenantRow,
+        tenant: &Tenant,
         pid: i32,
         pending: &[&Migration],
     ) -> Result<(), tokio_postgres::Error> {
@@ -687,7 +1013,7 @@ impl TenantMigrator {
                  INSERT INTO pgtenant.migration_tickets (role_name, backend_pid, backend_start, version, name, checksum)
                  SELECT $1, $2, b.backend_start, v, n, c
                  FROM b, unnest($3::int[], $4::text[], $5::text[]) AS t(v, n, c)",
-                &[&tenant.role, &pid, &versions, &names, &checksums, &tenant.ddl_allowed],
+                &[&tenant.role.as_str(), &pid, &versions, &names, &checksums, &tenant.ddl_allowed],
             )
             .await?;
         Ok(())
@@ -698,7 +1024,7 @@ impl TenantMigrator {
     async fn run_files(
         &self,
         client: &tokio_postgres::Client,
-        tenant: &TenantRow,
+        tenant: &Tenant,
         pending: &[&Migration],
     ) -> TenantOutcome {
         let schema = tenant.schema.quoted();
@@ -748,6 +1074,44 @@ impl TenantMigrator {
             applied.extend(segment.iter().map(|m| m.version));
         }
         TenantOutcome::Migrated(applied)
+    }
+}
+
+/// What the tasks of one run share: the failure-limit stop, and per cluster its turn-taking and whether it
+/// was found down.
+#[derive(Default)]
+struct RunState {
+    stop: AtomicBool,
+    limits: Mutex<HashMap<ClusterName, Arc<tokio::sync::Semaphore>>>,
+    down: Mutex<HashMap<ClusterName, String>>,
+}
+
+impl RunState {
+    fn limit(&self, cluster: &ClusterName, concurrency: usize) -> Arc<tokio::sync::Semaphore> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cluster.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(concurrency.max(1))))
+            .clone()
+    }
+
+    fn down(&self, cluster: &ClusterName) -> Option<String> {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+            .cloned()
+    }
+
+    /// Marks `cluster` down (the first reason stays); returns the reason it is down for.
+    fn mark_down(&self, cluster: &ClusterName, why: String) -> String {
+        self.down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(cluster.clone())
+            .or_insert(why)
+            .clone()
     }
 }
 

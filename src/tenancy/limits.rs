@@ -4,7 +4,8 @@
 //! table's trigger announces every change on the directory channel, so every pgtenant's next sessions of the
 //! tenant get the new values.
 
-use super::ops::{find_tenant, TenantOpError, TenantRef};
+use super::ops::{find_tenant, TenantOpError};
+use crate::directory::{Tenant, TENANT_COLUMNS};
 use crate::limits::{Limit, TenantLimits};
 use tokio_postgres::Client;
 
@@ -13,7 +14,7 @@ pub async fn set_limits(
     client: &Client,
     selector: &str,
     changes: &[(Limit, Option<u32>)],
-) -> Result<TenantRef, TenantOpError> {
+) -> Result<Tenant, TenantOpError> {
     let tenant = find_tenant(client, selector).await?;
     if changes.is_empty() {
         return Ok(tenant);
@@ -43,27 +44,20 @@ pub async fn set_limits(
 }
 
 /// Every tenant with its own limits (NULL where it follows the defaults), in creation order.
-pub async fn list_limits(client: &Client) -> Result<Vec<(TenantRef, TenantLimits)>, TenantOpError> {
+pub async fn list_limits(client: &Client) -> Result<Vec<(Tenant, TenantLimits)>, TenantOpError> {
     let rows = client
         .query(
-            "SELECT id, name, slug, schema_name::text, role_name::text, status, statement_timeout_ms, \
-             lock_timeout_ms, idle_in_transaction_timeout_ms, transaction_timeout_ms \
-             FROM pgtenant.organizations ORDER BY created_at, id",
+            &format!(
+                "SELECT {TENANT_COLUMNS} FROM pgtenant.organizations o ORDER BY o.created_at, o.id"
+            ),
             &[],
         )
         .await?;
     Ok(rows
         .iter()
         .map(|r| {
-            let tenant = TenantRef {
-                id: r.get(0),
-                name: r.get(1),
-                slug: r.get(2),
-                schema: crate::directory::SchemaName::new(r.get::<_, String>(3)),
-                role: crate::directory::RoleName::new(r.get::<_, String>(4)),
-                status: r.get(5),
-            };
-            let limits = TenantLimits::from_columns([r.get(6), r.get(7), r.get(8), r.get(9)]);
+            let tenant = Tenant::from_row(r, 0);
+            let limits = tenant.limits;
             (tenant, limits)
         })
         .collect())

@@ -8,4 +8,6 @@ pub mod ops;
 pub mod revoke;
 pub mod secret_check;
 
-pub use onboard::{find_user_by_email, onboard, OnboardError, OnboardRequest, Onboarded};
+pub use onboard::{
+    find_user_by_email, onboard, onboard_with, OnboardError, OnboardRequest, Onboarded,
+};

@@ -3,11 +3,19 @@
 //! `search_path`, the schema owned by the role, every file of `tenant-migrations/` with its history row, the
 //! admin user in the tenant's own table and in the shared `users` table.
 //!
+//! On a cluster other than the default one (named, or chosen by `tenancy.placement`), the directory and
+//! the tenant's objects are in two databases, so it takes three transactions: the organization row, as
+//! `provisioning` (logins get 57P03), in the directory; the role, schema, migrations with their history
+//! and the guard row `pgtenant.tenant_roles` on the tenant's cluster; then the admin user and `active` in
+//! the directory. A failing step undoes the earlier ones; if pgtenant dies in between, the organization
+//! stays `provisioning` and `DROP TENANT x CONFIRM 'x'` removes what was made.
+//!
 //! The migrations run under `SET LOCAL ROLE <tenant>` here, which decision 4 of DESIGN.md rules out for
 //! migrations of *existing* tenants. It is safe at onboarding only: the schema was created in this same
 //! transaction and holds nothing the tenant wrote (no function that could shadow a builtin), and
 //! `search_path` is exactly that schema. Later migrations log in as the tenant role.
 
+use crate::clusters::{ClusterError, ClusterName, ClusterSet};
 use crate::config::{Config, SchemaNameFormat};
 use crate::directory::{quote_ident, quote_literal, RoleName, SchemaName};
 use crate::migrate::{self, MigrateError};
@@ -24,6 +32,8 @@ pub struct OnboardRequest {
     pub slug: Option<String>,
     /// Defaults to `tenancy.allow_tenant_ddl`.
     pub ddl_allowed: Option<bool>,
+    /// The cluster the tenant goes to; `None`: as `tenancy.placement` says.
+    pub cluster: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -34,6 +44,7 @@ pub struct Onboarded {
     pub role: RoleName,
     pub admin_user_id: Uuid,
     pub migrations_applied: usize,
+    pub cluster: ClusterName,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +57,10 @@ pub enum OnboardError {
     SlugTaken(String),
     #[error("a user with email \"{0}\" already exists")]
     EmailTaken(String),
+    #[error("cluster \"{0}\" is a replica: tenants are placed on primaries")]
+    NotAPrimary(String),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error(transparent)]
     Migrate(#[from] MigrateError),
     #[error("onboarding failed: {0}")]
@@ -83,12 +98,64 @@ fn schema_name(format: SchemaNameFormat, slug: &str, short_id: &str) -> SchemaNa
     }
 }
 
-/// Creates a tenant. Nothing of it remains if any step fails.
+/// Creates a tenant. Nothing of it remains if any step fails. `admin` is an admin connection to the default
+/// cluster (the directory); the clusters are read from it when the tenant may go elsewhere.
 pub async fn onboard(
     admin: &mut Client,
     config: &Config,
     req: &OnboardRequest,
 ) -> Result<Onboarded, OnboardError> {
+    let elsewhere = req
+        .cluster
+        .as_deref()
+        .is_some_and(|c| c != crate::clusters::DEFAULT_CLUSTER)
+        || (req.cluster.is_none() && config.tenancy.placement != crate::config::Placement::Default);
+    let clusters = if elsewhere {
+        crate::clusters::load_with(admin, config).await?
+    } else {
+        ClusterSet::default_only(config, &crate::upstream_tls::UpstreamTls::disabled())
+    };
+    onboard_with(admin, config, &clusters, req).await
+}
+
+/// As [`onboard`], with the clusters already read (the proxy's).
+pub async fn onboard_with(
+    admin: &mut Client,
+    config: &Config,
+    clusters: &ClusterSet,
+    req: &OnboardRequest,
+) -> Result<Onboarded, OnboardError> {
+    let plan = plan(config, req)?;
+    let cluster = match &req.cluster {
+        Some(name) => ClusterName::new(name.as_str()),
+        None => {
+            crate::clusters::placement::choose(config.tenancy.placement, &*admin, clusters).await?
+        }
+    };
+    if cluster.is_default() {
+        return onboard_on_default(admin, config, plan).await;
+    }
+    let entry = clusters.get(&cluster)?;
+    if entry.is_replica() {
+        return Err(OnboardError::NotAPrimary(cluster.to_string()));
+    }
+    let mut tenant_admin = entry.connect_admin().await?;
+    onboard_elsewhere(admin, &mut tenant_admin, config, plan, cluster).await
+}
+
+/// What onboarding will create, decided before anything is written.
+struct Plan {
+    name: String,
+    email: String,
+    slug: String,
+    migrations: Vec<crate::migrate::Migration>,
+    schema: SchemaName,
+    role: RoleName,
+    ddl_allowed: bool,
+    verifier: String,
+}
+
+fn plan(config: &Config, req: &OnboardRequest) -> Result<Plan, OnboardError> {
     let name = req.name.trim();
     if name.is_empty() {
         return Err(OnboardError::EmptyName);
@@ -109,36 +176,220 @@ pub async fn onboard(
     let role = RoleName::new(format!("tenant_{short_id}"));
     let ddl_allowed = req.ddl_allowed.unwrap_or(config.tenancy.allow_tenant_ddl);
     let verifier = RolePasswords::new(config.server_secret()).verifier_for(role.as_str());
+    Ok(Plan {
+        name: name.to_string(),
+        email,
+        slug,
+        migrations,
+        schema,
+        role,
+        ddl_allowed,
+        verifier,
+    })
+}
 
-    let tx = admin.transaction().await?;
+/// Refuses a slug or an admin email the directory has already.
+async fn check_free(tx: &tokio_postgres::Transaction<'_>, plan: &Plan) -> Result<(), OnboardError> {
     if tx
         .query_opt(
             "SELECT 1 FROM pgtenant.organizations WHERE slug = $1",
-            &[&slug],
+            &[&plan.slug],
         )
         .await?
         .is_some()
     {
-        return Err(OnboardError::SlugTaken(slug));
+        return Err(OnboardError::SlugTaken(plan.slug.clone()));
     }
     if tx
         .query_opt(
             "SELECT 1 FROM pgtenant.users WHERE lower(email) = lower($1)",
-            &[&email],
+            &[&plan.email],
         )
         .await?
         .is_some()
     {
-        return Err(OnboardError::EmailTaken(email));
+        return Err(OnboardError::EmailTaken(plan.email.clone()));
     }
-    let organization_id: Uuid = tx
+    Ok(())
+}
+
+/// The organization row; `status` is `active`, or `provisioning` while the tenant's cluster is set up.
+async fn insert_organization(
+    tx: &tokio_postgres::Transaction<'_>,
+    plan: &Plan,
+    status: &str,
+    cluster: &ClusterName,
+) -> Result<Uuid, OnboardError> {
+    Ok(tx
         .query_one(
-            "INSERT INTO pgtenant.organizations (name, slug, schema_name, role_name, status, ddl_allowed)
-             VALUES ($1, $2, $3, $4, 'active', $5) RETURNING id",
-            &[&name, &slug, &schema.as_str(), &role.as_str(), &ddl_allowed],
+            "INSERT INTO pgtenant.organizations (name, slug, schema_name, role_name, status, ddl_allowed, cluster)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            &[
+                &plan.name,
+                &plan.slug,
+                &plan.schema.as_str(),
+                &plan.role.as_str(),
+                &status,
+                &plan.ddl_allowed,
+                &cluster.as_str(),
+            ],
+        )
+        .await?
+        .get(0))
+}
+
+/// The admin user's directory row; announces the change (other pgtenants may have cached "no such user").
+async fn insert_admin_user(
+    tx: &tokio_postgres::Transaction<'_>,
+    plan: &Plan,
+    organization_id: Uuid,
+) -> Result<Uuid, OnboardError> {
+    let admin_user_id: Uuid = tx
+        .query_one(
+            "INSERT INTO pgtenant.users (email, organization_id, role) VALUES ($1, $2, 'admin') RETURNING id",
+            &[&plan.email, &organization_id],
         )
         .await?
         .get(0);
+    super::ops::announce(tx, &super::ops::DirectoryEvent::Changed).await?;
+    Ok(admin_user_id)
+}
+
+/// Today's onboarding: everything in one transaction on the default cluster.
+async fn onboard_on_default(
+    admin: &mut Client,
+    config: &Config,
+    plan: Plan,
+) -> Result<Onboarded, OnboardError> {
+    let cluster = ClusterName::default_cluster();
+    let tx = admin.transaction().await?;
+    check_free(&tx, &plan).await?;
+    let organization_id = insert_organization(&tx, &plan, "active", &cluster).await?;
+    let applied = create_tenant_objects(&tx, config, &plan, organization_id).await?;
+    let admin_user_id = insert_admin_user(&tx, &plan, organization_id).await?;
+    tx.commit().await?;
+    Ok(onboarded(
+        plan,
+        organization_id,
+        admin_user_id,
+        applied,
+        cluster,
+    ))
+}
+
+/// Onboarding on another cluster, in three transactions (see the module's doc).
+async fn onboard_elsewhere(
+    directory: &mut Client,
+    tenant_admin: &mut Client,
+    config: &Config,
+    plan: Plan,
+    cluster: ClusterName,
+) -> Result<Onboarded, OnboardError> {
+    let tx = directory.transaction().await?;
+    check_free(&tx, &plan).await?;
+    let organization_id = insert_organization(&tx, &plan, "provisioning", &cluster).await?;
+    tx.commit().await?;
+
+    let made = async {
+        let tx = tenant_admin.transaction().await?;
+        let applied = create_tenant_objects(&tx, config, &plan, organization_id).await?;
+        tx.execute(
+            "INSERT INTO pgtenant.tenant_roles (role_name, organization_id, ddl_allowed) VALUES ($1, $2, $3)",
+            &[&plan.role.as_str(), &organization_id, &plan.ddl_allowed],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<usize, OnboardError>(applied)
+    }
+    .await;
+    let applied = match made {
+        Ok(applied) => applied,
+        Err(e) => {
+            forget_organization(directory, organization_id).await;
+            return Err(e);
+        }
+    };
+
+    let finished = async {
+        let tx = directory.transaction().await?;
+        let admin_user_id = insert_admin_user(&tx, &plan, organization_id).await?;
+        tx.execute(
+            "UPDATE pgtenant.organizations SET status = 'active' WHERE id = $1",
+            &[&organization_id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok::<Uuid, OnboardError>(admin_user_id)
+    }
+    .await;
+    match finished {
+        Ok(admin_user_id) => Ok(onboarded(
+            plan,
+            organization_id,
+            admin_user_id,
+            applied,
+            cluster,
+        )),
+        Err(e) => {
+            let undo = format!(
+                "DROP SCHEMA IF EXISTS {schema} CASCADE; DROP ROLE IF EXISTS {role};
+                 DELETE FROM pgtenant.tenant_migrations WHERE organization_id = '{organization_id}';
+                 DELETE FROM pgtenant.tenant_roles WHERE organization_id = '{organization_id}';",
+                schema = plan.schema.quoted(),
+                role = plan.role.quoted(),
+            );
+            if let Err(undo_error) = tenant_admin.batch_execute(&undo).await {
+                tracing::error!(cluster = %cluster, slug = %plan.slug, error = %undo_error, "onboarding failed and its role and schema could not be dropped; DROP TENANT removes them");
+            } else {
+                forget_organization(directory, organization_id).await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Deletes an organization row onboarding wrote (best effort: a row left behind stays `provisioning`).
+async fn forget_organization(directory: &Client, organization_id: Uuid) {
+    if let Err(e) = directory
+        .execute(
+            "DELETE FROM pgtenant.organizations WHERE id = $1 AND status = 'provisioning'",
+            &[&organization_id],
+        )
+        .await
+    {
+        tracing::error!(%organization_id, error = %e, "could not remove the organization row of a failed onboarding; DROP TENANT removes it");
+    }
+}
+
+fn onboarded(
+    plan: Plan,
+    organization_id: Uuid,
+    admin_user_id: Uuid,
+    migrations_applied: usize,
+    cluster: ClusterName,
+) -> Onboarded {
+    tracing::info!(slug = %plan.slug, schema = %plan.schema, role = %plan.role, cluster = %cluster, migrations = migrations_applied, "tenant onboarded");
+    Onboarded {
+        organization_id,
+        slug: plan.slug,
+        schema: plan.schema,
+        role: plan.role,
+        admin_user_id,
+        migrations_applied,
+        cluster,
+    }
+}
+
+/// On the tenant's cluster, in `tx`: the role, its schema and grants, every tenant migration with its
+/// history row (in that cluster's `pgtenant.tenant_migrations`), the admin user in the tenant's own table.
+/// Returns the number of migrations applied.
+async fn create_tenant_objects(
+    tx: &tokio_postgres::Transaction<'_>,
+    config: &Config,
+    plan: &Plan,
+    organization_id: Uuid,
+) -> Result<usize, OnboardError> {
+    let (role, schema) = (&plan.role, &plan.schema);
     tx.batch_execute(&format!(
         "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS \
              PASSWORD {verifier};
@@ -147,7 +398,7 @@ pub async fn onboard(
          REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;",
         role = role.quoted(),
         schema = schema.quoted(),
-        verifier = quote_literal(&verifier),
+        verifier = quote_literal(&plan.verifier),
     ))
     .await?;
     // CONNECT and TEMPORARY come from PUBLIC by default. Where the operator revoked them, grant them to the
@@ -182,7 +433,7 @@ pub async fn onboard(
     ))
     .await?;
     let mut history = Vec::new();
-    for m in &migrations {
+    for m in &plan.migrations {
         let started = Instant::now();
         // A no-transaction file (CREATE INDEX CONCURRENTLY …) joins the onboarding transaction without
         // CONCURRENTLY: its tables are new, empty and seen by nobody else yet.
@@ -200,7 +451,7 @@ pub async fn onboard(
         history.push((m, started.elapsed().as_millis() as i32));
     }
     if !config.tenancy.admin_user_sql.trim().is_empty() {
-        tx.execute(config.tenancy.admin_user_sql.as_str(), &[&email])
+        tx.execute(config.tenancy.admin_user_sql.as_str(), &[&plan.email])
             .await?;
     }
     tx.batch_execute("RESET ROLE; SET LOCAL search_path = pg_catalog;")
@@ -214,25 +465,7 @@ pub async fn onboard(
         )
         .await?;
     }
-    let admin_user_id: Uuid = tx
-        .query_one(
-            "INSERT INTO pgtenant.users (email, organization_id, role) VALUES ($1, $2, 'admin') RETURNING id",
-            &[&email, &organization_id],
-        )
-        .await?
-        .get(0);
-    // Other pgtenants may have cached "no such user" for this email.
-    super::ops::announce(&tx, &super::ops::DirectoryEvent::Changed).await?;
-    tx.commit().await?;
-    tracing::info!(%slug, %schema, %role, migrations = history.len(), "tenant onboarded");
-    Ok(Onboarded {
-        organization_id,
-        slug,
-        schema,
-        role,
-        admin_user_id,
-        migrations_applied: history.len(),
-    })
+    Ok(history.len())
 }
 
 /// `sql` with the keyword CONCURRENTLY removed from its statements.

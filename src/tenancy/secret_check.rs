@@ -42,3 +42,60 @@ pub async fn check_at_start(directory: &Directory, passwords: &RolePasswords) {
         );
     }
 }
+
+/// What the secret check role on a cluster says about a server secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretCheck {
+    Matches,
+    /// The role did not exist; it was made with this secret.
+    Created,
+    Differs,
+}
+
+/// [`is_wrong`] on any cluster, over an admin connection to it (a superuser reads `pg_authid`).
+pub async fn check_on(
+    admin: &impl tokio_postgres::GenericClient,
+    passwords: &RolePasswords,
+) -> Result<SecretCheck, tokio_postgres::Error> {
+    let row = admin
+        .query_opt(
+            "SELECT rolpassword FROM pg_authid WHERE rolname = $1",
+            &[&SECRET_CHECK_ROLE],
+        )
+        .await?;
+    match row.and_then(|r| r.get::<_, Option<String>>(0)) {
+        Some(verifier) => Ok(
+            if crate::scram::verifier_matches(&passwords.password_for(SECRET_CHECK_ROLE), &verifier)
+            {
+                SecretCheck::Matches
+            } else {
+                SecretCheck::Differs
+            },
+        ),
+        None => {
+            let sql = format!(
+                "DO $$ BEGIN CREATE ROLE {SECRET_CHECK_ROLE} NOLOGIN PASSWORD {}; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+                crate::directory::quote_literal(&passwords.verifier_for(SECRET_CHECK_ROLE))
+            );
+            admin.batch_execute(&sql).await?;
+            Ok(SecretCheck::Created)
+        }
+    }
+}
+
+/// Sets a tenant role's password back to its derived value on the cluster `admin` is connected to (see
+/// `Directory::restore_role_password` for the default cluster).
+pub async fn restore_role_password_on(
+    admin: &impl tokio_postgres::GenericClient,
+    role: &crate::directory::RoleName,
+    verifier: &str,
+) -> Result<(), tokio_postgres::Error> {
+    admin
+        .batch_execute(&format!(
+            "ALTER ROLE {} PASSWORD {}",
+            role.quoted(),
+            crate::directory::quote_literal(verifier)
+        ))
+        .await
+}

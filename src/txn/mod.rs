@@ -22,7 +22,6 @@ pub mod lasting;
 pub mod statements;
 
 use crate::cancel::{CancelRegistration, UpstreamKey};
-use crate::directory::RoleName;
 use crate::limits::queue::QueueNotice;
 use crate::limits::watch::LimitWatch;
 use crate::metrics::Recorder;
@@ -72,7 +71,10 @@ pub struct TxnOutcome {
 /// One client session in transaction pooling.
 pub struct TxnSession<'a> {
     pub pools: &'a PoolManager,
-    pub role: &'a RoleName,
+    /// The pool the session's connections come from (the tenant's role on the cluster chosen at login).
+    pub pool: &'a crate::pool::PoolKey,
+    /// Where that pool's connections go.
+    pub target: &'a std::sync::Arc<crate::upstream::UpstreamTarget>,
     pub cancel: &'a CancelRegistration,
     /// The reported settings as the client last saw them.
     pub desired: Vec<(String, String)>,
@@ -461,13 +463,13 @@ impl TxnSession<'_> {
         if state.server.is_some() {
             return Ok(());
         }
-        self.pools.wait_unpaused(self.role).await;
+        self.pools.wait_unpaused(&self.pool.role).await;
         let started = std::time::Instant::now();
         let acquired = crate::limits::queue::wait_with_notice(
-            self.pools.acquire(self.role),
+            self.pools.acquire(self.pool, self.target),
             self.queue_notice.after,
             async || {
-                let notice = self.queue_notice.notice(self.pools, self.role);
+                let notice = self.queue_notice.notice(self.pools, self.pool);
                 protocol::write::notice_response(&mut state.to_client, &notice);
                 if client_write.write_all(&state.to_client).await.is_ok() {
                     state.to_client.clear();
@@ -492,7 +494,7 @@ impl TxnSession<'_> {
         }
         match self
             .pools
-            .try_acquire(self.role)
+            .try_acquire(self.pool, self.target)
             .await
             .map_err(pool_error)?
         {
@@ -511,6 +513,7 @@ impl TxnSession<'_> {
             addr: conn.addr,
             process_id: conn.process_id,
             secret_key: conn.secret_key,
+            tls: conn.tls.clone(),
         }));
         state.status = TxStatus::Idle;
         state.transactions += 1;
@@ -896,7 +899,7 @@ impl TxnSession<'_> {
     /// each time a statement of it went stale).
     fn new_statement(&self, query: &[u8], param_types: &[u8]) -> Statement {
         let base = statements::server_name(query, param_types);
-        let generation = self.pools.statement_generation(self.role, &base);
+        let generation = self.pools.statement_generation(self.pool, &base);
         let server_name = statements::with_generation(&base, generation);
         Statement {
             parse: statements::encode_parse(&server_name, query, param_types),
@@ -908,7 +911,7 @@ impl TxnSession<'_> {
     /// failing it, so pgtenant must not prepare it again under the client's old name.
     fn is_retired(&self, conn: &UpstreamConn, statement: &Statement) -> bool {
         !conn.prepared.contains(&statement.server_name)
-            && self.pools.is_retired(self.role, &statement.server_name)
+            && self.pools.is_retired(self.pool, &statement.server_name)
     }
 
     /// Applies what a server message implied for the books of the client and the connection.
@@ -1037,7 +1040,7 @@ impl TxnSession<'_> {
                                 // Stale everywhere: no client statement may be quietly re-prepared under it
                                 // with another result shape; new Parses get a new name.
                                 checkout.conn().prepared.mark_stale(name);
-                                self.pools.retire_statement(self.role, name);
+                                self.pools.retire_statement(self.pool, name);
                             }
                         }
                     }

@@ -150,6 +150,7 @@ impl TestDb {
                 admin_email: email.clone(),
                 slug: None,
                 ddl_allowed: None,
+                cluster: None,
             },
         )
         .await
@@ -303,6 +304,7 @@ async fn onboard_full(label: &str, email_label: &str, ddl_allowed: Option<bool>)
             admin_email: email.clone(),
             slug: None,
             ddl_allowed,
+            cluster: None,
         },
     )
     .await
@@ -418,4 +420,207 @@ pub async fn connect_with_notices(
         }
     });
     (client, rx)
+}
+
+/// An admin token (the admin claim set), for the admin channel.
+pub fn admin_token() -> String {
+    mint_hs256(
+        JWT_SECRET.as_bytes(),
+        &MintRequest {
+            sub: "platform-operator".into(),
+            email: Some("ops@platform.test".into()),
+            ttl: Duration::from_secs(600),
+            admin: true,
+            audience: None,
+            issuer: None,
+        },
+        "pgtenant_admin",
+    )
+    .expect("mint")
+}
+
+/// Runs admin commands through `proxy` with psql; returns (success, stdout, stderr). `-A -t` output: one
+/// row per line, columns separated by `|`.
+pub async fn psql_admin(proxy: &TestProxy, commands: &[&str]) -> (bool, String, String) {
+    let conninfo = format!(
+        "host=127.0.0.1 port={} user=ops dbname=pgtenant password={} sslmode=disable",
+        proxy.addr.port(),
+        admin_token()
+    );
+    let mut args: Vec<&str> = vec![&conninfo, "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"];
+    for c in commands {
+        args.push("-c");
+        args.push(c);
+    }
+    run_program(&client_program("psql"), &args, &[], None).await
+}
+
+/// A PostgreSQL cluster of its own for one test (beside the binary's shared one), with a database
+/// [`DATABASE`]; stopped when dropped and removed when the process exits.
+pub struct ExtraCluster {
+    pub cluster: Cluster,
+    pub spec: ClusterSpec,
+    pub root: PathBuf,
+}
+
+impl ExtraCluster {
+    /// A new primary.
+    pub async fn primary() -> ExtraCluster {
+        let (root, spec) = extra_spec();
+        let bins = cluster().bins.clone();
+        let started = {
+            let spec = spec.clone();
+            tokio::task::spawn_blocking(move || Cluster::start(&bins, spec))
+                .await
+                .expect("start task")
+                .expect("second cluster starts")
+        };
+        started
+            .stop_when_process_exits(Some(&root))
+            .expect("watchdog");
+        connect(started.superuser_config("postgres"))
+            .await
+            .batch_execute(&format!("CREATE DATABASE {DATABASE}"))
+            .await
+            .expect("create database");
+        ExtraCluster {
+            cluster: started,
+            spec,
+            root,
+        }
+    }
+
+    /// A streaming replica of `primary` (`pg_basebackup -R`), caught up with it. (Multi-thread runtime.)
+    pub async fn replica_of(primary: &ExtraCluster) -> ExtraCluster {
+        let (root, spec) = extra_spec();
+        let bins = cluster().bins.clone();
+        let started = tokio::task::block_in_place(|| {
+            Cluster::start_replica(&bins, &primary.cluster, spec.clone())
+        })
+        .expect("replica starts");
+        started
+            .stop_when_process_exits(Some(&root))
+            .expect("watchdog");
+        let replica = ExtraCluster {
+            cluster: started,
+            spec,
+            root,
+        };
+        replica.wait_caught_up(primary).await;
+        replica
+    }
+
+    pub fn port(&self) -> u16 {
+        self.cluster.port()
+    }
+
+    pub async fn superuser(&self) -> tokio_postgres::Client {
+        connect(self.cluster.superuser_config(DATABASE)).await
+    }
+
+    /// Waits (up to 30 s) until this replica is in recovery and has replayed everything `primary` had
+    /// written when asked.
+    pub async fn wait_caught_up(&self, primary: &ExtraCluster) {
+        let target: String = primary
+            .superuser()
+            .await
+            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .await
+            .expect("primary lsn")
+            .get(0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let replica = self.superuser().await;
+            let row = replica
+                .query_one(
+                    "SELECT pg_is_in_recovery(), coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                    &[&target],
+                )
+                .await
+                .expect("replica state");
+            if row.get::<_, bool>(0) && row.get::<_, bool>(1) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "replica not caught up with {target} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Stops the cluster (`pg_ctl stop -m fast`).
+    pub async fn stop(&mut self) {
+        tokio::task::block_in_place(|| self.cluster.stop()).expect("stop");
+    }
+
+    /// Starts it again on the same port and data directory.
+    pub async fn restart(&mut self) {
+        let bins = cluster().bins.clone();
+        let mut spec = self.spec.clone();
+        spec.port = self.cluster.port();
+        let started = tokio::task::block_in_place(|| Cluster::start(&bins, spec)).expect("restart");
+        started
+            .stop_when_process_exits(Some(&self.root))
+            .expect("watchdog");
+        self.cluster = started;
+    }
+}
+
+fn extra_spec() -> (PathBuf, ClusterSpec) {
+    let root = std::env::temp_dir().join(format!(
+        "pgtenant-test-extra-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
+    pgtenant::pgcluster::prepare_dir(&root).expect("test dir");
+    let spec = ClusterSpec::new(
+        root.join("data"),
+        "postgres",
+        cluster().cluster.superuser_password(),
+    )
+    .setting("fsync", "off")
+    .setting("synchronous_commit", "off")
+    .setting("full_page_writes", "off");
+    (root, spec)
+}
+
+/// `config` with the admin password of cluster `name` (every test cluster has the same superuser).
+pub fn with_cluster_secret(config: &mut Config, name: &str) {
+    config.clusters.insert(
+        name.to_string(),
+        pgtenant::config::ClusterSecrets {
+            admin_password: Some(pgtenant::config::Secret::new(
+                cluster().cluster.superuser_password(),
+            )),
+        },
+    );
+}
+
+impl TestDb {
+    /// Onboards a tenant on `cluster` (`None`: the default one), DDL as `ddl_allowed` says.
+    pub async fn onboard_on(
+        &self,
+        label: &str,
+        cluster: Option<&str>,
+        ddl_allowed: Option<bool>,
+    ) -> TestTenant {
+        let unique = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+        let email = format!("admin-{label}-{unique}@example.com");
+        let mut admin = self.superuser().await;
+        let onboarded = tenancy::onboard(
+            &mut admin,
+            &self.config,
+            &OnboardRequest {
+                name: format!("{label} {unique}"),
+                admin_email: email.clone(),
+                slug: None,
+                ddl_allowed,
+                cluster: cluster.map(str::to_string),
+            },
+        )
+        .await
+        .expect("onboard");
+        TestTenant { email, onboarded }
+    }
 }
