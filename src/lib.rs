@@ -68,6 +68,7 @@ pub mod login_guard;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrate;
+pub mod moves;
 pub mod pg_connect_errors;
 pub mod pgcluster;
 pub mod pool;

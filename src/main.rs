@@ -200,6 +200,27 @@ enum TenantAction {
         /// tenant whatever the default.
         value: String,
     },
+    /// Move a tenant to another cluster while it is served, or resume its move (as MOVE TENANT x TO c): its
+    /// role and schema made there, its tables copied by logical replication, a short pause, the switch.
+    Move {
+        /// The tenant's slug, schema, name or id.
+        tenant: String,
+        /// The cluster to move it to.
+        #[arg(long = "to")]
+        cluster: String,
+        /// Only check and print the plan.
+        #[arg(long)]
+        dry_run: bool,
+        /// At the switch, how long the tenant's running transactions may take before they are ended.
+        #[arg(long, default_value_t = 5000)]
+        pause_timeout_ms: u64,
+    },
+    /// Before its switch, stop a tenant's move and drop what the target got (as CANCEL MOVE x).
+    CancelMove { tenant: String },
+    /// After its switch, drop the tenant's copy on the cluster it left (as FINISH MOVE x).
+    FinishMove { tenant: String },
+    /// Every tenant move on record (as SHOW MOVES).
+    Moves,
     /// Put one of a tenant's limits (or all) back to the [limits] default, as ALTER TENANT x RESET.
     Reset {
         /// The tenant's slug, schema, name or id.
@@ -601,6 +622,36 @@ async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
     Ok(())
 }
 
+/// A mover whose progress lines go to stdout, as they happen.
+fn mover<'a>(
+    admin: &'a tokio_postgres::Client,
+    clusters: &'a pgtenant::clusters::ClusterSet,
+    config: &'a Config,
+) -> pgtenant::moves::Mover<'a> {
+    fn say(line: &str) {
+        println!("{line}");
+    }
+    pgtenant::moves::Mover {
+        directory: admin,
+        clusters,
+        config,
+        progress: &say,
+    }
+}
+
+fn print_move(report: &pgtenant::moves::MoveReport) {
+    for line in &report.lines {
+        println!("{line}");
+    }
+    println!(
+        "tenant {}: {} (from {} to {})",
+        report.slug,
+        report.outcome(),
+        report.source,
+        report.target
+    );
+}
+
 async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
     use pgtenant::tenancy::ops;
     let mut admin = connect_admin(config).await?;
@@ -700,6 +751,50 @@ async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
                 "{}: {setting} back to the default for its new sessions",
                 t.slug
             );
+        }
+        TenantAction::Move {
+            tenant,
+            cluster,
+            dry_run,
+            pause_timeout_ms,
+        } => {
+            let options = pgtenant::moves::MoveOptions {
+                dry_run,
+                pause_timeout: std::time::Duration::from_millis(pause_timeout_ms),
+                ..Default::default()
+            };
+            let report = mover(&admin, &clusters, config)
+                .run(
+                    &tenant,
+                    &pgtenant::clusters::ClusterName::new(cluster),
+                    &options,
+                )
+                .await?;
+            print_move(&report);
+        }
+        TenantAction::CancelMove { tenant } => {
+            print_move(&mover(&admin, &clusters, config).cancel(&tenant).await?);
+        }
+        TenantAction::FinishMove { tenant } => {
+            print_move(&mover(&admin, &clusters, config).finish(&tenant).await?);
+        }
+        TenantAction::Moves => {
+            println!(
+                "{:<30} {:<12} {:<12} {:<12} {:<24} {:>8}  note",
+                "tenant", "source", "target", "state", "updated", "pause_ms"
+            );
+            for m in pgtenant::moves::list_moves(&admin).await? {
+                println!(
+                    "{:<30} {:<12} {:<12} {:<12} {:<24} {:>8}  {}",
+                    m.slug,
+                    m.source,
+                    m.target,
+                    m.state.as_str(),
+                    m.updated_at,
+                    m.pause_ms.map(|ms| ms.to_string()).unwrap_or_default(),
+                    m.note.unwrap_or_default()
+                );
+            }
         }
         TenantAction::Check => {
             let results =

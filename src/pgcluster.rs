@@ -724,8 +724,8 @@ impl Cluster {
     /// Runs `initdb` if `data_dir` has no `PG_VERSION` (`-U superuser --pwfile --auth-local=trust
     /// --auth-host=scram-sha-256 -E UTF8 --locale=C --no-sync`; passwords stored as SCRAM-SHA-256), then starts the
     /// server with `pg_ctl start -w` (`-p PORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=<data
-    /// dir>.sock -c max_connections=300 -c password_encryption=scram-sha-256`, then `spec.extra_settings`), logging
-    /// to `<data dir>.log`. A postmaster already running on the data dir is stopped first (`pg_ctl stop -m fast`).
+    /// dir>.sock -c max_connections=300 -c password_encryption=scram-sha-256 -c wal_level=logical`, then
+    /// `spec.extra_settings`), logging to `<data dir>.log`. A postmaster already running on the data dir is stopped first (`pg_ctl stop -m fast`).
     /// When `spec.port` is 0, a free port is picked and start is retried on a new one if the log says the port is
     /// taken. Returns once the server accepts TCP connections on 127.0.0.1.
     pub fn start(bins: &PgBinaries, spec: ClusterSpec) -> Result<Cluster, ClusterError> {
@@ -1067,6 +1067,8 @@ impl Cluster {
             ),
             ("max_connections".into(), "300".into()),
             ("password_encryption".into(), "scram-sha-256".into()),
+            // Tenant moves copy with logical replication (`crate::moves`).
+            ("wal_level".into(), "logical".into()),
         ];
         settings.extend(extra.iter().cloned());
         let mut opts = format!("-p {port}");

@@ -172,6 +172,8 @@ pub struct PoolManager {
     global_waiting: AtomicUsize,
     tenants: Mutex<HashMap<PoolKey, Arc<TenantPool>>>,
     pauses: Pauses,
+    /// Where the pools of moved tenants are now (see [`crate::moves::routes`]).
+    pub moved: crate::moves::routes::MovedPools,
 }
 
 /// PAUSE / RESUME: tenants (or all) whose new transactions are held.
@@ -180,6 +182,10 @@ struct Pauses {
     all: std::sync::atomic::AtomicBool,
     tenants: Mutex<std::collections::HashSet<RoleName>>,
     resumed: tokio::sync::Notify,
+    /// Pauses of a tenant move, each with the number of its lease: a lease that runs out while it is
+    /// still the role's latest resumes the role.
+    leases: Mutex<HashMap<RoleName, u64>>,
+    lease_numbers: AtomicUsize,
 }
 
 /// Counts a waiting client while it waits.
@@ -225,6 +231,7 @@ impl PoolManager {
             passwords,
             salted: SaltedPasswordCache::default(),
             tenants: Mutex::new(HashMap::new()),
+            moved: Default::default(),
         })
     }
 
@@ -667,6 +674,40 @@ impl PoolManager {
         }
     }
 
+    /// Holds `role`'s new transactions for a tenant move, for at most `lease` unless [`Self::resume`] comes
+    /// first (a mover that crashed holds nobody for ever).
+    pub fn pause_for(self: &Arc<Self>, role: &RoleName, lease: Duration) {
+        self.pause(Some(role));
+        let number = self.pauses.lease_numbers.fetch_add(1, Ordering::Relaxed) as u64;
+        self.pauses
+            .leases
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(role.clone(), number);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (pools, role) = (Arc::downgrade(self), role.clone());
+        runtime.spawn(async move {
+            tokio::time::sleep(lease).await;
+            let Some(pools) = pools.upgrade() else {
+                return;
+            };
+            let expired = {
+                let mut leases = pools.pauses.leases.lock().unwrap_or_else(|p| p.into_inner());
+                let latest = leases.get(&role) == Some(&number);
+                if latest {
+                    leases.remove(&role);
+                }
+                latest
+            };
+            if expired {
+                tracing::warn!(role = %role, lease_ms = lease.as_millis() as u64, "a tenant move's pause ran out without word from the mover: the tenant's transactions go on");
+                pools.resume(Some(&role));
+            }
+        });
+    }
+
     /// Lets held transactions go on. `None` resumes everything (the global pause and every tenant's).
     pub fn resume(&self, role: Option<&RoleName>) {
         match role {
@@ -675,10 +716,16 @@ impl PoolManager {
                 if let Ok(mut t) = self.pauses.tenants.lock() {
                     t.clear();
                 }
+                if let Ok(mut leases) = self.pauses.leases.lock() {
+                    leases.clear();
+                }
             }
             Some(role) => {
                 if let Ok(mut t) = self.pauses.tenants.lock() {
                     t.remove(role);
+                }
+                if let Ok(mut leases) = self.pauses.leases.lock() {
+                    leases.remove(role);
                 }
             }
         }

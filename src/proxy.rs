@@ -3,9 +3,10 @@
 
 use crate::auth::TokenVerifier;
 use crate::cancel::CancelMap;
+use crate::clusters::ClusterName;
 use crate::config::Config;
 use crate::directory::{Directory, RoleName};
-use crate::pool::PoolManager;
+use crate::pool::{PoolKey, PoolManager};
 use crate::protocol::{sqlstate, PgError};
 use crate::sessions::SessionRegistry;
 use crate::tenancy::credentials::RolePasswords;
@@ -275,8 +276,56 @@ impl Proxy {
                 tracing::info!(%user_id, sessions_ended = ended, "user disabled");
             }
             DirectoryEvent::ClustersChanged => self.spawn_clusters_reload(),
+            DirectoryEvent::MovePause { role, lease_ms } => {
+                tracing::info!(%role, lease_ms, "a tenant move holds the tenant's new transactions");
+                self.pools
+                    .pause_for(&RoleName::new(role), Duration::from_millis(lease_ms));
+            }
+            DirectoryEvent::MoveSwitched { role, from, to } => {
+                self.spawn_move_switched(role, from, to)
+            }
+            DirectoryEvent::MoveResume { role } => {
+                tracing::info!(%role, "a tenant move's switch was undone: the tenant's transactions go on");
+                self.pools.resume(Some(&RoleName::new(role)));
+            }
             DirectoryEvent::Changed => {}
         }
+    }
+
+    /// A tenant's move switched: its sessions take connections on the target from their next transaction
+    /// on, then the held transactions go on (in that order, so none goes to the source).
+    fn spawn_move_switched(&self, role: String, from: ClusterName, to: ClusterName) {
+        let role = RoleName::new(role);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.pools.resume(Some(&role));
+            return;
+        };
+        let (clusters, directory, config, pools) = (
+            self.clusters.clone(),
+            self.directory.clone(),
+            self.config(),
+            self.pools.clone(),
+        );
+        runtime.spawn(async move {
+            match clusters
+                .entry(&to, &directory, &config)
+                .await
+                .and_then(|entry| entry.target())
+            {
+                Ok(target) => pools.moved.record(
+                    PoolKey::new(from.clone(), role.clone()),
+                    PoolKey::new(to.clone(), role.clone()),
+                    target,
+                ),
+                Err(e) => {
+                    tracing::error!(%role, cluster = %to, error = %e, "a moved tenant's new cluster is not usable; its sessions will fail until they log in again")
+                }
+            }
+            directory.invalidate();
+            pools.close_idle(Some(&role));
+            pools.resume(Some(&role));
+            tracing::info!(%role, %from, %to, "tenant moved: its transactions go to the new cluster");
+        });
     }
 
     /// Reads the clusters again, in the background.

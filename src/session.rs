@@ -732,7 +732,7 @@ async fn login(
                 _ => refusal,
             }
         })?;
-    let user = crate::directory::choose_membership(
+    let mut user = crate::directory::choose_membership(
         memberships,
         &claims.organization,
         proxy.config().auth.org_claim.as_deref().unwrap_or_default(),
@@ -807,11 +807,16 @@ async fn login(
     let virtual_schema = virtual_schema_for(&config, &user.tenant, params)?;
     let token = TokenFacts::of(&claims);
     let limits = SessionLimits::resolve(&config.limits, &user.tenant.limits);
+    proxy.pools.wait_unpaused(&user.tenant.role).await;
+    // A login held by a tenant move's switch read the directory before it: the tenant is on the target now.
+    let home = PoolKey::new(user.tenant.cluster.clone(), user.tenant.role.clone());
+    if let Some((moved, _)) = proxy.pools.moved.current(&home) {
+        user.tenant.cluster = moved.cluster;
+    }
     let mut pool = server_pool(proxy, &user, request.attrs).await?;
     proxy
         .pools
         .set_server_settings(&pool.key, &pool.target, limits.server_settings());
-    proxy.pools.wait_unpaused(&user.tenant.role).await;
     let transaction_pooling =
         user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction;
     if transaction_pooling {

@@ -8,8 +8,8 @@
 
 mod common;
 
+use common::clusters::*;
 use common::*;
-use pgtenant::clusters::ops::AddCluster;
 use pgtenant::migrate::progress::Silent;
 use pgtenant::migrate::tenants::{FanOutOptions, TenantMigrator};
 use std::time::{Duration, Instant};
@@ -66,32 +66,6 @@ async fn http_get(port: u16, path: &str) -> String {
     let mut body = String::new();
     stream.read_to_string(&mut body).await.expect("response");
     body
-}
-
-fn add_request(name: &str, port: u16, replica_of: Option<&str>) -> AddCluster {
-    AddCluster {
-        name: name.into(),
-        host: "127.0.0.1".into(),
-        port,
-        database: Some(DATABASE.into()),
-        admin_user: None,
-        sslmode: None,
-        sslrootcert: None,
-        sslcert: None,
-        sslkey: None,
-        replica_of: replica_of.map(str::to_string),
-    }
-}
-
-/// Adds a cluster with the library call the CLI uses.
-async fn add_cluster(db: &TestDb, request: AddCluster) {
-    let admin = db.superuser().await;
-    let clusters = pgtenant::clusters::load_with(&admin, &db.config)
-        .await
-        .expect("clusters");
-    pgtenant::clusters::ops::add_cluster(&admin, &db.config, &clusters, &request)
-        .await
-        .expect("add cluster");
 }
 
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -772,28 +746,6 @@ async fn read_only_sessions_go_to_a_replica_within_lag() {
     .expect_err("unknown value");
     assert_eq!(sqlstate(&bad), "22023", "{bad:?}");
     proxy.stop().await;
-}
-
-/// A config file for the `pgtenant` binary pointing at `db`'s directory, with cluster b's password.
-fn cli_config(db: &TestDb, dir: &std::path::Path, placement: &str) -> std::path::PathBuf {
-    let c = &db.config;
-    let text = format!(
-        "[upstream]\nhost = \"127.0.0.1\"\nport = {}\ndatabase = \"{}\"\nadmin_user = \"{}\"\n\
-         admin_password = \"{}\"\nserver_secret = \"{SERVER_SECRET}\"\n\n\
-         [tenancy]\ntenant_migrations_dir = \"{}\"\nshared_migrations_dir = \"{}\"\n\
-         placement = \"{placement}\"\n\n\
-         [clusters.b]\nadmin_password = \"{}\"\n",
-        c.upstream.port,
-        c.upstream.database,
-        c.upstream.admin_user,
-        c.upstream.admin_password.clone().unwrap_or_default(),
-        c.tenancy.tenant_migrations_dir.display(),
-        c.tenancy.shared_migrations_dir.display(),
-        cluster().cluster.superuser_password(),
-    );
-    let path = dir.join(format!("{placement}.toml"));
-    std::fs::write(&path, text).expect("config file");
-    path
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,8 +8,9 @@
 mod clusters;
 mod logins;
 mod migrate;
+mod moves;
 pub mod parse;
-mod show;
+pub(crate) mod show;
 mod tenants;
 mod tokens;
 
@@ -296,6 +297,14 @@ async fn execute(proxy: Arc<Proxy>, command: Command, notices: Notices) -> Resul
         Command::DisableUser { email } => tokens::set_disabled(&proxy, &email, true).await,
         Command::EnableUser { email } => tokens::set_disabled(&proxy, &email, false).await,
         Command::ShowLimits => show::limits(&proxy).await,
+        Command::MoveTenant {
+            tenant,
+            cluster,
+            dry_run,
+        } => moves::move_tenant(&proxy, &tenant, &cluster, dry_run, &notices).await,
+        Command::CancelMove { tenant } => moves::cancel(&proxy, &tenant, &notices).await,
+        Command::FinishMove { tenant } => moves::finish(&proxy, &tenant, &notices).await,
+        Command::ShowMoves => moves::show(&proxy).await,
         Command::AlterTenantLimits { tenant, changes } => {
             tenants::alter_limits(&proxy, &tenant, &changes).await
         }

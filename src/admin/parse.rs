@@ -81,6 +81,22 @@ pub enum Command {
         tenant: String,
         changes: Vec<(Limit, Option<u32>)>,
     },
+    /// `MOVE TENANT x TO c [DRY RUN]`: start or resume the tenant's move to cluster c.
+    MoveTenant {
+        tenant: String,
+        cluster: String,
+        dry_run: bool,
+    },
+    /// `CANCEL MOVE x`: before the switch, drop what the target got.
+    CancelMove {
+        tenant: String,
+    },
+    /// `FINISH MOVE x`: after the switch, drop the tenant's copy on the source.
+    FinishMove {
+        tenant: String,
+    },
+    /// Every tenant move on record.
+    ShowMoves,
 }
 
 /// What was wrong with a command, with a hint toward the right form.
@@ -167,6 +183,19 @@ pub const FORMS: &[(&str, &str)] = &[
         "CHECK TENANTS",
         "log in as every tenant's role and report its health",
     ),
+    (
+        "MOVE TENANT x TO cluster [DRY RUN]",
+        "move a tenant to another cluster while it is served (or resume its move); DRY RUN only checks",
+    ),
+    (
+        "CANCEL MOVE x",
+        "before its switch, stop a tenant's move and drop what the target got",
+    ),
+    (
+        "FINISH MOVE x",
+        "after its switch, drop the tenant's copy on the cluster it left",
+    ),
+    ("SHOW MOVES", "every tenant move: clusters, state, pause, last error"),
     (
         "ALTER TENANT x SET setting = 'value'",
         "a tenant's statement_timeout, lock_timeout, idle_in_transaction_session_timeout or transaction_timeout ('5s', 0: off) for its new sessions",
@@ -371,7 +400,7 @@ fn syntax(form: &str, got: &[Token]) -> SyntaxError {
 fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
     let mut c = Cursor { tokens, pos: 0 };
     let command = if c.keyword("SHOW") {
-        let form = "SHOW TENANTS | CLUSTERS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION | LOGINS | LIMITS";
+        let form = "SHOW TENANTS | CLUSTERS | POOLS | CLIENTS | SERVERS | MIGRATIONS [tenant] | CONFIG | VERSION | LOGINS | LIMITS | MOVES";
         if c.keyword("TENANTS") {
             Command::ShowTenants
         } else if c.keyword("CLUSTERS") {
@@ -394,6 +423,8 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
             Command::ShowLogins
         } else if c.keyword("LIMITS") {
             Command::ShowLimits
+        } else if c.keyword("MOVES") {
+            Command::ShowMoves
         } else {
             return Err(syntax(form, tokens));
         }
@@ -480,6 +511,44 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
         }
         add.host = host.ok_or_else(|| syntax(form, tokens))?;
         Command::AddCluster(add)
+    } else if c.keyword("MOVE") {
+        let form = "MOVE TENANT x TO cluster [DRY RUN]";
+        if !c.keyword("TENANT") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(tenant) = c.name() else {
+            return Err(syntax(form, tokens));
+        };
+        if !c.keyword("TO") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(cluster) = c.name() else {
+            return Err(syntax(form, tokens));
+        };
+        let dry_run = c.keywords(&["DRY", "RUN"]);
+        Command::MoveTenant {
+            tenant,
+            cluster,
+            dry_run,
+        }
+    } else if c.keyword("CANCEL") || c.keyword("FINISH") {
+        let cancel = matches!(&tokens[0], Token::Word(w) if w.eq_ignore_ascii_case("CANCEL"));
+        let form = if cancel {
+            "CANCEL MOVE x"
+        } else {
+            "FINISH MOVE x"
+        };
+        if !c.keyword("MOVE") {
+            return Err(syntax(form, tokens));
+        }
+        let Some(tenant) = c.name() else {
+            return Err(syntax(form, tokens));
+        };
+        if cancel {
+            Command::CancelMove { tenant }
+        } else {
+            Command::FinishMove { tenant }
+        }
     } else if c.keyword("MIGRATE") {
         let form = "MIGRATE TENANTS [DRY RUN] | MIGRATE TENANT x [DRY RUN]";
         let tenant = if c.keyword("TENANTS") || c.keyword("ALL") {

@@ -474,6 +474,8 @@ pub mod sqlstate {
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const SYNTAX_ERROR: &str = "42601";
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const QUERY_CANCELED: &str = "57014";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     /// PostgreSQL 17's transaction_timeout (pgtenant enforces it on any version).
     pub const TRANSACTION_TIMEOUT: &str = "25P04";

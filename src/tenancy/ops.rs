@@ -47,6 +47,18 @@ pub enum DirectoryEvent {
     UserDisabled { user_id: Uuid },
     /// `pgtenant.clusters` changed (trigger of shared migration V011): read it again.
     ClustersChanged,
+    /// A tenant move is switching (see `crate::moves::switch`): hold the role's new transactions, for at most
+    /// `lease_ms` unless told otherwise.
+    MovePause { role: String, lease_ms: u64 },
+    /// The move switched: the role's server connections go to cluster `to` instead of `from`; let the held
+    /// transactions go on.
+    MoveSwitched {
+        role: String,
+        from: crate::clusters::ClusterName,
+        to: crate::clusters::ClusterName,
+    },
+    /// A switch was undone: let the held transactions go on where they were.
+    MoveResume { role: String },
 }
 
 /// One revocation, as announced.
@@ -82,6 +94,11 @@ impl DirectoryEvent {
             DirectoryEvent::RevocationsChanged => "revocations changed".into(),
             DirectoryEvent::UserDisabled { user_id } => format!("user_disabled {user_id}"),
             DirectoryEvent::ClustersChanged => "clusters changed".into(),
+            DirectoryEvent::MovePause { role, lease_ms } => format!("move pause {lease_ms} {role}"),
+            DirectoryEvent::MoveSwitched { role, from, to } => {
+                format!("move switched {from} {to} {role}")
+            }
+            DirectoryEvent::MoveResume { role } => format!("move resume {role}"),
         }
     }
 
@@ -91,6 +108,9 @@ impl DirectoryEvent {
         }
         if payload == "clusters changed" {
             return DirectoryEvent::ClustersChanged;
+        }
+        if let Some(event) = Self::parse_move(payload) {
+            return event;
         }
         let mut parts = payload.splitn(4, ' ');
         match (parts.next(), parts.next(), parts.next(), parts.next()) {
@@ -108,6 +128,38 @@ impl DirectoryEvent {
 }
 
 impl DirectoryEvent {
+    /// The announcements of a tenant move; `None` for others. A move announcement that does not parse
+    /// resumes nothing and pauses nothing: it is taken as `Changed`.
+    fn parse_move(payload: &str) -> Option<DirectoryEvent> {
+        let rest = payload.strip_prefix("move ")?;
+        let role = |r: &str| (!r.is_empty()).then(|| r.to_string());
+        let event = if let Some(rest) = rest.strip_prefix("pause ") {
+            rest.split_once(' ').and_then(|(ms, r)| {
+                Some(DirectoryEvent::MovePause {
+                    role: role(r)?,
+                    lease_ms: ms.parse().ok()?,
+                })
+            })
+        } else if let Some(rest) = rest.strip_prefix("switched ") {
+            let mut parts = rest.splitn(3, ' ');
+            match (parts.next(), parts.next(), parts.next()) {
+                (Some(from), Some(to), Some(r)) => {
+                    role(r).map(|role| DirectoryEvent::MoveSwitched {
+                        role,
+                        from: crate::clusters::ClusterName::new(from),
+                        to: crate::clusters::ClusterName::new(to),
+                    })
+                }
+                _ => None,
+            }
+        } else if let Some(r) = rest.strip_prefix("resume ") {
+            role(r).map(|role| DirectoryEvent::MoveResume { role })
+        } else {
+            None
+        };
+        Some(event.unwrap_or(DirectoryEvent::Changed))
+    }
+
     /// The announcements of the revocation triggers (and of a disabled user); `None` for others. A payload
     /// that starts like one but does not parse is `RevocationsChanged`: reload rather than miss it.
     fn parse_revocation(payload: &str) -> Option<DirectoryEvent> {
@@ -622,6 +674,34 @@ fn describe(e: &tokio_postgres::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn move_announcements_round_trip() {
+        for event in [
+            DirectoryEvent::MovePause {
+                role: "org_ab12".into(),
+                lease_ms: 35_000,
+            },
+            DirectoryEvent::MoveSwitched {
+                role: "org_ab12".into(),
+                from: crate::clusters::ClusterName::new("default"),
+                to: crate::clusters::ClusterName::new("b"),
+            },
+            DirectoryEvent::MoveResume {
+                role: "org_ab12".into(),
+            },
+        ] {
+            assert_eq!(DirectoryEvent::parse(&event.payload()), event);
+        }
+        assert_eq!(
+            DirectoryEvent::parse("move pause soon org_x"),
+            DirectoryEvent::Changed
+        );
+        assert_eq!(
+            DirectoryEvent::parse("move resume "),
+            DirectoryEvent::Changed
+        );
+    }
 
     #[test]
     fn directory_events_round_trip() {

@@ -126,6 +126,11 @@ struct State {
     server_unflushed: bool,
     /// ReadyForQuery messages from servers (for the limit timers).
     answered: u64,
+    /// The pool the tenant's connections come from since it was moved to another cluster.
+    moved: Option<(
+        crate::pool::PoolKey,
+        std::sync::Arc<crate::upstream::UpstreamTarget>,
+    )>,
 }
 
 enum Step {
@@ -260,6 +265,7 @@ impl TxnSession<'_> {
             client_unflushed: false,
             server_unflushed: false,
             answered: 0,
+            moved: None,
         };
         let mut limits = self.limits.take();
         let end = match client {
@@ -464,12 +470,19 @@ impl TxnSession<'_> {
             return Ok(());
         }
         self.pools.wait_unpaused(&self.pool.role).await;
+        if let Some(moved) = self.pools.moved.current(self.pool) {
+            state.moved = Some(moved);
+        }
+        let (pool, target) = match &state.moved {
+            Some((pool, target)) => (pool, target),
+            None => (self.pool, self.target),
+        };
         let started = std::time::Instant::now();
         let acquired = crate::limits::queue::wait_with_notice(
-            self.pools.acquire(self.pool, self.target),
+            self.pools.acquire(pool, target),
             self.queue_notice.after,
             async || {
-                let notice = self.queue_notice.notice(self.pools, self.pool);
+                let notice = self.queue_notice.notice(self.pools, pool);
                 protocol::write::notice_response(&mut state.to_client, &notice);
                 if client_write.write_all(&state.to_client).await.is_ok() {
                     state.to_client.clear();
@@ -492,9 +505,16 @@ impl TxnSession<'_> {
         if state.server.is_some() {
             return Ok(true);
         }
+        if let Some(moved) = self.pools.moved.current(self.pool) {
+            state.moved = Some(moved);
+        }
+        let (pool, target) = match &state.moved {
+            Some((pool, target)) => (pool, target),
+            None => (self.pool, self.target),
+        };
         match self
             .pools
-            .try_acquire(self.pool, self.target)
+            .try_acquire(pool, target)
             .await
             .map_err(pool_error)?
         {
