@@ -49,6 +49,8 @@
 //! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and the credentials
 //!   of tenant roles (derived passwords, SCRAM verifiers).
 //! - [`migrate`]: versioned SQL files of `shared-migrations/` and `tenant-migrations/`, checksums, history.
+//! - [`moves`]: moving a tenant to another cluster while it is served (logical replication, a short switch),
+//!   resumable and cancellable from the state kept in the directory; where moved sessions' pools are now.
 //! - [`pg_connect_errors`]: the error sink of the tokio-postgres pools (directory, migrations): logs why a
 //!   connection failed and keeps it, since bb8 itself only reports a timeout.
 //! - [`pgcluster`]: finding PostgreSQL's binaries and running a throwaway cluster (for `pgtenant dev` and tests).

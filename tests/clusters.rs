@@ -433,7 +433,9 @@ async fn fan_out_over_two_clusters_with_one_stopped_midway() {
     assert!(report.pending.iter().all(|(_, c)| *c == b_name));
     assert!(!report.ok());
     assert!(
-        report.to_string().contains("pending (cluster down)"),
+        report
+            .to_string()
+            .contains("pending (cluster down, or tenant being moved)"),
         "{report}"
     );
 

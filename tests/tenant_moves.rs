@@ -122,6 +122,8 @@ async fn a_tenant_moves_under_pgbench_and_every_committed_transaction_is_on_the_
         c.pool.size_per_tenant = 4;
     })
     .await;
+    // A second pgtenant over the same directory, pooling by session, with a session open on the source.
+    let session_proxy = TestProxy::start_with(|c| *c = db.config.clone()).await;
     let dir = temp_dir("move");
     let config = cli_config(&db, &dir, "default");
     let slug = tenant.onboarded.slug.clone();
@@ -194,6 +196,11 @@ async fn a_tenant_moves_under_pgbench_and_every_committed_transaction_is_on_the_
             .await
         })
     };
+    let old_session = session_proxy.connect(&tenant).await;
+    old_session
+        .simple_query("SELECT 1")
+        .await
+        .expect("a session on the source");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let started = Instant::now();
     let (ok, out, err) = cli(&config, &["tenant", "move", &slug, "--to", "b"]).await;
@@ -269,6 +276,28 @@ async fn a_tenant_moves_under_pgbench_and_every_committed_transaction_is_on_the_
         .expect("role")
         .get(0);
     assert!(!can_login, "the source's role is locked out");
+    // The session-pooled session was on the source: PostgreSQL ended it at the switch; a new one, through
+    // the other pgtenant, lands on b.
+    let ended = old_session
+        .simple_query("SELECT 1")
+        .await
+        .expect_err("the session on the source was ended");
+    assert!(
+        ended.as_db_error().map(|e| e.code().code()) == Some("57P01") || ended.is_closed(),
+        "{ended:?}"
+    );
+    let new_session = session_proxy.connect(&tenant).await;
+    let port: i32 = new_session
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .expect("port")
+        .get(0);
+    assert_eq!(
+        port,
+        i32::from(b.port()),
+        "the other pgtenant heard of the move"
+    );
+    drop(new_session);
     let (ok, out, err) = psql_admin(&proxy, &["SHOW MOVES"]).await;
     assert!(
         ok && out.contains(&format!("{slug}|default|b|switched|")),
@@ -298,6 +327,7 @@ async fn a_tenant_moves_under_pgbench_and_every_committed_transaction_is_on_the_
         .expect("still served")
         .get(0);
     assert_eq!(count, processed);
+    session_proxy.stop().await;
     proxy.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -887,6 +887,47 @@ mod tests {
     }
 
     #[test]
+    fn moves_are_parsed_with_their_forms_as_hints() {
+        assert_eq!(
+            parse("MOVE TENANT acme TO b DRY RUN; move tenant 'Acme Co' to b; SHOW MOVES")
+                .expect("ok"),
+            vec![
+                Command::MoveTenant {
+                    tenant: "acme".into(),
+                    cluster: "b".into(),
+                    dry_run: true
+                },
+                Command::MoveTenant {
+                    tenant: "Acme Co".into(),
+                    cluster: "b".into(),
+                    dry_run: false
+                },
+                Command::ShowMoves,
+            ]
+        );
+        assert_eq!(
+            parse("CANCEL MOVE acme; FINISH MOVE acme").expect("ok"),
+            vec![
+                Command::CancelMove {
+                    tenant: "acme".into()
+                },
+                Command::FinishMove {
+                    tenant: "acme".into()
+                },
+            ]
+        );
+        for bad in [
+            "MOVE TENANT acme",
+            "MOVE acme TO b",
+            "CANCEL acme",
+            "FINISH MOVE",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert!(e.hint.contains("MOVE"), "{bad}: {e:?}");
+        }
+    }
+
+    #[test]
     fn tenant_limits_are_set_and_reset() {
         let set = |tenant: &str, limit, ms| Command::AlterTenantLimits {
             tenant: tenant.into(),

@@ -22,37 +22,7 @@
 //! [`replicas`] (lag of every replica, measured by each pgtenant), [`route`] (which cluster a session's
 //! server connections go to).
 //!
-//! # Moving a tenant (item 3 of issue 9; designed, not built)
-//!
-//! `MOVE TENANT x TO c`, `CANCEL MOVE x`, `FINISH MOVE x`; the state lives in the directory, in the table
-//! `pgtenant.tenant_moves` (created by shared migration V011, written by nothing yet), so any pgtenant (or
-//! the CLI) can resume or cancel a move after a crash:
-//!
-//! | column | meaning |
-//! |---|---|
-//! | `organization_id` | the tenant (primary key: one move at a time) |
-//! | `source`, `target` | cluster names |
-//! | `state` | `preparing`, `copying`, `catching_up`, `switching`, `done`, `cancelled`, `failed` |
-//! | `publication`, `subscription`, `slot` | names made from the tenant's short id |
-//! | `started_at`, `updated_at`, `error` | |
-//!
-//! Steps, each idempotent (a step re-run after a crash finds its work done and goes on):
-//! 1. `preparing`: on the target, the role (same name, same derived password: the verifier is computed
-//!    from the server secret), the schema (`pg_dump --schema-only -n`), the `tenant_roles` row and the
-//!    history rows copied from the source.
-//! 2. `copying`: `CREATE PUBLICATION … FOR TABLES IN SCHEMA` (PostgreSQL 15) on the source, `CREATE
-//!    SUBSCRIPTION … WITH (copy_data = true)` on the target; wait for every table's `srsubstate = 'r'`.
-//! 3. `catching_up`: wait until the subscription's lag is small.
-//! 4. `switching`: `PAUSE` the tenant on every pgtenant (a directory announcement; each pgtenant waits
-//!    for the tenant's transactions to end), wait for lag 0 (the source's `pg_current_wal_lsn()` reached by
-//!    the subscription's `latest_end_lsn`), copy sequences (`setval` of each `last_value`), set
-//!    `organizations.cluster = target` and announce; pools are keyed by (cluster, role), so the next
-//!    transaction opens connections on the target. RESUME.
-//! 5. `FINISH MOVE`: drop subscription, publication and slot; drop the schema and role on the source.
-//!    `CANCEL MOVE` before `switching` drops what the target got and leaves the tenant where it was.
-//!
-//! What logical replication does not carry (DDL during the move, large objects) is refused or copied with
-//! `pg_dump -n`; migrations skip a tenant whose move is past `preparing`.
+//! Moving a tenant from one cluster to another while it is served is [`crate::moves`].
 
 pub mod guards;
 pub mod ops;

@@ -196,7 +196,11 @@ impl fmt::Display for FanOutReport {
             self.not_started,
         )?;
         if !self.pending.is_empty() {
-            write!(f, ", {} pending (cluster down)", self.pending.len())?;
+            write!(
+                f,
+                ", {} pending (cluster down, or tenant being moved)",
+                self.pending.len()
+            )?;
         }
         write!(f, " ({:.1}s)", self.elapsed.as_secs_f64())?;
         if self.clusters.len() > 1 || self.clusters.values().any(|c| c.down.is_some()) {
@@ -223,6 +227,9 @@ pub struct TenantRow {
     pub applied: Vec<(i32, String)>,
     /// The tenant's cluster could not be asked for its history (why).
     pub cluster_down: Option<String>,
+    /// A move of the tenant to another cluster is under way (before its switch; see `crate::moves`):
+    /// migrating it now would change what is being copied.
+    pub moving: bool,
 }
 
 /// A tenant's version and what it lacks.
@@ -448,12 +455,15 @@ impl TenantMigrator {
     /// Every tenant (or the one named by `only`) with its history, read on its cluster. The tenants of a
     /// cluster that does not answer come with `cluster_down` set and no history.
     pub async fn load_tenants(&self, only: Option<&str>) -> Result<Vec<TenantRow>, MigrateError> {
-        let tenants: Vec<Tenant> = {
+        let (tenants, moving): (Vec<Tenant>, HashSet<Uuid>) = {
             let admin = self.admin().await?;
-            admin
+            let rows = admin
                 .query(
                     &format!(
-                        "SELECT {TENANT_COLUMNS} FROM pgtenant.organizations o
+                        "SELECT {TENANT_COLUMNS},
+                                EXISTS (SELECT 1 FROM pgtenant.tenant_moves m WHERE m.organization_id = o.id
+                                          AND m.state IN ('preparing', 'copying', 'catching_up', 'switching'))
+                         FROM pgtenant.organizations o
                          WHERE o.status <> 'provisioning'
                            AND ($1::text IS NULL OR o.slug = $1 OR o.schema_name::text = $1
                                 OR o.id::text = $1 OR o.name = $1)
@@ -461,10 +471,16 @@ impl TenantMigrator {
                     ),
                     &[&only],
                 )
-                .await?
+                .await?;
+            let moving_at = rows.first().map(|r| r.len() - 1).unwrap_or(0);
+            let tenants: Vec<Tenant> = rows.iter().map(|r| Tenant::from_row(r, 0)).collect();
+            let moving = rows
                 .iter()
-                .map(|r| Tenant::from_row(r, 0))
-                .collect()
+                .zip(&tenants)
+                .filter(|(r, _)| r.get::<_, bool>(moving_at))
+                .map(|(_, t)| t.id)
+                .collect();
+            (tenants, moving)
         };
         let mut clusters: Vec<ClusterName> = tenants.iter().map(|t| t.cluster.clone()).collect();
         clusters.sort();
@@ -511,6 +527,7 @@ impl TenantMigrator {
             .map(|tenant| TenantRow {
                 applied: histories.remove(&tenant.id).unwrap_or_default(),
                 cluster_down: down.get(&tenant.cluster).cloned(),
+                moving: moving.contains(&tenant.id),
                 tenant,
             })
             .collect())
@@ -727,6 +744,11 @@ impl TenantMigrator {
                 .or_else(|| down.get(&cluster).cloned());
             if let Some(why) = why {
                 report.cluster_down(&cluster, &why);
+                report.count(&cluster, &TenantOutcome::Pending(why));
+                report.pending.push((tenant.tenant.slug, cluster));
+            } else if tenant.moving && !pending.is_empty() {
+                let why =
+                    "being moved to another cluster: migrated after the move's switch".to_string();
                 report.count(&cluster, &TenantOutcome::Pending(why));
                 report.pending.push((tenant.tenant.slug, cluster));
             } else if pending.is_empty() {

@@ -119,8 +119,13 @@ pub async fn switch(
     Ok(held)
 }
 
-/// Waits until none of the tenant's backends on the source is in a transaction, for at most `limit`;
-/// returns how many still are.
+/// How long no backend of the tenant may have been in a transaction before the switch goes on: a
+/// transaction whose connection was checked out just before a pgtenant heard of the pause reaches the
+/// server within this.
+const QUIET_FOR: Duration = Duration::from_millis(50);
+
+/// Waits until none of the tenant's backends on the source has been in a transaction for [`QUIET_FOR`],
+/// for at most `limit`; returns how many still are.
 async fn wait_for_running(
     source_db: &Client,
     source: &ClusterEntry,
@@ -128,6 +133,7 @@ async fn wait_for_running(
     limit: Duration,
 ) -> Result<i64, MoveError> {
     let deadline = Instant::now() + limit;
+    let mut quiet_since: Option<Instant> = None;
     loop {
         let running: i64 = source_db
             .query_one(
@@ -138,7 +144,13 @@ async fn wait_for_running(
             .await
             .map_err(MoveError::db(source.name()))?
             .get(0);
-        if running == 0 || Instant::now() >= deadline {
+        let now = Instant::now();
+        if running > 0 {
+            quiet_since = None;
+        } else if now.duration_since(*quiet_since.get_or_insert(now)) >= QUIET_FOR {
+            return Ok(0);
+        }
+        if now >= deadline {
             return Ok(running);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
