@@ -8,6 +8,9 @@ CREATE TABLE pgtenant.tenant_moves (
     organization_id uuid PRIMARY KEY REFERENCES pgtenant.organizations (id) ON DELETE CASCADE,
     source          text NOT NULL REFERENCES pgtenant.clusters (name),
     target          text NOT NULL REFERENCES pgtenant.clusters (name),
+    -- logical: copied by logical replication while served, a short switch; offline: copied with COPY during
+    -- the switch (for tables logical replication cannot carry), the tenant held for the whole copy.
+    mode            text NOT NULL DEFAULT 'logical' CHECK (mode IN ('logical', 'offline')),
     -- preparing: role, schema and history made on the target; copying: publication and subscription made,
     -- tables copied; catching_up: the subscription follows the source; switching: the tenant is paused, its
     -- source role cannot log in, the last changes and the sequences are being carried over; switched: the

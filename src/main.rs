@@ -211,6 +211,10 @@ enum TenantAction {
         /// Only check and print the plan.
         #[arg(long)]
         dry_run: bool,
+        /// Copy with COPY during the switch instead of logical replication, for tables logical replication
+        /// cannot carry (no primary key or replica identity, UNLOGGED); the tenant waits for the whole copy.
+        #[arg(long)]
+        offline: bool,
         /// At the switch, how long the tenant's running transactions may take before they are ended.
         #[arg(long, default_value_t = 5000)]
         pause_timeout_ms: u64,
@@ -756,10 +760,12 @@ async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
             tenant,
             cluster,
             dry_run,
+            offline,
             pause_timeout_ms,
         } => {
             let options = pgtenant::moves::MoveOptions {
                 dry_run,
+                offline,
                 pause_timeout: std::time::Duration::from_millis(pause_timeout_ms),
                 ..Default::default()
             };

@@ -520,3 +520,87 @@ async fn a_move_killed_at_any_step_resumes_or_cancels_and_the_tenant_lives_on_on
     proxy.stop().await;
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_logical_replication_cannot_carry_move_offline_through_the_admin_channel() {
+    let (db, b) = two_clusters().await;
+    let tenant = db.onboard("offline").await;
+    let schema = tenant.onboarded.schema.as_str();
+    let role = tenant.onboarded.role.quoted();
+    db.superuser()
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE {schema}.notes (body text);
+             CREATE UNLOGGED TABLE {schema}.scratch (id int PRIMARY KEY);
+             ALTER TABLE {schema}.notes OWNER TO {role};
+             ALTER TABLE {schema}.scratch OWNER TO {role};
+             INSERT INTO {schema}.notes SELECT 'note ' || g FROM generate_series(1, 500) g;
+             INSERT INTO {schema}.scratch SELECT g FROM generate_series(1, 20) g;
+             INSERT INTO {schema}.employees (email, full_name)
+               SELECT 'e' || g || '@x.test', 'E' FROM generate_series(1, 300) g;"
+        ))
+        .await
+        .expect("tables");
+    let proxy = TestProxy::start_with(|c| *c = db.config.clone()).await;
+    let slug = tenant.onboarded.slug.clone();
+    let client = proxy.connect(&tenant).await;
+    let max_id: i64 = client
+        .query_one("SELECT max(id) FROM employees", &[])
+        .await
+        .expect("max")
+        .get(0);
+
+    let (ok, _, err) = psql_admin(&proxy, &[&format!("MOVE TENANT {slug} TO b")]).await;
+    assert!(!ok, "refused");
+    assert!(
+        err.contains("notes (no replica identity)")
+            && err.contains("scratch (unlogged)")
+            && err.contains(&format!("MOVE TENANT {slug} TO b OFFLINE")),
+        "{err}"
+    );
+    let (ok, out, err) = psql_admin(&proxy, &[&format!("MOVE TENANT {slug} TO b OFFLINE")]).await;
+    assert!(ok, "offline move: {out}{err}");
+    assert!(
+        out.contains(&format!("{slug}|default|b|switched|")),
+        "{out}"
+    );
+    assert!(err.contains("copied offline"), "progress as NOTICEs: {err}");
+
+    // The old session was on the source and is gone; a new one is on b with every row.
+    assert!(client.simple_query("SELECT 1").await.is_err());
+    let client = proxy.connect(&tenant).await;
+    let row = client
+        .query_one(
+            "SELECT inet_server_port(), (SELECT count(*) FROM notes), (SELECT count(*) FROM scratch),
+                    (SELECT count(*) FROM employees)",
+            &[],
+        )
+        .await
+        .expect("served from b");
+    assert_eq!(row.get::<_, i32>(0), i32::from(b.port()));
+    assert_eq!(
+        (
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+            row.get::<_, i64>(3)
+        ),
+        (500, 20, 301)
+    );
+    // The sequence came along: a new row gets an id after the copied ones.
+    let new_id: i64 = client
+        .query_one(
+            "INSERT INTO employees (email, full_name) VALUES ('after@x.test', 'A') RETURNING id",
+            &[],
+        )
+        .await
+        .expect("insert on b")
+        .get(0);
+    assert!(new_id > max_id, "{new_id} after {max_id}");
+    let (ok, out, err) = psql_admin(&proxy, &[&format!("FINISH MOVE {slug}"), "SHOW MOVES"]).await;
+    assert!(
+        ok && out.contains(&format!("{slug}|default|b|finished|")),
+        "{out}{err}"
+    );
+    assert!(!has_schema(&db.superuser().await, &tenant).await);
+    proxy.stop().await;
+}

@@ -300,8 +300,16 @@ async fn execute(proxy: Arc<Proxy>, command: Command, notices: Notices) -> Resul
         Command::MoveTenant {
             tenant,
             cluster,
+            offline,
             dry_run,
-        } => moves::move_tenant(&proxy, &tenant, &cluster, dry_run, &notices).await,
+        } => {
+            let options = crate::moves::MoveOptions {
+                dry_run,
+                offline,
+                ..Default::default()
+            };
+            moves::move_tenant(&proxy, &tenant, &cluster, &options, &notices).await
+        }
         Command::CancelMove { tenant } => moves::cancel(&proxy, &tenant, &notices).await,
         Command::FinishMove { tenant } => moves::finish(&proxy, &tenant, &notices).await,
         Command::ShowMoves => moves::show(&proxy).await,

@@ -77,16 +77,12 @@ pub async fn move_tenant(
     proxy: &Proxy,
     tenant: &str,
     cluster: &str,
-    dry_run: bool,
+    options: &MoveOptions,
     notices: &Notices,
 ) -> Result<Reply, PgError> {
-    let options = MoveOptions {
-        dry_run,
-        ..MoveOptions::default()
-    };
     let target = ClusterName::new(cluster);
     let report = with_mover(proxy, notices, async |mover| {
-        mover.run(tenant, &target, &options).await
+        mover.run(tenant, &target, options).await
     })
     .await?;
     Ok(report_rows(report, "MOVE"))

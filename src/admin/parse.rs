@@ -85,6 +85,8 @@ pub enum Command {
     MoveTenant {
         tenant: String,
         cluster: String,
+        /// `OFFLINE`: copied with COPY during the switch.
+        offline: bool,
         dry_run: bool,
     },
     /// `CANCEL MOVE x`: before the switch, drop what the target got.
@@ -184,8 +186,8 @@ pub const FORMS: &[(&str, &str)] = &[
         "log in as every tenant's role and report its health",
     ),
     (
-        "MOVE TENANT x TO cluster [DRY RUN]",
-        "move a tenant to another cluster while it is served (or resume its move); DRY RUN only checks",
+        "MOVE TENANT x TO cluster [OFFLINE] [DRY RUN]",
+        "move a tenant to another cluster while it is served (or resume its move); OFFLINE copies with COPY while the tenant waits; DRY RUN only checks",
     ),
     (
         "CANCEL MOVE x",
@@ -512,7 +514,7 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
         add.host = host.ok_or_else(|| syntax(form, tokens))?;
         Command::AddCluster(add)
     } else if c.keyword("MOVE") {
-        let form = "MOVE TENANT x TO cluster [DRY RUN]";
+        let form = "MOVE TENANT x TO cluster [OFFLINE] [DRY RUN]";
         if !c.keyword("TENANT") {
             return Err(syntax(form, tokens));
         }
@@ -525,10 +527,12 @@ fn parse_statement(tokens: &[Token]) -> Result<Command, SyntaxError> {
         let Some(cluster) = c.name() else {
             return Err(syntax(form, tokens));
         };
+        let offline = c.keyword("OFFLINE");
         let dry_run = c.keywords(&["DRY", "RUN"]);
         Command::MoveTenant {
             tenant,
             cluster,
+            offline,
             dry_run,
         }
     } else if c.keyword("CANCEL") || c.keyword("FINISH") {
@@ -889,17 +893,19 @@ mod tests {
     #[test]
     fn moves_are_parsed_with_their_forms_as_hints() {
         assert_eq!(
-            parse("MOVE TENANT acme TO b DRY RUN; move tenant 'Acme Co' to b; SHOW MOVES")
+            parse("MOVE TENANT acme TO b DRY RUN; move tenant 'Acme Co' to b offline; SHOW MOVES")
                 .expect("ok"),
             vec![
                 Command::MoveTenant {
                     tenant: "acme".into(),
                     cluster: "b".into(),
+                    offline: false,
                     dry_run: true
                 },
                 Command::MoveTenant {
                     tenant: "Acme Co".into(),
                     cluster: "b".into(),
+                    offline: true,
                     dry_run: false
                 },
                 Command::ShowMoves,

@@ -37,16 +37,18 @@ pub(super) async fn check(
     let target_db = target_entry.connect_admin().await?;
     let mut lines = Vec::new();
 
-    let wal_level: String = source_db
-        .query_one("SELECT current_setting('wal_level')", &[])
-        .await
-        .map_err(MoveError::db(source))?
-        .get(0);
-    if wal_level != "logical" {
-        return Err(MoveError::Refused(format!(
+    if !options.offline {
+        let wal_level: String = source_db
+            .query_one("SELECT current_setting('wal_level')", &[])
+            .await
+            .map_err(MoveError::db(source))?
+            .get(0);
+        if wal_level != "logical" {
+            return Err(MoveError::Refused(format!(
                 "cluster {source} runs with wal_level = {wal_level}: moving a tenant off it needs \
                  wal_level = logical (ALTER SYSTEM SET wal_level = logical, then a restart of that server)"
             )));
+        }
     }
     for (entry, db) in [(&source_entry, &source_db), (&target_entry, &target_db)] {
         let superuser: bool = db
@@ -66,7 +68,8 @@ pub(super) async fn check(
         }
     }
     let schema = tenant.schema.as_str();
-    let unfit = source_db
+    if !options.offline {
+        let unfit = source_db
             .query(
                 "SELECT c.relname::text,
                         CASE WHEN c.relpersistence = 'u' THEN 'unlogged' ELSE 'no replica identity' END
@@ -81,19 +84,21 @@ pub(super) async fn check(
             )
             .await
             .map_err(MoveError::db(source))?;
-    if !unfit.is_empty() {
-        let tables: Vec<String> = unfit
-            .iter()
-            .map(|r| format!("{} ({})", r.get::<_, String>(0), r.get::<_, String>(1)))
-            .collect();
-        return Err(MoveError::Refused(format!(
+        if !unfit.is_empty() {
+            let tables: Vec<String> = unfit
+                .iter()
+                .map(|r| format!("{} ({})", r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect();
+            return Err(MoveError::Refused(format!(
                 "logical replication cannot carry these tables of tenant \"{}\": {}. Give each a primary key, \
                  or run ALTER TABLE {}.<table> REPLICA IDENTITY FULL (UNLOGGED tables: ALTER TABLE … SET LOGGED), \
-                 then MOVE again",
+                 then MOVE again; or MOVE TENANT {} TO {target} OFFLINE copies with COPY while the tenant waits",
                 tenant.slug,
                 tables.join(", "),
-                tenant.schema.quoted()
+                tenant.schema.quoted(),
+                tenant.slug
             )));
+        }
     }
     let taken = target_db
         .query_one(
@@ -128,13 +133,25 @@ pub(super) async fn check(
         tenant.schema,
         crate::admin::show::pretty_size(bytes)
     ));
-    lines.push(format!(
+    if options.offline {
+        lines.push(format!(
+            "cluster {target}: active primary, no copy of the tenant yet"
+        ));
+        lines.push(format!(
+            "plan (offline): role and schema on {target}, then a switch holding the tenant's new \
+             transactions for the whole copy (running ones get {} s to end): every table copied with COPY, \
+             sequences copied, directory switched",
+            options.pause_timeout.as_secs()
+        ));
+    } else {
+        lines.push(format!(
             "cluster {source}: wal_level = logical; cluster {target}: active primary, no copy of the tenant yet"
         ));
-    lines.push(format!(
+        lines.push(format!(
             "plan: role and schema on {target}, logical replication of the schema, a switch holding the \
              tenant's new transactions (running ones get {} s to end), sequences copied, directory switched",
             options.pause_timeout.as_secs()
         ));
+    }
     Ok(lines)
 }

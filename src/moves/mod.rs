@@ -26,6 +26,7 @@
 //! ever dropped on it (checked against the directory right before dropping).
 
 mod checks;
+pub mod offline;
 pub mod replication;
 pub mod routes;
 pub mod switch;
@@ -127,6 +128,8 @@ impl MoveError {
 pub struct MoveOptions {
     /// Only check and say what would be done.
     pub dry_run: bool,
+    /// Copy with COPY during the switch instead of logical replication (see [`offline`]).
+    pub offline: bool,
     /// How long the switch waits for the tenant's running transactions before ending them.
     pub pause_timeout: Duration,
     /// Catching up ends when a mark reaches the target within this.
@@ -139,6 +142,7 @@ impl Default for MoveOptions {
     fn default() -> Self {
         Self {
             dry_run: false,
+            offline: false,
             pause_timeout: Duration::from_secs(5),
             catch_up_lag: Duration::from_millis(500),
             copy_timeout: Duration::from_secs(3600),
@@ -159,6 +163,8 @@ pub struct MoveRow {
     pub updated_at: String,
     pub note: Option<String>,
     pub pause_ms: Option<i32>,
+    /// Copied with COPY during the switch (`OFFLINE`).
+    pub offline: bool,
 }
 
 /// What a move command did, for its caller to print.
@@ -205,7 +211,8 @@ pub fn replication_name(organization_id: Uuid) -> String {
 
 const MOVE_COLUMNS: &str = "m.organization_id, o.slug, m.source, m.target, m.state, \
      to_char(m.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC'), \
-     to_char(m.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC'), m.note, m.pause_ms";
+     to_char(m.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS UTC'), m.note, m.pause_ms, \
+     m.mode = 'offline'";
 
 fn move_from_row(r: &tokio_postgres::Row) -> Option<MoveRow> {
     Some(MoveRow {
@@ -218,6 +225,7 @@ fn move_from_row(r: &tokio_postgres::Row) -> Option<MoveRow> {
         updated_at: r.get(6),
         note: r.get(7),
         pause_ms: r.get(8),
+        offline: r.get(9),
     })
 }
 
@@ -350,11 +358,22 @@ impl Mover<'_> {
             }
             self.directory
                 .execute(
-                    "INSERT INTO pgtenant.tenant_moves (organization_id, source, target) VALUES ($1, $2, $3)
+                    "INSERT INTO pgtenant.tenant_moves (organization_id, source, target, mode)
+                     VALUES ($1, $2, $3, $4)
                      ON CONFLICT (organization_id) DO UPDATE
-                       SET source = EXCLUDED.source, target = EXCLUDED.target, state = 'preparing',
-                           started_at = now(), updated_at = now(), note = NULL, pause_ms = NULL",
-                    &[&tenant.id, &source.as_str(), &target.as_str()],
+                       SET source = EXCLUDED.source, target = EXCLUDED.target, mode = EXCLUDED.mode,
+                           state = 'preparing', started_at = now(), updated_at = now(), note = NULL,
+                           pause_ms = NULL",
+                    &[
+                        &tenant.id,
+                        &source.as_str(),
+                        &target.as_str(),
+                        &if options.offline {
+                            "offline"
+                        } else {
+                            "logical"
+                        },
+                    ],
                 )
                 .await
                 .map_err(MoveError::db(&ClusterName::default_cluster()))?;
@@ -373,9 +392,13 @@ impl Mover<'_> {
                 tenant.slug
             ));
         }
+        let mut options = options.clone();
+        if let Some(m) = &resumed {
+            options.offline = m.offline;
+        }
         let state = resumed.map(|m| m.state).unwrap_or(MoveState::Preparing);
         let result = self
-            .run_from(&tenant, &source, target, state, options)
+            .run_from(&tenant, &source, target, state, &options)
             .await;
         if let Err(e) = &result {
             self.note_failure(&tenant, e).await;
@@ -399,7 +422,11 @@ impl Mover<'_> {
             match state {
                 MoveState::Preparing => {
                     target::prepare(self, tenant, &source_entry, &target_entry).await?;
-                    state = MoveState::Copying;
+                    state = if options.offline {
+                        MoveState::Switching
+                    } else {
+                        MoveState::Copying
+                    };
                 }
                 MoveState::Copying => {
                     replication::start(self, tenant, &source_entry, &target_entry).await?;

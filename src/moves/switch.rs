@@ -36,7 +36,7 @@ pub async fn switch(
     options: &MoveOptions,
 ) -> Result<Duration, MoveError> {
     let source_db = source.connect_admin().await?;
-    let target_db = target.connect_admin().await?;
+    let mut target_db = target.connect_admin().await?;
     let directory_name = ClusterName::default_cluster();
     let directory_error = MoveError::db(&directory_name);
     let lease = options.pause_timeout + LEASE_MARGIN;
@@ -63,14 +63,26 @@ pub async fn switch(
             ));
         }
         lock_out(&source_db, source, tenant).await?;
-        let mark = replication::write_mark(&source_db, source, tenant).await?;
-        let lag =
-            replication::wait_for_mark(&target_db, target, tenant, mark, LAST_MARK_TIMEOUT).await?;
+        if options.offline {
+            super::offline::copy_tables(
+                mover,
+                tenant,
+                (&source_db, source),
+                (&mut target_db, target),
+            )
+            .await?;
+        } else {
+            let mark = replication::write_mark(&source_db, source, tenant).await?;
+            let lag =
+                replication::wait_for_mark(&target_db, target, tenant, mark, LAST_MARK_TIMEOUT)
+                    .await?;
+            mover.say(format!(
+                "switching: target caught up in {} ms",
+                lag.as_millis()
+            ));
+        }
         let sequences = copy_sequences(&source_db, source, &target_db, target, tenant).await?;
-        mover.say(format!(
-            "switching: target caught up in {} ms; {sequences} sequences copied",
-            lag.as_millis()
-        ));
+        mover.say(format!("switching: {sequences} sequences copied"));
         Ok::<(), MoveError>(())
     }
     .await;
