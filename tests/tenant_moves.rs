@@ -447,6 +447,7 @@ async fn a_move_killed_at_any_step_resumes_or_cancels_and_the_tenant_lives_on_on
         let (writer, committed) = spawn_writer(&proxy, &tenant, stop.clone());
         tokio::time::sleep(Duration::from_millis(300)).await;
         let seen = move_killed_at(&config, &slug, at).await;
+        let second = Instant::now();
         let (ok, out, err) = if resume {
             cli(&config, &["tenant", "move", &slug, "--to", "b"]).await
         } else {
@@ -457,9 +458,10 @@ async fn a_move_killed_at_any_step_resumes_or_cancels_and_the_tenant_lives_on_on
         let errors = writer.await.expect("writer");
         let ids = committed.lock().expect("ids").clone();
         println!(
-            "killed at {at:?} (last line {:?}), then {}: {} rows committed by the writer, {errors} errors",
+            "killed at {at:?} (last line {:?}), then {} in {} ms: {} rows committed by the writer, {errors} errors",
             seen.last(),
             if resume { "resumed" } else { "cancelled" },
+            second.elapsed().as_millis(),
             ids.len()
         );
         // A kill late in the switch may leave nothing to cancel: the move went through.
