@@ -383,7 +383,7 @@ async fn finish(
             let _ = send_error(
                 &mut client,
                 &PgError::fatal(
-                    "57P05",
+                    sqlstate::IDLE_SESSION_TIMEOUT,
                     "terminating connection due to idle-session timeout",
                 ),
             )

@@ -10,12 +10,12 @@ use std::time::Duration;
 
 fn migrate_error(e: MigrateError) -> PgError {
     let code = match &e {
-        MigrateError::RunLocked => "55P03",
+        MigrateError::RunLocked => sqlstate::LOCK_NOT_AVAILABLE,
         MigrateError::TenantChecksumMismatch { .. }
         | MigrateError::OutOfOrder { .. }
-        | MigrateError::TenantMissingFile { .. } => "55000",
+        | MigrateError::TenantMissingFile { .. } => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
         MigrateError::Db(_) | MigrateError::AdminPool(_) => sqlstate::CONNECTION_FAILURE,
-        _ => "58030",
+        _ => sqlstate::IO_ERROR,
     };
     PgError::error(code, e.to_string())
 }

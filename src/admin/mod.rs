@@ -187,7 +187,7 @@ async fn run_query(
         Err(e) => {
             protocol::write::error_response(
                 &mut out,
-                &PgError::error("42601", e.message).with_hint(e.hint),
+                &PgError::error(sqlstate::SYNTAX_ERROR, e.message).with_hint(e.hint),
             );
         }
         Ok(commands) if commands.is_empty() => protocol::write::empty_query_response(&mut out),
@@ -236,7 +236,7 @@ async fn send_notice(client: &mut ClientStream, line: &str) -> std::io::Result<(
     let mut out = BytesMut::new();
     let notice = PgError {
         severity: protocol::Severity::Notice,
-        ..PgError::error("00000", line)
+        ..PgError::error(sqlstate::SUCCESSFUL_COMPLETION, line)
     };
     protocol::write::notice_response(&mut out, &notice);
     client.write_all(&out).await?;

@@ -3,7 +3,7 @@
 use super::{db_error, Reply, Table};
 use crate::admin::parse::FORMS;
 use crate::migrate::tenants::TenantMigrator;
-use crate::protocol::PgError;
+use crate::protocol::{sqlstate, PgError};
 use crate::proxy::Proxy;
 use crate::tenancy::ops;
 use std::collections::HashMap;
@@ -210,7 +210,7 @@ pub async fn migrations(proxy: &Proxy, tenant: Option<&str>) -> Result<Reply, Pg
         None => {
             let migrator =
                 TenantMigrator::with_clusters(&config, 1, (*proxy.clusters.current()).clone())
-                    .map_err(|e| PgError::error("58030", e.to_string()))?;
+                    .map_err(|e| PgError::error(sqlstate::IO_ERROR, e.to_string()))?;
             let status = migrator.status(None).await.map_err(db_error)?;
             let mut table = Table::new(&[
                 "tenant", "schema", "status", "version", "latest", "pending", "cluster",

@@ -60,7 +60,7 @@ pub async fn create(
                 PgError::error(sqlstate::UNDEFINED_OBJECT, e.to_string())
             }
             OnboardError::SlugTaken(_) | OnboardError::EmailTaken(_) => {
-                PgError::error("42710", e.to_string())
+                PgError::error(sqlstate::DUPLICATE_OBJECT, e.to_string())
             }
             other => db_error(other),
         })?;

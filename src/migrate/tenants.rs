@@ -907,7 +907,12 @@ impl TenantMigrator {
     async fn migrate_one(&self, tenant: &TenantRow, pending: &[usize]) -> TenantOutcome {
         let admin = match self.cluster_admin(&tenant.tenant.cluster).await {
             Ok(a) => a,
-            Err(e) => return TenantOutcome::Failed(plain_failure("08006", e.to_string())),
+            Err(e) => {
+                return TenantOutcome::Failed(plain_failure(
+                    crate::protocol::sqlstate::CONNECTION_FAILURE,
+                    e.to_string(),
+                ))
+            }
         };
         let key = tenant_lock_key(&tenant.tenant.id);
         match admin
@@ -992,14 +997,15 @@ impl TenantMigrator {
                 self.inner.default_tls.clone(),
             )
         } else {
-            let pool = self
-                .cluster_pool(&tenant.cluster)
-                .await
-                .map_err(|e| plain_failure("08006", e.to_string()))?;
+            let pool = self.cluster_pool(&tenant.cluster).await.map_err(|e| {
+                plain_failure(crate::protocol::sqlstate::CONNECTION_FAILURE, e.to_string())
+            })?;
             let tls = pool
                 .entry
                 .tls()
-                .map_err(|e| plain_failure("08006", e.to_string()))?
+                .map_err(|e| {
+                    plain_failure(crate::protocol::sqlstate::CONNECTION_FAILURE, e.to_string())
+                })?
                 .clone();
             (pool.entry.upstream.clone(), tls)
         };
@@ -1212,7 +1218,7 @@ fn db_failure(
         None => TenantFailure {
             file,
             version,
-            sqlstate: "08006".into(),
+            sqlstate: crate::protocol::sqlstate::CONNECTION_FAILURE.into(),
             message: err.to_string(),
             line: None,
         },

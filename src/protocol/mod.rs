@@ -476,6 +476,14 @@ pub mod sqlstate {
     pub const SYNTAX_ERROR: &str = "42601";
     pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
     pub const QUERY_CANCELED: &str = "57014";
+    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
+    pub const IO_ERROR: &str = "58030";
+    pub const DUPLICATE_OBJECT: &str = "42710";
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
+    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
+    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
+    /// A NOTICE that is plain information (PostgreSQL's successful_completion class).
+    pub const SUCCESSFUL_COMPLETION: &str = "00000";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     /// PostgreSQL 17's transaction_timeout (pgtenant enforces it on any version).
     pub const TRANSACTION_TIMEOUT: &str = "25P04";

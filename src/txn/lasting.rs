@@ -24,7 +24,7 @@ impl LastingState {
         };
         PgError {
             severity: Severity::Notice,
-            ..PgError::error("01000", text)
+            ..PgError::error(crate::protocol::sqlstate::WARNING, text)
         }
     }
 }

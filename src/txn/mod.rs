@@ -1049,7 +1049,7 @@ impl TxnSession<'_> {
                         // What failed left nothing behind (or rolled back with its transaction).
                         state.lasting = None;
                         let fields = ErrorFields::parse(body);
-                        if fields.code == "0A000"
+                        if fields.code == sqlstate::FEATURE_NOT_SUPPORTED
                             && fields
                                 .message
                                 .contains("cached plan must not change result type")
@@ -1146,10 +1146,13 @@ impl TxnSession<'_> {
     }
 }
 
+/// What a transaction-pooled client is told when it gets no server connection: what a session-pooled
+/// client is told at login (no role name, no server address), as an ERROR: the session goes on.
 fn pool_error(e: PoolError) -> PgError {
-    match e {
-        PoolError::Upstream(u) => PgError::error(sqlstate::CONNECTION_FAILURE, u.to_string()),
-        other => PgError::error(sqlstate::TOO_MANY_CONNECTIONS, other.to_string()),
+    tracing::warn!(error = %e, "no server connection for a transaction");
+    PgError {
+        severity: protocol::Severity::Error,
+        ..e.to_client_error()
     }
 }
 
@@ -1178,7 +1181,7 @@ fn session_feature_notice(command: &[u8]) -> Option<PgError> {
     };
     Some(PgError {
         severity: protocol::Severity::Notice,
-        ..PgError::error("01000", text)
+        ..PgError::error(sqlstate::WARNING, text)
     })
 }
 
@@ -1256,7 +1259,7 @@ fn inject_error(to_server: &mut BytesMut, expect: &mut Expectations, error: &PgE
 
 fn duplicate_statement(name: &str) -> PgError {
     PgError::error(
-        "42P05",
+        sqlstate::DUPLICATE_PREPARED_STATEMENT,
         format!("prepared statement \"{name}\" already exists"),
     )
 }
@@ -1270,13 +1273,16 @@ fn invalid_message_format() -> PgError {
 
 fn transaction_aborted() -> PgError {
     PgError::error(
-        "25P02",
+        sqlstate::IN_FAILED_SQL_TRANSACTION,
         "current transaction is aborted, commands ignored until end of transaction block",
     )
 }
 
 fn stale_plan() -> PgError {
-    PgError::error("0A000", "cached plan must not change result type")
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "cached plan must not change result type",
+    )
 }
 
 /// Sets the tracked settings that differ on this connection from what the client last saw.
