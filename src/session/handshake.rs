@@ -1,0 +1,166 @@
+//! The handshake of a client connection: the first packet (SSLRequest, GSSENCRequest, a cancel request, the
+//! startup packet), TLS, the protocol version; then the login.
+
+use super::*;
+
+pub(super) async fn handshake_and_login(
+    proxy: &Proxy,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> Result<Option<(ClientStream, LoggedIn)>, LoginError> {
+    let Some((mut client, params)) = handshake(proxy, tcp).await? else {
+        return Ok(None);
+    };
+    let mut attempt = LoginAttempt::new(peer.ip());
+    let result = login(proxy, &mut client, &params, &mut attempt).await;
+    login_guard::record(proxy, &mut attempt, result.as_ref().err());
+    match result {
+        Ok(ready) => Ok(Some((client, ready))),
+        Err(err) => {
+            tracing::info!(%peer, code = %err.code, reason = %err.message, "login refused");
+            let _ = send_error(&mut client, &err).await;
+            Err(LoginError::Refused(err.message))
+        }
+    }
+}
+
+/// Reads the first packets: SSLRequest / GSSENCRequest / direct TLS, then the StartupMessage. Cancel
+/// requests are served here and end the connection (`Ok(None)`).
+pub(super) async fn handshake(
+    proxy: &Proxy,
+    mut tcp: TcpStream,
+) -> Result<Option<(ClientStream, StartupParams)>, LoginError> {
+    // PostgreSQL 17 clients may open TLS directly (sslnegotiation=direct): a TLS ClientHello starts 0x16.
+    let mut first = [0u8; 1];
+    if tcp.peek(&mut first).await.map_err(ProtocolError::Io)? == 1 && first[0] == 0x16 {
+        let Some(acceptor) = &proxy.tls() else {
+            return Err(LoginError::Refused(
+                "direct TLS without TLS configured".into(),
+            ));
+        };
+        let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
+        if tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
+            return Err(LoginError::Refused(
+                "direct TLS without ALPN postgresql".into(),
+            ));
+        }
+        let mut client = ClientStream::Tls(Box::new(tls));
+        return startup_after_tls(proxy, &mut client)
+            .await
+            .map(|p| p.map(|p| (client, p)));
+    }
+    loop {
+        match read_first_packet(&mut tcp).await? {
+            StartupPacket::Ssl => match &proxy.tls() {
+                Some(acceptor) => {
+                    tcp.write_all(b"S").await.map_err(ProtocolError::Io)?;
+                    // Only bytes read after 'S' reach rustls: nothing was read ahead of the handshake.
+                    let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
+                    let mut client = ClientStream::Tls(Box::new(tls));
+                    return startup_after_tls(proxy, &mut client)
+                        .await
+                        .map(|p| p.map(|p| (client, p)));
+                }
+                None => tcp.write_all(b"N").await.map_err(ProtocolError::Io)?,
+            },
+            StartupPacket::GssEnc => tcp.write_all(b"N").await.map_err(ProtocolError::Io)?,
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                forward_cancel(
+                    proxy,
+                    ClientKey {
+                        process_id,
+                        secret_key,
+                    },
+                )
+                .await;
+                return Ok(None);
+            }
+            StartupPacket::Startup(params) => return Ok(Some((ClientStream::Plain(tcp), params))),
+        }
+    }
+}
+
+pub(super) async fn startup_after_tls(
+    proxy: &Proxy,
+    client: &mut ClientStream,
+) -> Result<Option<StartupParams>, LoginError> {
+    match read_first_packet(client).await? {
+        StartupPacket::Startup(params) => Ok(Some(params)),
+        StartupPacket::Cancel {
+            process_id,
+            secret_key,
+        } => {
+            forward_cancel(
+                proxy,
+                ClientKey {
+                    process_id,
+                    secret_key,
+                },
+            )
+            .await;
+            Ok(None)
+        }
+        StartupPacket::Ssl | StartupPacket::GssEnc => {
+            let e = PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                "encryption request inside an encrypted connection",
+            );
+            let _ = send_error(client, &e).await;
+            Err(LoginError::Refused(e.message))
+        }
+    }
+}
+
+/// Reads a StartupMessage, SSLRequest, GSSENCRequest or CancelRequest. One pgtenant cannot read gets a FATAL
+/// ErrorResponse saying why before the connection closes (0A000 for a protocol version other than 3, 08P01
+/// for a malformed packet), as PostgreSQL does for most of them; a connection that closed gets nothing.
+pub(super) async fn read_first_packet<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+) -> Result<StartupPacket, ProtocolError> {
+    let result = protocol::read_startup_packet(stream).await;
+    if let Err(e) = &result {
+        let code = match e {
+            ProtocolError::UnsupportedProtocol { .. } => Some(sqlstate::FEATURE_NOT_SUPPORTED),
+            ProtocolError::BadStartupLength(_) | ProtocolError::BadStartup(_) => {
+                Some(sqlstate::PROTOCOL_VIOLATION)
+            }
+            _ => None,
+        };
+        if let Some(code) = code {
+            tracing::info!(reason = %e, "first packet refused");
+            let mut out = BytesMut::new();
+            protocol::write::error_response(&mut out, &PgError::fatal(code, e.to_string()));
+            let _ = stream.write_all(&out).await;
+            let _ = stream.flush().await;
+        }
+    }
+    result
+}
+
+pub(super) async fn forward_cancel(proxy: &Proxy, key: ClientKey) {
+    // As PostgreSQL, say nothing back either way.
+    match proxy.cancels.lookup(key) {
+        Some(ticket) => {
+            let upstream = &ticket.upstream;
+            if let Err(e) = UpstreamConn::cancel(
+                &upstream.tls,
+                upstream.addr,
+                upstream.process_id,
+                upstream.secret_key,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "could not forward a cancel request upstream");
+            } else {
+                tracing::info!(
+                    backend_pid = upstream.process_id,
+                    "cancel request forwarded"
+                );
+            }
+        }
+        None => tracing::info!("cancel request with an unknown key ignored"),
+    }
+}

@@ -1,0 +1,503 @@
+//! The login of a tenant client: the token, the directory, the limits of its organization, the pool and
+//! the first server connection (or, in transaction pooling, the role's known defaults instead).
+
+use super::*;
+
+/// Authenticates the client and takes an upstream connection for its tenant.
+pub(super) async fn login(
+    proxy: &Proxy,
+    client: &mut ClientStream,
+    params: &StartupParams,
+    attempt: &mut LoginAttempt,
+) -> Result<LoggedIn, PgError> {
+    let peer = attempt.peer;
+    attempt.set_user_name(params.get("user").unwrap_or_default());
+    if params.minor_version > 0 || !params.unsupported_options.is_empty() {
+        let mut out = BytesMut::new();
+        protocol::write::negotiate_protocol_version(&mut out, 0, &params.unsupported_options);
+        write_all(client, &out).await?;
+    }
+    if params
+        .get("replication")
+        .is_some_and(|r| r != "false" && r != "0" && r != "off")
+    {
+        return Err(PgError::fatal(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "pgtenant does not serve replication connections",
+        ));
+    }
+    let requested = params
+        .get("database")
+        .or(params.get("user"))
+        .unwrap_or_default();
+    let option = startup_settings(params)?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == TARGET_SESSION_ATTRS_PARAMETER)
+        .map(|(_, v)| v);
+    let request = route::request(requested, option.as_deref(), &proxy.config().replicas)
+        .map_err(|m| PgError::fatal(sqlstate::INVALID_PARAMETER_VALUE, m))?;
+    let database = request.database.as_str();
+    if plaintext_password_refused(
+        client.is_tls(),
+        peer,
+        proxy.config().server.allow_plaintext_password,
+    ) {
+        let e = PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            "pgtenant refuses to take a token over an unencrypted connection",
+        )
+        .with_hint("connect with sslmode=require");
+        return Err(attempt.refuse(Reason::Plaintext, e));
+    }
+    login_guard::check_limits(proxy, attempt)?;
+
+    let token = read_token(proxy, client).await?;
+    let claims = match proxy.verifier().verify_login(&token).await {
+        Ok(claims) => claims,
+        Err(e) => return Err(login_guard::token_refused(attempt, &e, &token)),
+    };
+    drop(token);
+    login_guard::check_token(proxy, attempt, &claims).await?;
+
+    if database == proxy.config().server.admin_database {
+        if !claims.is_admin {
+            return Err(PgError::fatal(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                "this token does not grant access to the pgtenant admin channel",
+            )
+            .with_hint("the admin channel needs a token whose admin claim is true (pgtenant token --admin)"));
+        }
+        return Ok(LoggedIn::Admin(crate::admin::AdminIdentity {
+            name: claims
+                .email
+                .clone()
+                .unwrap_or_else(|| claims.identity.value().to_string()),
+            token_expires_at: claims.expires_at,
+        }));
+    }
+
+    let memberships = proxy
+        .directory
+        .lookup(&claims.identity)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "directory lookup failed");
+            let refusal = PgError::fatal(
+                sqlstate::CONNECTION_FAILURE,
+                "pgtenant cannot reach its directory database",
+            );
+            // Why it cannot connect (server down, TLS refused) helps; a failed query's text stays in the log.
+            match e {
+                crate::directory::DirectoryError::Unavailable(reason) => {
+                    refusal.with_detail(reason)
+                }
+                _ => refusal,
+            }
+        })?;
+    let mut user = crate::directory::choose_membership(
+        memberships,
+        &claims.organization,
+        proxy.config().auth.org_claim.as_deref().unwrap_or_default(),
+        database,
+    )
+    .map_err(|e| PgError::fatal(e.sqlstate(), e.to_string()))?;
+    attempt.tenant = Some(user.tenant.slug.clone());
+    attempt.user_id = Some(user.id);
+    if user.disabled {
+        let e = PgError::fatal(
+            sqlstate::INVALID_AUTHORIZATION,
+            format!("user \"{}\" is disabled", user.email),
+        );
+        return Err(attempt.refuse(Reason::DisabledUser, e));
+    }
+    match user.tenant.status {
+        TenantStatus::Active => {}
+        TenantStatus::Suspended => {
+            let e = PgError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("organization \"{}\" is suspended", user.tenant.name),
+            );
+            return Err(attempt.refuse(Reason::TenantClosed, e));
+        }
+        TenantStatus::Archived => {
+            let e = PgError::fatal(
+                sqlstate::INVALID_AUTHORIZATION,
+                format!("organization \"{}\" was removed", user.tenant.name),
+            );
+            return Err(attempt.refuse(Reason::TenantClosed, e));
+        }
+        TenantStatus::Provisioning => {
+            return Err(PgError::fatal(
+                sqlstate::CANNOT_CONNECT_NOW,
+                format!(
+                    "organization \"{}\" is still being set up",
+                    user.tenant.name
+                ),
+            ))
+        }
+    }
+    let config = proxy.config();
+    let accepted = [
+        config.upstream.database.as_str(),
+        user.tenant.slug.as_str(),
+        user.tenant.schema.as_str(),
+        params.get("user").unwrap_or_default(),
+        "",
+    ];
+    if !accepted.contains(&database) {
+        return Err(PgError::fatal(
+            sqlstate::INVALID_CATALOG_NAME,
+            format!("database \"{database}\" does not exist"),
+        )
+        .with_hint(format!(
+            "connect to database \"{}\" (or your organization's name)",
+            proxy.config().upstream.database
+        )));
+    }
+
+    let max_clients = proxy.config().pool.max_clients_per_tenant;
+    if proxy.sessions.count_for(user.tenant.id) >= max_clients {
+        return Err(PgError::fatal(
+            sqlstate::TOO_MANY_CONNECTIONS,
+            format!(
+                "too many clients for organization \"{}\" (limit {max_clients})",
+                user.tenant.name
+            ),
+        ));
+    }
+    login_guard::check_user(proxy, attempt, &user, &claims)?;
+    let virtual_schema = virtual_schema_for(&config, &user.tenant, params)?;
+    let token = TokenFacts::of(&claims);
+    let limits = SessionLimits::resolve(&config.limits, &user.tenant.limits);
+    proxy.pools.wait_unpaused(&user.tenant.role).await;
+    // A login held by a tenant move's switch read the directory before it: the tenant is on the target now.
+    let home = PoolKey::new(user.tenant.cluster.clone(), user.tenant.role.clone());
+    if let Some((moved, _)) = proxy.pools.moved.current(&home) {
+        user.tenant.cluster = moved.cluster;
+    }
+    let mut pool = server_pool(proxy, &user, request.attrs).await?;
+    proxy
+        .pools
+        .set_server_settings(&pool.key, &pool.target, limits.server_settings());
+    let transaction_pooling =
+        user.tenant.pool_mode.unwrap_or(config.pool.mode) == PoolMode::Transaction;
+    if transaction_pooling {
+        if let Some(parameters) = login_without_server(proxy, &pool, params) {
+            let server = FirstServer::Later(parameters);
+            return Ok(LoggedIn::Tenant(Box::new(Ready {
+                user,
+                server,
+                virtual_schema,
+                token,
+                limits,
+                authenticated: false,
+                pool,
+            })));
+        }
+    }
+    let wait_started = std::time::Instant::now();
+    // A long wait gets a NOTICE; libpq and the drivers read one only after AuthenticationOk.
+    let mut authenticated = false;
+    let queue_notice = QueueNotice::new(&proxy.config(), &user.tenant.slug);
+    let acquired = loop {
+        let acquired = crate::limits::queue::wait_with_notice(
+            acquire_upstream(proxy, &user, &pool),
+            queue_notice.after,
+            async || {
+                let mut out = BytesMut::new();
+                if !authenticated {
+                    protocol::write::authentication_ok(&mut out);
+                }
+                protocol::write::notice_response(
+                    &mut out,
+                    &queue_notice.notice(&proxy.pools, &pool.key),
+                );
+                authenticated = true;
+                let _ = write_all(client, &out).await;
+            },
+        )
+        .await;
+        match acquired {
+            // A replica that cannot be reached after all: `prefer-standby` goes on with the primary.
+            Err(PoolError::Upstream(e))
+                if request.attrs == TargetSessionAttrs::PreferStandby
+                    && pool.cluster.is_replica() =>
+            {
+                tracing::info!(tenant = %user.tenant.slug, replica = %pool.key.cluster, error = %e, "replica unreachable; the session goes to the primary");
+                pool = primary_pool(proxy, &user).await?;
+                proxy
+                    .pools
+                    .set_server_settings(&pool.key, &pool.target, limits.server_settings());
+            }
+            other => break other,
+        }
+    };
+    let mut checkout = acquired.map_err(|e| {
+        tracing::warn!(tenant = %user.tenant.slug, cluster = %pool.key.cluster, error = %e, "no server connection for a client");
+        e.to_client_error()
+    })?;
+    note_wait(proxy, &user, wait_started.elapsed());
+    if transaction_pooling {
+        // Transaction pooling does not reset connections between clients: start this client from the
+        // role's defaults, not from the settings an earlier client left.
+        if let Err(e) = checkout.conn().run_simple(&["RESET ALL"]).await {
+            proxy.pools.check_in(checkout, false);
+            return Err(e.to_client_error());
+        }
+        proxy
+            .pools
+            .remember_defaults(&pool.key, &checkout.conn().parameters);
+    }
+    if let Err(e) = apply_client_settings(checkout.conn(), params, virtual_schema.as_ref()).await {
+        let reusable = checkout.conn().reset(TxStatus::Idle).await.is_ok();
+        proxy.pools.check_in(checkout, reusable);
+        return Err(e);
+    }
+    let server = FirstServer::Connected(Box::new(checkout));
+    Ok(LoggedIn::Tenant(Box::new(Ready {
+        user,
+        server,
+        virtual_schema,
+        token,
+        limits,
+        authenticated,
+        pool,
+    })))
+}
+
+/// The pool of the tenant's role on its primary.
+pub(super) async fn primary_pool(proxy: &Proxy, user: &User) -> Result<ServerPool, PgError> {
+    let cluster = proxy.cluster(&user.tenant.cluster).await.map_err(|e| {
+        tracing::error!(tenant = %user.tenant.slug, cluster = %user.tenant.cluster, error = %e, "the tenant's cluster is not usable");
+        PgError::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            format!("pgtenant cannot reach the cluster of organization \"{}\"", user.tenant.name),
+        )
+        .with_detail(e.to_string())
+    })?;
+    pool_on(cluster, user)
+}
+
+pub(super) fn pool_on(
+    cluster: Arc<crate::clusters::ClusterEntry>,
+    user: &User,
+) -> Result<ServerPool, PgError> {
+    let target = cluster.target().map_err(|e| {
+        PgError::fatal(
+            sqlstate::CONNECTION_FAILURE,
+            "pgtenant cannot reach the tenant's cluster",
+        )
+        .with_detail(e.to_string())
+    })?;
+    Ok(ServerPool {
+        key: PoolKey::new(cluster.name().clone(), user.tenant.role.clone()),
+        target,
+        cluster,
+    })
+}
+
+/// Where the session's connections go: its primary, or a replica of it when the session asks for one and
+/// one is fit (see `clusters::route`).
+pub(super) async fn server_pool(
+    proxy: &Proxy,
+    user: &User,
+    attrs: TargetSessionAttrs,
+) -> Result<ServerPool, PgError> {
+    let primary = primary_pool(proxy, user).await?;
+    if attrs == TargetSessionAttrs::Any {
+        return Ok(primary);
+    }
+    let max_lag = Duration::from_millis(proxy.config().replicas.max_replica_lag_ms);
+    match route::pick_replica(
+        &proxy.clusters.current(),
+        &proxy.replicas,
+        &user.tenant.cluster,
+        max_lag,
+    ) {
+        Ok((replica, lag_ms)) => {
+            tracing::debug!(tenant = %user.tenant.slug, replica = %replica.name(), lag_ms, "session goes to a replica");
+            pool_on(replica, user)
+        }
+        Err(why) if attrs == TargetSessionAttrs::PreferStandby => {
+            tracing::info!(tenant = %user.tenant.slug, cluster = %user.tenant.cluster, reason = %why, "no replica fit; the session goes to the primary");
+            Ok(primary)
+        }
+        Err(why) => Err(PgError::fatal(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!(
+                "no replica of cluster \"{}\" can take a read-only session",
+                user.tenant.cluster
+            ),
+        )
+        .with_detail(why)
+        .with_hint("ask for prefer-standby to fall back to the primary, or try again")),
+    }
+}
+
+/// How long the parameters of a role's defaults are trusted for logins without a server connection (a
+/// later `ALTER ROLE … SET` shows within this time).
+pub(super) const ROLE_DEFAULTS_MAX_AGE: Duration = Duration::from_secs(60);
+
+/// The parameters to report to a transaction-pooled client without taking a server connection: the role's
+/// defaults, as seen lately, when the client asks for nothing a server must check or change (no
+/// `options`; at most an `application_name` that PostgreSQL keeps as it is, and a `client_encoding` equal
+/// to the default). Otherwise `None`, and the login takes a server connection to apply and check them.
+pub(super) fn login_without_server(
+    proxy: &Proxy,
+    pool: &ServerPool,
+    params: &StartupParams,
+) -> Option<Vec<(String, String)>> {
+    let mut parameters = proxy
+        .pools
+        .defaults(&pool.key, &pool.target, ROLE_DEFAULTS_MAX_AGE)?;
+    for (name, value) in &params.params {
+        match name.as_str() {
+            "user" | "database" | VIRTUAL_SCHEMA_PARAMETER | TARGET_SESSION_ATTRS_PARAMETER => {}
+            "application_name"
+                if value.len() < 64 && value.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+            {
+                match parameters.iter_mut().find(|(n, _)| n == "application_name") {
+                    Some(entry) => entry.1 = value.clone(),
+                    None => parameters.push((name.clone(), value.clone())),
+                }
+            }
+            "client_encoding"
+                if parameters
+                    .iter()
+                    .any(|(n, v)| n == "client_encoding" && v == value) => {}
+            _ => return None,
+        }
+    }
+    Some(parameters)
+}
+
+pub(super) fn note_wait(proxy: &Proxy, user: &User, waited: Duration) {
+    if waited >= Duration::from_millis(1) {
+        proxy.metrics.tenant(&user.tenant.slug).add_wait(waited);
+    }
+}
+
+/// Takes a server connection for the user's tenant from `pool`. If the tenant role's password no longer
+/// works (the tenant changed it), it is restored from the server secret on the cluster's primary and the
+/// login tried once more.
+pub(super) async fn acquire_upstream(
+    proxy: &Proxy,
+    user: &User,
+    pool: &ServerPool,
+) -> Result<crate::pool::Checkout, PoolError> {
+    let role = &user.tenant.role;
+    match proxy.pools.acquire(&pool.key, &pool.target).await {
+        Err(PoolError::Upstream(UpstreamError::Refused(fields)))
+            if fields.code == sqlstate::INVALID_PASSWORD =>
+        {
+            let passwords = RolePasswords::new(proxy.config().server_secret());
+            let verifier = passwords.verifier_for(role.as_str());
+            let restored = if user.tenant.cluster.is_default() {
+                restore_on_default(proxy, user, &passwords, &verifier).await
+            } else {
+                restore_on_cluster(proxy, user, &passwords, &verifier).await
+            };
+            if !restored {
+                return Err(PoolError::Upstream(UpstreamError::Refused(fields)));
+            }
+            proxy.pools.acquire(&pool.key, &pool.target).await
+        }
+        other => other,
+    }
+}
+
+/// Restores the tenant role's password on the default cluster; false if it must not or could not.
+pub(super) async fn restore_on_default(
+    proxy: &Proxy,
+    user: &User,
+    passwords: &RolePasswords,
+    verifier: &str,
+) -> bool {
+    let role = &user.tenant.role;
+    if crate::tenancy::secret_check::is_wrong(&proxy.directory, passwords).await {
+        // Restoring would lock out every pgtenant that has the right secret.
+        tracing::error!(tenant = %user.tenant.slug, %role, "upstream login refused, and upstream.server_secret differs from the one the tenants were set up with (role pgtenant_secret_check): not restoring the role's password");
+        return false;
+    }
+    tracing::warn!(tenant = %user.tenant.slug, %role, "tenant role password was changed outside pgtenant; restoring it");
+    if let Err(e) = proxy.directory.restore_role_password(role, verifier).await {
+        tracing::error!(error = %e, "could not restore the tenant role's password");
+        return false;
+    }
+    true
+}
+
+/// Restores the tenant role's password on the tenant's cluster (its primary), checked against that
+/// cluster's `pgtenant_secret_check` role; false if it must not or could not.
+pub(super) async fn restore_on_cluster(
+    proxy: &Proxy,
+    user: &User,
+    passwords: &RolePasswords,
+    verifier: &str,
+) -> bool {
+    use crate::tenancy::secret_check::{check_on, restore_role_password_on, SecretCheck};
+    let role = &user.tenant.role;
+    let restored = async {
+        let primary = proxy.cluster(&user.tenant.cluster).await?;
+        let admin = primary.connect_admin().await?;
+        if check_on(&admin, passwords).await? == SecretCheck::Differs {
+            tracing::error!(tenant = %user.tenant.slug, %role, cluster = %user.tenant.cluster, "upstream login refused, and upstream.server_secret differs from the one the cluster's tenants were set up with (role pgtenant_secret_check): not restoring the role's password");
+            return Ok(false);
+        }
+        tracing::warn!(tenant = %user.tenant.slug, %role, cluster = %user.tenant.cluster, "tenant role password was changed outside pgtenant; restoring it");
+        restore_role_password_on(&admin, role, verifier).await?;
+        Ok::<bool, crate::clusters::ClusterError>(true)
+    };
+    match restored.await {
+        Ok(done) => done,
+        Err(e) => {
+            tracing::error!(error = %e, "could not restore the tenant role's password");
+            false
+        }
+    }
+}
+
+/// A token sent in clear over a network (not loopback) can be replayed by whoever sees it: refused unless
+/// the operator allows it.
+pub(super) fn plaintext_password_refused(tls: bool, peer: std::net::IpAddr, allowed: bool) -> bool {
+    let loopback = match peer {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.is_loopback(), |v4| v4.is_loopback()),
+        v4 => v4.is_loopback(),
+    };
+    !tls && !loopback && !allowed
+}
+
+/// Asks for the password and reads it by hand, so a token up to `max_token_bytes` passes (pgwire's decoder
+/// stops at 10,000 bytes) and a larger one is refused before it is buffered.
+pub(super) async fn read_token(proxy: &Proxy, client: &mut ClientStream) -> Result<String, PgError> {
+    let mut out = BytesMut::new();
+    protocol::write::authentication_cleartext(&mut out);
+    write_all(client, &out).await?;
+    let limit = proxy.config().auth.max_token_bytes + 1;
+    let (msg_tag, body) = match protocol::read_message(client, limit).await {
+        Ok(m) => m,
+        Err(ProtocolError::BadFrameLength { .. }) => {
+            return Err(PgError::fatal(
+                sqlstate::INVALID_PASSWORD,
+                "token rejected: the token is too large",
+            ))
+        }
+        Err(e) => return Err(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+    };
+    if msg_tag != tag::PASSWORD {
+        return Err(PgError::fatal(
+            sqlstate::PROTOCOL_VIOLATION,
+            "expected a password message",
+        ));
+    }
+    let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
+    String::from_utf8(body[..end].to_vec()).map_err(|_| {
+        PgError::fatal(
+            sqlstate::INVALID_PASSWORD,
+            "token rejected: the token is not valid UTF-8",
+        )
+    })
+}

@@ -1,0 +1,159 @@
+//! The client's startup parameters as session settings: what is passed on with `set_config`, the `options`
+//! parameter parsed as PostgreSQL does, the virtual schema asked for per session, and the login's last
+//! messages (ParameterStatus, BackendKeyData, ReadyForQuery).
+
+use super::*;
+
+/// Startup parameters that are not session settings and so are not passed on with `set_config`.
+pub(super) const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
+
+
+/// Passes the client's startup parameters (application_name, client_encoding, DateStyle, TimeZone, `-c`
+/// options …) to the upstream session, as PostgreSQL would have applied them at startup.
+pub(super) async fn apply_client_settings(
+    conn: &mut UpstreamConn,
+    params: &StartupParams,
+    virtual_schema: Option<&VirtualSchema>,
+) -> Result<(), PgError> {
+    let settings: Vec<(String, String)> = startup_settings(params)?
+        .into_iter()
+        .filter(|(k, _)| k != VIRTUAL_SCHEMA_PARAMETER && k != TARGET_SESSION_ATTRS_PARAMETER)
+        .map(|(k, v)| match virtual_schema {
+            // search_path naming the virtual schema means the tenant's.
+            Some(vs) if k.eq_ignore_ascii_case("search_path") => {
+                let v = vs.rewrite_list(&v).unwrap_or(v);
+                (k, v)
+            }
+            _ => (k, v),
+        })
+        .collect();
+    if settings.is_empty() {
+        return Ok(());
+    }
+    let calls: Vec<String> = settings
+        .iter()
+        .map(|(k, v)| {
+            format!(
+                "pg_catalog.set_config({}, {}, false)",
+                quote_literal(k),
+                quote_literal(v)
+            )
+        })
+        .collect();
+    let sql = format!("SELECT {}", calls.join(", "));
+    match conn.run_simple(&[&sql]).await {
+        Ok((None, _)) => Ok(()),
+        Ok((Some(fields), _)) => Err(PgError {
+            severity: protocol::Severity::Fatal,
+            ..PgError::from_upstream(&fields)
+        }),
+        Err(e) => Err(e.to_client_error()),
+    }
+}
+
+/// The client's startup settings: its startup parameters that are settings, then `-c` options.
+pub(super) fn startup_settings(params: &StartupParams) -> Result<Vec<(String, String)>, PgError> {
+    let mut settings: Vec<(String, String)> = params
+        .params
+        .iter()
+        .filter(|(k, _)| !NOT_SETTINGS.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if let Some(options) = params.get("options") {
+        settings.extend(parse_options(options)?);
+    }
+    Ok(settings)
+}
+
+/// Startup parameter (or `-c` option) that picks the session's virtual schema: `off`, or a name.
+pub(super) const VIRTUAL_SCHEMA_PARAMETER: &str = "pgtenant.virtual_schema";
+
+/// The session's virtual schema: the client's choice at startup, else the tenant's, else the config's.
+pub(super) fn virtual_schema_for(
+    config: &crate::config::Config,
+    tenant: &crate::directory::Tenant,
+    params: &StartupParams,
+) -> Result<Option<VirtualSchema>, PgError> {
+    let chosen = startup_settings(params)?
+        .into_iter()
+        .rev()
+        .find(|(k, _)| k == VIRTUAL_SCHEMA_PARAMETER)
+        .map(|(_, v)| v);
+    let name = match chosen.as_deref() {
+        Some("off") | Some("") => return Ok(None),
+        Some(name) => name.to_string(),
+        None => match tenant
+            .virtual_schema
+            .as_deref()
+            .or(config.tenancy.virtual_schema.as_deref())
+        {
+            None | Some("") => return Ok(None),
+            Some(name) => name.to_string(),
+        },
+    };
+    Ok(Some(VirtualSchema::new(&name, tenant.schema.as_str())))
+}
+
+/// `options` as libpq sends it: `-c name=value` pairs (also `--name=value`), backslash escapes spaces.
+pub(super) fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgError> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    word.push(next);
+                }
+            }
+            c if c.is_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut iter = words.into_iter();
+    while let Some(w) = iter.next() {
+        let assignment = if w == "-c" {
+            iter.next()
+        } else if let Some(rest) = w.strip_prefix("-c") {
+            Some(rest.to_string())
+        } else {
+            w.strip_prefix("--").map(str::to_string)
+        };
+        let Some((name, value)) = assignment.as_deref().and_then(|a| a.split_once('=')) else {
+            return Err(PgError::fatal(
+                sqlstate::PROTOCOL_VIOLATION,
+                format!("invalid command-line argument in options: {w}"),
+            ));
+        };
+        settings.push((name.replace('-', "_"), value.to_string()));
+    }
+    Ok(settings)
+}
+
+pub(super) async fn send_login_ok(
+    client: &mut ClientStream,
+    parameters: &[(String, String)],
+    key: ClientKey,
+    authenticated: bool,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(512);
+    if !authenticated {
+        protocol::write::authentication_ok(&mut out);
+    }
+    for (name, value) in parameters {
+        protocol::write::parameter_status(&mut out, name, value);
+    }
+    protocol::write::backend_key_data(&mut out, key.process_id, key.secret_key);
+    protocol::write::ready_for_query(&mut out, TxStatus::Idle);
+    let mut writer = BufWriter::new(client);
+    writer.write_all(&out).await?;
+    writer.flush().await
+}
