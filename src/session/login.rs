@@ -472,7 +472,10 @@ pub(super) fn plaintext_password_refused(tls: bool, peer: std::net::IpAddr, allo
 
 /// Asks for the password and reads it by hand, so a token up to `max_token_bytes` passes (pgwire's decoder
 /// stops at 10,000 bytes) and a larger one is refused before it is buffered.
-pub(super) async fn read_token(proxy: &Proxy, client: &mut ClientStream) -> Result<String, PgError> {
+pub(super) async fn read_token(
+    proxy: &Proxy,
+    client: &mut ClientStream,
+) -> Result<String, PgError> {
     let mut out = BytesMut::new();
     protocol::write::authentication_cleartext(&mut out);
     write_all(client, &out).await?;

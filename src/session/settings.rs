@@ -7,7 +7,6 @@ use super::*;
 /// Startup parameters that are not session settings and so are not passed on with `set_config`.
 pub(super) const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
-
 /// Passes the client's startup parameters (application_name, client_encoding, DateStyle, TimeZone, `-c`
 /// options …) to the upstream session, as PostgreSQL would have applied them at startup.
 pub(super) async fn apply_client_settings(

@@ -24,10 +24,9 @@ fn plaintext_tokens_only_from_loopback_unless_allowed() {
 
 #[test]
 fn options_are_parsed_like_postgres() {
-    let parsed = parse_options(
-        "-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB -c x=with\\ space",
-    )
-    .expect("parses");
+    let parsed =
+        parse_options("-c search_path=a,b --statement-timeout=5s -cwork_mem=4MB -c x=with\\ space")
+            .expect("parses");
     assert_eq!(
         parsed,
         vec![
