@@ -15,12 +15,15 @@
 //! tenant's, which the global cap needs.
 
 use crate::clusters::ClusterName;
+mod pauses;
+
 use crate::config::PoolConfig;
 use crate::directory::RoleName;
 use crate::limits::ServerSettings;
 use crate::protocol::{sqlstate, PgError};
 use crate::tenancy::credentials::RolePasswords;
 use crate::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamError, UpstreamTarget};
+use pauses::Pauses;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,18 +177,6 @@ pub struct PoolManager {
     pauses: Pauses,
     /// Where the pools of moved tenants are now (see [`crate::moves::routes`]).
     pub moved: crate::moves::routes::MovedPools,
-}
-
-/// PAUSE / RESUME: tenants (or all) whose new transactions are held.
-#[derive(Default)]
-struct Pauses {
-    all: std::sync::atomic::AtomicBool,
-    tenants: Mutex<std::collections::HashSet<RoleName>>,
-    resumed: tokio::sync::Notify,
-    /// Pauses of a tenant move, each with the number of its lease: a lease that runs out while it is
-    /// still the role's latest resumes the role.
-    leases: Mutex<HashMap<RoleName, u64>>,
-    lease_numbers: AtomicUsize,
 }
 
 /// Counts a waiting client while it waits.
@@ -660,99 +651,6 @@ impl PoolManager {
     pub fn is_retired(&self, key: &PoolKey, server_name: &str) -> bool {
         let (base, generation) = crate::txn::statements::generation_of(server_name);
         generation < self.statement_generation(key, base)
-    }
-
-    /// Holds new transactions (and logins) of `role`, or of every tenant.
-    pub fn pause(&self, role: Option<&RoleName>) {
-        match role {
-            None => self.pauses.all.store(true, Ordering::SeqCst),
-            Some(role) => {
-                if let Ok(mut t) = self.pauses.tenants.lock() {
-                    t.insert(role.clone());
-                }
-            }
-        }
-    }
-
-    /// Holds `role`'s new transactions for a tenant move, for at most `lease` unless [`Self::resume`] comes
-    /// first (a mover that crashed holds nobody for ever).
-    pub fn pause_for(self: &Arc<Self>, role: &RoleName, lease: Duration) {
-        self.pause(Some(role));
-        let number = self.pauses.lease_numbers.fetch_add(1, Ordering::Relaxed) as u64;
-        self.pauses
-            .leases
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(role.clone(), number);
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        let (pools, role) = (Arc::downgrade(self), role.clone());
-        runtime.spawn(async move {
-            tokio::time::sleep(lease).await;
-            let Some(pools) = pools.upgrade() else {
-                return;
-            };
-            let expired = {
-                let mut leases = pools.pauses.leases.lock().unwrap_or_else(|p| p.into_inner());
-                let latest = leases.get(&role) == Some(&number);
-                if latest {
-                    leases.remove(&role);
-                }
-                latest
-            };
-            if expired {
-                tracing::warn!(role = %role, lease_ms = lease.as_millis() as u64, "a tenant move's pause ran out without word from the mover: the tenant's transactions go on");
-                pools.resume(Some(&role));
-            }
-        });
-    }
-
-    /// Lets held transactions go on. `None` resumes everything (the global pause and every tenant's).
-    pub fn resume(&self, role: Option<&RoleName>) {
-        match role {
-            None => {
-                self.pauses.all.store(false, Ordering::SeqCst);
-                if let Ok(mut t) = self.pauses.tenants.lock() {
-                    t.clear();
-                }
-                if let Ok(mut leases) = self.pauses.leases.lock() {
-                    leases.clear();
-                }
-            }
-            Some(role) => {
-                if let Ok(mut t) = self.pauses.tenants.lock() {
-                    t.remove(role);
-                }
-                if let Ok(mut leases) = self.pauses.leases.lock() {
-                    leases.remove(role);
-                }
-            }
-        }
-        self.pauses.resumed.notify_waiters();
-    }
-
-    pub fn is_paused(&self, role: &RoleName) -> bool {
-        self.pauses.all.load(Ordering::SeqCst)
-            || self
-                .pauses
-                .tenants
-                .lock()
-                .map(|t| t.contains(role))
-                .unwrap_or(false)
-    }
-
-    /// Waits while `role` is paused.
-    pub async fn wait_unpaused(&self, role: &RoleName) {
-        loop {
-            let resumed = self.pauses.resumed.notified();
-            tokio::pin!(resumed);
-            resumed.as_mut().enable();
-            if !self.is_paused(role) {
-                return;
-            }
-            resumed.await;
-        }
     }
 
     /// Server connections (active, idle) of this pgtenant to each cluster.
