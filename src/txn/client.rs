@@ -1,0 +1,557 @@
+//! The client side of transaction pooling: every client message in turn (framing, streaming large ones),
+//! what it asks of the server connection (taken when a transaction starts), prepared statements that follow
+//! the client to whichever connection it holds, and what pgtenant answers itself.
+
+use super::*;
+
+impl TxnSession<'_> {
+    /// Handles every complete client message buffered (streaming large ones through).
+    pub(super) async fn process_client<CW: AsyncWrite + Unpin>(
+        &self,
+        state: &mut State,
+        client_write: &mut CW,
+    ) -> Result<Step, ProtocolError> {
+        loop {
+            if state.client_streaming > 0 {
+                let n = state.client_streaming.min(state.client_in.len());
+                if n == 0 {
+                    return Ok(Step::Continue);
+                }
+                let chunk = state.client_in.split_to(n);
+                if !state.skipping_to_sync {
+                    state.to_server.extend_from_slice(&chunk);
+                }
+                state.client_streaming -= n;
+                continue;
+            }
+            if state.client_in.len() < 5 {
+                return Ok(Step::Continue);
+            }
+            let (msg_tag, len) = frame_header(&state.client_in);
+            if len < 4 || len as usize > MAX_WHOLE_MESSAGE {
+                return Err(ProtocolError::BadFrameLength {
+                    tag: msg_tag as char,
+                    len: len.max(0) as usize,
+                });
+            }
+            let total = 1 + len as usize;
+            let whole = state.client_in.len() >= total;
+            // A Query is read whole too (up to the size the virtual schema rewrites), so its text can be
+            // checked and rewritten even when it arrives in several reads.
+            let query_held_whole = msg_tag == tag::QUERY && total <= crate::relay::MAX_REWRITTEN;
+            if !whole && (client_needs_whole(msg_tag) || query_held_whole) {
+                return Ok(Step::Continue);
+            }
+            if whole {
+                let frame = state.client_in.split_to(total).freeze();
+                if let Step::End(end) = self
+                    .client_message(state, msg_tag, frame, client_write)
+                    .await
+                {
+                    return Ok(Step::End(end));
+                }
+            } else {
+                // A large Query, CopyData or FunctionCall: account for it, then stream its bytes.
+                let available = state.client_in.len();
+                let head = state.client_in.split_to(available).freeze();
+                if let Step::End(end) = self
+                    .client_message(state, msg_tag, head, client_write)
+                    .await
+                {
+                    return Ok(Step::End(end));
+                }
+                state.client_streaming = total - available;
+            }
+            self.emit_synthetic(state);
+        }
+    }
+
+    /// One client message (or the head of a large one).
+    pub(super) async fn client_message<CW: AsyncWrite + Unpin>(
+        &self,
+        state: &mut State,
+        msg_tag: u8,
+        frame: Bytes,
+        client_write: &mut CW,
+    ) -> Step {
+        if msg_tag == tag::TERMINATE {
+            return Step::End(RelayEnd::ClientTerminated);
+        }
+        if state.skipping_to_sync {
+            if msg_tag == tag::SYNC {
+                state.skipping_to_sync = false;
+                if state.server.is_none() {
+                    protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
+                } else {
+                    if state.expect.client_sync() {
+                        state.pending += 1;
+                    }
+                    state.to_server.extend_from_slice(&frame);
+                }
+            }
+            return Step::Continue;
+        }
+        let frame = match msg_tag {
+            tag::QUERY | tag::PARSE if is_whole(&frame) => {
+                // The rewritten text is what the server sees, what statement names are derived from, and
+                // what is carried across server connections: done once per Parse, never per Bind.
+                let frame = match &self.virtual_schema {
+                    Some(vs) => {
+                        crate::sql::message::rewrite(msg_tag, &frame, |sql| vs.rewrite(sql))
+                            .unwrap_or(frame)
+                    }
+                    None => frame,
+                };
+                if let Some(found) =
+                    crate::sql::message::text(msg_tag, &frame).and_then(lasting::lasting_state)
+                {
+                    state.lasting = Some(found);
+                }
+                introspection::rewrite_frame(msg_tag, &frame, &state.statements).unwrap_or(frame)
+            }
+            _ => frame,
+        };
+        if msg_tag == tag::QUERY && self.answer_deallocate(state, &frame) {
+            return Step::Continue;
+        }
+        let body = &frame[5.min(frame.len())..];
+        // Answered without a server: closing a named statement, and a Sync or Flush with nothing pending.
+        if state.server.is_none() {
+            match msg_tag {
+                tag::CLOSE => {
+                    if let Some((b'S', name)) = statements::parse_target(body) {
+                        if !name.is_empty() {
+                            state.statements.remove(&String::from_utf8_lossy(name));
+                            state.to_client.extend_from_slice(&simple_frame(b'3'));
+                            return Step::Continue;
+                        }
+                    }
+                }
+                tag::PARSE => {
+                    // A named Parse between transactions (a driver preparing, e.g. libpq's PQprepare, which
+                    // blocks its caller) must not wait for a connection another of that caller's clients
+                    // holds: if none is free now, the statement is kept and prepared on the server at its
+                    // first Bind or Describe, and the client gets ParseComplete at once.
+                    if let Some(p) = statements::parse_parse(body).filter(|p| !p.name.is_empty()) {
+                        let client_name = String::from_utf8_lossy(p.name).into_owned();
+                        if state.statements.get(&client_name).is_some() {
+                            protocol::write::error_response(
+                                &mut state.to_client,
+                                &duplicate_statement(&client_name),
+                            );
+                            state.skipping_to_sync = true;
+                            return Step::Continue;
+                        }
+                        match self.try_ensure_server(state).await {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                let statement = self.new_statement(p.query, p.param_types);
+                                state.statements.insert(client_name, statement);
+                                state.to_client.extend_from_slice(&simple_frame(b'1'));
+                                return Step::Continue;
+                            }
+                            Err(error) => {
+                                protocol::write::error_response(&mut state.to_client, &error);
+                                state.skipping_to_sync = true;
+                                return Step::Continue;
+                            }
+                        }
+                    }
+                }
+                // A Sync or Flush with a body is malformed: PostgreSQL reports it (and, after a Flush,
+                // skips to the next Sync).
+                tag::SYNC | tag::FLUSH if !body.is_empty() => {
+                    protocol::write::error_response(
+                        &mut state.to_client,
+                        &invalid_message_format(),
+                    );
+                    if msg_tag == tag::SYNC && state.expect.is_empty() && state.pending == 0 {
+                        protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
+                    } else {
+                        state.skipping_to_sync = true;
+                    }
+                    return Step::Continue;
+                }
+                tag::SYNC if state.expect.is_empty() && state.pending == 0 => {
+                    protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
+                    return Step::Continue;
+                }
+                tag::FLUSH => return Step::Continue,
+                _ => {}
+            }
+        }
+        if let Err(error) = self.ensure_server(state, client_write).await {
+            protocol::write::error_response(&mut state.to_client, &error);
+            match msg_tag {
+                tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => {
+                    protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle)
+                }
+                _ => state.skipping_to_sync = true,
+            }
+            return Step::Continue;
+        }
+        let Some(checkout) = state.server.as_mut() else {
+            return Step::Continue;
+        };
+        let conn = checkout.conn();
+        match msg_tag {
+            tag::QUERY | tag::FUNCTION_CALL => {
+                state.pending += 1;
+                state.recorder.request_sent();
+                state.expect.push(if msg_tag == tag::QUERY {
+                    Expect::Query
+                } else {
+                    Expect::FunctionCall
+                });
+                state.to_server.extend_from_slice(&frame);
+            }
+            tag::SYNC => {
+                if state.expect.client_sync() {
+                    state.pending += 1;
+                    state.recorder.request_sent();
+                }
+                state.unsynced = false;
+                state.to_server.extend_from_slice(&frame);
+            }
+            tag::COPY_DONE | tag::COPY_FAIL => {
+                state.expect.client_copy_end();
+                state.to_server.extend_from_slice(&frame);
+            }
+            tag::PARSE => {
+                close_stale(conn, &mut state.to_server, &mut state.expect);
+                state.unsynced = true;
+                match statements::parse_parse(body) {
+                    Some(p) if !p.name.is_empty() => {
+                        let client_name = String::from_utf8_lossy(p.name).into_owned();
+                        if state.statements.get(&client_name).is_some() {
+                            // As PostgreSQL: the name is taken; the server raises the error, so the batch
+                            // (and an open transaction) fails there too.
+                            inject_error(
+                                &mut state.to_server,
+                                &mut state.expect,
+                                &duplicate_statement(&client_name),
+                            );
+                        } else {
+                            let statement = self.new_statement(p.query, p.param_types);
+                            let server_name = statement.server_name.clone();
+                            if conn.prepared.contains(&server_name) {
+                                conn.prepared.touch(&server_name);
+                                state.expect.push(Expect::Synthetic {
+                                    frame: simple_frame(b'1'),
+                                    undo: Some(Undo::ForgetClientStatement {
+                                        client_name: client_name.clone(),
+                                        server_name,
+                                    }),
+                                });
+                            } else {
+                                make_room(conn, &mut state.to_server, &mut state.expect);
+                                state.to_server.extend_from_slice(&statement.parse);
+                                conn.prepared.insert(server_name.clone());
+                                state.expect.push(Expect::Parse {
+                                    server_name: Some(server_name),
+                                    swallow: false,
+                                    client_name: Some(client_name.clone()),
+                                });
+                            }
+                            state.statements.insert(client_name, statement);
+                        }
+                    }
+                    _ => {
+                        state.to_server.extend_from_slice(&frame);
+                        state.expect.push(Expect::Parse {
+                            server_name: None,
+                            swallow: false,
+                            client_name: None,
+                        });
+                    }
+                }
+            }
+            tag::BIND => {
+                close_stale(conn, &mut state.to_server, &mut state.expect);
+                state.unsynced = true;
+                let named = statements::parse_bind(body).and_then(|(portal, name, rest)| {
+                    let client_name = String::from_utf8_lossy(name).into_owned();
+                    let statement = state.statements.get(&client_name)?.clone();
+                    Some((portal.to_vec(), statement, rest.to_vec(), client_name))
+                });
+                match named {
+                    Some((_, statement, _, _)) if self.is_retired(conn, &statement) => {
+                        inject_error(&mut state.to_server, &mut state.expect, &stale_plan());
+                    }
+                    Some((portal, statement, rest, client_name)) => {
+                        ensure_prepared(conn, &mut state.to_server, &mut state.expect, &statement);
+                        state.to_server.extend_from_slice(&statements::encode_bind(
+                            &portal,
+                            &statement.server_name,
+                            &rest,
+                        ));
+                        state.expect.push(Expect::Bind {
+                            server_name: Some(statement.server_name),
+                            swallow: false,
+                            client_name: Some(client_name),
+                        });
+                    }
+                    None => {
+                        state.to_server.extend_from_slice(&frame);
+                        state.expect.push(Expect::Bind {
+                            server_name: None,
+                            swallow: false,
+                            client_name: None,
+                        });
+                    }
+                }
+            }
+            tag::DESCRIBE => {
+                close_stale(conn, &mut state.to_server, &mut state.expect);
+                state.unsynced = true;
+                match statements::parse_target(body) {
+                    Some((b'S', name)) => {
+                        let client_name = String::from_utf8_lossy(name).into_owned();
+                        let known = state.statements.get(&client_name).cloned();
+                        let names = known
+                            .as_ref()
+                            .map(|s| (s.server_name.clone(), client_name.clone()));
+                        match known {
+                            Some(statement) if self.is_retired(conn, &statement) => {
+                                inject_error(
+                                    &mut state.to_server,
+                                    &mut state.expect,
+                                    &stale_plan(),
+                                );
+                                return Step::Continue;
+                            }
+                            Some(statement) => {
+                                ensure_prepared(
+                                    conn,
+                                    &mut state.to_server,
+                                    &mut state.expect,
+                                    &statement,
+                                );
+                                state
+                                    .to_server
+                                    .extend_from_slice(&statements::encode_target(
+                                        tag::DESCRIBE,
+                                        b'S',
+                                        &statement.server_name,
+                                    ));
+                            }
+                            None => state.to_server.extend_from_slice(&frame),
+                        }
+                        state.expect.push(Expect::DescribeStatement { names });
+                    }
+                    _ => {
+                        state.to_server.extend_from_slice(&frame);
+                        state.expect.push(Expect::DescribePortal);
+                    }
+                }
+            }
+            tag::CLOSE => {
+                state.unsynced = true;
+                match statements::parse_target(body) {
+                    Some((b'S', name)) if !name.is_empty() => {
+                        // The server-side statement stays for other clients; the client's name goes
+                        // (unless an earlier error makes the server skip this Close).
+                        let client_name = String::from_utf8_lossy(name).into_owned();
+                        let undo = state.statements.remove(&client_name).map(|statement| {
+                            Undo::RestoreClientStatement {
+                                client_name,
+                                statement,
+                            }
+                        });
+                        state.expect.push(Expect::Synthetic {
+                            frame: simple_frame(b'3'),
+                            undo,
+                        });
+                    }
+                    _ => {
+                        state.to_server.extend_from_slice(&frame);
+                        state.expect.push(Expect::Close { swallow: None });
+                    }
+                }
+            }
+            tag::EXECUTE => {
+                state.unsynced = true;
+                state.expect.push(Expect::Execute);
+                state.to_server.extend_from_slice(&frame);
+            }
+            _ => state.to_server.extend_from_slice(&frame),
+        }
+        Step::Continue
+    }
+
+    /// The client statement for a Parse: its server-side name carries the generation of that query (bumped
+    /// each time a statement of it went stale).
+    pub(super) fn new_statement(&self, query: &[u8], param_types: &[u8]) -> Statement {
+        let base = statements::server_name(query, param_types);
+        let generation = self.pools.statement_generation(self.pool, &base);
+        let server_name = statements::with_generation(&base, generation);
+        Statement {
+            parse: statements::encode_parse(&server_name, query, param_types),
+            server_name,
+        }
+    }
+
+    /// The statement went stale after DDL and this connection does not have it: PostgreSQL would keep
+    /// failing it, so pgtenant must not prepare it again under the client's old name.
+    pub(super) fn is_retired(&self, conn: &UpstreamConn, statement: &Statement) -> bool {
+        !conn.prepared.contains(&statement.server_name)
+            && self.pools.is_retired(self.pool, &statement.server_name)
+    }
+
+    /// Sends synthetic responses that reached the head of the queue.
+    /// A Query that is one SQL `DEALLOCATE` of one of the client's protocol-level statements, with nothing
+    /// outstanding: answered here as PostgreSQL would (see [`deallocate`]). Returns whether it was.
+    pub(super) fn answer_deallocate(&self, state: &mut State, frame: &Bytes) -> bool {
+        if !is_whole(frame) || !state.expect.is_empty() || state.pending > 0 {
+            return false;
+        }
+        let Some(name) =
+            crate::sql::message::text(tag::QUERY, frame).and_then(deallocate::deallocated_name)
+        else {
+            return false;
+        };
+        if state.statements.get(&name).is_none() {
+            return false;
+        }
+        let status = if state.server.is_none() {
+            TxStatus::Idle
+        } else {
+            state.status
+        };
+        if status == TxStatus::Failed {
+            protocol::write::error_response(&mut state.to_client, &transaction_aborted());
+        } else {
+            state.statements.remove(&name);
+            protocol::write::command_complete(&mut state.to_client, "DEALLOCATE");
+        }
+        protocol::write::ready_for_query(&mut state.to_client, status);
+        true
+    }
+
+    pub(super) fn emit_synthetic(&self, state: &mut State) {
+        for frame in state.expect.take_synthetic_head() {
+            state.to_client.extend_from_slice(&frame);
+        }
+    }
+}
+
+/// A NOTICE for commands whose effect cannot outlast the transaction in transaction pooling.
+pub(super) fn session_feature_notice(command: &[u8]) -> Option<PgError> {
+    let text = match command {
+        b"LISTEN" => "LISTEN has no lasting effect in transaction pooling: notifications reach this client only while it holds a server connection (inside a transaction); use session pooling for LISTEN",
+        b"PREPARE" => "SQL PREPARE does not outlast the transaction in transaction pooling; use the protocol's prepared statements (your driver's), which pgtenant carries across server connections",
+        _ => return None,
+    };
+    Some(PgError {
+        severity: protocol::Severity::Notice,
+        ..PgError::error(sqlstate::WARNING, text)
+    })
+}
+
+/// Closes statements the server reported stale, before the next extended message on this connection.
+pub(super) fn close_stale(
+    conn: &mut UpstreamConn,
+    to_server: &mut BytesMut,
+    expect: &mut Expectations,
+) {
+    for name in conn.prepared.take_stale() {
+        to_server.extend_from_slice(&statements::encode_target(tag::CLOSE, b'S', &name));
+        // If skipped, the stale statement stays; it is not listed as prepared, and it is retired, so it
+        // is never injected again under that name.
+        expect.push(Expect::Close {
+            swallow: Some(String::new()),
+        });
+    }
+}
+
+/// Closes the least recently used statement on a full connection.
+pub(super) fn make_room(
+    conn: &mut UpstreamConn,
+    to_server: &mut BytesMut,
+    expect: &mut Expectations,
+) {
+    while conn.prepared.len() >= SERVER_STATEMENT_CACHE {
+        let Some(victim) = conn.prepared.least_recently_used() else {
+            break;
+        };
+        conn.prepared.remove(&victim);
+        to_server.extend_from_slice(&statements::encode_target(tag::CLOSE, b'S', &victim));
+        expect.push(Expect::Close {
+            swallow: Some(victim),
+        });
+    }
+}
+
+/// Injects the Parse of a statement the connection lacks.
+pub(super) fn ensure_prepared(
+    conn: &mut UpstreamConn,
+    to_server: &mut BytesMut,
+    expect: &mut Expectations,
+    statement: &Statement,
+) {
+    if conn.prepared.contains(&statement.server_name) {
+        conn.prepared.touch(&statement.server_name);
+        return;
+    }
+    make_room(conn, to_server, expect);
+    to_server.extend_from_slice(&statement.parse);
+    conn.prepared.insert(statement.server_name.clone());
+    expect.push(Expect::Parse {
+        server_name: Some(statement.server_name.clone()),
+        swallow: true,
+        client_name: None,
+    });
+}
+
+/// Makes the server raise `error` in the client's batch, in place of the request that PostgreSQL would
+/// have refused: the batch and an open transaction then fail on the server exactly as they would
+/// directly. (Uses the unnamed statement and portal, as a client's failed request leaves them unusable.)
+pub(super) fn inject_error(to_server: &mut BytesMut, expect: &mut Expectations, error: &PgError) {
+    let body = format!(
+        "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END$pgtenant$",
+        crate::directory::quote_literal(&error.code),
+        crate::directory::quote_literal(&error.message.replace("$pgtenant$", "")),
+    );
+    to_server.extend_from_slice(&statements::encode_parse("", body.as_bytes(), &[0, 0]));
+    expect.push(Expect::Parse {
+        server_name: None,
+        swallow: true,
+        client_name: None,
+    });
+    to_server.extend_from_slice(&statements::encode_bind(b"", "", &[0, 0, 0, 0, 0, 0]));
+    expect.push(Expect::Bind {
+        server_name: None,
+        swallow: true,
+        client_name: None,
+    });
+    to_server.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
+    expect.push(Expect::Execute);
+}
+
+pub(super) fn duplicate_statement(name: &str) -> PgError {
+    PgError::error(
+        sqlstate::DUPLICATE_PREPARED_STATEMENT,
+        format!("prepared statement \"{name}\" already exists"),
+    )
+}
+
+pub(super) fn invalid_message_format() -> PgError {
+    PgError::error(
+        crate::protocol::sqlstate::PROTOCOL_VIOLATION,
+        "invalid message format",
+    )
+}
+
+pub(super) fn transaction_aborted() -> PgError {
+    PgError::error(
+        sqlstate::IN_FAILED_SQL_TRANSACTION,
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+pub(super) fn stale_plan() -> PgError {
+    PgError::error(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "cached plan must not change result type",
+    )
+}
