@@ -2,6 +2,7 @@
 //! transaction), the credentials of tenant roles, and operations on existing tenants (status, limits).
 
 pub mod credentials;
+pub mod events;
 pub mod limits;
 mod onboard;
 pub mod ops;
