@@ -18,13 +18,15 @@
 //!   read from the shared schema.
 //! - [`clusters`]: the PostgreSQL clusters tenants are placed on (`pgtenant.clusters`), their read
 //!   replicas and how far behind those are, placement of new tenants, which cluster a session goes to.
-//! - [`pool`]: one pool per tenant of raw upstream protocol connections logged in as the tenant's role, with a
-//!   global cap and eviction of other tenants' idle connections.
+//! - [`pool`]: one pool per tenant role and cluster of raw upstream protocol connections logged in as that
+//!   role, with a global cap and eviction of other tenants' idle connections; PAUSE / RESUME in `pauses`.
 //! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
 //! - [`upstream_tls`]: TLS to PostgreSQL (`upstream.sslmode`, libpq's meaning): the rustls client
 //!   configuration, SSLRequest negotiation, the plain-or-TLS upstream stream, the tokio-postgres connector.
 //! - [`proxy`]: the state all sessions share (reloadable configuration, verifier, directory, pools).
-//! - [`session`]: one client connection from its first byte to its end: handshake, login, relay, check-in.
+//! - [`session`]: one client connection from its first byte to its end, a file per stage: `handshake`
+//!   (first packet, TLS), `login` (token, directory, limits, pool, first server connection), `settings`
+//!   (startup parameters as session settings), then the relay and the check-in (`mod.rs`).
 //! - [`sessions`]: the registry of running sessions (admin views, ending the sessions of a suspended tenant, a
 //!   disabled user or a revoked token).
 //! - [`lifetime`]: a session's deadline (its token's expiry, `server.max_session_secs`), met at an idle point.
@@ -33,8 +35,9 @@
 //!   connection, pgtenant's own timers in both relays as a ceiling, the NOTICE of a client queued for a
 //!   connection.
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
-//! - [`txn`]: transaction pooling: a server connection per transaction, prepared statements that follow the
-//!   client, settings synchronised on each checkout.
+//! - [`txn`]: transaction pooling: a server connection per transaction (`mod.rs`: the event loop, checkout
+//!   and release), `client` (client messages, prepared statements that follow the client), `server` (server
+//!   messages matched to requests, `expect`), `sync` (settings synchronised on each checkout).
 //! - [`sql`]: a lexer for SQL text (literals, quoted names, comments told from identifiers) and the virtual
 //!   schema rewrite (`public` in a tenant's SQL means its own schema).
 //! - [`relay`]: the byte-level relay of one client session to its upstream connection (session pooling): one
