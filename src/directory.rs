@@ -149,7 +149,8 @@ pub struct Directory {
     /// Why connections could not be made; also wakes the lookups waiting for one, which then fail at once.
     connect_errors: crate::pg_connect_errors::ConnectErrors,
     tls: crate::upstream_tls::UpstreamTls,
-    ttl: Duration,
+    /// How long a lookup is reused, in milliseconds (`tenancy.directory_cache_ttl_ms`; RELOAD changes it).
+    ttl_ms: std::sync::atomic::AtomicU64,
     cache: Mutex<HashMap<String, (Instant, Vec<User>)>>,
 }
 
@@ -189,6 +190,18 @@ fn user_columns() -> String {
 }
 
 impl Directory {
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Reuses lookups for `ttl` from now on (RELOAD of `tenancy.directory_cache_ttl_ms`).
+    pub fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(
+            ttl.as_millis().min(u64::MAX as u128) as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
     /// Connects lazily: the first lookup opens the first admin connection.
     pub fn new(
         admin: tokio_postgres::Config,
@@ -210,7 +223,7 @@ impl Directory {
             pool,
             connect_errors,
             tls,
-            ttl,
+            ttl_ms: std::sync::atomic::AtomicU64::new(ttl.as_millis().min(u64::MAX as u128) as u64),
             cache: Mutex::new(HashMap::new()),
         })
     }
@@ -228,7 +241,7 @@ impl Directory {
         };
         if let Ok(cache) = self.cache.lock() {
             if let Some((at, user)) = cache.get(&key) {
-                if at.elapsed() < self.ttl {
+                if at.elapsed() < self.ttl() {
                     return Ok(user.clone());
                 }
             }

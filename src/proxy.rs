@@ -242,6 +242,11 @@ impl Proxy {
         if let Some(old) = old {
             old.cancel();
         }
+        // What the pool and the directory copied at start, for the keys that may change while running.
+        self.pools.reload(&self.config().pool);
+        self.directory.set_ttl(Duration::from_millis(
+            self.config().tenancy.directory_cache_ttl_ms,
+        ));
         self.directory.invalidate();
         tracing::info!(?needs_restart, "configuration reloaded");
         Ok(needs_restart)

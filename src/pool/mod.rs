@@ -25,7 +25,7 @@ use crate::tenancy::credentials::RolePasswords;
 use crate::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamError, UpstreamTarget};
 use pauses::Pauses;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -167,7 +167,11 @@ pub struct QueueState {
 }
 
 pub struct PoolManager {
+    /// The sizes (`size_per_tenant`, `max_server_connections`: the semaphores are made with them) as at
+    /// start; the other keys as at start too, overridden by [`Self::live`].
     config: PoolConfig,
+    /// The keys a RELOAD changes for connections and waits from then on.
+    live: LiveSettings,
     passwords: RolePasswords,
     salted: SaltedPasswordCache,
     global: Arc<Semaphore>,
@@ -212,12 +216,51 @@ impl Checkout {
     }
 }
 
+/// The pool settings a RELOAD changes while pgtenant runs (see [`PoolManager::reload`]).
+struct LiveSettings {
+    acquire_timeout_ms: AtomicU64,
+    idle_timeout_secs: AtomicU64,
+    max_lifetime_secs: AtomicU64,
+    reserve_per_tenant: AtomicUsize,
+    health_check_after_secs: AtomicU64,
+}
+
+impl From<&PoolConfig> for LiveSettings {
+    fn from(c: &PoolConfig) -> Self {
+        Self {
+            acquire_timeout_ms: AtomicU64::new(c.acquire_timeout_ms),
+            idle_timeout_secs: AtomicU64::new(c.idle_timeout_secs),
+            max_lifetime_secs: AtomicU64::new(c.max_lifetime_secs),
+            reserve_per_tenant: AtomicUsize::new(c.reserve_per_tenant),
+            health_check_after_secs: AtomicU64::new(c.health_check_after_secs),
+        }
+    }
+}
+
 impl PoolManager {
+    /// Takes the keys of a reloaded `[pool]` that apply while running: acquire_timeout_ms,
+    /// idle_timeout_secs, max_lifetime_secs, reserve_per_tenant, health_check_after_secs. The sizes need a
+    /// restart (the caller says so); `mode` and `max_clients_per_tenant` are read from the live config.
+    pub fn reload(&self, c: &PoolConfig) {
+        let l = &self.live;
+        l.acquire_timeout_ms
+            .store(c.acquire_timeout_ms, Ordering::Relaxed);
+        l.idle_timeout_secs
+            .store(c.idle_timeout_secs, Ordering::Relaxed);
+        l.max_lifetime_secs
+            .store(c.max_lifetime_secs, Ordering::Relaxed);
+        l.reserve_per_tenant
+            .store(c.reserve_per_tenant, Ordering::Relaxed);
+        l.health_check_after_secs
+            .store(c.health_check_after_secs, Ordering::Relaxed);
+    }
+
     pub fn new(config: PoolConfig, passwords: RolePasswords) -> Arc<Self> {
         Arc::new(Self {
             global: Arc::new(Semaphore::new(config.max_server_connections)),
             global_waiting: AtomicUsize::new(0),
             pauses: Pauses::default(),
+            live: LiveSettings::from(&config),
             config,
             passwords,
             salted: SaltedPasswordCache::default(),
@@ -304,8 +347,8 @@ impl PoolManager {
     ) -> Result<Option<Checkout>, PoolError> {
         let role = &key.role;
         let started = Instant::now();
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(self.config.acquire_timeout_ms);
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis(self.live.acquire_timeout_ms.load(Ordering::Relaxed));
         let pool = self.tenant_pool(key, target);
         let settings = *pool.settings.lock().unwrap_or_else(|p| p.into_inner());
         let permit = if wait {
@@ -398,7 +441,9 @@ impl PoolManager {
 
     /// A connection idle for longer than `pool.health_check_after_secs` answers an empty query first.
     async fn healthy(&self, conn: &mut UpstreamConn) -> bool {
-        if conn.last_used.elapsed() < Duration::from_secs(self.config.health_check_after_secs) {
+        if conn.last_used.elapsed()
+            < Duration::from_secs(self.live.health_check_after_secs.load(Ordering::Relaxed))
+        {
             return true;
         }
         let check = tokio::time::timeout(Duration::from_secs(5), conn.run_simple(&[""]));
@@ -406,7 +451,8 @@ impl PoolManager {
     }
 
     fn expired(&self, conn: &UpstreamConn) -> bool {
-        conn.created_at.elapsed() >= Duration::from_secs(self.config.max_lifetime_secs)
+        conn.created_at.elapsed()
+            >= Duration::from_secs(self.live.max_lifetime_secs.load(Ordering::Relaxed))
     }
 
     /// Closes the least recently used idle connection of any tenant. Returns false if none is idle.
@@ -455,7 +501,7 @@ impl PoolManager {
             .global_waiting
             .load(Ordering::Relaxed)
             .saturating_sub(checkout.pool.waiting_global.load(Ordering::Relaxed));
-        if others_waiting > 0 && live > self.config.reserve_per_tenant {
+        if others_waiting > 0 && live > self.live.reserve_per_tenant.load(Ordering::Relaxed) {
             spawn_terminate(member);
             return;
         }
@@ -472,7 +518,7 @@ impl PoolManager {
 
     /// Closes idle connections past `idle_timeout` or `max_lifetime`. Run periodically.
     pub fn reap_idle(&self) {
-        let idle_timeout = Duration::from_secs(self.config.idle_timeout_secs);
+        let idle_timeout = Duration::from_secs(self.live.idle_timeout_secs.load(Ordering::Relaxed));
         let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
             Ok(t) => t.values().cloned().collect(),
             Err(_) => return,
