@@ -352,6 +352,9 @@ mod tests {
         let audit = LoginAudit::default();
         let user_id = Uuid::new_v4();
         tracing::subscriber::with_default(subscriber, || {
+            // Another test thread may have cached "nobody listens" for this callsite before this
+            // subscriber existed (seen once in CI): ask every callsite again.
+            tracing::callsite::rebuild_interest_cache();
             let mut attempt = attempt(Some(Reason::Revoked));
             attempt.set_user_name("ann@example.com");
             attempt.tenant = Some("acme".into());
