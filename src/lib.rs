@@ -7,6 +7,8 @@
 //! - [`server`]: the listener; accepts TCP, answers SSLRequest / GSSENCRequest, hands cancel requests to
 //!   [`cancel`] and login attempts to [`session`].
 //! - [`tls`]: rustls server configuration for clients.
+//! - [`error`]: what a client may be told about a failure: the SQLSTATEs by name and `UserFacing`, the one
+//!   way from an error type to an ErrorResponse.
 //! - [`protocol`]: the one place that knows the wire format: frame headers, startup packets, message tags, and
 //!   the backend messages pgtenant writes itself (ErrorResponse with SQLSTATE, authentication, ReadyForQuery).
 //! - [`auth`]: JWT verification of the password a client sends (algorithm allowlist, keys, claims, size limit),
@@ -66,6 +68,7 @@ pub mod clusters;
 pub mod config;
 pub mod dev;
 pub mod directory;
+pub mod error;
 pub mod health;
 pub mod lifetime;
 pub mod limits;

@@ -2,7 +2,7 @@
 //! parameters the server reported, its cancel key, and the small simple-query exchanges pgtenant runs itself
 //! (applying a client's startup parameters, resetting the session before reuse).
 
-use crate::protocol::{self, sqlstate, tag, ErrorFields, PgError, ProtocolError, TxStatus};
+use crate::protocol::{self, tag, ErrorFields, PgError, ProtocolError, TxStatus};
 use crate::scram::{self, ScramClient, ScramError};
 use crate::upstream_tls::{HandshakeError, UpstreamStream, UpstreamTls};
 use bytes::{Buf, BytesMut};
@@ -97,28 +97,9 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// What a client is told. Upstream login failures of a tenant role are pgtenant's fault, not the
-    /// client's, and say so without details of the role's credentials.
+    /// What a client is told (see its [`crate::error::UserFacing`] entry), as a FATAL.
     pub fn to_client_error(&self) -> PgError {
-        match self {
-            UpstreamError::Refused(fields) if fields.code == sqlstate::TOO_MANY_CONNECTIONS => {
-                PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, format!("database server: {}", fields.message))
-            }
-            UpstreamError::Refused(fields) if fields.code.starts_with("57P") => PgError::fatal(
-                sqlstate::CANNOT_CONNECT_NOW,
-                format!("database server: {}", fields.message),
-            ),
-            UpstreamError::Refused(fields) if fields.code.starts_with("28") => PgError::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                "pgtenant could not log in to the database server as the tenant's role",
-            )
-            .with_hint("the tenant role's password may have been changed; an administrator can re-run onboarding repair"),
-            UpstreamError::Refused(fields) => PgError::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                format!("database server refused the connection: {}", fields.message),
-            ),
-            other => PgError::fatal(sqlstate::CONNECTION_FAILURE, other.to_string()),
-        }
+        crate::error::UserFacing::to_fatal(self)
     }
 }
 

@@ -41,7 +41,12 @@ fn sqlstate_literals(code: &str) -> Vec<String> {
         if bytes.get(i + 6) != Some(&b'"') || (i > 0 && bytes[i - 1] == b'"') {
             continue;
         }
-        let shaped = candidate[0].is_ascii_digit()
+        // A letter first only in the classes that have one (XX internal error, P0 PL/pgSQL, F0, HV): SQL
+        // keywords such as "PAUSE" or "BEGIN" are not SQLSTATEs.
+        let letter_class = [b"XX", b"P0", b"F0", b"HV"]
+            .iter()
+            .any(|c| c.as_slice() == &candidate[..2]);
+        let shaped = (candidate[0].is_ascii_digit() || letter_class)
             && candidate
                 .iter()
                 .all(|c| c.is_ascii_digit() || c.is_ascii_uppercase());

@@ -3,7 +3,7 @@
 use super::{db_error, Reply, Table};
 use crate::clusters::ops::{self, AddCluster};
 use crate::clusters::ClusterError;
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::PgError;
 use crate::proxy::Proxy;
 use std::time::Duration;
 
@@ -12,16 +12,7 @@ fn text(v: impl ToString) -> Option<String> {
 }
 
 fn cluster_error(e: ClusterError) -> PgError {
-    match e {
-        ClusterError::Unknown(_) => PgError::error(sqlstate::UNDEFINED_OBJECT, e.to_string()),
-        ClusterError::Invalid(_) => {
-            PgError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
-        }
-        ClusterError::Db(ref db) if db.code().is_some() => {
-            PgError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
-        }
-        _ => PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string()),
-    }
+    crate::error::UserFacing::to_error(&e)
 }
 
 pub async fn show(proxy: &Proxy) -> Result<Reply, PgError> {

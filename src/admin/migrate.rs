@@ -4,20 +4,12 @@ use super::{Notices, Reply, Table};
 use crate::migrate::progress::Lines;
 use crate::migrate::tenants::{FanOutOptions, TenantMigrator};
 use crate::migrate::MigrateError;
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::PgError;
 use crate::proxy::Proxy;
 use std::time::Duration;
 
 fn migrate_error(e: MigrateError) -> PgError {
-    let code = match &e {
-        MigrateError::RunLocked => sqlstate::LOCK_NOT_AVAILABLE,
-        MigrateError::TenantChecksumMismatch { .. }
-        | MigrateError::OutOfOrder { .. }
-        | MigrateError::TenantMissingFile { .. } => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-        MigrateError::Db(_) | MigrateError::AdminPool(_) => sqlstate::CONNECTION_FAILURE,
-        _ => sqlstate::IO_ERROR,
-    };
-    PgError::error(code, e.to_string())
+    crate::error::UserFacing::to_error(&e)
 }
 
 fn text(v: impl ToString) -> Option<String> {

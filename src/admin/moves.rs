@@ -2,11 +2,10 @@
 //! cancel-move | finish-move | moves` (see `crate::moves`). Progress lines come as NOTICEs.
 
 use super::{db_error, Notices, Reply, Table};
-use crate::clusters::{ClusterError, ClusterName};
+use crate::clusters::ClusterName;
 use crate::moves::{list_moves, MoveError, MoveOptions, MoveReport, Mover};
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::PgError;
 use crate::proxy::Proxy;
-use crate::tenancy::ops::TenantOpError;
 
 fn text(v: impl ToString) -> Option<String> {
     Some(v.to_string())
@@ -14,17 +13,7 @@ fn text(v: impl ToString) -> Option<String> {
 
 /// The error a client of the admin channel gets for a move that did not go through.
 pub fn move_error(e: MoveError) -> PgError {
-    let code = match &e {
-        MoveError::Refused(_) => sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-        MoveError::Tenant(TenantOpError::NotFound(_))
-        | MoveError::Cluster(ClusterError::Unknown(_)) => sqlstate::UNDEFINED_OBJECT,
-        MoveError::Timeout { .. } => sqlstate::QUERY_CANCELED,
-        MoveError::Dump(_) => sqlstate::INTERNAL_ERROR,
-        MoveError::Tenant(_) | MoveError::Cluster(_) | MoveError::Db { .. } => {
-            sqlstate::CONNECTION_FAILURE
-        }
-    };
-    PgError::error(code, e.to_string())
+    crate::error::UserFacing::to_error(&e)
 }
 
 fn report_rows(report: MoveReport, tag: &str) -> Reply {

@@ -7,16 +7,7 @@ use crate::tenancy::ops::{self, DirectoryEvent, TenantOpError};
 use crate::tenancy::{self, OnboardError, OnboardRequest};
 
 fn op_error(e: TenantOpError) -> PgError {
-    match e {
-        TenantOpError::NotFound(_) => PgError::error(sqlstate::UNDEFINED_OBJECT, e.to_string()),
-        TenantOpError::NotConfirmed { .. } => {
-            PgError::error(sqlstate::INSUFFICIENT_PRIVILEGE, e.to_string())
-        }
-        TenantOpError::Db(e) => db_error(e),
-        TenantOpError::UpstreamTls(_) | TenantOpError::Cluster(_) => {
-            PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())
-        }
-    }
+    crate::error::UserFacing::to_error(&e)
 }
 
 fn text(v: impl ToString) -> Option<String> {

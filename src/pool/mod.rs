@@ -20,7 +20,7 @@ mod pauses;
 use crate::config::PoolConfig;
 use crate::directory::RoleName;
 use crate::limits::ServerSettings;
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::PgError;
 use crate::tenancy::credentials::RolePasswords;
 use crate::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamError, UpstreamTarget};
 use pauses::Pauses;
@@ -41,14 +41,9 @@ pub enum PoolError {
 }
 
 impl PoolError {
+    /// What a client is told (see its [`crate::error::UserFacing`] entry), as a FATAL.
     pub fn to_client_error(&self) -> PgError {
-        match self {
-            PoolError::TenantBusy { .. } | PoolError::GlobalBusy { .. } => {
-                PgError::fatal(sqlstate::TOO_MANY_CONNECTIONS, self.to_string())
-                    .with_hint("retry later, or ask the operator to raise pool.size_per_tenant")
-            }
-            PoolError::Upstream(e) => e.to_client_error(),
-        }
+        crate::error::UserFacing::to_fatal(self)
     }
 }
 

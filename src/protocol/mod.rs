@@ -434,7 +434,7 @@ impl PgError {
         let code = if fields.code.len() == 5 {
             fields.code.clone()
         } else {
-            "XX000".to_string()
+            sqlstate::INTERNAL_ERROR.to_string()
         };
         Self {
             severity: if fields.severity == "ERROR" {
@@ -459,37 +459,7 @@ impl PgError {
 }
 
 /// SQLSTATE codes pgtenant uses.
-pub mod sqlstate {
-    pub const INVALID_PASSWORD: &str = "28P01";
-    pub const INVALID_AUTHORIZATION: &str = "28000";
-    pub const INVALID_CATALOG_NAME: &str = "3D000";
-    pub const TOO_MANY_CONNECTIONS: &str = "53300";
-    pub const CONNECTION_FAILURE: &str = "08006";
-    pub const PROTOCOL_VIOLATION: &str = "08P01";
-    pub const CANNOT_CONNECT_NOW: &str = "57P03";
-    pub const ADMIN_SHUTDOWN: &str = "57P01";
-    pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
-    pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
-    pub const INTERNAL_ERROR: &str = "XX000";
-    pub const INVALID_PARAMETER_VALUE: &str = "22023";
-    pub const UNDEFINED_OBJECT: &str = "42704";
-    pub const SYNTAX_ERROR: &str = "42601";
-    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
-    pub const QUERY_CANCELED: &str = "57014";
-    pub const LOCK_NOT_AVAILABLE: &str = "55P03";
-    pub const IO_ERROR: &str = "58030";
-    pub const DUPLICATE_OBJECT: &str = "42710";
-    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
-    pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
-    pub const IDLE_SESSION_TIMEOUT: &str = "57P05";
-    /// A NOTICE that is plain information (PostgreSQL's successful_completion class).
-    pub const SUCCESSFUL_COMPLETION: &str = "00000";
-    pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
-    /// PostgreSQL 17's transaction_timeout (pgtenant enforces it on any version).
-    pub const TRANSACTION_TIMEOUT: &str = "25P04";
-    /// A NOTICE of pgtenant's own ("warning" class, as PostgreSQL's plain NOTICEs).
-    pub const WARNING: &str = "01000";
-}
+pub use crate::error::sqlstate;
 
 /// Fields of an ErrorResponse / NoticeResponse body read from upstream.
 #[derive(Debug, Default, Clone)]

@@ -552,8 +552,5 @@ impl TxnSession<'_> {
 /// client is told at login (no role name, no server address), as an ERROR: the session goes on.
 fn pool_error(e: PoolError) -> PgError {
     tracing::warn!(error = %e, "no server connection for a transaction");
-    PgError {
-        severity: protocol::Severity::Error,
-        ..e.to_client_error()
-    }
+    crate::error::UserFacing::to_error(&e)
 }
