@@ -68,12 +68,53 @@ pub trait UserFacing {
 
 // The allowlist: every error type that may reach a client, and what the client is told.
 
+use crate::auth::TokenError;
 use crate::clusters::ClusterError;
+use crate::directory::MembershipError;
 use crate::migrate::MigrateError;
 use crate::moves::MoveError;
 use crate::pool::PoolError;
 use crate::tenancy::ops::TenantOpError;
+use crate::tenancy::OnboardError;
 use crate::upstream::UpstreamError;
+
+/// Every token problem is `28P01`, with the verifier's reason (it never echoes the token).
+impl UserFacing for TokenError {
+    fn sqlstate(&self) -> &'static str {
+        TokenError::sqlstate(self)
+    }
+    fn client_message(&self) -> String {
+        format!("token rejected: {self}")
+    }
+}
+
+impl UserFacing for MembershipError {
+    fn sqlstate(&self) -> &'static str {
+        MembershipError::sqlstate(self)
+    }
+    fn client_message(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl UserFacing for OnboardError {
+    fn sqlstate(&self) -> &'static str {
+        match self {
+            OnboardError::EmptyName | OnboardError::BadEmail(_) | OnboardError::NotAPrimary(_) => {
+                sqlstate::INVALID_PARAMETER_VALUE
+            }
+            OnboardError::Cluster(ClusterError::Unknown(_)) => sqlstate::UNDEFINED_OBJECT,
+            OnboardError::SlugTaken(_) | OnboardError::EmailTaken(_) => sqlstate::DUPLICATE_OBJECT,
+            _ => sqlstate::CONNECTION_FAILURE,
+        }
+    }
+    fn client_message(&self) -> String {
+        match self.sqlstate() {
+            sqlstate::CONNECTION_FAILURE => format!("database error: {self}"),
+            _ => self.to_string(),
+        }
+    }
+}
 
 /// Upstream login failures of a tenant role are pgtenant's fault, not the client's, and say so without
 /// details of the role's credentials.

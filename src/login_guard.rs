@@ -73,10 +73,7 @@ pub fn token_refused(attempt: &mut LoginAttempt, error: &TokenError, token: &str
         TokenError::UnknownKey { .. } => Reason::UnknownKey,
         _ => Reason::BadToken,
     };
-    attempt.refuse(
-        reason,
-        PgError::fatal(error.sqlstate(), format!("token rejected: {error}")),
-    )
+    attempt.refuse(reason, crate::error::UserFacing::to_fatal(error))
 }
 
 struct FromDirectory<'a>(&'a Directory);

@@ -14,10 +14,13 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The code of a file before its test module (test modules come last in this crate), with the
-/// `pub mod sqlstate { … }` block of the protocol module left out.
+/// The code of a file before its inline test module (`#[cfg(test)] mod tests { … }`, last in a file in this
+/// crate), with the `pub mod sqlstate { … }` block left out.
 fn code_outside_tests(text: &str) -> String {
-    let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+    let code = text
+        .split("#[cfg(test)]\nmod tests {")
+        .next()
+        .unwrap_or_default();
     match code.find("pub mod sqlstate {") {
         Some(start) => {
             let end = code[start..]
@@ -104,7 +107,7 @@ fn the_literal_finder_finds_what_it_should() {
     );
     assert_eq!(
         code_outside_tests(
-            "a\npub mod sqlstate {\n    pub const X: &str = \"28P01\";\n}\nb\n#[cfg(test)]\nc"
+            "a\npub mod sqlstate {\n    pub const X: &str = \"28P01\";\n}\nb\n#[cfg(test)]\nmod tests {\nc"
         ),
         "a\n\nb\n"
     );

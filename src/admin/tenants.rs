@@ -4,7 +4,7 @@ use super::{db_error, Notices, Reply, Table};
 use crate::protocol::{sqlstate, PgError};
 use crate::proxy::Proxy;
 use crate::tenancy::ops::{self, DirectoryEvent, TenantOpError};
-use crate::tenancy::{self, OnboardError, OnboardRequest};
+use crate::tenancy::{self, OnboardRequest};
 
 fn op_error(e: TenantOpError) -> PgError {
     crate::error::UserFacing::to_error(&e)
@@ -43,18 +43,7 @@ pub async fn create(
     };
     let done = tenancy::onboard_with(&mut admin, &config, &clusters, &request)
         .await
-        .map_err(|e| match e {
-            OnboardError::EmptyName | OnboardError::BadEmail(_) | OnboardError::NotAPrimary(_) => {
-                PgError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
-            }
-            OnboardError::Cluster(crate::clusters::ClusterError::Unknown(_)) => {
-                PgError::error(sqlstate::UNDEFINED_OBJECT, e.to_string())
-            }
-            OnboardError::SlugTaken(_) | OnboardError::EmailTaken(_) => {
-                PgError::error(sqlstate::DUPLICATE_OBJECT, e.to_string())
-            }
-            other => db_error(other),
-        })?;
+        .map_err(|e| crate::error::UserFacing::to_error(&e))?;
     let mut table = Table::new(&[
         "slug",
         "schema",

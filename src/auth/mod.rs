@@ -679,6 +679,6 @@ pub enum TokenError {
 impl TokenError {
     /// The SQLSTATE to report to the client: `28P01` (invalid_password) for every token problem.
     pub fn sqlstate(&self) -> &'static str {
-        "28P01"
+        crate::error::sqlstate::INVALID_PASSWORD
     }
 }

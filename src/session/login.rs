@@ -101,7 +101,7 @@ pub(super) async fn login(
         proxy.config().auth.org_claim.as_deref().unwrap_or_default(),
         database,
     )
-    .map_err(|e| PgError::fatal(e.sqlstate(), e.to_string()))?;
+    .map_err(|e| crate::error::UserFacing::to_fatal(&e))?;
     attempt.tenant = Some(user.tenant.slug.clone());
     attempt.user_id = Some(user.id);
     if user.disabled {
