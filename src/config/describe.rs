@@ -1,6 +1,7 @@
 //! `SHOW CONFIG` and `pgtenant config show`: every setting as (name, value), secrets shown as set or not set.
 
-use super::*;
+use super::Config;
+use std::path::PathBuf;
 
 impl Config {
     /// Every setting as (key, value) text, secrets shown only as set or not set.

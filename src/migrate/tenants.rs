@@ -31,7 +31,6 @@ use crate::tenancy::credentials::RolePasswords;
 use crate::upstream_tls::UpstreamTls;
 use bb8_postgres::PostgresConnectionManager;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -1,7 +1,27 @@
 //! The handshake of a client connection: the first packet (SSLRequest, GSSENCRequest, a cancel request, the
 //! startup packet), TLS, the protocol version; then the login.
 
-use super::*;
+use super::login::login;
+use super::{send_error, LoggedIn, LoginError};
+use crate::auth::audit::LoginAttempt;
+use crate::cancel::ClientKey;
+use crate::login_guard;
+use crate::protocol;
+use crate::protocol::sqlstate;
+use crate::protocol::PgError;
+use crate::protocol::ProtocolError;
+use crate::protocol::StartupPacket;
+use crate::protocol::StartupParams;
+use crate::proxy::Proxy;
+use crate::tls::ClientStream;
+use crate::tls::ALPN_POSTGRESQL;
+use crate::upstream::UpstreamConn;
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use tokio::io::AsyncRead;
+use tokio::io::AsyncWrite;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 pub(super) async fn handshake_and_login(
     proxy: &Proxy,

@@ -1,7 +1,38 @@
 //! The login of a tenant client: the token, the directory, the limits of its organization, the pool and
 //! the first server connection (or, in transaction pooling, the role's known defaults instead).
 
-use super::*;
+use super::settings::{
+    apply_client_settings, startup_settings, virtual_schema_for, VIRTUAL_SCHEMA_PARAMETER,
+};
+use super::{write_all, FirstServer, LoggedIn, Ready, ServerPool};
+use crate::auth::audit::LoginAttempt;
+use crate::auth::audit::Reason;
+use crate::clusters::route;
+use crate::clusters::route::TARGET_SESSION_ATTRS_PARAMETER;
+use crate::config::PoolMode;
+use crate::config::TargetSessionAttrs;
+use crate::directory::TenantStatus;
+use crate::directory::User;
+use crate::limits::queue::QueueNotice;
+use crate::limits::SessionLimits;
+use crate::login_guard;
+use crate::login_guard::TokenFacts;
+use crate::pool::PoolError;
+use crate::pool::PoolKey;
+use crate::protocol;
+use crate::protocol::sqlstate;
+use crate::protocol::tag;
+use crate::protocol::PgError;
+use crate::protocol::ProtocolError;
+use crate::protocol::StartupParams;
+use crate::protocol::TxStatus;
+use crate::proxy::Proxy;
+use crate::tenancy::credentials::RolePasswords;
+use crate::tls::ClientStream;
+use crate::upstream::UpstreamError;
+use bytes::BytesMut;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Authenticates the client and takes an upstream connection for its tenant.
 pub(super) async fn login(

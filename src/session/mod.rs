@@ -2,32 +2,26 @@
 //! directory), the upstream connection (pool, startup parameters), the relay, and giving the upstream back.
 //! Every refusal is an ErrorResponse with a SQLSTATE; no token or password reaches a log or an error.
 
-use crate::auth::audit::{LoginAttempt, Reason};
 use crate::cancel::{ClientKey, UpstreamKey};
-use crate::clusters::route::{self, TARGET_SESSION_ATTRS_PARAMETER};
 use crate::config::PoolMode;
-use crate::config::TargetSessionAttrs;
-use crate::directory::{quote_literal, TenantStatus, User};
+use crate::directory::User;
 use crate::limits::queue::QueueNotice;
 use crate::limits::SessionLimits;
-use crate::login_guard::{self, TokenFacts};
+use crate::login_guard::TokenFacts;
 use crate::metrics::Recorder;
-use crate::pool::{Checkout, PoolError, PoolKey};
-use crate::protocol::{
-    self, sqlstate, tag, PgError, ProtocolError, StartupPacket, StartupParams, TxStatus,
-};
+use crate::pool::{Checkout, PoolKey};
+use crate::protocol::{self, sqlstate, PgError, ProtocolError, TxStatus};
 pub use crate::proxy::Proxy;
 use crate::relay::{self, RelayEnd};
 use crate::sessions::SessionInfo;
 use crate::sql::VirtualSchema;
-use crate::tenancy::credentials::RolePasswords;
-use crate::tls::{ClientStream, ALPN_POSTGRESQL};
-use crate::upstream::{UpstreamConn, UpstreamError};
+use crate::tls::ClientStream;
+use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 mod handshake;
@@ -36,9 +30,8 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
-use handshake::*;
-use login::*;
-use settings::*;
+use handshake::handshake_and_login;
+use settings::send_login_ok;
 
 /// Serves one client connection to its end.
 pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {

@@ -2,7 +2,20 @@
 //! parameter parsed as PostgreSQL does, the virtual schema asked for per session, and the login's last
 //! messages (ParameterStatus, BackendKeyData, ReadyForQuery).
 
-use super::*;
+use crate::cancel::ClientKey;
+use crate::clusters::route::TARGET_SESSION_ATTRS_PARAMETER;
+use crate::directory::quote_literal;
+use crate::protocol;
+use crate::protocol::sqlstate;
+use crate::protocol::PgError;
+use crate::protocol::StartupParams;
+use crate::protocol::TxStatus;
+use crate::sql::VirtualSchema;
+use crate::tls::ClientStream;
+use crate::upstream::UpstreamConn;
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::io::BufWriter;
 
 /// Startup parameters that are not session settings and so are not passed on with `set_config`.
 pub(super) const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];

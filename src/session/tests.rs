@@ -1,6 +1,7 @@
 //! Unit tests of the session stages.
 
-use super::*;
+use super::login::plaintext_password_refused;
+use super::settings::parse_options;
 
 #[test]
 fn plaintext_tokens_only_from_loopback_unless_allowed() {

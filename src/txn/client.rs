@@ -2,7 +2,26 @@
 //! what it asks of the server connection (taken when a transaction starts), prepared statements that follow
 //! the client to whichever connection it holds, and what pgtenant answers itself.
 
-use super::*;
+use super::expect::Expect;
+use super::expect::Expectations;
+use super::expect::Undo;
+use super::statements::Statement;
+use super::{
+    client_needs_whole, frame_header, is_whole, simple_frame, State, Step, TxnSession,
+    MAX_WHOLE_MESSAGE, SERVER_STATEMENT_CACHE,
+};
+use super::{deallocate, introspection, lasting, statements};
+use crate::protocol;
+use crate::protocol::sqlstate;
+use crate::protocol::tag;
+use crate::protocol::PgError;
+use crate::protocol::ProtocolError;
+use crate::protocol::TxStatus;
+use crate::relay::RelayEnd;
+use crate::upstream::UpstreamConn;
+use bytes::Bytes;
+use bytes::BytesMut;
+use tokio::io::AsyncWrite;
 
 impl TxnSession<'_> {
     /// Handles every complete client message buffered (streaming large ones through).

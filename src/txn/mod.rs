@@ -24,7 +24,6 @@ mod server;
 pub mod statements;
 mod sync;
 
-use client::*;
 pub use sync::sync_settings;
 
 use crate::cancel::{CancelRegistration, UpstreamKey};
@@ -32,13 +31,12 @@ use crate::limits::queue::QueueNotice;
 use crate::limits::watch::LimitWatch;
 use crate::metrics::Recorder;
 use crate::pool::{Checkout, PoolError, PoolManager};
-use crate::protocol::{self, sqlstate, tag, ErrorFields, PgError, ProtocolError, TxStatus};
+use crate::protocol::{self, tag, PgError, TxStatus};
 use crate::relay::{RelayEnd, Side};
 use crate::tls::ClientStream;
-use crate::upstream::UpstreamConn;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use expect::{Disposition, Expect, Expectations, Undo};
-use statements::{ClientStatements, Statement};
+use expect::Expectations;
+use statements::ClientStatements;
 use std::future::Future;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 

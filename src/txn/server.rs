@@ -1,7 +1,19 @@
 //! The server side of transaction pooling: the server's messages matched to what the client asked for,
 //! what they mean for the books of the client and the connection, and what the client is shown.
 
-use super::*;
+use super::client::session_feature_notice;
+use super::expect;
+use super::expect::Disposition;
+use super::expect::Undo;
+use super::statements::ClientStatements;
+use super::{frame_header, server_needs_whole, State, TxnSession, MAX_WHOLE_MESSAGE};
+use crate::protocol;
+use crate::protocol::sqlstate;
+use crate::protocol::ErrorFields;
+use crate::protocol::ProtocolError;
+use crate::protocol::TxStatus;
+use bytes::BufMut;
+use bytes::BytesMut;
 
 impl TxnSession<'_> {
     /// Applies what a server message implied for the books of the client and the connection.

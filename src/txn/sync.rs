@@ -1,7 +1,11 @@
 //! Settings synchronised on each checkout: the tracked settings a client changed are set on the server
 //! connection it gets, so every transaction sees the session the client built.
 
-use super::*;
+use super::TRACKED_SETTINGS;
+use crate::protocol::sqlstate;
+use crate::protocol::PgError;
+use crate::protocol::TxStatus;
+use crate::upstream::UpstreamConn;
 
 /// Sets the tracked settings that differ on this connection from what the client last saw.
 pub async fn sync_settings(

@@ -1,7 +1,11 @@
 //! What a fan-out reports: per tenant (up to date, migrated, failed with the file, line and SQLSTATE,
 //! pending while its cluster is down or it is being moved), per cluster, and in all; and the options of a run.
 
-use super::*;
+use crate::clusters::ClusterName;
+use crate::directory::Tenant;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
 
 /// Options of one fan-out.
 #[derive(Debug, Clone)]
