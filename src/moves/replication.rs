@@ -36,6 +36,26 @@ fn source_conninfo(source: &ClusterEntry) -> String {
     parts.join(" ")
 }
 
+/// Whether `db`'s catalog `table` has a row whose `column` is `name` (a publication, a subscription).
+async fn in_catalog(
+    db: &Client,
+    entry: &ClusterEntry,
+    (table, column): (&str, &str),
+    name: &str,
+) -> Result<bool, MoveError> {
+    Ok(db
+        .query_one(
+            &format!("SELECT EXISTS (SELECT 1 FROM pg_catalog.{table} WHERE {column} = $1)"),
+            &[&name],
+        )
+        .await
+        .map_err(MoveError::db(entry.name()))?
+        .get(0))
+}
+
+const PUBLICATIONS: (&str, &str) = ("pg_publication", "pubname");
+const SUBSCRIPTIONS: (&str, &str) = ("pg_subscription", "subname");
+
 /// Creates the publication on the source and the subscription on the target, unless they exist.
 pub async fn start(
     mover: &Mover<'_>,
@@ -53,15 +73,7 @@ pub async fn start(
         )
         .await
         .map_err(&on_source)?;
-    let published: bool = source_db
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(&on_source)?
-        .get(0);
-    if !published {
+    if !in_catalog(&source_db, source, PUBLICATIONS, &name).await? {
         source_db
             .batch_execute(&format!(
                 "CREATE PUBLICATION {pub_name} FOR TABLES IN SCHEMA {schema},
@@ -80,15 +92,7 @@ pub async fn start(
     }
     let target_db = target.connect_admin().await?;
     let on_target = MoveError::db(target.name());
-    let subscribed: bool = target_db
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(&on_target)?
-        .get(0);
-    if !subscribed {
+    if !in_catalog(&target_db, target, SUBSCRIPTIONS, &name).await? {
         // CREATE SUBSCRIPTION makes the slot on the source; it cannot run in a transaction block.
         target_db
             .batch_execute(&format!(
@@ -255,15 +259,7 @@ pub async fn drop_replication(
     let name = replication_name(tenant.id);
     let target_db = target.connect_admin().await?;
     let on_target = MoveError::db(target.name());
-    let subscribed: bool = target_db
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_subscription WHERE subname = $1)",
-            &[&name],
-        )
-        .await
-        .map_err(&on_target)?
-        .get(0);
-    if subscribed {
+    if in_catalog(&target_db, target, SUBSCRIPTIONS, &name).await? {
         target_db
             .batch_execute(&format!("DROP SUBSCRIPTION {}", quote_ident(&name)))
             .await

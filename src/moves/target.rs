@@ -62,36 +62,13 @@ pub async fn prepare(
         .map_err(&on_target)?
         .get(0);
     if !role_exists {
-        tx.batch_execute(&format!(
-            "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS \
-                 PASSWORD {verifier};
-             ALTER ROLE {role} SET search_path = {schema};",
-            role = tenant.role.quoted(),
-            schema = tenant.schema.quoted(),
-            verifier = quote_literal(&verifier),
-        ))
-        .await
-        .map_err(&on_target)?;
+        crate::tenancy::create_tenant_role(&tx, &tenant.role, &tenant.schema, &verifier)
+            .await
+            .map_err(&on_target)?;
     }
-    let row = tx
-        .query_one(
-            "SELECT current_database()::text,
-                    has_database_privilege($1, current_database(), 'CONNECT')
-                    AND has_database_privilege($1, current_database(), 'TEMPORARY')",
-            &[&tenant.role.as_str()],
-        )
+    crate::tenancy::grant_database_access(&tx, &tenant.role)
         .await
         .map_err(&on_target)?;
-    let (database, has_privileges): (String, bool) = (row.get(0), row.get(1));
-    if !has_privileges {
-        tx.batch_execute(&format!(
-            "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
-            quote_ident(&database),
-            tenant.role.quoted()
-        ))
-        .await
-        .map_err(&on_target)?;
-    }
     tx.batch_execute(&dump).await.map_err(&on_target)?;
     // The dump set search_path to '' for the session; the statements below name their schemas anyway.
     if !target.name().is_default() {

@@ -10,5 +10,6 @@ pub mod revoke;
 pub mod secret_check;
 
 pub use onboard::{
-    find_user_by_email, onboard, onboard_with, OnboardError, OnboardRequest, Onboarded,
+    create_tenant_role, find_user_by_email, grant_database_access, onboard, onboard_with,
+    OnboardError, OnboardRequest, Onboarded,
 };

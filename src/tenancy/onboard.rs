@@ -390,41 +390,15 @@ async fn create_tenant_objects(
     organization_id: Uuid,
 ) -> Result<usize, OnboardError> {
     let (role, schema) = (&plan.role, &plan.schema);
+    create_tenant_role(tx, role, schema, &plan.verifier).await?;
     tx.batch_execute(&format!(
-        "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS \
-             PASSWORD {verifier};
-         ALTER ROLE {role} SET search_path = {schema};
-         CREATE SCHEMA {schema} AUTHORIZATION {role};
+        "CREATE SCHEMA {schema} AUTHORIZATION {role};
          REVOKE ALL ON SCHEMA {schema} FROM PUBLIC;",
         role = role.quoted(),
         schema = schema.quoted(),
-        verifier = quote_literal(&plan.verifier),
     ))
     .await?;
-    // CONNECT and TEMPORARY come from PUBLIC by default. Where the operator revoked them, grant them to the
-    // role; two onboardings updating the database's ACL at once would collide, hence the lock.
-    let row = tx
-        .query_one(
-            "SELECT current_database()::text,
-                    has_database_privilege($1, current_database(), 'CONNECT')
-                    AND has_database_privilege($1, current_database(), 'TEMPORARY')",
-            &[&role.as_str()],
-        )
-        .await?;
-    let (database, has_privileges): (String, bool) = (row.get(0), row.get(1));
-    if !has_privileges {
-        tx.execute(
-            "SELECT pg_advisory_xact_lock($1)",
-            &[&ONBOARD_DATABASE_ACL_LOCK],
-        )
-        .await?;
-        tx.batch_execute(&format!(
-            "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
-            quote_ident(&database),
-            role.quoted()
-        ))
-        .await?;
-    }
+    grant_database_access(tx, role).await?;
 
     tx.batch_execute(&format!(
         "SET LOCAL ROLE {}; SET LOCAL search_path = {};",
@@ -466,6 +440,56 @@ async fn create_tenant_objects(
         .await?;
     }
     Ok(history.len())
+}
+
+/// Creates a tenant role (login with `verifier`, no other attributes) whose search_path is its schema, in
+/// `tx`. Onboarding and tenant moves (on the target cluster) make roles this way.
+pub async fn create_tenant_role(
+    tx: &tokio_postgres::Transaction<'_>,
+    role: &RoleName,
+    schema: &SchemaName,
+    verifier: &str,
+) -> Result<(), tokio_postgres::Error> {
+    tx.batch_execute(&format!(
+        "CREATE ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION NOBYPASSRLS \
+             PASSWORD {verifier};
+         ALTER ROLE {role} SET search_path = {schema};",
+        role = role.quoted(),
+        schema = schema.quoted(),
+        verifier = quote_literal(verifier),
+    ))
+    .await
+}
+
+/// CONNECT and TEMPORARY come from PUBLIC by default. Where the operator revoked them, grants them to
+/// `role`; two transactions updating the database's ACL at once would collide, hence the lock.
+pub async fn grant_database_access(
+    tx: &tokio_postgres::Transaction<'_>,
+    role: &RoleName,
+) -> Result<(), tokio_postgres::Error> {
+    let row = tx
+        .query_one(
+            "SELECT current_database()::text,
+                    has_database_privilege($1, current_database(), 'CONNECT')
+                    AND has_database_privilege($1, current_database(), 'TEMPORARY')",
+            &[&role.as_str()],
+        )
+        .await?;
+    let (database, has_privileges): (String, bool) = (row.get(0), row.get(1));
+    if !has_privileges {
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[&ONBOARD_DATABASE_ACL_LOCK],
+        )
+        .await?;
+        tx.batch_execute(&format!(
+            "GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}",
+            quote_ident(&database),
+            role.quoted()
+        ))
+        .await?;
+    }
+    Ok(())
 }
 
 /// `sql` with the keyword CONCURRENTLY removed from its statements.
