@@ -58,10 +58,9 @@ pub struct Proxy {
     pub revocations: crate::auth::revocation::RevocationList,
     /// Login counters by outcome and recent refusals.
     pub logins: crate::auth::audit::LoginAudit,
-    /// Stop accepting; sessions end when they stand idle between transactions.
+    /// Stop accepting; sessions end when they stand idle between transactions (`server::run` then drains
+    /// every session through `sessions`, and kicks those left when the grace period runs out).
     pub shutdown: CancellationToken,
-    /// The shutdown grace period ran out: sessions end at once.
-    pub force_close: CancellationToken,
     pub started_at: std::time::SystemTime,
     /// Health checks' cached results (`/health`, `/health/tenants`).
     pub health: crate::health::Health,
@@ -152,7 +151,6 @@ impl Proxy {
             revocations: Default::default(),
             logins: Default::default(),
             shutdown,
-            force_close: CancellationToken::new(),
             started_at: std::time::SystemTime::now(),
             health: crate::health::Health::default(),
             listening: std::sync::atomic::AtomicBool::new(false),

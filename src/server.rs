@@ -93,6 +93,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     }
     proxy.set_listening(false);
     drop(listener);
+    proxy.sessions.drain_all();
     tracker.close();
     tracing::info!(
         sessions = tracker.len(),
@@ -104,7 +105,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
             sessions = tracker.len(),
             "sessions still in a transaction after the grace period; closing them"
         );
-        proxy.force_close.cancel();
+        proxy.sessions.kick_all();
         let _ = tokio::time::timeout(FORCE_CLOSE_WAIT, tracker.wait()).await;
     }
     reaper.abort();

@@ -1010,3 +1010,131 @@ async fn copy_failed_by_the_client_keeps_the_connection_until_its_sync() {
         .await;
     assert!(after.contains(&"DataRow [\"0\"]".to_string()), "{after:?}");
 }
+
+/// A client preparing a statement whose text another client already prepared on the shared server connection
+/// gets its ParseComplete (pgtenant answers it, the server has the statement), in every batch shape drivers
+/// use: Parse + Sync (libpq's PQprepare, psycopg), Parse + Describe + Sync (tokio-postgres, asyncpg), and
+/// Parse + Bind + Execute + Sync; and the client's Close + Sync of it later gets its CloseComplete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_the_server_connection_already_has_is_still_acknowledged() {
+    use Msg::*;
+    let text = "SELECT $1::int * 2 AS doubled";
+    let steps = vec![
+        step(0, "client 0 prepares", vec![Parse("p0", text), Sync]),
+        step(
+            0,
+            "client 0 runs it",
+            vec![Bind("", "p0", vec![Some("21")]), Execute(""), Sync],
+        ),
+        step(
+            1,
+            "client 1 prepares the same text",
+            vec![Parse("q0", text), Sync],
+        ),
+        step(
+            1,
+            "client 1 runs it",
+            vec![Bind("", "q0", vec![Some("4")]), Execute(""), Sync],
+        ),
+        step(
+            1,
+            "client 1 prepares it again under another name, with Describe",
+            vec![Parse("q1", text), DescribeStatement("q1"), Sync],
+        ),
+        step(
+            0,
+            "client 0 prepares it again in one batch with its use",
+            vec![
+                Parse("p1", text),
+                Bind("", "p1", vec![Some("5")]),
+                Execute(""),
+                Sync,
+            ],
+        ),
+        step(1, "client 1 closes q0", vec![CloseStatement("q0"), Sync]),
+        step(
+            1,
+            "q1 still runs",
+            vec![Bind("", "q1", vec![Some("6")]), Execute(""), Sync],
+        ),
+    ];
+    let (differences, direct) = compare_with_postgres("txnrawshared", 1, &steps).await;
+    assert!(
+        direct[2].iter().any(|l| l.starts_with("ParseComplete")),
+        "baseline: {:?}",
+        direct[2]
+    );
+    assert_no_differences("statements the server connection already has", &differences);
+}
+
+/// After an error in an extended-protocol batch the server skips every message up to the client's next Sync,
+/// including the ones the client sends after it saw the error (a pipelining driver: psycopg's executemany,
+/// a Flush, then more): they get no answer, a statement they Parse does not exist, and the session goes on
+/// as directly. (pgtenant's books once expected answers to them: the ReadyForQuery then matched nothing,
+/// the connection never went back to the pool, and later answers went to the wrong requests, a psycopg
+/// "message type 0x31 arrived from server while idle".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_after_an_error_up_to_the_sync_are_skipped_as_by_postgres() {
+    use Msg::*;
+    async fn script(client: &mut Raw) -> Vec<Vec<String>> {
+        let mut out = Vec::new();
+        client
+            .send(&[
+                Parse("", "SELECT 1/0"),
+                Bind("", "", vec![]),
+                Execute(""),
+                Flush,
+            ])
+            .await;
+        out.push(client.read_until(b'E').await);
+        out.push(
+            client
+                .exchange(&[
+                    Parse("after_error", "SELECT 2 AS two"),
+                    Bind("", "after_error", vec![]),
+                    DescribePortal(""),
+                    Execute(""),
+                    CloseStatement("nosuch"),
+                    Sync,
+                ])
+                .await,
+        );
+        out.push(
+            client
+                .exchange(&[Bind("", "after_error", vec![]), Execute(""), Sync])
+                .await,
+        );
+        out.push(
+            client
+                .exchange(&[
+                    Parse("after_error", "SELECT 3 AS three"),
+                    Bind("", "after_error", vec![]),
+                    Execute(""),
+                    Sync,
+                ])
+                .await,
+        );
+        out.push(client.exchange(&[Query("SELECT 4 AS four")]).await);
+        out
+    }
+    let mut direct = Raw::direct("direct").await;
+    let baseline = script(&mut direct).await;
+    assert!(
+        baseline[2].iter().any(|l| l.starts_with("Error 26000")),
+        "directly, the skipped Parse created nothing: {baseline:?}"
+    );
+    let tenant = onboard("txnskipsync").await;
+    let proxy = txn_proxy(1).await;
+    let mut client = Raw::proxy(&proxy, &tenant, "pgtenant").await;
+    let proxied = script(&mut client).await;
+    assert_eq!(proxied, baseline, "through pgtenant vs directly");
+    assert_eq!(
+        settle_in_use(&proxy).await,
+        0,
+        "the server connection went back to the pool"
+    );
+    // The connection serves another client cleanly.
+    let mut other = Raw::proxy(&proxy, &tenant, "pgtenant other").await;
+    let lines = other.exchange(&[Query("SELECT 5 AS five")]).await;
+    assert!(lines.iter().any(|l| l.contains('5')), "{lines:?}");
+}

@@ -17,6 +17,17 @@ pub async fn wait_with_notice<T>(
         return acquire.await;
     };
     tokio::pin!(acquire);
+    // Usually done at once: then no timer is made.
+    if let Some(done) = std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match acquire.as_mut().poll(cx) {
+            std::task::Poll::Ready(done) => Some(done),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+    {
+        return done;
+    }
     tokio::select! {
         biased;
         done = &mut acquire => return done,

@@ -341,32 +341,34 @@ impl PoolManager {
         wait: bool,
     ) -> Result<Option<Checkout>, PoolError> {
         let role = &key.role;
-        let started = Instant::now();
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(self.live.acquire_timeout_ms.load(Ordering::Relaxed));
         let pool = self.tenant_pool(key, target);
         let settings = *pool.settings.lock().unwrap_or_else(|p| p.into_inner());
-        let permit = if wait {
-            let _waiting = Waiting::new(&pool.waiting);
-            tokio::time::timeout_at(deadline, pool.checkout.clone().acquire_owned())
-                .await
-                .map_err(|_| PoolError::TenantBusy {
-                    size: self.config.size_per_tenant,
-                    waited: started.elapsed(),
-                })?
-                .expect("pool semaphores are never closed")
-        } else {
-            match pool.checkout.clone().try_acquire_owned() {
-                Ok(p) => p,
-                Err(_) => return Ok(None),
+        // The clocks are read for the wait only when the checkout has to wait (a free permit is taken at once).
+        let mut started = None;
+        let mut deadline = None;
+        let permit = match pool.checkout.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) if !wait => return Ok(None),
+            Err(_) => {
+                let since = *started.get_or_insert_with(Instant::now);
+                let until = *deadline.get_or_insert_with(|| self.acquire_deadline());
+                let _waiting = Waiting::new(&pool.waiting);
+                tokio::time::timeout_at(until, pool.checkout.clone().acquire_owned())
+                    .await
+                    .map_err(|_| PoolError::TenantBusy {
+                        size: self.config.size_per_tenant,
+                        waited: since.elapsed(),
+                    })?
+                    .expect("pool semaphores are never closed")
             }
         };
 
+        let now = Instant::now();
         while let Some(mut member) = pool.idle.lock().ok().and_then(|mut idle| idle.pop_back()) {
             if member.conn.settings == settings
                 && member.conn.check_idle()
-                && !self.expired(&member.conn)
-                && self.healthy(&mut member.conn).await
+                && !self.expired_at(&member.conn, now)
+                && self.healthy(&mut member.conn, now).await
             {
                 return Ok(Some(Checkout {
                     member: Some(member),
@@ -377,6 +379,8 @@ impl PoolManager {
             tracing::debug!(pool = %key, "dropping a stale idle server connection (closed, expired, unhealthy or opened with other limits)");
         }
 
+        let started = started.unwrap_or(now);
+        let deadline = deadline.unwrap_or_else(|| self.acquire_deadline());
         let global = loop {
             match self.global.clone().try_acquire_owned() {
                 Ok(p) => break p,
@@ -434,9 +438,16 @@ impl PoolManager {
         }))
     }
 
-    /// A connection idle for longer than `pool.health_check_after_secs` answers an empty query first.
-    async fn healthy(&self, conn: &mut UpstreamConn) -> bool {
-        if conn.last_used.elapsed()
+    /// When a checkout that starts waiting now gives up (`pool.acquire_timeout_ms`).
+    fn acquire_deadline(&self) -> tokio::time::Instant {
+        tokio::time::Instant::now()
+            + Duration::from_millis(self.live.acquire_timeout_ms.load(Ordering::Relaxed))
+    }
+
+    /// A connection idle for longer than `pool.health_check_after_secs` (at `now`) answers an empty query
+    /// first.
+    async fn healthy(&self, conn: &mut UpstreamConn, now: Instant) -> bool {
+        if now.saturating_duration_since(conn.last_used)
             < Duration::from_secs(self.live.health_check_after_secs.load(Ordering::Relaxed))
         {
             return true;
@@ -446,7 +457,12 @@ impl PoolManager {
     }
 
     fn expired(&self, conn: &UpstreamConn) -> bool {
-        conn.created_at.elapsed()
+        self.expired_at(conn, Instant::now())
+    }
+
+    /// Whether `conn` has outlived `pool.max_lifetime_secs` at `now`.
+    fn expired_at(&self, conn: &UpstreamConn, now: Instant) -> bool {
+        now.saturating_duration_since(conn.created_at)
             >= Duration::from_secs(self.live.max_lifetime_secs.load(Ordering::Relaxed))
     }
 
@@ -481,9 +497,10 @@ impl PoolManager {
         let Some(mut member) = checkout.member.take() else {
             return;
         };
+        let now = Instant::now();
         if !reusable
             || member.conn.broken
-            || self.expired(&member.conn)
+            || self.expired_at(&member.conn, now)
             || self.replaced(&checkout.pool)
         {
             spawn_terminate(member);
@@ -500,7 +517,7 @@ impl PoolManager {
             spawn_terminate(member);
             return;
         }
-        member.conn.last_used = Instant::now();
+        member.conn.last_used = now;
         if let Ok(mut idle) = checkout.pool.idle.lock() {
             idle.push_back(member);
         }

@@ -13,6 +13,8 @@ use std::time::Duration;
 pub(super) struct Pauses {
     all: std::sync::atomic::AtomicBool,
     tenants: Mutex<std::collections::HashSet<RoleName>>,
+    /// How many tenants `tenants` holds: while none is paused, a transaction's check takes no lock.
+    paused_tenants: AtomicUsize,
     resumed: tokio::sync::Notify,
     /// Pauses of a tenant move, each with the number of its lease: a lease that runs out while it is
     /// still the role's latest resumes the role.
@@ -28,6 +30,7 @@ impl PoolManager {
             Some(role) => {
                 if let Ok(mut t) = self.pauses.tenants.lock() {
                     t.insert(role.clone());
+                    self.pauses.paused_tenants.store(t.len(), Ordering::SeqCst);
                 }
             }
         }
@@ -74,6 +77,7 @@ impl PoolManager {
                 self.pauses.all.store(false, Ordering::SeqCst);
                 if let Ok(mut t) = self.pauses.tenants.lock() {
                     t.clear();
+                    self.pauses.paused_tenants.store(0, Ordering::SeqCst);
                 }
                 if let Ok(mut leases) = self.pauses.leases.lock() {
                     leases.clear();
@@ -82,6 +86,7 @@ impl PoolManager {
             Some(role) => {
                 if let Ok(mut t) = self.pauses.tenants.lock() {
                     t.remove(role);
+                    self.pauses.paused_tenants.store(t.len(), Ordering::SeqCst);
                 }
                 if let Ok(mut leases) = self.pauses.leases.lock() {
                     leases.remove(role);
@@ -93,16 +98,21 @@ impl PoolManager {
 
     pub fn is_paused(&self, role: &RoleName) -> bool {
         self.pauses.all.load(Ordering::SeqCst)
-            || self
-                .pauses
-                .tenants
-                .lock()
-                .map(|t| t.contains(role))
-                .unwrap_or(false)
+            || (self.pauses.paused_tenants.load(Ordering::SeqCst) > 0
+                && self
+                    .pauses
+                    .tenants
+                    .lock()
+                    .map(|t| t.contains(role))
+                    .unwrap_or(false))
     }
 
     /// Waits while `role` is paused.
     pub async fn wait_unpaused(&self, role: &RoleName) {
+        // The common case, nothing paused: no waiter registered, no lock taken.
+        if !self.is_paused(role) {
+            return;
+        }
         loop {
             let resumed = self.pauses.resumed.notified();
             tokio::pin!(resumed);

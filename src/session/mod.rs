@@ -148,7 +148,7 @@ async fn serve_session(
     }
     let session = register_session(proxy, who, conn.process_id, client.is_tls());
     tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
-    let kick = session.cancel.clone().cancelled_owned();
+    let kick = session.signal.kicked();
     let drain = lifetime_drain(proxy, who, &session);
     let recorder = Recorder::new(proxy.metrics.tenant(&user.tenant.slug));
     let idle_timeout = client_idle_timeout(proxy);
@@ -248,7 +248,7 @@ async fn serve_transaction(
     let outcome = txn
         .run(
             client,
-            session.cancel.clone().cancelled_owned(),
+            session.signal.kicked(),
             lifetime_drain(proxy, who, &session),
         )
         .await;
@@ -283,11 +283,7 @@ fn lifetime_drain<'a>(
         who.token.expires_at,
         std::time::SystemTime::now(),
     );
-    crate::lifetime::drain_or_deadline(
-        proxy.shutdown.child_token().cancelled_owned(),
-        deadline,
-        session,
-    )
+    crate::lifetime::drain_or_deadline(session.signal.drained(), deadline, session)
 }
 
 fn register_session(
@@ -297,25 +293,22 @@ fn register_session(
     tls: bool,
 ) -> crate::sessions::SessionHandle {
     let (user, peer) = (who.user, who.peer);
-    // Ended at once when its tenant is closed or pgtenant's shutdown grace period runs out (`force_close`).
-    proxy.sessions.register(
-        SessionInfo {
-            id: 0,
-            peer,
-            user_email: user.email.clone(),
-            tenant_id: user.tenant.id,
-            tenant_slug: user.tenant.slug.clone(),
-            role: user.tenant.role.as_str().to_string(),
-            cluster: who.pool.key.cluster.to_string(),
-            backend_pid,
-            tls,
-            connected_at: std::time::SystemTime::now(),
-            user_id: user.id,
-            jti: who.token.jti.clone(),
-            issued_at: who.token.issued_at,
-        },
-        &proxy.force_close,
-    )
+    // Ended at once when its tenant is closed or pgtenant's shutdown grace period runs out (`kick_all`).
+    proxy.sessions.register(SessionInfo {
+        id: 0,
+        peer,
+        user_email: user.email.clone(),
+        tenant_id: user.tenant.id,
+        tenant_slug: user.tenant.slug.clone(),
+        role: user.tenant.role.as_str().to_string(),
+        cluster: who.pool.key.cluster.to_string(),
+        backend_pid,
+        tls,
+        connected_at: std::time::SystemTime::now(),
+        user_id: user.id,
+        jti: who.token.jti.clone(),
+        issued_at: who.token.issued_at,
+    })
 }
 
 /// Tells the client why its session ended when pgtenant ended it, stops a query nobody waits for, and

@@ -19,6 +19,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::TxStatus;
 use crate::relay::RelayEnd;
 use crate::upstream::UpstreamConn;
+use bytes::Buf;
 use bytes::Bytes;
 use bytes::BytesMut;
 use tokio::io::AsyncWrite;
@@ -36,10 +37,10 @@ impl TxnSession<'_> {
                 if n == 0 {
                     return Ok(Step::Continue);
                 }
-                let chunk = state.client_in.split_to(n);
                 if !state.skipping_to_sync {
-                    state.to_server.extend_from_slice(&chunk);
+                    state.to_server.extend_from_slice(&state.client_in[..n]);
                 }
+                state.client_in.advance(n);
                 state.client_streaming -= n;
                 continue;
             }
@@ -96,9 +97,16 @@ impl TxnSession<'_> {
         if msg_tag == tag::TERMINATE {
             return Step::End(RelayEnd::ClientTerminated);
         }
+        if state.expect.awaiting_sync() && msg_tag != tag::SYNC {
+            // An error ended the batch and the server now discards every message up to the client's next
+            // Sync, those sent after the error too: so does pgtenant (no answers, nothing injected or made
+            // for them), then forwards the Sync.
+            state.skipping_to_sync = true;
+        }
         if state.skipping_to_sync {
             if msg_tag == tag::SYNC {
                 state.skipping_to_sync = false;
+                state.unsynced = false;
                 if state.server.is_none() {
                     protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
                 } else {

@@ -133,6 +133,10 @@ pub struct Outcome {
     pub ready: bool,
     /// Syncs the client sent that the server ignores (they came during copy-in mode).
     pub syncs_ignored: usize,
+    /// A response that no request at the head of the queue accounts for (a ParseComplete, BindComplete or
+    /// CloseComplete, or a ReadyForQuery while the head is no Sync): pgtenant's books and the server
+    /// disagree. It is forwarded, and logged with the queue's head.
+    pub unmatched: bool,
 }
 
 impl Expectations {
@@ -251,8 +255,12 @@ impl Expectations {
                 }
             }
             b'Z' => {
-                if matches!(self.queue.front(), Some(e) if e.is_sync_point()) {
-                    self.queue.pop_front();
+                match self.queue.front() {
+                    Some(e) if e.is_sync_point() => {
+                        self.queue.pop_front();
+                    }
+                    Some(_) => outcome.unmatched = true,
+                    None => {}
                 }
                 outcome.ready = true;
             }
@@ -262,6 +270,8 @@ impl Expectations {
                         outcome.disposition = Some(Disposition::Swallow);
                     }
                     self.queue.pop_front();
+                } else {
+                    outcome.unmatched = true;
                 }
             }
             b'2' => {
@@ -270,6 +280,8 @@ impl Expectations {
                         outcome.disposition = Some(Disposition::Swallow);
                     }
                     self.queue.pop_front();
+                } else {
+                    outcome.unmatched = true;
                 }
             }
             b'3' => {
@@ -278,6 +290,8 @@ impl Expectations {
                         outcome.disposition = Some(Disposition::Swallow);
                     }
                     self.queue.pop_front();
+                } else {
+                    outcome.unmatched = true;
                 }
             }
             b'T' | b'n' => {
@@ -297,6 +311,17 @@ impl Expectations {
         }
         self.drop_spent_markers();
         outcome
+    }
+
+    /// The first entries of the queue, for a log line when the books and the server disagree.
+    pub fn head_for_log(&self) -> String {
+        let shown: Vec<String> = self
+            .queue
+            .iter()
+            .take(4)
+            .map(|e| format!("{e:?}"))
+            .collect();
+        format!("{} queued: [{}]", self.queue.len(), shown.join(", "))
     }
 
     /// The server-side statement name of the Bind at the head, if any (for stale-plan handling).
@@ -333,6 +358,27 @@ mod tests {
             swallow,
             client_name: client.map(str::to_string),
         }
+    }
+
+    #[test]
+    fn a_completion_no_request_accounts_for_is_reported_unmatched() {
+        let mut q = Expectations::default();
+        q.push(Expect::Execute);
+        q.push(Expect::Sync);
+        for tag in [b'1', b'2', b'3'] {
+            let outcome = q.on_server_message(tag);
+            assert!(outcome.unmatched, "{}", tag as char);
+            assert_eq!(outcome.disposition, Some(Disposition::Forward));
+        }
+        assert_eq!(q.len(), 2, "nothing was taken off the queue");
+        assert!(q.head_for_log().starts_with("2 queued: [Execute, Sync"));
+        assert!(
+            q.on_server_message(b'Z').unmatched,
+            "a ReadyForQuery before the Execute's end"
+        );
+        assert!(!q.on_server_message(b'C').unmatched);
+        assert!(!q.on_server_message(b'Z').unmatched);
+        assert!(q.is_empty());
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod lasting;
 mod server;
 pub mod statements;
 mod sync;
+mod turn;
 
 pub use sync::sync_settings;
 
@@ -34,11 +35,12 @@ use crate::pool::{Checkout, PoolError, PoolManager};
 use crate::protocol::{self, tag, PgError, TxStatus};
 use crate::relay::{RelayEnd, Side};
 use crate::tls::ClientStream;
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use expect::Expectations;
 use statements::ClientStatements;
 use std::future::Future;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use turn::Event;
 
 /// Settings that follow a client onto each server connection it gets.
 pub const TRACKED_SETTINGS: &[&str] = &[
@@ -142,61 +144,6 @@ enum Step {
     End(RelayEnd),
 }
 
-/// Reads from `r` if there is one; never completes otherwise. Cancel-safe (a read either happened or not).
-async fn read_opt<R: AsyncRead + Unpin>(
-    r: Option<&mut R>,
-    buf: &mut [u8],
-) -> std::io::Result<usize> {
-    match r {
-        Some(r) => r.read(buf).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Writes some of `buf` if there is a writer and anything to write; with nothing left to write and
-/// `unflushed`, flushes and returns 0 (a TLS stream may have taken bytes it could not send yet, and sends them
-/// only when written to or flushed). Never completes otherwise. Cancel-safe (a write or flush either happened
-/// or not; a flush may be repeated).
-async fn write_opt<W: AsyncWrite + Unpin>(
-    w: Option<&mut W>,
-    buf: &[u8],
-    unflushed: bool,
-) -> std::io::Result<usize> {
-    match w {
-        Some(w) if !buf.is_empty() => w.write(buf).await,
-        Some(w) if unflushed => w.flush().await.map(|()| 0),
-        _ => std::future::pending().await,
-    }
-}
-
-/// Completes when the client has been idle for `limit` since `since`; never without a limit.
-async fn idle_deadline(limit: Option<std::time::Duration>, since: tokio::time::Instant) {
-    match limit {
-        Some(limit) => tokio::time::sleep_until(since + limit).await,
-        None => std::future::pending().await,
-    }
-}
-
-enum Event {
-    ClientRead(std::io::Result<usize>),
-    ServerRead(std::io::Result<usize>),
-    ClientWrote(std::io::Result<usize>),
-    ServerWrote(std::io::Result<usize>),
-    Kicked,
-    Drain,
-    IdleTimeout,
-    Limit(crate::limits::LimitEnd),
-}
-
-/// Completes when a limit ends the session; never without limits. Cancel-safe (see
-/// [`LimitWatch::ended_by_limit`]).
-async fn limit_reached(watch: Option<&mut LimitWatch>) -> crate::limits::LimitEnd {
-    match watch {
-        Some(watch) => watch.ended_by_limit().await,
-        None => std::future::pending().await,
-    }
-}
-
 fn frame_header(buf: &[u8]) -> (u8, i32) {
     (buf[0], i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
 }
@@ -272,18 +219,9 @@ impl TxnSession<'_> {
             moved: None,
         };
         let mut limits = self.limits.take();
-        let end = match client {
-            ClientStream::Plain(tcp) => {
-                let (mut r, mut w) = tcp.split();
-                self.event_loop(&mut state, &mut limits, &mut r, &mut w, kick, drain)
-                    .await
-            }
-            ClientStream::Tls(tls) => {
-                let (mut r, mut w) = tokio::io::split(tls.as_mut());
-                self.event_loop(&mut state, &mut limits, &mut r, &mut w, kick, drain)
-                    .await
-            }
-        };
+        let end = self
+            .event_loop(&mut state, &mut limits, client, kick, drain)
+            .await;
         state
             .recorder
             .bytes(state.bytes_from_client, state.bytes_from_upstream);
@@ -309,31 +247,21 @@ impl TxnSession<'_> {
         }
     }
 
-    async fn event_loop<CR, CW>(
+    async fn event_loop<C: AsyncRead + AsyncWrite + Unpin>(
         &self,
         state: &mut State,
         limits: &mut Option<LimitWatch>,
-        client_read: &mut CR,
-        client_write: &mut CW,
+        client: &mut C,
         kick: impl Future<Output = ()>,
         drain: impl Future<Output = ()>,
-    ) -> RelayEnd
-    where
-        CR: AsyncRead + Unpin,
-        CW: AsyncWrite + Unpin,
-    {
-        tokio::pin!(kick);
-        tokio::pin!(drain);
-        let mut draining = false;
-        let mut client_buf = vec![0u8; READ_SIZE];
-        let mut server_buf = vec![0u8; READ_SIZE];
-        let mut last_client_activity = tokio::time::Instant::now();
+    ) -> RelayEnd {
+        let mut signals = turn::Signals::new(kick, drain, self.idle_timeout);
         loop {
             self.release_if_done(state).await;
-            if draining && state.server.is_none() {
+            if signals.draining && state.server.is_none() {
                 // Between transactions: flush what the client is owed, then end.
                 if !state.to_client.is_empty() {
-                    let _ = client_write.write_all(&state.to_client).await;
+                    let _ = client.write_all(&state.to_client).await;
                 }
                 return RelayEnd::Drained;
             }
@@ -345,42 +273,22 @@ impl TxnSession<'_> {
                     state.answered,
                 );
             }
-            let client_readable = state.to_server.len() < HIGH_WATER;
-            let server_readable = state.to_client.len() < HIGH_WATER;
-            let between_transactions = state.server.is_none();
-            let event = {
-                let (server_read, server_write) = match state.server.as_mut() {
-                    Some(checkout) => {
-                        let (r, w) = checkout.conn().stream.split();
-                        (Some(r), Some(w))
-                    }
-                    None => (None, None),
-                };
-                let (mut server_read, mut server_write) = (server_read, server_write);
-                tokio::select! {
-                    r = read_opt(client_readable.then_some(&mut *client_read), &mut client_buf) => Event::ClientRead(r),
-                    r = read_opt(server_read.as_mut().filter(|_| server_readable), &mut server_buf) => Event::ServerRead(r),
-                    r = write_opt(Some(&mut *client_write), &state.to_client, state.client_unflushed) => Event::ClientWrote(r),
-                    r = write_opt(server_write.as_mut(), &state.to_server, state.server_unflushed) => Event::ServerWrote(r),
-                    _ = &mut kick => Event::Kicked,
-                    _ = &mut drain, if !draining => Event::Drain,
-                    _ = idle_deadline(self.idle_timeout, last_client_activity), if between_transactions => Event::IdleTimeout,
-                    end = limit_reached(limits.as_mut()) => Event::Limit(end),
-                }
-            };
+            let event = std::future::poll_fn(|cx| {
+                turn::poll_turn(cx, state, &mut signals, limits, client, may_release)
+            })
+            .await;
             match event {
                 Event::ClientRead(Ok(0)) => return RelayEnd::ClientGone(None),
                 Event::ClientRead(Err(e)) => return RelayEnd::ClientGone(Some(e)),
                 Event::ClientRead(Ok(n)) => {
                     if self.idle_timeout.is_some() {
-                        last_client_activity = tokio::time::Instant::now();
+                        signals.last_client_activity = tokio::time::Instant::now();
                     }
                     state.bytes_from_client += n as u64;
-                    state.client_in.extend_from_slice(&client_buf[..n]);
-                    match self.process_client(state, client_write).await {
+                    match self.process_client(state, client).await {
                         Ok(Step::Continue) => {}
                         Ok(Step::End(end)) => {
-                            let _ = client_write.write_all(&state.to_client).await;
+                            let _ = client.write_all(&state.to_client).await;
                             return end;
                         }
                         Err(error) => {
@@ -392,47 +300,31 @@ impl TxnSession<'_> {
                     }
                 }
                 Event::ServerRead(Ok(0)) => {
-                    let _ = client_write.write_all(&state.to_client).await;
+                    let _ = client.write_all(&state.to_client).await;
                     return RelayEnd::UpstreamGone(None);
                 }
                 Event::ServerRead(Err(e)) => {
-                    let _ = client_write.write_all(&state.to_client).await;
+                    let _ = client.write_all(&state.to_client).await;
                     return RelayEnd::UpstreamGone(Some(e));
                 }
                 Event::ServerRead(Ok(n)) => {
                     state.bytes_from_upstream += n as u64;
-                    if let Err(error) = self.process_server(state, &server_buf[..n]) {
+                    if let Err(error) = self.process_server(state) {
                         return RelayEnd::Protocol {
                             from: Side::Upstream,
                             error,
                         };
                     }
                 }
-                Event::ClientWrote(Ok(0)) if state.to_client.is_empty() => {
-                    state.client_unflushed = false;
-                }
-                Event::ClientWrote(Ok(n)) => {
-                    state.to_client.advance(n);
-                    state.client_unflushed = state.client_tls;
-                }
-                Event::ClientWrote(Err(e)) => return RelayEnd::ClientGone(Some(e)),
-                Event::ServerWrote(Ok(0)) if state.to_server.is_empty() => {
-                    state.server_unflushed = false;
-                }
-                Event::ServerWrote(Ok(n)) => {
-                    state.to_server.advance(n);
-                    state.server_unflushed = state
-                        .server
-                        .as_mut()
-                        .is_some_and(|c| c.conn().stream.is_tls());
-                }
-                Event::ServerWrote(Err(e)) => return RelayEnd::UpstreamGone(Some(e)),
+                Event::ClientWriteFailed(e) => return RelayEnd::ClientGone(Some(e)),
+                Event::ServerWriteFailed(e) => return RelayEnd::UpstreamGone(Some(e)),
+                Event::MayRelease => {}
                 Event::Kicked => return RelayEnd::Shutdown,
-                Event::Drain => draining = true,
+                Event::Drain => {}
                 Event::IdleTimeout => return RelayEnd::IdleTimeout,
                 Event::Limit(end) => {
                     // What the server sent before (a cancelled statement's error, say) is the client's.
-                    let _ = client_write.write_all(&state.to_client).await;
+                    let _ = client.write_all(&state.to_client).await;
                     state.to_client.clear();
                     return RelayEnd::LimitReached(end);
                 }
@@ -442,19 +334,7 @@ impl TxnSession<'_> {
 
     /// Gives the server connection back once the client stands between transactions.
     async fn release_if_done(&self, state: &mut State) {
-        let done = state.server.is_some()
-            && state.pending == 0
-            && state.expect.is_empty()
-            && !state.expect.awaiting_sync()
-            && !state.unsynced
-            && !state.skipping_to_sync
-            && state.status == TxStatus::Idle
-            && state.client_streaming == 0
-            && state.server_streaming == 0
-            && state.server_in.is_empty()
-            && state.to_server.is_empty()
-            && !state.server_unflushed;
-        if done {
+        if may_release(state) {
             if let Some(checkout) = state.server.take() {
                 // A cancel this client sent while it held the connection must not reach the next client.
                 self.cancel.release_upstream().await;
@@ -462,7 +342,6 @@ impl TxnSession<'_> {
             }
         }
     }
-
     /// Takes a server connection for the client if it has none, with the client's settings applied. A
     /// long wait gets a NOTICE, written to the client at once (after what it is owed already).
     async fn ensure_server<CW: AsyncWrite + Unpin>(
@@ -544,6 +423,23 @@ impl TxnSession<'_> {
         state.server = Some(checkout);
         Ok(())
     }
+}
+
+/// Whether the client stands between transactions with everything for the server written: its server
+/// connection can go back to the pool.
+fn may_release(state: &State) -> bool {
+    state.server.is_some()
+        && state.pending == 0
+        && state.expect.is_empty()
+        && !state.expect.awaiting_sync()
+        && !state.unsynced
+        && !state.skipping_to_sync
+        && state.status == TxStatus::Idle
+        && state.client_streaming == 0
+        && state.server_streaming == 0
+        && state.server_in.is_empty()
+        && state.to_server.is_empty()
+        && !state.server_unflushed
 }
 
 /// What a transaction-pooled client is told when it gets no server connection: what a session-pooled

@@ -12,6 +12,7 @@ use crate::protocol::sqlstate;
 use crate::protocol::ErrorFields;
 use crate::protocol::ProtocolError;
 use crate::protocol::TxStatus;
+use bytes::Buf;
 use bytes::BufMut;
 use bytes::BytesMut;
 
@@ -58,20 +59,15 @@ impl TxnSession<'_> {
 
     /// Walks server bytes: matches each message against what the client expects, forwards, swallows,
     /// adds pgtenant's own, and follows settings and transaction status.
-    pub(super) fn process_server(
-        &self,
-        state: &mut State,
-        data: &[u8],
-    ) -> Result<(), ProtocolError> {
-        state.server_in.extend_from_slice(data);
+    pub(super) fn process_server(&self, state: &mut State) -> Result<(), ProtocolError> {
         loop {
             if state.server_streaming > 0 {
                 let n = state.server_streaming.min(state.server_in.len());
                 if n == 0 {
                     return Ok(());
                 }
-                let chunk = state.server_in.split_to(n);
-                state.to_client.extend_from_slice(&chunk);
+                state.to_client.extend_from_slice(&state.server_in[..n]);
+                state.server_in.advance(n);
                 state.server_streaming -= n;
                 continue;
             }
@@ -170,6 +166,16 @@ impl TxnSession<'_> {
                 None
             };
             let outcome = state.expect.on_server_message(msg_tag);
+            if outcome.unmatched {
+                tracing::warn!(
+                    tag = %(msg_tag as char),
+                    // Nothing was taken off the queue: its head is what the books expected instead.
+                    expected = %state.expect.head_for_log(),
+                    pending = state.pending,
+                    backend_pid = state.server.as_mut().map(|c| c.conn().process_id),
+                    "a server response matched no request of the client's (forwarded as is)"
+                );
+            }
             // What the client last saw: a FATAL pgtenant swallowed (the answer to a message it injected)
             // leaves the client without an error, so pgtenant adds its own when the server then closes.
             if outcome.disposition != Some(Disposition::Swallow) {
@@ -178,13 +184,13 @@ impl TxnSession<'_> {
             state.pending = state.pending.saturating_sub(outcome.syncs_ignored);
             self.apply(state, &outcome);
             let take = if whole { total } else { state.server_in.len() };
-            let mut frame = state.server_in.split_to(take);
-            if let Some(renamed) = renamed {
-                frame = renamed;
-            }
             if outcome.disposition != Some(Disposition::Swallow) {
-                state.to_client.extend_from_slice(&frame);
+                match &renamed {
+                    Some(renamed) => state.to_client.extend_from_slice(renamed),
+                    None => state.to_client.extend_from_slice(&state.server_in[..take]),
+                }
             }
+            state.server_in.advance(take);
             if !whole {
                 state.server_streaming = total - take;
             }

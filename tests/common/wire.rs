@@ -295,6 +295,31 @@ impl Raw {
         lines
     }
 
+    /// Reads until a message with `tag` arrived (an ErrorResponse after a Flush, say).
+    pub async fn read_until(&mut self, tag: u8) -> Vec<String> {
+        let mut lines = Vec::new();
+        loop {
+            let (got, body) = tokio::time::timeout(
+                Duration::from_secs(10),
+                pgtenant::protocol::read_message(&mut self.stream, 1 << 24),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: no '{}' within 10 s; so far: {lines:#?}",
+                    self.label, tag as char
+                )
+            })
+            .unwrap_or_else(|e| panic!("{}: read: {e}; so far: {lines:#?}", self.label));
+            if let Some(line) = describe_message(got, &body) {
+                lines.push(line);
+            }
+            if got == tag {
+                return lines;
+            }
+        }
+    }
+
     /// Sends a batch and reads the answers up to its last ReadyForQuery.
     pub async fn exchange(&mut self, msgs: &[Msg]) -> Vec<String> {
         let syncs = msgs

@@ -7,8 +7,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+mod signal;
+
+pub use signal::SessionSignal;
 
 /// What is known of one running session.
 #[derive(Clone, Debug)]
@@ -32,7 +35,7 @@ pub struct SessionInfo {
 
 struct Entry {
     info: SessionInfo,
-    cancel: CancellationToken,
+    signal: Arc<SessionSignal>,
     /// Why the session was ended from outside, told to its client.
     reason: Option<PgError>,
 }
@@ -40,14 +43,21 @@ struct Entry {
 #[derive(Default)]
 pub struct SessionRegistry {
     next_id: AtomicU64,
-    entries: Mutex<HashMap<u64, Entry>>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_id: HashMap<u64, Entry>,
+    /// pgtenant is shutting down: sessions registered from now on drain from their start.
+    draining: bool,
 }
 
 /// A session's entry, removed when dropped.
 pub struct SessionHandle {
     registry: Arc<SessionRegistry>,
     pub id: u64,
-    pub cancel: CancellationToken,
+    pub signal: Arc<SessionSignal>,
 }
 
 impl SessionRegistry {
@@ -55,38 +65,55 @@ impl SessionRegistry {
         Arc::new(Self::default())
     }
 
-    /// Registers a session; `info.id` is assigned here. Its token is a child of `ends_all` (cancelling that
-    /// ends every session), so a session waits on a token of its own, never on one every session shares.
-    pub fn register(
-        self: &Arc<Self>,
-        mut info: SessionInfo,
-        ends_all: &CancellationToken,
-    ) -> SessionHandle {
+    /// Registers a session; `info.id` is assigned here. The session waits on a signal of its own, never on
+    /// one every session shares: [`Self::drain_all`] and [`Self::kick_all`] raise each session's.
+    pub fn register(self: &Arc<Self>, mut info: SessionInfo) -> SessionHandle {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         info.id = id;
-        let cancel = ends_all.child_token();
-        if let Ok(mut entries) = self.entries.lock() {
-            entries.insert(
-                id,
-                Entry {
-                    info,
-                    cancel: cancel.clone(),
-                    reason: None,
-                },
-            );
+        let signal = SessionSignal::new();
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.draining {
+            signal.drain();
         }
+        entries.by_id.insert(
+            id,
+            Entry {
+                info,
+                signal: signal.clone(),
+                reason: None,
+            },
+        );
         SessionHandle {
             registry: self.clone(),
             id,
-            cancel,
+            signal,
         }
+    }
+
+    /// pgtenant is shutting down: every session, and every one registered from now on, ends at its next
+    /// idle point.
+    pub fn drain_all(&self) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.draining = true;
+        for entry in entries.by_id.values() {
+            entry.signal.drain();
+        }
+    }
+
+    /// Ends every session now (the shutdown grace period is over). Returns how many were running.
+    pub fn kick_all(&self) -> usize {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries.by_id.values() {
+            entry.signal.kick();
+        }
+        entries.by_id.len()
     }
 
     pub fn list(&self) -> Vec<SessionInfo> {
         let mut list: Vec<SessionInfo> = self
             .entries
             .lock()
-            .map(|e| e.values().map(|e| e.info.clone()).collect())
+            .map(|e| e.by_id.values().map(|e| e.info.clone()).collect())
             .unwrap_or_default();
         list.sort_by_key(|s| s.id);
         list
@@ -96,7 +123,7 @@ impl SessionRegistry {
     pub fn count_by_tenant(&self) -> HashMap<Uuid, usize> {
         let mut counts = HashMap::new();
         if let Ok(entries) = self.entries.lock() {
-            for e in entries.values() {
+            for e in entries.by_id.values() {
                 *counts.entry(e.info.tenant_id).or_insert(0) += 1;
             }
         }
@@ -106,7 +133,12 @@ impl SessionRegistry {
     pub fn count_for(&self, tenant_id: Uuid) -> usize {
         self.entries
             .lock()
-            .map(|e| e.values().filter(|e| e.info.tenant_id == tenant_id).count())
+            .map(|e| {
+                e.by_id
+                    .values()
+                    .filter(|e| e.info.tenant_id == tenant_id)
+                    .count()
+            })
             .unwrap_or(0)
     }
 
@@ -125,9 +157,9 @@ impl SessionRegistry {
             return 0;
         };
         let mut ended = 0;
-        for entry in entries.values_mut().filter(|e| which(&e.info)) {
+        for entry in entries.by_id.values_mut().filter(|e| which(&e.info)) {
             entry.reason = Some(reason.clone());
-            entry.cancel.cancel();
+            entry.signal.kick();
             ended += 1;
         }
         ended
@@ -138,7 +170,7 @@ impl SessionHandle {
     /// Notes why the session is about to end, unless a reason was given already.
     pub fn set_reason(&self, reason: PgError) {
         if let Ok(mut entries) = self.registry.entries.lock() {
-            if let Some(entry) = entries.get_mut(&self.id) {
+            if let Some(entry) = entries.by_id.get_mut(&self.id) {
                 entry.reason.get_or_insert(reason);
             }
         }
@@ -150,14 +182,14 @@ impl SessionHandle {
             .entries
             .lock()
             .ok()
-            .and_then(|e| e.get(&self.id).and_then(|e| e.reason.clone()))
+            .and_then(|e| e.by_id.get(&self.id).and_then(|e| e.reason.clone()))
     }
 }
 
 impl Drop for SessionHandle {
     fn drop(&mut self) {
         if let Ok(mut entries) = self.registry.entries.lock() {
-            entries.remove(&self.id);
+            entries.by_id.remove(&self.id);
         }
     }
 }

@@ -1,0 +1,212 @@
+//! One turn of the transaction-pooling loop: a single poll over the client stream, the held server
+//! connection and the session's signals, without splitting either stream. What can be written is written
+//! on the spot (both directions, TLS flushed), so a request reaches the server and an answer the client in
+//! the same turn that produced it; the turn ends with the next thing that needs the loop: bytes read from
+//! a side, a side gone, a connection that can go back to the pool, or a signal.
+
+use super::{State, HIGH_WATER, READ_SIZE};
+use crate::limits::watch::LimitWatch;
+use crate::limits::LimitEnd;
+use bytes::{Buf, BytesMut};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// What ended a turn.
+pub(super) enum Event {
+    /// Bytes from the client were appended to `client_in` (0: the client closed).
+    ClientRead(io::Result<usize>),
+    /// Bytes from the server were appended to `server_in` (0: the server closed).
+    ServerRead(io::Result<usize>),
+    ClientWriteFailed(io::Error),
+    ServerWriteFailed(io::Error),
+    /// Everything for the server is written and the client stands between transactions: the loop gives
+    /// the connection back.
+    MayRelease,
+    Kicked,
+    Drain,
+    IdleTimeout,
+    Limit(LimitEnd),
+}
+
+/// The session's signals and timers, pinned once for the whole session.
+pub(super) struct Signals<K, D> {
+    pub kick: Pin<Box<K>>,
+    pub drain: Pin<Box<D>>,
+    pub draining: bool,
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Armed at the last client activity seen when it was set; moved on lazily when it fires early.
+    pub idle_timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    pub last_client_activity: tokio::time::Instant,
+    /// Alternates which side is read first, so neither can starve the other.
+    pub server_first: bool,
+}
+
+impl<K: Future<Output = ()>, D: Future<Output = ()>> Signals<K, D> {
+    pub fn new(kick: K, drain: D, idle_timeout: Option<std::time::Duration>) -> Self {
+        let now = tokio::time::Instant::now();
+        Self {
+            kick: Box::pin(kick),
+            drain: Box::pin(drain),
+            draining: false,
+            idle_timeout,
+            idle_timer: idle_timeout.map(|limit| Box::pin(tokio::time::sleep_until(now + limit))),
+            last_client_activity: now,
+            server_first: false,
+        }
+    }
+
+    /// Whether the client, idle between transactions, has been idle past its limit.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let (Some(limit), Some(timer)) = (self.idle_timeout, self.idle_timer.as_mut()) else {
+            return Poll::Pending;
+        };
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            let due = self.last_client_activity + limit;
+            if due <= tokio::time::Instant::now() {
+                return Poll::Ready(());
+            }
+            timer.as_mut().reset(due);
+        }
+    }
+}
+
+/// Polls the session once: writes what it can, then waits for the next event.
+pub(super) fn poll_turn<C, K, D>(
+    cx: &mut Context<'_>,
+    state: &mut State,
+    signals: &mut Signals<K, D>,
+    limits: &mut Option<LimitWatch>,
+    client: &mut C,
+    may_release: impl Fn(&State) -> bool,
+) -> Poll<Event>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    K: Future<Output = ()>,
+    D: Future<Output = ()>,
+{
+    if signals.kick.as_mut().poll(cx).is_ready() {
+        return Poll::Ready(Event::Kicked);
+    }
+    if let Some(checkout) = state.server.as_mut() {
+        let stream = &mut checkout.conn().stream;
+        let tls = stream.is_tls();
+        if let Poll::Ready(e) = poll_write_out(
+            cx,
+            stream,
+            &mut state.to_server,
+            &mut state.server_unflushed,
+            tls,
+        ) {
+            return Poll::Ready(Event::ServerWriteFailed(e));
+        }
+    }
+    if let Poll::Ready(e) = poll_write_out(
+        cx,
+        client,
+        &mut state.to_client,
+        &mut state.client_unflushed,
+        state.client_tls,
+    ) {
+        return Poll::Ready(Event::ClientWriteFailed(e));
+    }
+    if may_release(state) {
+        return Poll::Ready(Event::MayRelease);
+    }
+    signals.server_first = !signals.server_first;
+    if signals.server_first {
+        if let Poll::Ready(r) = poll_server_read(cx, state) {
+            return Poll::Ready(Event::ServerRead(r));
+        }
+        if let Poll::Ready(r) = poll_client_read(cx, state, client) {
+            return Poll::Ready(Event::ClientRead(r));
+        }
+    } else {
+        if let Poll::Ready(r) = poll_client_read(cx, state, client) {
+            return Poll::Ready(Event::ClientRead(r));
+        }
+        if let Poll::Ready(r) = poll_server_read(cx, state) {
+            return Poll::Ready(Event::ServerRead(r));
+        }
+    }
+    if !signals.draining && signals.drain.as_mut().poll(cx).is_ready() {
+        signals.draining = true;
+        return Poll::Ready(Event::Drain);
+    }
+    if state.server.is_none() && signals.poll_idle(cx).is_ready() {
+        return Poll::Ready(Event::IdleTimeout);
+    }
+    if let Some(watch) = limits.as_mut() {
+        if let Poll::Ready(end) = watch.poll_end(cx) {
+            return Poll::Ready(Event::Limit(end));
+        }
+    }
+    Poll::Pending
+}
+
+fn poll_client_read<C: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    state: &mut State,
+    client: &mut C,
+) -> Poll<io::Result<usize>> {
+    if state.to_server.len() >= HIGH_WATER {
+        return Poll::Pending;
+    }
+    poll_read_into(cx, client, &mut state.client_in)
+}
+
+fn poll_server_read(cx: &mut Context<'_>, state: &mut State) -> Poll<io::Result<usize>> {
+    if state.to_client.len() >= HIGH_WATER {
+        return Poll::Pending;
+    }
+    match state.server.as_mut() {
+        Some(checkout) => poll_read_into(cx, &mut checkout.conn().stream, &mut state.server_in),
+        None => Poll::Pending,
+    }
+}
+
+/// Reads into the spare room of `buf` (made if short), without an intermediate buffer.
+fn poll_read_into<R: AsyncRead + Unpin>(
+    cx: &mut Context<'_>,
+    reader: &mut R,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
+    tokio_util::io::poll_read_buf(Pin::new(reader), cx, buf)
+}
+
+/// Writes `buf` out as far as the writer takes it, then flushes if a TLS writer holds bytes back. Ready
+/// only with an error: otherwise everything is written (Pending, nothing left to wait for) or the writer
+/// is full (Pending, woken when it has room).
+fn poll_write_out<W: AsyncWrite + Unpin>(
+    cx: &mut Context<'_>,
+    writer: &mut W,
+    buf: &mut BytesMut,
+    unflushed: &mut bool,
+    tls: bool,
+) -> Poll<io::Error> {
+    while !buf.is_empty() {
+        match Pin::new(&mut *writer).poll_write(cx, buf) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => {
+                buf.advance(n);
+                *unflushed = tls;
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(e),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+    if *unflushed {
+        match Pin::new(&mut *writer).poll_flush(cx) {
+            Poll::Ready(Ok(())) => *unflushed = false,
+            Poll::Ready(Err(e)) => return Poll::Ready(e),
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
+}
