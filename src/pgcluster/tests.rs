@@ -1,6 +1,14 @@
 //! Unit tests of `pgcluster`.
 
+use super::binaries::{is_executable_file, REQUIRED_TOOLS};
+use super::command::{combined_output, shell_quote};
 use super::*;
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::Instant;
 
 fn test_dir(name: &str) -> PathBuf {
     let nanos = std::time::SystemTime::now()
