@@ -1,5 +1,7 @@
 //! Unit tests of `tenants`.
 
+use super::apply::{line_of, segments};
+use super::history::list_tenants;
 use super::*;
 use std::path::PathBuf;
 
