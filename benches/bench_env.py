@@ -79,7 +79,7 @@ class Env:
 
 
 @contextlib.contextmanager
-def bench_env(pool, pool_mode="transaction", with_pgbouncer=True):
+def bench_env(pool, pool_mode="transaction", with_pgbouncer=True, max_clients=None):
     subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
     binary = os.path.join(ROOT, "target", "release", "pgtenant")
     work = tempfile.mkdtemp(prefix="pgtenant-bench-")
@@ -87,7 +87,8 @@ def bench_env(pool, pool_mode="transaction", with_pgbouncer=True):
     proxy_port = free_port()
     dev = subprocess.Popen(
         [binary, "dev", "--dir", os.path.join(work, "dev"), "--port", str(proxy_port),
-         "--pool-mode", pool_mode, "--pool-size", str(pool)],
+         "--pool-mode", pool_mode, "--pool-size", str(pool)]
+        + (["--max-clients", str(max_clients)] if max_clients else []),
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         env={**os.environ, "PGTENANT_LOG": "warn"})
     bouncer = None

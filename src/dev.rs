@@ -42,6 +42,10 @@ pub struct DevArgs {
     /// Server connections per tenant.
     #[arg(long, default_value_t = 10)]
     pub pool_size: usize,
+    /// Client connections the proxy takes, in all and per tenant (default: server.max_client_connections
+    /// and pool.max_clients_per_tenant as configured by default, 10000 and 1000).
+    #[arg(long, value_name = "N")]
+    pub max_clients: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,14 +204,7 @@ async fn run_with_cluster(
 
     let listen = free_listen_port(args.port).await;
     let config_path = dir.join("dev.toml");
-    let config_text = dev_config_text(
-        cluster.port(),
-        listen,
-        secrets,
-        cwd,
-        &args.pool_mode,
-        args.pool_size,
-    );
+    let config_text = dev_config_text(cluster.port(), listen, secrets, cwd, args);
     write_private(&config_path, &config_text)?;
     let config = Config::load(&config_path)?;
 
@@ -313,20 +310,27 @@ fn dev_config_text(
     listen: SocketAddr,
     secrets: &DevSecrets,
     cwd: &Path,
-    pool_mode: &str,
-    pool_size: usize,
+    args: &DevArgs,
 ) -> String {
     let toml_str = |s: &str| toml::Value::String(s.to_string()).to_string();
+    let (server_limit, tenant_limit) = match args.max_clients {
+        Some(n) => (
+            format!("max_client_connections = {n}\n"),
+            format!("max_clients_per_tenant = {n}\n"),
+        ),
+        None => (String::new(), String::new()),
+    };
     format!(
         "# Written by `pgtenant dev`; rewritten at each start. Holds development secrets: do not commit.\n\
-         [server]\nlisten = {listen}\n\n\
+         [server]\nlisten = {listen}\n{server_limit}\n\
          [upstream]\nhost = \"127.0.0.1\"\nport = {pg_port}\ndatabase = {db}\nadmin_user = \"postgres\"\n\
          admin_password = {admin_password}\nserver_secret = {server_secret}\n\n\
-         [pool]\nmode = {mode}\nsize_per_tenant = {pool_size}\nmax_server_connections = 80\n\n\
+         [pool]\nmode = {mode}\nsize_per_tenant = {pool_size}\nmax_server_connections = 80\n{tenant_limit}\n\
          [auth]\nalgorithms = [\"HS256\"]\nhs_secret = {jwt}\n\n\
          [tenancy]\ntenant_migrations_dir = {tenant_dir}\nshared_migrations_dir = {shared_dir}\n",
         listen = toml_str(&listen.to_string()),
-        mode = toml_str(pool_mode),
+        mode = toml_str(&args.pool_mode),
+        pool_size = args.pool_size,
         db = toml_str(DEV_DATABASE),
         admin_password = toml_str(&secrets.superuser_password),
         server_secret = toml_str(&secrets.server_secret),
