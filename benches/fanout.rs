@@ -6,8 +6,8 @@
 //! them. Bounded: it creates at most the largest count of tenants, once.
 
 use pgtenant::config::Config;
-use pgtenant::migrate::progress::Silent;
-use pgtenant::migrate::tenants::{FanOutOptions, TenantMigrator};
+use pgtenant::fanout::progress::Silent;
+use pgtenant::fanout::{FanOutOptions, TenantMigrator};
 use pgtenant::pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use pgtenant::tenancy::{self, OnboardRequest};
 use std::path::{Path, PathBuf};

@@ -153,7 +153,7 @@ pub struct UpstreamConfig {
     pub server_secret: Option<String>,
     pub connect_timeout_ms: u64,
     /// TLS to PostgreSQL, with libpq's meaning (see `upstream_tls`); `disable` keeps connections plain.
-    pub sslmode: crate::upstream_tls::SslMode,
+    pub sslmode: crate::config::SslMode,
     /// PEM file of the CA certificate(s) the server's certificate must chain to (verify-ca, verify-full; with
     /// require or prefer it makes the chain checked, as libpq does).
     pub sslrootcert: Option<PathBuf>,
@@ -173,7 +173,7 @@ impl Default for UpstreamConfig {
             admin_password: None,
             server_secret: None,
             connect_timeout_ms: 5_000,
-            sslmode: crate::upstream_tls::SslMode::Disable,
+            sslmode: crate::config::SslMode::Disable,
             sslrootcert: None,
             sslcert: None,
             sslkey: None,
@@ -367,7 +367,7 @@ impl Config {
             return invalid("server.tls_cert and server.tls_key must be set together");
         }
         {
-            use crate::upstream_tls::SslMode;
+            use crate::config::SslMode;
             let u = &self.upstream;
             if matches!(u.sslmode, SslMode::VerifyCa | SslMode::VerifyFull)
                 && u.sslrootcert.is_none()
@@ -392,7 +392,7 @@ impl Config {
         if self.health.tenants_concurrency == 0 {
             return invalid("health.tenants_concurrency must be at least 1");
         }
-        if self.clusters.contains_key(crate::clusters::DEFAULT_CLUSTER) {
+        if self.clusters.contains_key(crate::names::DEFAULT_CLUSTER) {
             return invalid(
                 "[clusters.default]: the default cluster's admin password is upstream.admin_password",
             );
@@ -400,7 +400,7 @@ impl Config {
         if let Some(name) = self
             .clusters
             .keys()
-            .find(|n| !crate::clusters::ClusterName::is_valid(n))
+            .find(|n| !crate::names::ClusterName::is_valid(n))
         {
             return invalid(&format!(
                 "[clusters.{name}]: a cluster name is lower-case letters, digits and _, starting with a letter"
@@ -501,8 +501,10 @@ impl UpstreamConfig {
 
 mod clusters;
 mod describe;
+mod ssl_mode;
 
 pub use clusters::{ClusterSecrets, Placement, ReplicasConfig, Secret, TargetSessionAttrs};
+pub use ssl_mode::SslMode;
 
 #[cfg(test)]
 mod tests;

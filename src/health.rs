@@ -89,7 +89,7 @@ impl<T> Cached<T> {
     }
 }
 
-/// The health checks' state: cached results and the round counter.
+/// The health checks' state: cached results and the round counter, kept by the HTTP endpoint that runs them.
 pub struct Health {
     directory: Cached<Result<(), String>>,
     tenants: Cached<TenantsReport>,
@@ -114,7 +114,7 @@ impl Health {
 }
 
 /// Readiness of `proxy`: draining and the listener are read at once; the directory check is cached.
-pub async fn readiness(proxy: &Proxy) -> Readiness {
+pub async fn readiness(proxy: &Proxy, health: &Health) -> Readiness {
     let listener = if proxy.is_listening() { "up" } else { "down" };
     if proxy.shutdown.is_cancelled() {
         return Readiness {
@@ -126,8 +126,7 @@ pub async fn readiness(proxy: &Proxy) -> Readiness {
     let config = proxy.config();
     let ttl = Duration::from_millis(config.health.ready_cache_ms);
     let timeout = Duration::from_millis(config.health.check_timeout_ms);
-    let (directory, _) = proxy
-        .health
+    let (directory, _) = health
         .directory
         .get(ttl, || async {
             match tokio::time::timeout(timeout, proxy.directory.ping()).await {
@@ -150,21 +149,20 @@ pub async fn readiness(proxy: &Proxy) -> Readiness {
 }
 
 /// Every tenant's check, from the cache when fresh.
-pub async fn tenants(proxy: &Proxy) -> TenantsReport {
+pub async fn tenants(proxy: &Proxy, health: &Health) -> TenantsReport {
     let config = proxy.config();
     let ttl = Duration::from_millis(config.health.tenants_cache_ms);
-    let (report, age) = proxy
-        .health
+    let (report, age) = health
         .tenants
-        .get(ttl, || run_tenant_round(proxy))
+        .get(ttl, || run_tenant_round(proxy, health))
         .await;
     let mut report = (*report).clone();
     report.age_ms = age.as_millis() as u64;
     report
 }
 
-async fn run_tenant_round(proxy: &Proxy) -> TenantsReport {
-    let round = proxy.health.rounds.fetch_add(1, Ordering::Relaxed) + 1;
+async fn run_tenant_round(proxy: &Proxy, health: &Health) -> TenantsReport {
+    let round = health.rounds.fetch_add(1, Ordering::Relaxed) + 1;
     let config = proxy.config();
     let timeout = Duration::from_millis(config.health.check_timeout_ms);
     let failed = |error: String| TenantsReport {

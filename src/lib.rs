@@ -1,14 +1,18 @@
 //! pgtenant: a PostgreSQL wire-protocol proxy that gives every tenant of a SaaS application its own schema,
 //! its own PostgreSQL role and its own pool, and makes that isolation invisible to the application.
 //!
-//! Modules, in the order a client connection flows through them:
+//! Modules, in the order a client connection flows through them. No two import each other, directly or
+//! through others (`tests/house_rules.rs` checks it): what several need sits below them all, e.g. [`names`]
+//! (role, schema and cluster names, SQL quoting), [`error`], [`units`], [`config`].
 //!
 //! - [`config`]: the TOML configuration, environment overrides for secrets, validation.
 //! - [`server`]: the listener; accepts TCP, answers SSLRequest / GSSENCRequest, hands cancel requests to
 //!   [`cancel`] and login attempts to [`session`].
 //! - [`tls`]: rustls server configuration for clients.
-//! - [`error`]: what a client may be told about a failure: the SQLSTATEs by name and `UserFacing`, the one
-//!   way from an error type to an ErrorResponse.
+//! - [`error`]: what a client may be told about a failure: the SQLSTATEs by name, `PgError` and
+//!   `UserFacing`, the one way from an error type to an ErrorResponse; [`user_facing`]: the allowlist, what
+//!   each error type that may reach a client tells it.
+//! - [`names`]: the names every part passes around (role, schema, cluster) and SQL quoting.
 //! - [`protocol`]: the one place that knows the wire format: frame headers, startup packets, message tags, and
 //!   the backend messages pgtenant writes itself (ErrorResponse with SQLSTATE, authentication, ReadyForQuery).
 //! - [`auth`]: JWT verification of the password a client sends (algorithm allowlist, keys, claims, size limit),
@@ -17,12 +21,16 @@
 //!   revocation list, the per-tenant login rate; and the audit line of every attempt (the parts live in `auth`:
 //!   `limiter`, `revocation`, `audit`).
 //! - [`directory`]: identity → user → organization → tenant (schema, role, status), cached with a short TTL,
-//!   read from the shared schema.
+//!   read from the shared schema; `events`: the announcements of directory changes every pgtenant listens to.
+//! - [`credentials`]: tenant role passwords derived from the server secret, their SCRAM verifiers, and the
+//!   check that this pgtenant's server secret is the one they were made with.
 //! - [`clusters`]: the PostgreSQL clusters tenants are placed on (`pgtenant.clusters`), their read
 //!   replicas and how far behind those are, placement of new tenants, which cluster a session goes to.
 //! - [`pool`]: one pool per tenant role and cluster of raw upstream protocol connections logged in as that
-//!   role, with a global cap and eviction of other tenants' idle connections; PAUSE / RESUME in `pauses`.
-//! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse.
+//!   role, with a global cap and eviction of other tenants' idle connections; PAUSE / RESUME in `pauses`,
+//!   the NOTICE of a queued client in `queue`, where a moved tenant's pools are now in `routes`.
+//! - [`upstream`]: a raw upstream connection: startup, SCRAM-SHA-256 login, reset before reuse; `statements`:
+//!   the prepared statements pgtenant keeps on it in transaction pooling.
 //! - [`upstream_tls`]: TLS to PostgreSQL (`upstream.sslmode`, libpq's meaning): the rustls client
 //!   configuration, SSLRequest negotiation, the plain-or-TLS upstream stream, the tokio-postgres connector.
 //! - [`proxy`]: the state all sessions share (reloadable configuration, verifier, directory, pools).
@@ -34,8 +42,7 @@
 //! - [`lifetime`]: a session's deadline (its token's expiry, `server.max_session_secs`), met at an idle point.
 //! - [`limits`]: per-tenant statement_timeout, lock_timeout, idle_in_transaction_session_timeout and
 //!   transaction_timeout (directory columns, `[limits]` defaults): PostgreSQL's settings on each server
-//!   connection, pgtenant's own timers in both relays as a ceiling, the NOTICE of a client queued for a
-//!   connection.
+//!   connection; [`limit_watch`]: pgtenant's own timers in both relays as a ceiling.
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
 //! - [`txn`]: transaction pooling: a server connection per transaction (`mod.rs`: the event loop, checkout
 //!   and release), `client` (client messages, prepared statements that follow the client), `server` (server
@@ -51,32 +58,39 @@
 //! - [`health`]: readiness (listener, directory, draining) and per-tenant login checks, cached and run one
 //!   round at a time.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
-//! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and the credentials
-//!   of tenant roles (derived passwords, SCRAM verifiers).
-//! - [`migrate`]: versioned SQL files of `shared-migrations/` and `tenant-migrations/`, checksums, history.
+//! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and operations on
+//!   existing tenants (status, limits, revocations).
+//! - [`migrate`]: versioned SQL files of `shared-migrations/` and `tenant-migrations/`, checksums, applying
+//!   the shared ones; [`fanout`]: `tenant-migrations/` over every tenant schema of every cluster (history,
+//!   locks, failure isolation, resume, progress).
 //! - [`moves`]: moving a tenant to another cluster while it is served (logical replication, a short switch),
-//!   resumable and cancellable from the state kept in the directory; where moved sessions' pools are now.
+//!   resumable and cancellable from the state kept in the directory.
 //! - [`pg_connect_errors`]: the error sink of the tokio-postgres pools (directory, migrations): logs why a
 //!   connection failed and keeps it, since bb8 itself only reports a timeout.
 //! - [`pgcluster`]: finding PostgreSQL's binaries and running a throwaway cluster (for `pgtenant dev` and tests).
 //! - [`dev`]: the `pgtenant dev` command.
+//! - [`units`]: sizes as PostgreSQL prints them.
 
 pub mod admin;
 pub mod auth;
 pub mod cancel;
 pub mod clusters;
 pub mod config;
+pub mod credentials;
 pub mod dev;
 pub mod directory;
 pub mod error;
+pub mod fanout;
 pub mod health;
 pub mod lifetime;
+pub mod limit_watch;
 pub mod limits;
 pub mod login_guard;
 pub mod metrics;
 pub mod metrics_http;
 pub mod migrate;
 pub mod moves;
+pub mod names;
 pub mod pg_connect_errors;
 pub mod pgcluster;
 pub mod pool;
@@ -91,5 +105,7 @@ pub mod sql;
 pub mod tenancy;
 pub mod tls;
 pub mod txn;
+pub mod units;
 pub mod upstream;
 pub mod upstream_tls;
+pub mod user_facing;

@@ -120,7 +120,7 @@ enum ClusterAction {
         user: Option<String>,
         /// disable, prefer, require, verify-ca or verify-full (default: the primary's, else disable).
         #[arg(long, value_parser = parse_sslmode)]
-        sslmode: Option<pgtenant::upstream_tls::SslMode>,
+        sslmode: Option<pgtenant::config::SslMode>,
         /// CA certificate(s) (PEM) the cluster's certificate must chain to; a path every pgtenant has.
         #[arg(long)]
         sslrootcert: Option<PathBuf>,
@@ -138,7 +138,7 @@ enum ClusterAction {
     Guards { name: String },
 }
 
-fn parse_sslmode(text: &str) -> Result<pgtenant::upstream_tls::SslMode, String> {
+fn parse_sslmode(text: &str) -> Result<pgtenant::config::SslMode, String> {
     pgtenant::clusters::parse_sslmode(text).ok_or_else(|| {
         format!("unknown sslmode {text}: disable, prefer, require, verify-ca, verify-full")
     })
@@ -513,7 +513,7 @@ async fn cluster_action(config: &Config, action: ClusterAction) -> Result<()> {
             );
         }
         ClusterAction::Guards { name } => {
-            let entry = set.get(&clusters::ClusterName::new(name))?;
+            let entry = set.get(&pgtenant::names::ClusterName::new(name))?;
             let applied = clusters::guards::apply(&entry, config).await?;
             println!(
                 "cluster {}: cluster migrations applied: {applied:?}",
@@ -525,8 +525,8 @@ async fn cluster_action(config: &Config, action: ClusterAction) -> Result<()> {
 }
 
 async fn migrate(config: &Config, target: MigrateTarget) -> Result<()> {
-    use pgtenant::migrate::progress::Bar;
-    use pgtenant::migrate::tenants::{FanOutOptions, TenantMigrator};
+    use pgtenant::fanout::progress::Bar;
+    use pgtenant::fanout::{FanOutOptions, TenantMigrator};
     match target {
         MigrateTarget::Shared => {
             let mut admin = connect_admin(config).await?;
@@ -772,7 +772,7 @@ async fn tenant_action(config: &Config, action: TenantAction) -> Result<()> {
             let report = mover(&admin, &clusters, config)
                 .run(
                     &tenant,
-                    &pgtenant::clusters::ClusterName::new(cluster),
+                    &pgtenant::names::ClusterName::new(cluster),
                     &options,
                 )
                 .await?;

@@ -3,6 +3,7 @@
 //! A deliberately small HTTP/1.1 responder: one request per connection, at most [`MAX_CONNECTIONS`] at once,
 //! nothing else served.
 
+use crate::health::Health;
 use crate::pool::TenantPoolStats;
 use crate::proxy::Proxy;
 use std::fmt::Write as _;
@@ -22,6 +23,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
         tracing::info!(%addr, "metrics and health endpoint listening");
     }
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let health = Arc::new(Health::default());
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -31,6 +33,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             continue;
         };
         let proxy = proxy.clone();
+        let health = health.clone();
         tokio::spawn(async move {
             let mut request = vec![0u8; MAX_REQUEST];
             let read =
@@ -38,7 +41,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
             let Ok(Ok(n)) = read else {
                 return;
             };
-            let response = respond(&proxy, &request[..n]).await;
+            let response = respond(&proxy, &health, &request[..n]).await;
             let _ = stream.write_all(response.as_bytes()).await;
             let _ = stream.shutdown().await;
             drop(slot);
@@ -77,7 +80,7 @@ fn json_response<T: serde::Serialize>(ok: bool, value: &T) -> String {
     response(status, "application/json", &body)
 }
 
-async fn respond(proxy: &Proxy, request: &[u8]) -> String {
+async fn respond(proxy: &Proxy, health: &Health, request: &[u8]) -> String {
     let not_found =
         || "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string();
     let Some((method, path)) = request_target(request) else {
@@ -90,14 +93,18 @@ async fn respond(proxy: &Proxy, request: &[u8]) -> String {
         return "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into();
     }
     match path {
-        "/metrics" => response("200 OK", "text/plain; version=0.0.4", &render(proxy)),
+        "/metrics" => response(
+            "200 OK",
+            "text/plain; version=0.0.4",
+            &(render(proxy) + &render_health(health)),
+        ),
         "/live" => response("200 OK", "text/plain", "ok\n"),
         "/health" => {
-            let readiness = crate::health::readiness(proxy).await;
+            let readiness = crate::health::readiness(proxy, health).await;
             json_response(readiness.ready(), &readiness)
         }
         "/health/tenants" => {
-            let report = crate::health::tenants(proxy).await;
+            let report = crate::health::tenants(proxy, health).await;
             json_response(report.status == "ok", &report)
         }
         _ => not_found(),
@@ -190,6 +197,11 @@ fn render_jwks(out: &mut String, proxy: &Proxy) {
 }
 
 /// The metrics in Prometheus text format.
+/// The health checks' own counters, kept by this endpoint (the checks run only when it is asked).
+fn render_health(health: &Health) -> String {
+    format!("# HELP pgtenant_health_tenant_rounds_total Rounds of tenant login checks run for /health/tenants.\n# TYPE pgtenant_health_tenant_rounds_total counter\npgtenant_health_tenant_rounds_total {}\n", health.tenant_rounds())
+}
+
 pub fn render(proxy: &Proxy) -> String {
     let mut out = String::new();
     let tenants = proxy.metrics.all();
@@ -356,7 +368,6 @@ pub fn render(proxy: &Proxy) -> String {
     }
     render_jwks(&mut out, proxy);
     render_logins(&mut out, proxy);
-    let _ = writeln!(out, "# HELP pgtenant_health_tenant_rounds_total Rounds of tenant login checks run for /health/tenants.\n# TYPE pgtenant_health_tenant_rounds_total counter\npgtenant_health_tenant_rounds_total {}", proxy.health.tenant_rounds());
     let _ = writeln!(out, "# HELP pgtenant_clients_total_current All client sessions.\n# TYPE pgtenant_clients_total_current gauge\npgtenant_clients_total_current {}", clients.len());
     out
 }

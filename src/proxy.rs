@@ -1,16 +1,18 @@
 //! The state shared by every session of one pgtenant process: configuration (reloadable), token verifier,
 //! directory, pools, cancel keys, running sessions, TLS, shutdown signal.
 
+use crate::auth::revocation::Revocation;
 use crate::auth::TokenVerifier;
 use crate::cancel::CancelMap;
-use crate::clusters::ClusterName;
 use crate::config::Config;
-use crate::directory::{Directory, RoleName};
+use crate::credentials::RolePasswords;
+use crate::directory::events::DirectoryEvent;
+use crate::directory::Directory;
+use crate::names::ClusterName;
+use crate::names::RoleName;
 use crate::pool::{PoolKey, PoolManager};
 use crate::protocol::{sqlstate, PgError};
 use crate::sessions::SessionRegistry;
-use crate::tenancy::credentials::RolePasswords;
-use crate::tenancy::ops::{DirectoryEvent, Revocation};
 use crate::upstream_tls::UpstreamTls;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -62,8 +64,6 @@ pub struct Proxy {
     /// every session through `sessions`, and kicks those left when the grace period runs out).
     pub shutdown: CancellationToken,
     pub started_at: std::time::SystemTime,
-    /// Health checks' cached results (`/health`, `/health/tenants`).
-    pub health: crate::health::Health,
     /// The client listener is accepting (set by `server::run`).
     listening: std::sync::atomic::AtomicBool,
     /// Stops the key set fetcher of the live verifier (a child of `shutdown`; replaced on RELOAD).
@@ -152,7 +152,6 @@ impl Proxy {
             logins: Default::default(),
             shutdown,
             started_at: std::time::SystemTime::now(),
-            health: crate::health::Health::default(),
             listening: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -369,7 +368,7 @@ impl Proxy {
     /// The cluster `name` (read from the directory again if this pgtenant does not know it yet).
     pub async fn cluster(
         &self,
-        name: &crate::clusters::ClusterName,
+        name: &crate::names::ClusterName,
     ) -> Result<Arc<crate::clusters::ClusterEntry>, crate::clusters::ClusterError> {
         self.clusters
             .entry(name, &self.directory, &self.config())

@@ -286,7 +286,7 @@ struct State<K, D> {
     /// Rewrites the virtual schema in the client's messages, if on.
     rewriter: Option<rewrite::ClientRewriter>,
     /// pgtenant's timers of the tenant's limits, if any is on.
-    limits: Option<crate::limits::watch::LimitWatch>,
+    limits: Option<crate::limit_watch::LimitWatch>,
 }
 
 impl<K: Future<Output = ()>, D: Future<Output = ()>> State<K, D> {
@@ -491,7 +491,7 @@ pub struct Options {
     /// Rewrite this virtual schema name in the client's Query and Parse messages.
     pub virtual_schema: Option<crate::sql::VirtualSchema>,
     /// pgtenant's timers of the tenant's limits (none when no limit is on).
-    pub limits: Option<crate::limits::watch::LimitWatch>,
+    pub limits: Option<crate::limit_watch::LimitWatch>,
 }
 
 /// Relays until the client leaves, the upstream goes away, `kick` completes (ends at once), or `drain`

@@ -45,9 +45,8 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
     {
         let proxy = proxy.clone();
         tokio::spawn(async move {
-            let passwords =
-                crate::tenancy::credentials::RolePasswords::new(proxy.config().server_secret());
-            crate::tenancy::secret_check::check_at_start(&proxy.directory, &passwords).await;
+            let passwords = crate::credentials::RolePasswords::new(proxy.config().server_secret());
+            crate::credentials::secret_check::check_at_start(&proxy.directory, &passwords).await;
         });
     }
     let metrics_task = match proxy.config().server.metrics_listen {

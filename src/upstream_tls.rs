@@ -11,13 +11,12 @@
 //! | `verify-ca` | always | the chain, against `sslrootcert` |
 //! | `verify-full` | always | the chain and the host name (`upstream.host`) |
 
-use crate::config::UpstreamConfig;
+use crate::config::{SslMode, UpstreamConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -28,39 +27,6 @@ use tokio::net::TcpStream;
 
 /// The SSLRequest code (1234.5679), as in PostgreSQL's protocol.
 const SSL_REQUEST_CODE: i32 = 80_877_103;
-
-/// `upstream.sslmode`, as libpq's (`allow` is not offered: it never protects anything).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum SslMode {
-    #[default]
-    Disable,
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl SslMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SslMode::Disable => "disable",
-            SslMode::Prefer => "prefer",
-            SslMode::Require => "require",
-            SslMode::VerifyCa => "verify-ca",
-            SslMode::VerifyFull => "verify-full",
-        }
-    }
-
-    /// What tokio-postgres is told (the certificate checks live in the rustls configuration).
-    pub fn postgres(self) -> tokio_postgres::config::SslMode {
-        match self {
-            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-            SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            _ => tokio_postgres::config::SslMode::Require,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamTlsError {
@@ -560,7 +526,7 @@ mod tests {
             ("verify-ca", SslMode::VerifyCa),
             ("verify-full", SslMode::VerifyFull),
         ] {
-            #[derive(Deserialize)]
+            #[derive(serde::Deserialize)]
             struct W {
                 m: SslMode,
             }

@@ -10,8 +10,8 @@ mod common;
 
 use common::clusters::*;
 use common::*;
-use pgtenant::migrate::progress::Silent;
-use pgtenant::migrate::tenants::{FanOutOptions, TenantMigrator};
+use pgtenant::fanout::progress::Silent;
+use pgtenant::fanout::{FanOutOptions, TenantMigrator};
 use std::time::{Duration, Instant};
 
 /// The `-A -t` output of one admin command (rows of `|`-separated columns), asserting it succeeded.
@@ -113,7 +113,7 @@ async fn tenants_on_two_clusters_are_isolated_and_served_by_two_pgtenants() {
         !duplicate.0 && duplicate.2.contains("exists already"),
         "{duplicate:?}"
     );
-    let b_name = pgtenant::clusters::ClusterName::new("b");
+    let b_name = pgtenant::names::ClusterName::new("b");
     wait_until(
         "the second pgtenant learns of cluster b",
         Duration::from_secs(10),
@@ -420,8 +420,8 @@ async fn fan_out_over_two_clusters_with_one_stopped_midway() {
     println!("first run: {report}");
     assert_eq!(report.tenants, 6);
     assert!(report.failed.is_empty(), "{:?}", report.failed);
-    let b_name = pgtenant::clusters::ClusterName::new("b");
-    let default = pgtenant::clusters::ClusterName::default_cluster();
+    let b_name = pgtenant::names::ClusterName::new("b");
+    let default = pgtenant::names::ClusterName::default_cluster();
     let of_b = &report.clusters[&b_name];
     assert!(of_b.down.is_some(), "cluster b reported down: {report}");
     assert!(of_b.migrated >= 1 && of_b.pending >= 1, "{report}");
@@ -526,7 +526,7 @@ async fn read_only_sessions_go_to_a_replica_within_lag() {
         added[0][0..3],
         ["b_r1".to_string(), "replica".to_string(), "b".to_string()]
     );
-    let r1 = pgtenant::clusters::ClusterName::new("b_r1");
+    let r1 = pgtenant::names::ClusterName::new("b_r1");
     let max_lag = Duration::from_millis(1_500);
     wait_until(
         "the replica is measured",

@@ -19,7 +19,7 @@ mod common;
 use common::drivers::under_ci;
 use common::*;
 use pgtenant::config::PoolMode;
-use pgtenant::tenancy::credentials::RolePasswords;
+use pgtenant::credentials::RolePasswords;
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};

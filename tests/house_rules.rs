@@ -1,6 +1,10 @@
-//! Rules of the house that a grep can check (issue 12): every SQLSTATE a client may get is named in
-//! `protocol::sqlstate`, so `src/` holds no SQLSTATE literal outside that module (and outside tests).
+//! Rules of the house that a grep can check (issue 12):
+//! - every SQLSTATE a client may get is named in `error::sqlstate`, so `src/` holds no SQLSTATE literal
+//!   outside that module (and outside tests);
+//! - no import cycle among the library's top-level modules: each names only modules below it, so a module
+//!   can be read (and tested) with what it stands on and nothing above.
 
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -92,7 +96,7 @@ fn no_sqlstate_literal_outside_the_sqlstate_module() {
     assert!(files.len() > 50, "src/ was read: {} files", files.len());
     assert!(
         offenders.is_empty(),
-        "name these SQLSTATEs in protocol::sqlstate:\n{}",
+        "name these SQLSTATEs in error::sqlstate:\n{}",
         offenders.join("\n")
     );
 }
@@ -111,4 +115,155 @@ fn the_literal_finder_finds_what_it_should() {
         ),
         "a\n\nb\n"
     );
+}
+
+/// The top-level modules `code` names: `crate::x…` paths and the first names of `crate::{x…, y…}` groups.
+/// Comment lines are left out (a doc link names a module without depending on it).
+fn modules_named(code: &str) -> BTreeSet<String> {
+    let code: String = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut named = BTreeSet::new();
+    for (i, _) in code.match_indices("crate::") {
+        if i > 0 && code[..i].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+            continue; // `pgtenant::crate::` does not occur; `mycrate::` is not ours
+        }
+        let rest = &code[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            let mut depth = 0usize;
+            let mut part_start = true;
+            for (j, c) in group.char_indices() {
+                match c {
+                    '{' => depth += 1,
+                    '}' if depth == 0 => break,
+                    '}' => depth -= 1,
+                    ',' if depth == 0 => part_start = true,
+                    c if part_start && !c.is_whitespace() => {
+                        part_start = false;
+                        let name = ident(&group[j..]);
+                        if !name.is_empty() && name != "self" {
+                            named.insert(name);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        } else {
+            let name = ident(rest);
+            if !name.is_empty() {
+                named.insert(name);
+            }
+        }
+    }
+    named
+}
+
+/// A cycle through `start` in `graph`, as the modules along it, if there is one.
+fn cycle_through(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Option<Vec<String>> {
+    let mut came_from: BTreeMap<&str, &str> = BTreeMap::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(at) = queue.pop_front() {
+        for next in graph.get(at).into_iter().flatten() {
+            if next == start {
+                let mut path = vec![at.to_string()];
+                let mut back = at;
+                while back != start {
+                    back = came_from[back];
+                    path.push(back.to_string());
+                }
+                path.reverse();
+                path.push(start.to_string());
+                return Some(path);
+            }
+            if !came_from.contains_key(next.as_str()) && next != start {
+                came_from.insert(next, at);
+                queue.push_back(next);
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn no_import_cycle_among_the_top_level_modules() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("under src");
+        let top = rel
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .unwrap_or_default()
+            .trim_end_matches(".rs")
+            .to_string();
+        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        // The binary (main.rs and the modules it declares) and the crate root are not modules of the library.
+        if matches!(top.as_str(), "lib" | "main" | "cli")
+            || name == "tests.rs"
+            || name.ends_with("_tests.rs")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("read");
+        let named = modules_named(&code_outside_tests(&text));
+        let edges = graph.entry(top.clone()).or_default();
+        edges.extend(named.into_iter().filter(|m| *m != top));
+    }
+    assert!(graph.len() > 30, "src/ was read: {} modules", graph.len());
+    let cycles: BTreeSet<Vec<String>> = graph
+        .keys()
+        .filter_map(|m| cycle_through(&graph, m))
+        .map(|mut c| {
+            // One rotation per cycle: starting at its smallest name.
+            c.pop();
+            let at = c
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, m)| *m)
+                .map_or(0, |(i, _)| i);
+            c.rotate_left(at);
+            c.push(c[0].clone());
+            c
+        })
+        .collect();
+    assert!(
+        cycles.is_empty(),
+        "modules that import each other (move what both need below both):\n{}",
+        cycles
+            .iter()
+            .map(|c| c.join(" -> "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+#[test]
+fn the_module_finder_and_the_cycle_finder_find_what_they_should() {
+    let named = modules_named(
+        "use crate::a::X;\nuse crate::{b::{Y, Z}, c, self};\n/// see [`crate::d`]\nlet x = crate::e::f(mycrate::g);",
+    );
+    assert_eq!(
+        named,
+        BTreeSet::from(["a", "b", "c", "e"].map(String::from))
+    );
+    let graph: BTreeMap<String, BTreeSet<String>> =
+        [("a", "b"), ("b", "c"), ("c", "a"), ("d", "a")]
+            .into_iter()
+            .map(|(from, to)| (from.to_string(), BTreeSet::from([to.to_string()])))
+            .collect();
+    assert_eq!(
+        cycle_through(&graph, "b"),
+        Some(["b", "c", "a", "b"].map(String::from).to_vec())
+    );
+    assert_eq!(cycle_through(&graph, "d"), None);
 }

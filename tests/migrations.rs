@@ -8,8 +8,8 @@ mod common;
 
 use common::*;
 use pgtenant::config::Config;
-use pgtenant::migrate::progress::Silent;
-use pgtenant::migrate::tenants::{FanOutOptions, FanOutReport, TenantMigrator};
+use pgtenant::fanout::progress::Silent;
+use pgtenant::fanout::{FanOutOptions, FanOutReport, TenantMigrator};
 use pgtenant::migrate::MigrateError;
 use pgtenant::tenancy::{self, OnboardRequest};
 use std::collections::{BTreeMap, BTreeSet};

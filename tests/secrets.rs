@@ -132,7 +132,7 @@ async fn no_secret_appears_in_logs_errors_show_output_or_metrics() {
 
     let a = onboard("secrets-a").await;
     let b = onboard("secrets-b").await;
-    let passwords = pgtenant::tenancy::credentials::RolePasswords::new(SERVER_SECRET.as_bytes());
+    let passwords = pgtenant::credentials::RolePasswords::new(SERVER_SECRET.as_bytes());
     for t in [&a, &b] {
         secrets.push((
             format!("{}'s role password", t.onboarded.role.as_str()),
@@ -371,8 +371,7 @@ async fn no_secret_appears_in_logs_errors_show_output_or_metrics() {
         c.tenancy.directory_cache_ttl_ms = 0;
     })
     .await;
-    let wrong_passwords =
-        pgtenant::tenancy::credentials::RolePasswords::new(wrong_server_secret.as_bytes());
+    let wrong_passwords = pgtenant::credentials::RolePasswords::new(wrong_server_secret.as_bytes());
     secrets.push((
         "the wrongly derived role password".into(),
         wrong_passwords.password_for(a.onboarded.role.as_str()),

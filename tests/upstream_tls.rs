@@ -7,9 +7,10 @@ mod common;
 
 use common::{TestProxy, TestTenant};
 use pgtenant::config::Config;
+use pgtenant::config::SslMode;
 use pgtenant::pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use pgtenant::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamTarget};
-use pgtenant::upstream_tls::{SslMode, UpstreamTls};
+use pgtenant::upstream_tls::UpstreamTls;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -542,10 +543,10 @@ async fn verify_full_refuses_another_name_with_08006_and_a_log_line() {
     // The tenant pool on its own (what serves a session once the directory answered).
     let pools = pgtenant::pool::PoolManager::new(
         config.pool.clone(),
-        pgtenant::tenancy::credentials::RolePasswords::new(config.server_secret()),
+        pgtenant::credentials::RolePasswords::new(config.server_secret()),
     );
     let key = pgtenant::pool::PoolKey::new(
-        pgtenant::clusters::ClusterName::default_cluster(),
+        pgtenant::names::ClusterName::default_cluster(),
         tenant.onboarded.role.clone(),
     );
     let err = pools
@@ -718,15 +719,15 @@ async fn tenant_migrations_run_over_tls() {
     .expect("write migration");
     let mut config = verify_full();
     config.tenancy.tenant_migrations_dir = dir.clone();
-    let migrator = pgtenant::migrate::tenants::TenantMigrator::new(&config, 2).expect("migrator");
+    let migrator = pgtenant::fanout::TenantMigrator::new(&config, 2).expect("migrator");
     let report = migrator
         .run(
-            &pgtenant::migrate::tenants::FanOutOptions {
+            &pgtenant::fanout::FanOutOptions {
                 concurrency: 2,
                 only: Some(tenant.onboarded.slug.clone()),
                 ..Default::default()
             },
-            &pgtenant::migrate::progress::Silent,
+            &pgtenant::fanout::progress::Silent,
         )
         .await
         .expect("fan-out over TLS");

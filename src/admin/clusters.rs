@@ -76,7 +76,7 @@ pub async fn show(proxy: &Proxy) -> Result<Reply, PgError> {
             text(e.row.status.as_str()),
             text(f.tenants),
             text(active + idle),
-            f.size_bytes.map(super::show::pretty_size),
+            f.size_bytes.map(crate::units::pretty_size),
             lag_ms,
             f.lag_bytes.map(|b| b.to_string()),
             text(health),

@@ -1,8 +1,8 @@
 //! MIGRATE TENANTS / MIGRATE TENANT x [DRY RUN]: the fan-out engine, with progress as NOTICE lines.
 
 use super::{Notices, Reply, Table};
-use crate::migrate::progress::Lines;
-use crate::migrate::tenants::{FanOutOptions, TenantMigrator};
+use crate::fanout::progress::Lines;
+use crate::fanout::{FanOutOptions, TenantMigrator};
 use crate::migrate::MigrateError;
 use crate::protocol::PgError;
 use crate::proxy::Proxy;

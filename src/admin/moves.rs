@@ -2,8 +2,8 @@
 //! cancel-move | finish-move | moves` (see `crate::moves`). Progress lines come as NOTICEs.
 
 use super::{db_error, Notices, Reply, Table};
-use crate::clusters::ClusterName;
 use crate::moves::{list_moves, MoveError, MoveOptions, MoveReport, Mover};
+use crate::names::ClusterName;
 use crate::protocol::PgError;
 use crate::proxy::Proxy;
 

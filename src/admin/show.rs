@@ -2,7 +2,7 @@
 
 use super::{db_error, Reply, Table};
 use crate::admin::parse::FORMS;
-use crate::migrate::tenants::TenantMigrator;
+use crate::fanout::TenantMigrator;
 use crate::protocol::{sqlstate, PgError};
 use crate::proxy::Proxy;
 use crate::tenancy::ops;
@@ -18,18 +18,6 @@ fn rows(table: Table) -> Reply {
         table,
         tag: "SHOW".into(),
     }
-}
-
-/// 1536 → "1536 bytes", 10 MB → "10 MB", as pg_size_pretty.
-pub fn pretty_size(bytes: i64) -> String {
-    const UNITS: &[&str] = &["bytes", "kB", "MB", "GB", "TB"];
-    let mut size = bytes as f64;
-    let mut unit = 0;
-    while size.abs() >= 10.0 * 1024.0 && unit + 1 < UNITS.len() {
-        size /= 1024.0;
-        unit += 1;
-    }
-    format!("{:.0} {}", size, UNITS[unit])
 }
 
 /// Server connections (active, idle) per role in this pgtenant, on every cluster.
@@ -64,7 +52,7 @@ pub async fn tenants(proxy: &Proxy) -> Result<Reply, PgError> {
             text(&l.tenant.schema),
             text(l.tenant.status),
             l.version.map(|v| v.to_string()),
-            l.size_bytes.map(pretty_size),
+            l.size_bytes.map(crate::units::pretty_size),
             text(clients.get(&l.tenant.id).copied().unwrap_or(0)),
             text(active + idle),
             text(match &l.cluster_error {
@@ -367,16 +355,4 @@ pub fn help() -> Reply {
         table.row(vec![text(form), text(description)]);
     }
     rows(table)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sizes_are_pretty() {
-        assert_eq!(pretty_size(8192), "8192 bytes");
-        assert_eq!(pretty_size(16 * 1024 * 1024), "16 MB");
-        assert_eq!(pretty_size(40 * 1024), "40 kB");
-    }
 }

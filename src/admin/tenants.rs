@@ -1,9 +1,10 @@
 //! CREATE / SUSPEND / RESUME / DROP / ALTER TENANT and CHECK TENANTS: the same functions the CLI calls.
 
 use super::{db_error, Notices, Reply, Table};
+use crate::directory::events::DirectoryEvent;
 use crate::protocol::{sqlstate, PgError};
 use crate::proxy::Proxy;
-use crate::tenancy::ops::{self, DirectoryEvent, TenantOpError};
+use crate::tenancy::ops::{self, TenantOpError};
 use crate::tenancy::{self, OnboardRequest};
 
 fn op_error(e: TenantOpError) -> PgError {
@@ -24,7 +25,7 @@ pub async fn create(
     let config = proxy.config();
     if cluster
         .as_deref()
-        .is_some_and(|c| c != crate::clusters::DEFAULT_CLUSTER)
+        .is_some_and(|c| c != crate::names::DEFAULT_CLUSTER)
         || config.tenancy.placement != crate::config::Placement::Default
     {
         // The directory's clusters as they are now.
@@ -164,7 +165,7 @@ pub async fn check(proxy: &Proxy, notices: &Notices) -> Result<Reply, PgError> {
 }
 
 /// The role of a tenant named in an admin command.
-async fn role_of(proxy: &Proxy, selector: &str) -> Result<crate::directory::RoleName, PgError> {
+async fn role_of(proxy: &Proxy, selector: &str) -> Result<crate::names::RoleName, PgError> {
     let admin = proxy.directory.admin().await.map_err(db_error)?;
     Ok(ops::find_tenant(&admin, selector)
         .await

@@ -2,9 +2,9 @@
 //! `pgtenant user disable | enable`.
 
 use super::{db_error, Reply};
+use crate::directory::events::DirectoryEvent;
 use crate::protocol::{sqlstate, PgError};
 use crate::proxy::Proxy;
-use crate::tenancy::ops::DirectoryEvent;
 use crate::tenancy::revoke::{self, RevokeError};
 
 fn revoke_error(e: RevokeError) -> PgError {

@@ -7,11 +7,23 @@
 //! login re-read it. Revocations announced while a load runs are applied again over its result, so none is
 //! lost. If the table cannot be read, the last list keeps serving; with none yet, logins are refused.
 
-use crate::tenancy::ops::Revocation;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
+
+/// One revocation, as announced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Revocation {
+    /// The token with this `jti`.
+    Token { jti: String, end_sessions: bool },
+    /// Every token of the user whose `iat` is before `before` (Unix seconds), or that has no `iat`.
+    User {
+        user_id: Uuid,
+        before: u64,
+        end_sessions: bool,
+    },
+}
 
 /// Why a token is refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,8 +7,8 @@
 
 use super::{ClusterEntry, ClusterError};
 use crate::config::Config;
-use crate::tenancy::credentials::RolePasswords;
-use crate::tenancy::secret_check;
+use crate::credentials::secret_check;
+use crate::credentials::RolePasswords;
 
 /// Applies pending cluster migrations on `entry` (a primary that is not the default cluster) and makes sure
 /// its secret check role was made with this pgtenant's server secret. Returns the versions applied.

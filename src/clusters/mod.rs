@@ -31,60 +31,15 @@ pub mod registry;
 pub mod replicas;
 pub mod route;
 
+use crate::config::SslMode;
 use crate::config::{Config, UpstreamConfig};
+use crate::names::{ClusterName, DEFAULT_CLUSTER};
 use crate::upstream::UpstreamTarget;
-use crate::upstream_tls::{SslMode, UpstreamTls};
+use crate::upstream_tls::UpstreamTls;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// The cluster `[upstream]` names; it holds the directory.
-pub const DEFAULT_CLUSTER: &str = "default";
-
-/// Name of a cluster (`pgtenant.clusters.name`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ClusterName(String);
-
-impl ClusterName {
-    pub fn new(name: impl Into<String>) -> Self {
-        Self(name.into())
-    }
-
-    /// The default cluster's name.
-    pub fn default_cluster() -> Self {
-        Self(DEFAULT_CLUSTER.into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn is_default(&self) -> bool {
-        self.0 == DEFAULT_CLUSTER
-    }
-
-    /// What the directory accepts as a name: lower-case letters, digits and `_`, starting with a letter, at
-    /// most 40 characters (it appears in environment variable names).
-    pub fn is_valid(name: &str) -> bool {
-        let mut chars = name.chars();
-        matches!(chars.next(), Some(c) if c.is_ascii_lowercase())
-            && name.len() <= 40
-            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-    }
-}
-
-impl Default for ClusterName {
-    fn default() -> Self {
-        Self::default_cluster()
-    }
-}
-
-impl fmt::Display for ClusterName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ClusterRole {

@@ -7,7 +7,7 @@ use super::{
     Connection,
 };
 use crate::config::Config;
-use crate::upstream_tls::SslMode;
+use crate::config::SslMode;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;

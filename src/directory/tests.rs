@@ -84,10 +84,3 @@ fn the_org_claim_picks_by_id_or_slug_and_must_match() {
     assert_eq!(missing.sqlstate(), "28P01");
     assert!(missing.to_string().contains("\"org_id\""), "{missing}");
 }
-
-#[test]
-fn identifiers_and_literals_are_quoted() {
-    assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
-    assert_eq!(quote_literal("it's"), "'it''s'");
-    assert_eq!(RoleName::new("tenant_1").quoted(), "\"tenant_1\"");
-}

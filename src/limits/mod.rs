@@ -6,16 +6,13 @@
 //! - PostgreSQL's side: statement_timeout, lock_timeout and idle_in_transaction_session_timeout are startup
 //!   parameters of every server connection of the tenant ([`ServerSettings`]), so PostgreSQL cancels or ends
 //!   with its own SQLSTATEs, and `RESET` / `DISCARD ALL` come back to them.
-//! - pgtenant's side ([`watch`]): a ceiling the client cannot `SET` away. A request outstanding longer than
+//! - pgtenant's side ([`crate::limit_watch`]): a ceiling the client cannot `SET` away. A request outstanding longer than
 //!   statement_timeout (plus `limits.enforce_grace_ms`, so PostgreSQL's own timer fires first) is cancelled
 //!   with a cancel request; a transaction idle longer than idle_in_transaction_session_timeout (plus the
 //!   grace), or open longer than transaction_timeout, ends the session with PostgreSQL's FATAL.
 //!   lock_timeout cannot be enforced from outside (pgtenant cannot tell a lock wait from work); it is
 //!   PostgreSQL's setting only, under statement_timeout's ceiling.
-//! - [`queue`]: the NOTICE a client gets while it waits for a server connection.
-
-pub mod queue;
-pub mod watch;
+//! - [`crate::pool::queue`]: the NOTICE a client gets while it waits for a server connection.
 
 use crate::protocol::{sqlstate, PgError};
 use serde::Deserialize;

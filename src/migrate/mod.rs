@@ -4,13 +4,11 @@
 //! error.
 //!
 //! - this file: loading migration folders, and applying `shared-migrations/` to the shared schema;
-//! - [`tenants`]: fanning `tenant-migrations/` out over every tenant schema, with history, locks, per-tenant
-//!   failure isolation, resume, dry run, status and repair;
-//! - [`progress`]: progress reporting for the CLI (a progress bar) and the admin channel (NOTICE lines).
+//! - [`split`]: a file cut into statements;
+//! - fanning `tenant-migrations/` out over every tenant schema, with history, locks, per-tenant failure
+//!   isolation, resume, dry run, status and repair, is [`crate::fanout`]'s job.
 
-pub mod progress;
 pub mod split;
-pub mod tenants;
 
 use aws_lc_rs::digest;
 use std::path::{Path, PathBuf};

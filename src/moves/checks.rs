@@ -3,8 +3,9 @@
 //! replicate, and every table of the schema can be carried by logical replication.
 
 use super::{replication_name, MoveError, MoveOptions, Mover};
-use crate::clusters::{ClusterName, ClusterRole, ClusterStatus};
+use crate::clusters::{ClusterRole, ClusterStatus};
 use crate::directory::Tenant;
+use crate::names::ClusterName;
 
 /// What must hold before a move starts; returns what was found, for the dry run.
 pub(super) async fn check(
@@ -131,7 +132,7 @@ pub(super) async fn check(
         "tenant \"{}\": schema {} with {tables} tables, {} on cluster {source}",
         tenant.slug,
         tenant.schema,
-        crate::admin::show::pretty_size(bytes)
+        crate::units::pretty_size(bytes)
     ));
     if options.offline {
         lines.push(format!(

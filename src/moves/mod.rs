@@ -29,13 +29,13 @@ mod checks;
 mod end;
 pub mod offline;
 pub mod replication;
-pub mod routes;
 pub mod switch;
 pub mod target;
 
-use crate::clusters::{ClusterEntry, ClusterError, ClusterName, ClusterSet};
+use crate::clusters::{ClusterEntry, ClusterError, ClusterSet};
 use crate::config::Config;
 use crate::directory::Tenant;
+use crate::names::ClusterName;
 use crate::tenancy::ops::{find_tenant, TenantOpError};
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,7 +7,8 @@
 
 use super::{MoveError, Mover};
 use crate::clusters::ClusterEntry;
-use crate::directory::{quote_ident, Tenant};
+use crate::directory::Tenant;
+use crate::names::quote_ident;
 use futures_util::{SinkExt, StreamExt};
 use std::time::Instant;
 use tokio_postgres::Client;

@@ -4,7 +4,8 @@
 
 use super::{poll, replication_name, MoveError, MoveOptions, Mover};
 use crate::clusters::ClusterEntry;
-use crate::directory::{quote_ident, quote_literal, Tenant};
+use crate::directory::Tenant;
+use crate::names::{quote_ident, quote_literal};
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 

@@ -14,9 +14,10 @@
 //! move at `switching`, and running MOVE again repeats the switch (every step is safe to repeat).
 
 use super::{replication, MoveError, MoveOptions, MoveState, Mover};
-use crate::clusters::{ClusterEntry, ClusterName};
+use crate::clusters::ClusterEntry;
+use crate::directory::events::{announce, DirectoryEvent};
 use crate::directory::Tenant;
-use crate::tenancy::ops::{announce, DirectoryEvent};
+use crate::names::ClusterName;
 use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
@@ -119,7 +120,7 @@ pub async fn switch(
                 &tenant.id,
                 &target.name().as_str(),
                 &(held.as_millis().min(i32::MAX as u128) as i32),
-                &crate::tenancy::ops::DIRECTORY_CHANNEL,
+                &crate::directory::events::DIRECTORY_CHANNEL,
                 &switched.payload(),
                 &DirectoryEvent::Changed.payload(),
             ],

@@ -4,8 +4,9 @@
 
 use super::{MoveError, Mover};
 use crate::clusters::ClusterEntry;
-use crate::directory::{quote_ident, quote_literal, Tenant};
-use crate::tenancy::credentials::RolePasswords;
+use crate::credentials::RolePasswords;
+use crate::directory::Tenant;
+use crate::names::{quote_ident, quote_literal};
 use tokio_postgres::Client;
 
 /// Makes the tenant's role, schema (as `pg_dump --schema-only` of the source has it), `tenant_roles` row and
@@ -192,9 +193,7 @@ pub async fn drop_copy(
             &[&tenant.id],
         )
         .await
-        .map_err(MoveError::db(
-            &crate::clusters::ClusterName::default_cluster(),
-        ))?
+        .map_err(MoveError::db(&crate::names::ClusterName::default_cluster()))?
         .get(0);
     if served_from == entry.name().as_str() {
         return Err(MoveError::Refused(format!(

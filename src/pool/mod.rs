@@ -14,14 +14,16 @@
 //! bb8 is not used here: it has no way to take an idle connection out of one pool to make room for another
 //! tenant's, which the global cap needs.
 
-use crate::clusters::ClusterName;
+use crate::names::ClusterName;
 mod pauses;
+pub mod queue;
+pub mod routes;
 
 use crate::config::PoolConfig;
-use crate::directory::RoleName;
+use crate::credentials::RolePasswords;
 use crate::limits::ServerSettings;
+use crate::names::RoleName;
 use crate::protocol::PgError;
-use crate::tenancy::credentials::RolePasswords;
 use crate::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamError, UpstreamTarget};
 use pauses::Pauses;
 use std::collections::{HashMap, VecDeque};
@@ -174,8 +176,8 @@ pub struct PoolManager {
     global_waiting: AtomicUsize,
     tenants: Mutex<HashMap<PoolKey, Arc<TenantPool>>>,
     pauses: Pauses,
-    /// Where the pools of moved tenants are now (see [`crate::moves::routes`]).
-    pub moved: crate::moves::routes::MovedPools,
+    /// Where the pools of moved tenants are now (see [`routes`]).
+    pub moved: routes::MovedPools,
 }
 
 /// Counts a waiting client while it waits.
@@ -693,7 +695,7 @@ impl PoolManager {
 
     /// Retires a server-side statement name that went stale: later Parses of its query get a new name.
     pub fn retire_statement(&self, key: &PoolKey, server_name: &str) {
-        let (base, generation) = crate::txn::statements::generation_of(server_name);
+        let (base, generation) = crate::upstream::statements::generation_of(server_name);
         let Some(pool) = self.existing_pool(key) else {
             return;
         };
@@ -707,7 +709,7 @@ impl PoolManager {
 
     /// Whether a server-side statement name belongs to an older generation than the current one.
     pub fn is_retired(&self, key: &PoolKey, server_name: &str) -> bool {
-        let (base, generation) = crate::txn::statements::generation_of(server_name);
+        let (base, generation) = crate::upstream::statements::generation_of(server_name);
         generation < self.statement_generation(key, base)
     }
 

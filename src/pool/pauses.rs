@@ -2,7 +2,7 @@
 //! the pauses of a tenant move, each with a lease (see `crate::moves::switch`).
 
 use super::PoolManager;
-use crate::directory::RoleName;
+use crate::names::RoleName;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

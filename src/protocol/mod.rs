@@ -384,52 +384,8 @@ pub mod write {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Severity {
-    Fatal,
-    Error,
-    Notice,
-    Warning,
-}
-
-impl Severity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Fatal => "FATAL",
-            Self::Error => "ERROR",
-            Self::Notice => "NOTICE",
-            Self::Warning => "WARNING",
-        }
-    }
-}
-
-/// An error or notice pgtenant reports to a client in PostgreSQL's own terms.
-#[derive(Clone, Debug)]
-pub struct PgError {
-    pub severity: Severity,
-    pub code: std::borrow::Cow<'static, str>,
-    pub message: String,
-    pub detail: Option<String>,
-    pub hint: Option<String>,
-}
-
+/// An error PostgreSQL reported, passed on with its own SQLSTATE.
 impl PgError {
-    pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Fatal,
-            code: std::borrow::Cow::Borrowed(code),
-            message: message.into(),
-            detail: None,
-            hint: None,
-        }
-    }
-    pub fn error(code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            severity: Severity::Error,
-            ..Self::fatal(code, message)
-        }
-    }
-    /// An error PostgreSQL reported, passed on with its own SQLSTATE.
     pub fn from_upstream(fields: &ErrorFields) -> Self {
         let code = if fields.code.len() == 5 {
             fields.code.clone()
@@ -448,18 +404,10 @@ impl PgError {
             hint: None,
         }
     }
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
-        self
-    }
-    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
-        self.detail = Some(detail.into());
-        self
-    }
 }
 
-/// SQLSTATE codes pgtenant uses.
-pub use crate::error::sqlstate;
+/// SQLSTATE codes pgtenant uses, and the error or notice pgtenant reports ([`crate::error`]).
+pub use crate::error::{sqlstate, PgError, Severity};
 
 /// Fields of an ErrorResponse / NoticeResponse body read from upstream.
 #[derive(Debug, Default, Clone)]

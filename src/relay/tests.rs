@@ -76,7 +76,7 @@ fn start_full(
                 idle_timeout,
                 virtual_schema,
                 limits: limits.and_then(|l| {
-                    crate::limits::watch::LimitWatch::new(l, None, "t", Some(watch_metrics))
+                    crate::limit_watch::LimitWatch::new(l, None, "t", Some(watch_metrics))
                 }),
             },
             k.cancelled_owned(),

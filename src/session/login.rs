@@ -11,12 +11,13 @@ use crate::clusters::route;
 use crate::clusters::route::TARGET_SESSION_ATTRS_PARAMETER;
 use crate::config::PoolMode;
 use crate::config::TargetSessionAttrs;
+use crate::credentials::RolePasswords;
 use crate::directory::TenantStatus;
 use crate::directory::User;
-use crate::limits::queue::QueueNotice;
 use crate::limits::SessionLimits;
 use crate::login_guard;
 use crate::login_guard::TokenFacts;
+use crate::pool::queue::QueueNotice;
 use crate::pool::PoolError;
 use crate::pool::PoolKey;
 use crate::protocol;
@@ -27,7 +28,6 @@ use crate::protocol::ProtocolError;
 use crate::protocol::StartupParams;
 use crate::protocol::TxStatus;
 use crate::proxy::Proxy;
-use crate::tenancy::credentials::RolePasswords;
 use crate::tls::ClientStream;
 use crate::upstream::UpstreamError;
 use bytes::BytesMut;
@@ -232,7 +232,7 @@ pub(super) async fn login(
     let mut authenticated = false;
     let queue_notice = QueueNotice::new(&proxy.config(), &user.tenant.slug);
     let acquired = loop {
-        let acquired = crate::limits::queue::wait_with_notice(
+        let acquired = crate::pool::queue::wait_with_notice(
             acquire_upstream(proxy, &user, &pool),
             queue_notice.after,
             async || {
@@ -446,7 +446,7 @@ pub(super) async fn restore_on_default(
     verifier: &str,
 ) -> bool {
     let role = &user.tenant.role;
-    if crate::tenancy::secret_check::is_wrong(&proxy.directory, passwords).await {
+    if crate::credentials::secret_check::is_wrong(&proxy.directory, passwords).await {
         // Restoring would lock out every pgtenant that has the right secret.
         tracing::error!(tenant = %user.tenant.slug, %role, "upstream login refused, and upstream.server_secret differs from the one the tenants were set up with (role pgtenant_secret_check): not restoring the role's password");
         return false;
@@ -467,7 +467,7 @@ pub(super) async fn restore_on_cluster(
     passwords: &RolePasswords,
     verifier: &str,
 ) -> bool {
-    use crate::tenancy::secret_check::{check_on, restore_role_password_on, SecretCheck};
+    use crate::credentials::secret_check::{check_on, restore_role_password_on, SecretCheck};
     let role = &user.tenant.role;
     let restored = async {
         let primary = proxy.cluster(&user.tenant.cluster).await?;

@@ -5,10 +5,10 @@
 use crate::cancel::{ClientKey, UpstreamKey};
 use crate::config::PoolMode;
 use crate::directory::User;
-use crate::limits::queue::QueueNotice;
 use crate::limits::SessionLimits;
 use crate::login_guard::TokenFacts;
 use crate::metrics::Recorder;
+use crate::pool::queue::QueueNotice;
 use crate::pool::{Checkout, PoolKey};
 use crate::protocol::{self, sqlstate, PgError, ProtocolError, TxStatus};
 pub use crate::proxy::Proxy;
@@ -188,13 +188,13 @@ fn limit_watch(
     proxy: &Proxy,
     who: &Who<'_>,
     key: ClientKey,
-) -> Option<crate::limits::watch::LimitWatch> {
-    let canceller = crate::limits::watch::Canceller {
+) -> Option<crate::limit_watch::LimitWatch> {
+    let canceller = crate::limit_watch::Canceller {
         cancels: proxy.cancels.clone(),
         key,
     };
     let tenant = &who.user.tenant.slug;
-    crate::limits::watch::LimitWatch::new(
+    crate::limit_watch::LimitWatch::new(
         who.limits,
         Some(canceller),
         tenant,

@@ -4,7 +4,7 @@
 
 use crate::cancel::ClientKey;
 use crate::clusters::route::TARGET_SESSION_ATTRS_PARAMETER;
-use crate::directory::quote_literal;
+use crate::names::quote_literal;
 use crate::protocol;
 use crate::protocol::sqlstate;
 use crate::protocol::PgError;

@@ -1,13 +1,10 @@
 //! Tenants: onboarding (organization row, role, schema, grants, all tenant migrations, admin user, in one
-//! transaction), the credentials of tenant roles, and operations on existing tenants (status, limits).
+//! transaction) and operations on existing tenants (status, limits).
 
-pub mod credentials;
-pub mod events;
 pub mod limits;
 mod onboard;
 pub mod ops;
 pub mod revoke;
-pub mod secret_check;
 
 pub use onboard::{
     create_tenant_role, find_user_by_email, grant_database_access, onboard, onboard_with,

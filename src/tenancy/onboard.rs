@@ -15,11 +15,12 @@
 //! transaction and holds nothing the tenant wrote (no function that could shadow a builtin), and
 //! `search_path` is exactly that schema. Later migrations log in as the tenant role.
 
-use crate::clusters::{ClusterError, ClusterName, ClusterSet};
+use crate::clusters::{ClusterError, ClusterSet};
 use crate::config::{Config, SchemaNameFormat};
-use crate::directory::{quote_ident, quote_literal, RoleName, SchemaName};
+use crate::credentials::RolePasswords;
 use crate::migrate::{self, MigrateError};
-use crate::tenancy::credentials::RolePasswords;
+use crate::names::ClusterName;
+use crate::names::{quote_ident, quote_literal, RoleName, SchemaName};
 use std::time::Instant;
 use tokio_postgres::Client;
 use uuid::Uuid;
@@ -108,7 +109,7 @@ pub async fn onboard(
     let elsewhere = req
         .cluster
         .as_deref()
-        .is_some_and(|c| c != crate::clusters::DEFAULT_CLUSTER)
+        .is_some_and(|c| c != crate::names::DEFAULT_CLUSTER)
         || (req.cluster.is_none() && config.tenancy.placement != crate::config::Placement::Default);
     let clusters = if elsewhere {
         crate::clusters::load_with(admin, config).await?
@@ -251,7 +252,8 @@ async fn insert_admin_user(
         )
         .await?
         .get(0);
-    super::ops::announce(tx, &super::ops::DirectoryEvent::Changed).await?;
+    crate::directory::events::announce(tx, &crate::directory::events::DirectoryEvent::Changed)
+        .await?;
     Ok(admin_user_id)
 }
 

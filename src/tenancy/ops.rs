@@ -4,13 +4,12 @@
 
 use crate::clusters::{ClusterEntry, ClusterError, ClusterSet};
 use crate::config::Config;
+use crate::credentials::RolePasswords;
+use crate::directory::events::{announce, DirectoryEvent};
 use crate::directory::{Tenant, TenantStatus, TENANT_COLUMNS};
-use crate::tenancy::credentials::RolePasswords;
 use std::time::Duration;
 use tokio_postgres::Client;
 use uuid::Uuid;
-
-pub use super::events::{announce, DirectoryEvent, Revocation, DIRECTORY_CHANNEL};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TenantOpError {
@@ -125,7 +124,7 @@ pub async fn list_tenants(
 /// An admin connection to a cluster other than the default one.
 async fn on_cluster(
     clusters: &ClusterSet,
-    name: &crate::clusters::ClusterName,
+    name: &crate::names::ClusterName,
 ) -> Result<(std::sync::Arc<ClusterEntry>, Client), TenantOpError> {
     let entry = clusters.get(name)?;
     let client = entry.connect_admin().await?;
@@ -259,7 +258,7 @@ pub async fn drop_tenant(
              END IF;
          END $$;",
         schema = tenant.schema.quoted(),
-        role_literal = crate::directory::quote_literal(tenant.role.as_str()),
+        role_literal = crate::names::quote_literal(tenant.role.as_str()),
         role_ident = tenant.role.quoted().replace('\'', "''"),
     );
     if tenant.cluster.is_default() {

@@ -3,7 +3,7 @@
 //! of shared migration V009 announce the change on the directory channel in the same transaction, and every
 //! running pgtenant acts on the announcement (see `Proxy::on_directory_event`).
 
-use crate::tenancy::ops::Revocation;
+use crate::auth::revocation::Revocation;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 

@@ -409,9 +409,9 @@ impl TxnSession<'_> {
     /// The client statement for a Parse: its server-side name carries the generation of that query (bumped
     /// each time a statement of it went stale).
     pub(super) fn new_statement(&self, query: &[u8], param_types: &[u8]) -> Statement {
-        let base = statements::server_name(query, param_types);
+        let base = crate::upstream::statements::server_name(query, param_types);
         let generation = self.pools.statement_generation(self.pool, &base);
-        let server_name = statements::with_generation(&base, generation);
+        let server_name = crate::upstream::statements::with_generation(&base, generation);
         Statement {
             parse: statements::encode_parse(&server_name, query, param_types),
             server_name,
@@ -536,8 +536,8 @@ pub(super) fn ensure_prepared(
 pub(super) fn inject_error(to_server: &mut BytesMut, expect: &mut Expectations, error: &PgError) {
     let body = format!(
         "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END$pgtenant$",
-        crate::directory::quote_literal(&error.code),
-        crate::directory::quote_literal(&error.message.replace("$pgtenant$", "")),
+        crate::names::quote_literal(&error.code),
+        crate::names::quote_literal(&error.message.replace("$pgtenant$", "")),
     );
     to_server.extend_from_slice(&statements::encode_parse("", body.as_bytes(), &[0, 0]));
     expect.push(Expect::Parse {

@@ -28,9 +28,9 @@ mod turn;
 pub use sync::sync_settings;
 
 use crate::cancel::{CancelRegistration, UpstreamKey};
-use crate::limits::queue::QueueNotice;
-use crate::limits::watch::LimitWatch;
+use crate::limit_watch::LimitWatch;
 use crate::metrics::Recorder;
+use crate::pool::queue::QueueNotice;
 use crate::pool::{Checkout, PoolError, PoolManager};
 use crate::protocol::{self, tag, PgError, TxStatus};
 use crate::relay::{RelayEnd, Side};
@@ -361,7 +361,7 @@ impl TxnSession<'_> {
             None => (self.pool, self.target),
         };
         let started = std::time::Instant::now();
-        let acquired = crate::limits::queue::wait_with_notice(
+        let acquired = crate::pool::queue::wait_with_notice(
             self.pools.acquire(pool, target),
             self.queue_notice.after,
             async || {

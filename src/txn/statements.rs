@@ -4,10 +4,9 @@
 //! per client, the Parse of every named statement, and gives it a server-side name derived from the query
 //! text and parameter types (`pgt_<hash>`): every client of a tenant that prepares the same query shares it
 //! on a server connection. Each server connection remembers which server-side names it has prepared
-//! (bounded, least recently used evicted); a Bind or Describe of a statement the connection lacks is
-//! preceded by an injected Parse.
+//! (bounded, least recently used evicted: [`crate::upstream::statements`]); a Bind or Describe of a
+//! statement the connection lacks is preceded by an injected Parse.
 
-use aws_lc_rs::digest;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 
@@ -45,36 +44,6 @@ impl ClientStatements {
     /// (client name, statement) of every statement.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Statement)> {
         self.by_name.iter().map(|(n, s)| (n.as_str(), s))
-    }
-}
-
-/// The server-side name of a statement: the same for the same query and parameter types.
-pub fn server_name(query: &[u8], param_types: &[u8]) -> String {
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    ctx.update(&(query.len() as u64).to_be_bytes());
-    ctx.update(query);
-    ctx.update(param_types);
-    let d = ctx.finish();
-    format!("pgt_{}", hex::encode(&d.as_ref()[..12]))
-}
-
-/// The server-side name of generation `generation` of a statement (0: the base name).
-pub fn with_generation(base: &str, generation: u32) -> String {
-    if generation == 0 {
-        base.to_string()
-    } else {
-        format!("{base}_g{generation}")
-    }
-}
-
-/// The base name and generation of a server-side name.
-pub fn generation_of(name: &str) -> (&str, u32) {
-    match name.rsplit_once("_g") {
-        Some((base, g)) => match g.parse() {
-            Ok(g) => (base, g),
-            Err(_) => (name, 0),
-        },
-        None => (name, 0),
     }
 }
 
@@ -152,70 +121,6 @@ pub fn encode_target(tag: u8, kind: u8, name: &str) -> Bytes {
     out.freeze()
 }
 
-/// Server-side statements prepared on one server connection, least recently used first out.
-#[derive(Debug, Default)]
-pub struct ServerStatements {
-    /// name → last use tick
-    names: HashMap<String, u64>,
-    tick: u64,
-    /// Statements the server reported as stale (a table changed under them): to be closed before reuse.
-    stale: Vec<String>,
-}
-
-impl ServerStatements {
-    pub fn contains(&self, name: &str) -> bool {
-        self.names.contains_key(name)
-    }
-
-    pub fn touch(&mut self, name: &str) {
-        self.tick += 1;
-        if let Some(t) = self.names.get_mut(name) {
-            *t = self.tick;
-        }
-    }
-
-    pub fn insert(&mut self, name: String) {
-        self.tick += 1;
-        self.names.insert(name, self.tick);
-    }
-
-    pub fn remove(&mut self, name: &str) {
-        self.names.remove(name);
-    }
-
-    pub fn clear(&mut self) {
-        self.names.clear();
-        self.stale.clear();
-    }
-
-    /// The server said this statement's plan no longer fits: close it on the server before the next use.
-    pub fn mark_stale(&mut self, name: &str) {
-        if self.names.remove(name).is_some() {
-            self.stale.push(name.to_string());
-        }
-    }
-
-    pub fn take_stale(&mut self) -> Vec<String> {
-        std::mem::take(&mut self.stale)
-    }
-
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
-    /// The least recently used name, to close when the cache is full.
-    pub fn least_recently_used(&self) -> Option<String> {
-        self.names
-            .iter()
-            .min_by_key(|(_, t)| **t)
-            .map(|(n, _)| n.clone())
-    }
-}
-
 /// Reads the 1-byte tag and the body of a complete frame.
 pub fn split_frame(frame: &[u8]) -> (u8, &[u8]) {
     let mut header = &frame[..5];
@@ -249,34 +154,5 @@ mod tests {
         let describe = encode_target(b'D', b'S', "pgt_x");
         let (_, body) = split_frame(&describe);
         assert_eq!(parse_target(body), Some((b'S', &b"pgt_x"[..])));
-    }
-
-    #[test]
-    fn server_names_depend_on_query_and_types() {
-        let a = server_name(b"SELECT $1", &[0, 1, 0, 0, 0, 23]);
-        assert_eq!(a, server_name(b"SELECT $1", &[0, 1, 0, 0, 0, 23]));
-        assert_ne!(a, server_name(b"SELECT $1", &[0, 1, 0, 0, 0, 25]));
-        assert_ne!(a, server_name(b"SELECT $2", &[0, 1, 0, 0, 0, 23]));
-        assert!(a.len() < 64, "fits NAMEDATALEN");
-    }
-
-    #[test]
-    fn generations_round_trip() {
-        let base = server_name(b"SELECT 1", &[0, 0]);
-        assert_eq!(with_generation(&base, 0), base);
-        assert_eq!(
-            generation_of(&with_generation(&base, 3)),
-            (base.as_str(), 3)
-        );
-        assert_eq!(generation_of(&base), (base.as_str(), 0));
-    }
-
-    #[test]
-    fn server_cache_evicts_least_recently_used() {
-        let mut cache = ServerStatements::default();
-        cache.insert("a".into());
-        cache.insert("b".into());
-        cache.touch("a");
-        assert_eq!(cache.least_recently_used().as_deref(), Some("b"));
     }
 }

@@ -25,8 +25,8 @@ pub async fn sync_settings(
         .map(|(name, value)| {
             format!(
                 "pg_catalog.set_config({}, {}, false)",
-                crate::directory::quote_literal(name),
-                crate::directory::quote_literal(value)
+                crate::names::quote_literal(name),
+                crate::names::quote_literal(value)
             )
         })
         .collect();

@@ -5,7 +5,7 @@
 //! a side, a side gone, a connection that can go back to the pool, or a signal.
 
 use super::{State, HIGH_WATER, READ_SIZE};
-use crate::limits::watch::LimitWatch;
+use crate::limit_watch::LimitWatch;
 use crate::limits::LimitEnd;
 use bytes::{Buf, BytesMut};
 use std::future::Future;

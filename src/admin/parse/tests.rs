@@ -44,7 +44,7 @@ fn every_form_parses() {
             port: 5433,
             database: None,
             admin_user: None,
-            sslmode: Some(crate::upstream_tls::SslMode::VerifyFull),
+            sslmode: Some(crate::config::SslMode::VerifyFull),
             sslrootcert: Some("/etc/ca.crt".into()),
             sslcert: None,
             sslkey: None,

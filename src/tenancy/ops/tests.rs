@@ -1,6 +1,7 @@
 //! Unit tests of `ops`.
 
 use super::*;
+use crate::auth::revocation::Revocation;
 
 #[test]
 fn move_announcements_round_trip() {
@@ -11,8 +12,8 @@ fn move_announcements_round_trip() {
         },
         DirectoryEvent::MoveSwitched {
             role: "org_ab12".into(),
-            from: crate::clusters::ClusterName::new("default"),
-            to: crate::clusters::ClusterName::new("b"),
+            from: crate::names::ClusterName::new("default"),
+            to: crate::names::ClusterName::new("b"),
         },
         DirectoryEvent::MoveResume {
             role: "org_ab12".into(),

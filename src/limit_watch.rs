@@ -15,8 +15,8 @@
 //! read only when a request starts or ends; the sleep is moved only when a limit comes nearer (one that moves
 //! away is found out when the sleep fires, and the sleep is set again). Without limits there is no watch.
 
-use super::{format_ms, LimitEnd, SessionLimits};
 use crate::cancel::{CancelMap, ClientKey};
+use crate::limits::{format_ms, LimitEnd, SessionLimits};
 use crate::metrics::TenantMetrics;
 use crate::upstream::UpstreamConn;
 use std::future::Future;

@@ -1,6 +1,9 @@
 //! A raw upstream PostgreSQL connection, logged in as a tenant role: startup, SCRAM-SHA-256 login, the
 //! parameters the server reported, its cancel key, and the small simple-query exchanges pgtenant runs itself
-//! (applying a client's startup parameters, resetting the session before reuse).
+//! (applying a client's startup parameters, resetting the session before reuse). [`statements`]: the names of
+//! the prepared statements pgtenant keeps on a connection in transaction pooling.
+
+pub mod statements;
 
 use crate::protocol::{self, tag, ErrorFields, PgError, ProtocolError, TxStatus};
 use crate::scram::{self, ScramClient, ScramError};
@@ -128,7 +131,7 @@ pub struct UpstreamConn {
     /// Set when the connection must not be reused.
     pub broken: bool,
     /// Prepared statements pgtenant created on it (transaction pooling); emptied by a reset.
-    pub prepared: crate::txn::statements::ServerStatements,
+    pub prepared: statements::ServerStatements,
     /// The limits it was opened with (startup parameters: `RESET` and `DISCARD ALL` come back to them).
     pub settings: crate::limits::ServerSettings,
     /// The TLS settings it was opened with (a cancel request for it goes the same way).

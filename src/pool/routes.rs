@@ -3,7 +3,7 @@
 //! it logged in to, and after a switch that pool is the target's. Filled by the `MoveSwitched`
 //! announcement; read before each checkout (one atomic load while no tenant was moved).
 
-use crate::pool::PoolKey;
+use super::PoolKey;
 use crate::upstream::UpstreamTarget;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -48,8 +48,8 @@ impl MovedPools {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clusters::ClusterName;
-    use crate::directory::RoleName;
+    use crate::names::ClusterName;
+    use crate::names::RoleName;
 
     fn key(cluster: &str) -> PoolKey {
         PoolKey::new(ClusterName::new(cluster), RoleName::new("org_a"))

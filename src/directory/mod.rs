@@ -7,58 +7,16 @@
 //! the token's organization claim when configured, else the database name (an organization's slug or schema).
 
 use crate::auth::{Identity, OrgClaim};
-use crate::clusters::ClusterName;
+use crate::names::{quote_literal, ClusterName, RoleName, SchemaName};
 use crate::protocol::sqlstate;
-use crate::tenancy::ops::DirectoryEvent;
 use bb8_postgres::PostgresConnectionManager;
+use events::DirectoryEvent;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_postgres_rustls::MakeRustlsConnect;
 use uuid::Uuid;
-
-/// Name of a PostgreSQL role (a tenant's login role).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RoleName(String);
-
-/// Name of a tenant's schema.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct SchemaName(String);
-
-macro_rules! identifier_newtype {
-    ($t:ident) => {
-        impl $t {
-            pub fn new(name: impl Into<String>) -> Self {
-                Self(name.into())
-            }
-            pub fn as_str(&self) -> &str {
-                &self.0
-            }
-            /// The name quoted as an SQL identifier.
-            pub fn quoted(&self) -> String {
-                quote_ident(&self.0)
-            }
-        }
-        impl fmt::Display for $t {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
-            }
-        }
-    };
-}
-identifier_newtype!(RoleName);
-identifier_newtype!(SchemaName);
-
-/// Quotes an SQL identifier.
-pub fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// Quotes an SQL string literal (standard_conforming_strings on).
-pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TenantStatus {
@@ -437,10 +395,7 @@ impl Directory {
             }
         });
         client
-            .batch_execute(&format!(
-                "LISTEN {}",
-                crate::tenancy::ops::DIRECTORY_CHANNEL
-            ))
+            .batch_execute(&format!("LISTEN {}", events::DIRECTORY_CHANNEL))
             .await?;
         // Anything that changed before LISTEN took effect.
         self.invalidate();
@@ -533,6 +488,8 @@ pub fn choose_membership(
         }
     }
 }
+
+pub mod events;
 
 #[cfg(test)]
 mod tests;

@@ -3,8 +3,9 @@
 //! that tells a down cluster from a failing tenant.
 
 use super::{AdminPool, ClusterPool, PooledAdmin, TenantMigrator};
-use crate::clusters::{ClusterName, ClusterSet};
+use crate::clusters::ClusterSet;
 use crate::migrate::MigrateError;
+use crate::names::ClusterName;
 use crate::upstream_tls::UpstreamTls;
 use bb8_postgres::PostgresConnectionManager;
 use std::sync::Arc;

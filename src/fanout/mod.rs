@@ -1,4 +1,5 @@
-//! Fan-out of `tenant-migrations/` over every tenant schema.
+//! Fan-out of `tenant-migrations/` over every tenant schema (the files are read and checked by
+//! [`crate::migrate`]).
 //!
 //! - **Before anything runs**, every tenant's history is checked against the files: a changed applied file,
 //!   an applied version whose file is gone, or a new file numbered below an applied one stops the run with a
@@ -25,12 +26,14 @@
 //!
 //! A file per job: `pools` (the migrator's admin connections on each cluster), `history` (tenants and their
 //! history read and checked against the files, status, dry run, repair), `run` (a whole fan-out under the
-//! run lock), `apply` (one tenant: its lock, tickets and files), `report` (what a run reports).
+//! run lock), `apply` (one tenant: its lock, tickets and files), `report` (what a run reports), `progress`
+//! (progress for the CLI, a progress bar, and for the admin channel, NOTICE lines).
 
-use super::{load_dir, MigrateError, Migration};
-use crate::clusters::{ClusterEntry, ClusterName, ClusterSet};
+use crate::clusters::{ClusterEntry, ClusterSet};
 use crate::config::Config;
-use crate::tenancy::credentials::RolePasswords;
+use crate::credentials::RolePasswords;
+use crate::migrate::{load_dir, MigrateError, Migration};
+use crate::names::ClusterName;
 use crate::upstream_tls::UpstreamTls;
 use bb8_postgres::PostgresConnectionManager;
 use pools::admin_pool;
@@ -42,6 +45,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 mod apply;
 mod history;
 mod pools;
+pub mod progress;
 mod report;
 mod run;
 pub use report::*;

@@ -1,7 +1,7 @@
 //! The NOTICE a client gets while it waits for a server connection: after `limits.queue_notice_after_ms`
 //! (once per wait), saying why; the wait itself goes on until `pool.acquire_timeout_ms` (53300).
 
-use crate::pool::{PoolKey, PoolManager, QueueState};
+use super::{PoolKey, PoolManager, QueueState};
 use crate::protocol::{sqlstate, PgError, Severity};
 use std::future::Future;
 use std::time::Duration;

@@ -1,5 +1,8 @@
 //! Credentials of tenant roles. A role's password is derived from the server secret and the role name, so
-//! it is never stored anywhere; PostgreSQL is given only its SCRAM verifier.
+//! it is never stored anywhere; PostgreSQL is given only its SCRAM verifier. [`secret_check`]: whether this
+//! pgtenant's server secret is the one the tenant roles' passwords were made with.
+
+pub mod secret_check;
 
 use aws_lc_rs::hmac;
 

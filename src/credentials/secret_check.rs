@@ -6,7 +6,7 @@
 //! role that never logs in, [`SECRET_CHECK_ROLE`], whose password is derived like a tenant role's; a tenant
 //! can change its own role's password, never this one's. The first pgtenant to start creates it.
 
-use super::credentials::RolePasswords;
+use super::RolePasswords;
 use crate::directory::{Directory, SECRET_CHECK_ROLE};
 
 /// Whether the password `passwords` derives for [`SECRET_CHECK_ROLE`] is shown not to be the one PostgreSQL
@@ -76,7 +76,7 @@ pub async fn check_on(
             let sql = format!(
                 "DO $$ BEGIN CREATE ROLE {SECRET_CHECK_ROLE} NOLOGIN PASSWORD {}; \
                  EXCEPTION WHEN duplicate_object THEN NULL; END $$",
-                crate::directory::quote_literal(&passwords.verifier_for(SECRET_CHECK_ROLE))
+                crate::names::quote_literal(&passwords.verifier_for(SECRET_CHECK_ROLE))
             );
             admin.batch_execute(&sql).await?;
             Ok(SecretCheck::Created)
@@ -88,14 +88,14 @@ pub async fn check_on(
 /// `Directory::restore_role_password` for the default cluster).
 pub async fn restore_role_password_on(
     admin: &impl tokio_postgres::GenericClient,
-    role: &crate::directory::RoleName,
+    role: &crate::names::RoleName,
     verifier: &str,
 ) -> Result<(), tokio_postgres::Error> {
     admin
         .batch_execute(&format!(
             "ALTER ROLE {} PASSWORD {}",
             role.quoted(),
-            crate::directory::quote_literal(verifier)
+            crate::names::quote_literal(verifier)
         ))
         .await
 }

@@ -1,6 +1,6 @@
 //! Progress of a fan-out: a progress bar for the CLI, NOTICE-style lines for the admin channel.
 
-use super::tenants::{TenantOutcome, TenantResult};
+use super::{TenantOutcome, TenantResult};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 

@@ -4,9 +4,9 @@
 
 use super::report::{TenantRow, TenantVersion};
 use super::TenantMigrator;
-use crate::clusters::ClusterName;
 use crate::directory::{Tenant, TENANT_COLUMNS};
 use crate::migrate::{MigrateError, Migration};
+use crate::names::ClusterName;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 

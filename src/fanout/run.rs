@@ -1,11 +1,11 @@
 //! A whole fan-out: the run lock, orphans of a killed migrator cleaned up, the canary, the tasks (a turn per
 //! cluster, the failure limit, a cluster found down in the middle), and the report they add up to.
 
+use super::progress::Progress;
 use super::report::{FanOutOptions, FanOutReport, TenantOutcome, TenantResult, TenantRow};
 use super::TenantMigrator;
-use crate::clusters::ClusterName;
-use crate::migrate::progress::Progress;
 use crate::migrate::MigrateError;
+use crate::names::ClusterName;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,8 @@
 //! What a fan-out reports: per tenant (up to date, migrated, failed with the file, line and SQLSTATE,
 //! pending while its cluster is down or it is being moved), per cluster, and in all; and the options of a run.
 
-use crate::clusters::ClusterName;
 use crate::directory::Tenant;
+use crate::names::ClusterName;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;

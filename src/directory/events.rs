@@ -1,6 +1,7 @@
 //! The announcements of directory changes on the channel every pgtenant listens to (LISTEN/NOTIFY): what
 //! each says, its payload, and sending one (in the caller's transaction, if any).
 
+use crate::auth::revocation::Revocation;
 use uuid::Uuid;
 
 /// The channel on which directory changes are announced.
@@ -33,24 +34,11 @@ pub enum DirectoryEvent {
     /// transactions go on.
     MoveSwitched {
         role: String,
-        from: crate::clusters::ClusterName,
-        to: crate::clusters::ClusterName,
+        from: crate::names::ClusterName,
+        to: crate::names::ClusterName,
     },
     /// A switch was undone: let the held transactions go on where they were.
     MoveResume { role: String },
-}
-
-/// One revocation, as announced.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Revocation {
-    /// The token with this `jti`.
-    Token { jti: String, end_sessions: bool },
-    /// Every token of the user whose `iat` is before `before` (Unix seconds), or that has no `iat`.
-    User {
-        user_id: Uuid,
-        before: u64,
-        end_sessions: bool,
-    },
 }
 
 impl DirectoryEvent {
@@ -125,8 +113,8 @@ impl DirectoryEvent {
                 (Some(from), Some(to), Some(r)) => {
                     role(r).map(|role| DirectoryEvent::MoveSwitched {
                         role,
-                        from: crate::clusters::ClusterName::new(from),
-                        to: crate::clusters::ClusterName::new(to),
+                        from: crate::names::ClusterName::new(from),
+                        to: crate::names::ClusterName::new(to),
                     })
                 }
                 _ => None,
