@@ -24,7 +24,7 @@ use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value};
 
-use super::{algorithm_from_name, algorithm_name};
+use super::algorithms::{algorithm_from_name, algorithm_name};
 
 /// Largest key set document read, from a URL or a file (64 KiB: a provider's set is a few KB).
 pub const MAX_JWKS_BYTES: usize = 64 * 1024;

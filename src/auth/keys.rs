@@ -7,7 +7,8 @@ use aws_lc_rs::signature::{
 };
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
 
-use super::{algorithm_name, AuthConfig, AuthConfigError};
+use super::algorithms::algorithm_name;
+use super::{AuthConfig, AuthConfigError};
 
 /// Largest public key file read (a PEM public key is a few KB at most).
 const MAX_KEY_FILE_BYTES: u64 = 1024 * 1024;

@@ -5,7 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Map, Value};
 
-use super::{check_admin_claim, TokenError, MIN_HS_SECRET_BYTES};
+use super::validate::check_admin_claim;
+use super::{TokenError, MIN_HS_SECRET_BYTES};
 
 /// What to put in a development token.
 #[derive(Debug, Clone)]

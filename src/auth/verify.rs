@@ -9,13 +9,12 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde_json::{Map, Value};
 
+use super::algorithms::{algorithm_from_name, algorithm_name};
 use super::claim_path::ClaimPath;
 use super::jwks::KeyType;
 use super::jwks_store::{JwksSource, JwksSourceStatus, JwksStore};
 use super::keys::KeySet;
-use super::{
-    algorithm_from_name, algorithm_name, AuthConfig, AuthConfigError, IdentityClaim, TokenError,
-};
+use super::{AuthConfig, AuthConfigError, IdentityClaim, TokenError};
 use jsonwebtoken::DecodingKey;
 
 /// Who the token says the user is.

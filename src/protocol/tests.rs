@@ -1,4 +1,5 @@
 use super::*;
+use bytes::BytesMut;
 
 fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
     let mut v = vec![tag];
