@@ -72,6 +72,8 @@ pub struct PgError {
 }
 
 impl PgError {
+    /// A FATAL of this SQLSTATE. Only the allowlist (`user_facing`) and this module build errors this way
+    /// (`tests/house_rules.rs`); everywhere else an error comes from a `UserFacing` value.
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Fatal,
@@ -84,6 +86,14 @@ impl PgError {
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
         Self {
             severity: Severity::Error,
+            ..Self::fatal(code, message)
+        }
+    }
+    /// A NOTICE (not an error: the request goes on) of pgtenant's own, such as a queued client's or an
+    /// admin command's progress line.
+    pub fn notice(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Notice,
             ..Self::fatal(code, message)
         }
     }
@@ -105,13 +115,16 @@ pub trait UserFacing {
     fn hint(&self) -> Option<String> {
         None
     }
+    fn detail(&self) -> Option<String> {
+        None
+    }
 
     /// As an ERROR: the statement failed, the session goes on.
     fn to_error(&self) -> PgError {
-        let error = PgError::error(self.sqlstate(), self.client_message());
-        match self.hint() {
-            Some(hint) => error.with_hint(hint),
-            None => error,
+        PgError {
+            hint: self.hint(),
+            detail: self.detail(),
+            ..PgError::error(self.sqlstate(), self.client_message())
         }
     }
 

@@ -10,8 +10,9 @@
 //!   [`cancel`] and login attempts to [`session`].
 //! - [`tls`]: rustls server configuration for clients.
 //! - [`error`]: what a client may be told about a failure: the SQLSTATEs by name, `PgError` and
-//!   `UserFacing`, the one way from an error type to an ErrorResponse; [`user_facing`]: the allowlist, what
-//!   each error type that may reach a client tells it.
+//!   `UserFacing`, the one way from an error type to an ErrorResponse; [`refusal`]: pgtenant's own refusals
+//!   and session endings by name; [`user_facing`]: the allowlist, what each error type that may reach a
+//!   client (refusals included) tells it.
 //! - [`names`]: the names every part passes around (role, schema, cluster) and SQL quoting.
 //! - [`protocol`]: the one place that knows the wire format: frame headers, startup packets, message tags, and
 //!   the backend messages pgtenant writes itself (ErrorResponse with SQLSTATE, authentication, ReadyForQuery).
@@ -38,15 +39,16 @@
 //!   (first packet, TLS), `login` (token, directory, limits, pool, first server connection), `settings`
 //!   (startup parameters as session settings), then the relay and the check-in (`mod.rs`).
 //! - [`sessions`]: the registry of running sessions (admin views, ending the sessions of a suspended tenant, a
-//!   disabled user or a revoked token).
+//!   disabled user or a revoked token), each with its end signal (`signal`: kicked, or drained at shutdown).
 //! - [`lifetime`]: a session's deadline (its token's expiry, `server.max_session_secs`), met at an idle point.
 //! - [`limits`]: per-tenant statement_timeout, lock_timeout, idle_in_transaction_session_timeout and
 //!   transaction_timeout (directory columns, `[limits]` defaults): PostgreSQL's settings on each server
 //!   connection; [`limit_watch`]: pgtenant's own timers in both relays as a ceiling.
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
 //! - [`txn`]: transaction pooling: a server connection per transaction (`mod.rs`: the event loop, checkout
-//!   and release), `client` (client messages, prepared statements that follow the client), `server` (server
-//!   messages matched to requests, `expect`), `sync` (settings synchronised on each checkout).
+//!   and release; `turn`: one poll over the client stream, the held connection and the session's signals),
+//!   `client` (client messages, prepared statements that follow the client), `server` (server messages
+//!   matched to requests, `expect`), `sync` (settings synchronised on each checkout).
 //! - [`sql`]: a lexer for SQL text (literals, quoted names, comments told from identifiers) and the virtual
 //!   schema rewrite (`public` in a tenant's SQL means its own schema).
 //! - [`relay`]: the byte-level relay of one client session to its upstream connection (session pooling): one
@@ -96,6 +98,7 @@ pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
+pub mod refusal;
 pub mod relay;
 pub mod scram;
 pub mod server;

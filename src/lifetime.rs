@@ -5,7 +5,9 @@
 
 use crate::auth::SessionExpiry;
 use crate::config::Config;
-use crate::protocol::{sqlstate, PgError};
+use crate::error::UserFacing;
+use crate::protocol::PgError;
+use crate::refusal::Refusal;
 use crate::sessions::SessionHandle;
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,25 +37,17 @@ pub fn deadline(config: &Config, token_expires_at: u64, now: SystemTime) -> Opti
             after: Duration::from_secs(at)
                 .saturating_sub(since_epoch)
                 .min(LONGEST),
-            reason: PgError::fatal(
-                sqlstate::INVALID_PASSWORD,
-                format!(
-                    "terminating connection: the login token expired (exp {token_expires_at}, Unix time)"
-                ),
-            )
-            .with_hint("log in again with a fresh token (auth.session_expiry = \"end\")"),
+            reason: Refusal::TokenExpired {
+                expired_at: token_expires_at,
+            }
+            .to_fatal(),
         }
     });
     let cap = match config.server.max_session_secs {
         0 => None,
         secs => Some(Deadline {
             after: Duration::from_secs(secs).min(LONGEST),
-            reason: PgError::fatal(
-                sqlstate::ADMIN_SHUTDOWN,
-                format!(
-                    "terminating connection: the session reached its maximum duration ({secs} s, server.max_session_secs)"
-                ),
-            ),
+            reason: Refusal::MaxSessionDuration { secs }.to_fatal(),
         }),
     };
     match (expiry, cap) {

@@ -8,8 +8,10 @@ use crate::auth::limiter::{LimitKind, Limited};
 use crate::auth::revocation::{self, AsyncLoad, RevocationError, Revoked, Rows};
 use crate::auth::{Claims, TokenError};
 use crate::directory::{Directory, User};
+use crate::error::UserFacing;
 use crate::protocol::{sqlstate, PgError};
 use crate::proxy::Proxy;
+use crate::refusal::Refusal;
 use std::time::{Duration, Instant};
 
 /// The facts of the login token a session keeps (expiry, revocation).
@@ -37,10 +39,11 @@ fn limited_error(limited: Limited) -> PgError {
         LimitKind::Identity => "too many failed logins for this user name",
         LimitKind::Tenant => "too many logins for this organization right now",
     };
-    PgError::fatal(
-        sqlstate::TOO_MANY_CONNECTIONS,
-        format!("{what}; try again in {secs} s"),
-    )
+    Refusal::LoginsLimited {
+        what,
+        retry_secs: secs,
+    }
+    .to_fatal()
 }
 
 /// Before the token is asked for: refused while the address or the user name has used up its failed logins.
@@ -91,16 +94,10 @@ impl AsyncLoad for FromDirectory<'_> {
 }
 
 fn revoked_error(revoked: Revoked) -> PgError {
-    PgError::fatal(
-        sqlstate::INVALID_PASSWORD,
-        match revoked {
-            Revoked::Token => "token rejected: the token was revoked",
-            Revoked::User => {
-                "token rejected: the user's tokens issued before a revocation are refused"
-            }
-        },
-    )
-    .with_hint("log in with a token issued after the revocation")
+    Refusal::TokenRevoked {
+        whole_user: revoked == Revoked::User,
+    }
+    .to_fatal()
 }
 
 /// After the signature: the token is not revoked by its `jti`. Notes the token's ids on the attempt.
@@ -119,16 +116,13 @@ pub async fn check_token(
         .await
     {
         tracing::error!(error = %e, "revocation list unavailable");
-        let refusal = PgError::fatal(
-            sqlstate::CONNECTION_FAILURE,
-            "pgtenant cannot reach its directory database",
-        );
         // Why it cannot connect (server down, TLS refused) helps the client; a failed query's text stays
         // in the log.
-        let refusal = match e {
-            RevocationError::Unreachable(reason) => refusal.with_detail(reason),
-            RevocationError::Unavailable(_) => refusal,
+        let why = match e {
+            RevocationError::Unreachable(reason) => Some(reason),
+            RevocationError::Unavailable(_) => None,
         };
+        let refusal = Refusal::DirectoryUnreachable { why }.to_fatal();
         return Err(attempt.refuse(Reason::Unavailable, refusal));
     }
     match proxy.revocations.token_revoked(claims.jti.as_deref()) {

@@ -8,10 +8,11 @@ use crate::config::Config;
 use crate::credentials::RolePasswords;
 use crate::directory::events::DirectoryEvent;
 use crate::directory::Directory;
+use crate::error::UserFacing;
 use crate::names::ClusterName;
 use crate::names::RoleName;
 use crate::pool::{PoolKey, PoolManager};
-use crate::protocol::{sqlstate, PgError};
+use crate::refusal::Refusal;
 use crate::sessions::SessionRegistry;
 use crate::upstream_tls::UpstreamTls;
 use std::path::PathBuf;
@@ -257,10 +258,7 @@ impl Proxy {
                 role,
                 why,
             } => {
-                let reason = PgError::fatal(
-                    sqlstate::ADMIN_SHUTDOWN,
-                    format!("terminating connection: the organization was {why}"),
-                );
+                let reason = Refusal::TenantClosed { why: why.clone() }.to_fatal();
                 let ended = self.sessions.end_tenant_sessions(tenant_id, &reason);
                 self.pools.close_idle(Some(&RoleName::new(role)));
                 tracing::info!(%tenant_id, %why, sessions_ended = ended, "tenant closed");
@@ -268,10 +266,7 @@ impl Proxy {
             DirectoryEvent::Revoked(revocation) => self.on_revocation(&revocation),
             DirectoryEvent::RevocationsChanged => self.revocations.mark_stale(),
             DirectoryEvent::UserDisabled { user_id } => {
-                let reason = PgError::fatal(
-                    sqlstate::INVALID_AUTHORIZATION,
-                    "terminating connection: the user was disabled",
-                );
+                let reason = Refusal::UserDisabledEnded.to_fatal();
                 let ended = self
                     .sessions
                     .end_sessions_where(|s| s.user_id == user_id, &reason);
@@ -378,10 +373,7 @@ impl Proxy {
     /// Refuses a revoked token from now on and, when asked, ends the sessions it opened.
     fn on_revocation(&self, revocation: &Revocation) {
         self.revocations.apply(revocation);
-        let reason = PgError::fatal(
-            sqlstate::INVALID_PASSWORD,
-            "terminating connection: the login token was revoked",
-        );
+        let reason = Refusal::TokenRevokedEnded.to_fatal();
         let ended = match revocation {
             Revocation::Token {
                 jti,

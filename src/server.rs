@@ -2,7 +2,9 @@
 //! client cap, runs one task per client, reaps idle server connections, and shuts down cleanly.
 
 use crate::config::Config;
-use crate::protocol::{self, sqlstate, PgError};
+use crate::error::UserFacing;
+use crate::protocol::{self};
+use crate::refusal::Refusal;
 use crate::session::{self, Proxy};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -120,13 +122,7 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
 async fn refuse_over_limit(mut tcp: tokio::net::TcpStream, max: usize) {
     // The client has not said anything yet; PostgreSQL answers the same way when it is full.
     let mut out = BytesMut::new();
-    protocol::write::error_response(
-        &mut out,
-        &PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!("sorry, too many clients already (pgtenant's limit is {max})"),
-        ),
-    );
+    protocol::write::error_response(&mut out, &Refusal::TooManyClients { limit: max }.to_fatal());
     let _ = tcp.write_all(&out).await;
     let _ = tcp.shutdown().await;
 }

@@ -9,7 +9,9 @@ use crate::error::{sqlstate, UserFacing};
 use crate::migrate::MigrateError;
 use crate::moves::MoveError;
 use crate::pool::PoolError;
+use crate::refusal::Refusal;
 use crate::tenancy::ops::TenantOpError;
+use crate::tenancy::revoke::RevokeError;
 use crate::tenancy::OnboardError;
 use crate::upstream::UpstreamError;
 
@@ -181,6 +183,197 @@ impl UserFacing for MoveError {
     }
 }
 
+impl UserFacing for RevokeError {
+    fn sqlstate(&self) -> &'static str {
+        match self {
+            RevokeError::NoSuchUser(_) => sqlstate::UNDEFINED_OBJECT,
+            RevokeError::BadJti => sqlstate::INVALID_PARAMETER_VALUE,
+            RevokeError::Db(_) => sqlstate::CONNECTION_FAILURE,
+        }
+    }
+    fn client_message(&self) -> String {
+        match self {
+            RevokeError::Db(e) => format!("database error: {e}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// pgtenant's own refusals and endings, each with the SQLSTATE PostgreSQL would use for it.
+impl UserFacing for Refusal {
+    fn sqlstate(&self) -> &'static str {
+        use Refusal::*;
+        match self {
+            Unsupported(_) | ReplicationNotServed | AdminSimpleQueryOnly | CachedPlanChanged => {
+                sqlstate::FEATURE_NOT_SUPPORTED
+            }
+            Protocol(_)
+            | EncryptionInsideEncryption
+            | StartupOption(_)
+            | ExpectedPassword
+            | InvalidFrontendMessage(_)
+            | InvalidMessageFormat => sqlstate::PROTOCOL_VIOLATION,
+            StartupParameter(_) | ReloadRefused(_) => sqlstate::INVALID_PARAMETER_VALUE,
+            TokenOverPlaintext
+            | UserDisabled { .. }
+            | TenantSuspended { .. }
+            | TenantRemoved { .. } => sqlstate::INVALID_AUTHORIZATION,
+            UserDisabledEnded => sqlstate::INVALID_AUTHORIZATION,
+            NotAnAdminToken => sqlstate::INSUFFICIENT_PRIVILEGE,
+            TokenTooLarge
+            | TokenNotUtf8
+            | TokenRevoked { .. }
+            | TokenRevokedEnded
+            | TokenExpired { .. } => sqlstate::INVALID_PASSWORD,
+            LoginsLimited { .. } | TooManyTenantClients { .. } | TooManyClients { .. } => {
+                sqlstate::TOO_MANY_CONNECTIONS
+            }
+            DirectoryUnreachable { .. }
+            | TenantClusterUnreachable { .. }
+            | ClusterUnreachable { .. }
+            | ServerConnectionLost { .. }
+            | ClientGone(_)
+            | AdminDatabase(_)
+            | ServerSyncFailed(_) => sqlstate::CONNECTION_FAILURE,
+            TenantBeingSetUp { .. } | NoReplica { .. } => sqlstate::CANNOT_CONNECT_NOW,
+            UnknownDatabase { .. } => sqlstate::INVALID_CATALOG_NAME,
+            ShuttingDown | TenantClosed { .. } | MaxSessionDuration { .. } => {
+                sqlstate::ADMIN_SHUTDOWN
+            }
+            IdleSessionTimeout => sqlstate::IDLE_SESSION_TIMEOUT,
+            IdleInTransactionTimeout { .. } => sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
+            TransactionTimeout { .. } => sqlstate::TRANSACTION_TIMEOUT,
+            AdminSyntax { .. } => sqlstate::SYNTAX_ERROR,
+            DuplicatePreparedStatement { .. } => sqlstate::DUPLICATE_PREPARED_STATEMENT,
+            TransactionAborted => sqlstate::IN_FAILED_SQL_TRANSACTION,
+            ServerLeftInTransaction => sqlstate::INTERNAL_ERROR,
+        }
+    }
+
+    fn client_message(&self) -> String {
+        use Refusal::*;
+        match self {
+            Unsupported(words) | Protocol(words) | StartupParameter(words) | ClientGone(words)
+            | ReloadRefused(words) | ServerSyncFailed(words) => words.clone(),
+            EncryptionInsideEncryption => "encryption request inside an encrypted connection".into(),
+            ReplicationNotServed => "pgtenant does not serve replication connections".into(),
+            StartupOption(word) => format!("invalid command-line argument in options: {word}"),
+            TokenOverPlaintext => {
+                "pgtenant refuses to take a token over an unencrypted connection".into()
+            }
+            NotAnAdminToken => {
+                "this token does not grant access to the pgtenant admin channel".into()
+            }
+            ExpectedPassword => "expected a password message".into(),
+            TokenTooLarge => "token rejected: the token is too large".into(),
+            TokenNotUtf8 => "token rejected: the token is not valid UTF-8".into(),
+            TokenRevoked { whole_user: false } => "token rejected: the token was revoked".into(),
+            TokenRevoked { whole_user: true } => {
+                "token rejected: the user's tokens issued before a revocation are refused".into()
+            }
+            LoginsLimited { what, retry_secs } => format!("{what}; try again in {retry_secs} s"),
+            DirectoryUnreachable { .. } => "pgtenant cannot reach its directory database".into(),
+            UserDisabled { email } => format!("user \"{email}\" is disabled"),
+            TenantSuspended { tenant } => format!("organization \"{tenant}\" is suspended"),
+            TenantRemoved { tenant } => format!("organization \"{tenant}\" was removed"),
+            TenantBeingSetUp { tenant } => format!("organization \"{tenant}\" is still being set up"),
+            UnknownDatabase { database, .. } => format!("database \"{database}\" does not exist"),
+            TooManyTenantClients { tenant, limit } => {
+                format!("too many clients for organization \"{tenant}\" (limit {limit})")
+            }
+            TooManyClients { limit } => {
+                format!("sorry, too many clients already (pgtenant's limit is {limit})")
+            }
+            TenantClusterUnreachable { tenant, .. } => {
+                format!("pgtenant cannot reach the cluster of organization \"{tenant}\"")
+            }
+            ClusterUnreachable { .. } => "pgtenant cannot reach the tenant's cluster".into(),
+            NoReplica { cluster, .. } => {
+                format!("no replica of cluster \"{cluster}\" can take a read-only session")
+            }
+            ServerConnectionLost { .. } => "server connection lost".into(),
+            InvalidFrontendMessage(why) => format!("invalid frontend message: {why}"),
+            ShuttingDown => "pgtenant is shutting down".into(),
+            IdleSessionTimeout => "terminating connection due to idle-session timeout".into(),
+            IdleInTransactionTimeout { .. } => {
+                "terminating connection due to idle-in-transaction timeout".into()
+            }
+            TransactionTimeout { .. } => "terminating connection due to transaction timeout".into(),
+            TenantClosed { why } => format!("terminating connection: the organization was {why}"),
+            UserDisabledEnded => "terminating connection: the user was disabled".into(),
+            TokenRevokedEnded => "terminating connection: the login token was revoked".into(),
+            TokenExpired { expired_at } => format!(
+                "terminating connection: the login token expired (exp {expired_at}, Unix time)"
+            ),
+            MaxSessionDuration { secs } => format!(
+                "terminating connection: the session reached its maximum duration ({secs} s, server.max_session_secs)"
+            ),
+            AdminSimpleQueryOnly => {
+                "the pgtenant admin channel speaks only the simple query protocol".into()
+            }
+            AdminSyntax { message, .. } => message.clone(),
+            AdminDatabase(why) => format!("database error: {why}"),
+            DuplicatePreparedStatement { name } => {
+                format!("prepared statement \"{name}\" already exists")
+            }
+            InvalidMessageFormat => "invalid message format".into(),
+            TransactionAborted => {
+                "current transaction is aborted, commands ignored until end of transaction block"
+                    .into()
+            }
+            CachedPlanChanged => "cached plan must not change result type".into(),
+            ServerLeftInTransaction => "server connection left in a transaction".into(),
+        }
+    }
+
+    fn hint(&self) -> Option<String> {
+        use Refusal::*;
+        Some(match self {
+            TokenOverPlaintext => "connect with sslmode=require".into(),
+            NotAnAdminToken => {
+                "the admin channel needs a token whose admin claim is true (pgtenant token --admin)"
+                    .into()
+            }
+            TokenRevoked { .. } => "log in with a token issued after the revocation".into(),
+            UnknownDatabase {
+                directory_database, ..
+            } => format!(
+                "connect to database \"{directory_database}\" (or your organization's name)"
+            ),
+            TokenExpired { .. } => {
+                "log in again with a fresh token (auth.session_expiry = \"end\")".into()
+            }
+            AdminSimpleQueryOnly => "use psql, or a driver's simple-query mode".into(),
+            NoReplica { .. } => {
+                "ask for prefer-standby to fall back to the primary, or try again".into()
+            }
+            AdminSyntax { hint, .. } => hint.clone(),
+            _ => return None,
+        })
+    }
+
+    fn detail(&self) -> Option<String> {
+        use Refusal::*;
+        match self {
+            TenantClusterUnreachable { why, .. } | ClusterUnreachable { why } | NoReplica { why, .. } => {
+                Some(why.clone())
+            }
+            DirectoryUnreachable { why } => why.clone(),
+            ServerConnectionLost { why } => Some(
+                why.clone()
+                    .unwrap_or_else(|| "the database server closed the connection".into()),
+            ),
+            IdleInTransactionTimeout { limit } => Some(format!(
+                "pgtenant ended the session: the organization's idle_in_transaction_session_timeout is {limit}"
+            )),
+            TransactionTimeout { limit } => Some(format!(
+                "pgtenant ended the session: the organization's transaction_timeout is {limit}"
+            )),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +429,45 @@ mod tests {
         assert!(error
             .hint
             .is_some_and(|h| h.contains("pool.size_per_tenant")));
+    }
+
+    #[test]
+    fn refusals_say_what_postgresql_would_and_name_the_way_out() {
+        let unknown = Refusal::UnknownDatabase {
+            database: "nope".into(),
+            directory_database: "app".into(),
+        }
+        .to_fatal();
+        assert_eq!(
+            (
+                unknown.severity,
+                unknown.code.as_ref(),
+                unknown.message.as_str()
+            ),
+            (
+                Severity::Fatal,
+                sqlstate::INVALID_CATALOG_NAME,
+                "database \"nope\" does not exist"
+            )
+        );
+        assert_eq!(
+            unknown.hint.as_deref(),
+            Some("connect to database \"app\" (or your organization's name)")
+        );
+        let lost = Refusal::ServerConnectionLost { why: None }.to_fatal();
+        assert_eq!(lost.code.as_ref(), sqlstate::CONNECTION_FAILURE);
+        assert_eq!(
+            lost.detail.as_deref(),
+            Some("the database server closed the connection")
+        );
+        let aborted = Refusal::TransactionAborted.to_error();
+        assert_eq!(
+            (aborted.severity, aborted.code.as_ref()),
+            (Severity::Error, sqlstate::IN_FAILED_SQL_TRANSACTION)
+        );
+        assert!(Refusal::TokenRevoked { whole_user: true }
+            .to_fatal()
+            .hint
+            .is_some_and(|h| h.contains("issued after the revocation")));
     }
 }

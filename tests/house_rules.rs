@@ -1,8 +1,12 @@
 //! Rules of the house that a grep can check (issue 12):
 //! - every SQLSTATE a client may get is named in `error::sqlstate`, so `src/` holds no SQLSTATE literal
 //!   outside that module (and outside tests);
+//! - every error pgtenant writes to a client comes from a `UserFacing` value (`Refusal` for pgtenant's own,
+//!   the error types of the layers below for theirs), so what a client is told is in one list,
+//!   `src/user_facing.rs`: `PgError::fatal` and `PgError::error` appear only there and in `src/error.rs`;
 //! - no import cycle among the library's top-level modules: each names only modules below it, so a module
-//!   can be read (and tested) with what it stands on and nothing above.
+//!   can be read (and tested) with what it stands on and nothing above;
+//! - no source file outside tests over 600 lines: a module with several jobs is a folder, a file per job.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -266,4 +270,61 @@ fn the_module_finder_and_the_cycle_finder_find_what_they_should() {
         Some(["b", "c", "a", "b"].map(String::from).to_vec())
     );
     assert_eq!(cycle_through(&graph, "d"), None);
+}
+
+#[test]
+fn no_source_file_outside_tests_over_600_lines() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let long: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name != "tests.rs" && !name.ends_with("_tests.rs")
+        })
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).expect("read").lines().count();
+            (lines > 600).then(|| format!("{}: {lines} lines", f.display()))
+        })
+        .collect();
+    assert!(files.len() > 50, "src/ was read: {} files", files.len());
+    assert!(
+        long.is_empty(),
+        "split these into a folder with a file per job:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn errors_for_clients_are_built_only_by_the_allowlist() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let mut offenders = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(&src).expect("under src");
+        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if matches!(rel.to_str(), Some("error.rs" | "user_facing.rs"))
+            || name == "tests.rs"
+            || name.ends_with("_tests.rs")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).expect("read");
+        let code = code_outside_tests(&text);
+        for (number, line) in code.lines().enumerate() {
+            if line.contains("PgError::fatal(") || line.contains("PgError::error(") {
+                offenders.push(format!("{}:{}: {}", rel.display(), number + 1, line.trim()));
+            }
+        }
+    }
+    assert!(files.len() > 50, "src/ was read: {} files", files.len());
+    assert!(
+        offenders.is_empty(),
+        "name the case (a Refusal variant, or the error's own UserFacing) instead:\n{}",
+        offenders.join("\n")
+    );
 }

@@ -14,8 +14,10 @@ pub(crate) mod show;
 mod tenants;
 mod tokens;
 
+use crate::error::UserFacing;
 use crate::protocol::{self, sqlstate, tag, PgError, TxStatus};
 use crate::proxy::Proxy;
+use crate::refusal::Refusal;
 use crate::tls::ClientStream;
 use bytes::BytesMut;
 use parse::Command;
@@ -125,7 +127,7 @@ async fn session_loop(
                 let mut out = BytesMut::new();
                 protocol::write::error_response(
                     &mut out,
-                    &PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string()),
+                    &Refusal::Protocol(e.to_string()).to_fatal(),
                 );
                 let _ = client.write_all(&out).await;
                 return Ok(());
@@ -160,11 +162,7 @@ async fn session_loop(
                     let mut out = BytesMut::new();
                     protocol::write::error_response(
                         &mut out,
-                        &PgError::error(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            "the pgtenant admin channel speaks only the simple query protocol",
-                        )
-                        .with_hint("use psql, or a driver's simple-query mode"),
+                        &Refusal::AdminSimpleQueryOnly.to_error(),
                     );
                     client.write_all(&out).await?;
                     client.flush().await?;
@@ -187,7 +185,11 @@ async fn run_query(
         Err(e) => {
             protocol::write::error_response(
                 &mut out,
-                &PgError::error(sqlstate::SYNTAX_ERROR, e.message).with_hint(e.hint),
+                &Refusal::AdminSyntax {
+                    message: e.message,
+                    hint: e.hint,
+                }
+                .to_error(),
             );
         }
         Ok(commands) if commands.is_empty() => protocol::write::empty_query_response(&mut out),
@@ -234,10 +236,7 @@ async fn run_with_notices(
 
 async fn send_notice(client: &mut ClientStream, line: &str) -> std::io::Result<()> {
     let mut out = BytesMut::new();
-    let notice = PgError {
-        severity: protocol::Severity::Notice,
-        ..PgError::error(sqlstate::SUCCESSFUL_COMPLETION, line)
-    };
+    let notice = PgError::notice(sqlstate::SUCCESSFUL_COMPLETION, line);
     protocol::write::notice_response(&mut out, &notice);
     client.write_all(&out).await?;
     client.flush().await
@@ -330,7 +329,7 @@ async fn execute(proxy: Arc<Proxy>, command: Command, notices: Notices) -> Resul
 fn reload(proxy: &Proxy, notices: &Notices) -> Result<Reply, PgError> {
     let needs_restart = proxy
         .reload()
-        .map_err(|e| PgError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()))?;
+        .map_err(|e| Refusal::ReloadRefused(e.to_string()).to_error())?;
     for setting in needs_restart {
         let _ = notices.send(format!("{setting} changed: takes effect after a restart"));
     }
@@ -341,5 +340,5 @@ fn reload(proxy: &Proxy, notices: &Notices) -> Result<Reply, PgError> {
 
 /// An error talking to the database, for the admin client.
 pub(crate) fn db_error(e: impl std::fmt::Display) -> PgError {
-    PgError::error(sqlstate::CONNECTION_FAILURE, format!("database error: {e}"))
+    Refusal::AdminDatabase(e.to_string()).to_error()
 }

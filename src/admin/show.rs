@@ -2,8 +2,9 @@
 
 use super::{db_error, Reply, Table};
 use crate::admin::parse::FORMS;
+use crate::error::UserFacing;
 use crate::fanout::TenantMigrator;
-use crate::protocol::{sqlstate, PgError};
+use crate::protocol::PgError;
 use crate::proxy::Proxy;
 use crate::tenancy::ops;
 use std::collections::HashMap;
@@ -198,7 +199,7 @@ pub async fn migrations(proxy: &Proxy, tenant: Option<&str>) -> Result<Reply, Pg
         None => {
             let migrator =
                 TenantMigrator::with_clusters(&config, 1, (*proxy.clusters.current()).clone())
-                    .map_err(|e| PgError::error(sqlstate::IO_ERROR, e.to_string()))?;
+                    .map_err(|e| e.to_error())?;
             let status = migrator.status(None).await.map_err(db_error)?;
             let mut table = Table::new(&[
                 "tenant", "schema", "status", "version", "latest", "pending", "cluster",
@@ -223,9 +224,9 @@ pub async fn migrations(proxy: &Proxy, tenant: Option<&str>) -> Result<Reply, Pg
         }
         Some(selector) => {
             let admin = proxy.directory.admin().await.map_err(db_error)?;
-            let tenant = ops::find_tenant(&admin, selector).await.map_err(|e| {
-                PgError::error(crate::protocol::sqlstate::UNDEFINED_OBJECT, e.to_string())
-            })?;
+            let tenant = ops::find_tenant(&admin, selector)
+                .await
+                .map_err(|e| e.to_error())?;
             // The history lives on the tenant's cluster.
             let sql = "SELECT version, name, checksum, applied_at::text, duration_ms
                        FROM pgtenant.tenant_migrations WHERE organization_id = $1 ORDER BY version";

@@ -2,7 +2,8 @@
 
 use super::{db_error, Notices, Reply, Table};
 use crate::directory::events::DirectoryEvent;
-use crate::protocol::{sqlstate, PgError};
+use crate::error::UserFacing;
+use crate::protocol::PgError;
 use crate::proxy::Proxy;
 use crate::tenancy::ops::{self, TenantOpError};
 use crate::tenancy::{self, OnboardRequest};
@@ -30,7 +31,7 @@ pub async fn create(
     {
         // The directory's clusters as they are now.
         if let Err(e) = proxy.clusters.reload(&proxy.directory, &config).await {
-            return Err(PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string()));
+            return Err(e.to_error());
         }
     }
     let clusters = proxy.clusters.current();

@@ -3,16 +3,13 @@
 
 use super::{db_error, Reply};
 use crate::directory::events::DirectoryEvent;
-use crate::protocol::{sqlstate, PgError};
+use crate::error::UserFacing;
+use crate::protocol::PgError;
 use crate::proxy::Proxy;
 use crate::tenancy::revoke::{self, RevokeError};
 
 fn revoke_error(e: RevokeError) -> PgError {
-    match e {
-        RevokeError::NoSuchUser(_) => PgError::error(sqlstate::UNDEFINED_OBJECT, e.to_string()),
-        RevokeError::BadJti => PgError::error(sqlstate::INVALID_PARAMETER_VALUE, e.to_string()),
-        RevokeError::Db(e) => db_error(e),
-    }
+    e.to_error()
 }
 
 pub async fn revoke_token(proxy: &Proxy, jti: &str, sessions: bool) -> Result<Reply, PgError> {

@@ -154,7 +154,7 @@ impl LoginAttempt {
 
 /// One refused login, as `SHOW LOGINS` lists it.
 #[derive(Clone, Debug)]
-pub struct Refusal {
+pub struct RefusedLogin {
     pub at: SystemTime,
     pub reason: Reason,
     pub sqlstate: String,
@@ -169,7 +169,7 @@ pub struct Refusal {
 pub struct LoginAudit {
     accepted: AtomicU64,
     refused: [AtomicU64; Reason::ALL.len()],
-    recent: Mutex<VecDeque<Refusal>>,
+    recent: Mutex<VecDeque<RefusedLogin>>,
 }
 
 impl Default for LoginAudit {
@@ -219,7 +219,7 @@ impl LoginAudit {
         while recent.len() >= keep {
             recent.pop_front();
         }
-        recent.push_back(Refusal {
+        recent.push_back(RefusedLogin {
             at: SystemTime::now(),
             reason,
             sqlstate: sqlstate.to_string(),
@@ -244,7 +244,7 @@ impl LoginAudit {
     }
 
     /// The recent refusals, newest first.
-    pub fn recent(&self) -> Vec<Refusal> {
+    pub fn recent(&self) -> Vec<RefusedLogin> {
         let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
         recent.iter().rev().cloned().collect()
     }

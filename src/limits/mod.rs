@@ -14,7 +14,9 @@
 //!   PostgreSQL's setting only, under statement_timeout's ceiling.
 //! - [`crate::pool::queue`]: the NOTICE a client gets while it waits for a server connection.
 
-use crate::protocol::{sqlstate, PgError};
+use crate::error::UserFacing;
+use crate::protocol::PgError;
+use crate::refusal::Refusal;
 use serde::Deserialize;
 
 /// Largest value of a limit: PostgreSQL's own (INT_MAX milliseconds).
@@ -249,22 +251,14 @@ impl LimitEnd {
     /// PostgreSQL's own FATAL for it, with a DETAIL saying it was pgtenant's limit.
     pub fn error(self) -> PgError {
         match self {
-            LimitEnd::IdleInTransaction { limit_ms } => PgError::fatal(
-                sqlstate::IDLE_IN_TRANSACTION_TIMEOUT,
-                "terminating connection due to idle-in-transaction timeout",
-            )
-            .with_detail(format!(
-                "pgtenant ended the session: the organization's idle_in_transaction_session_timeout is {}",
-                format_ms(limit_ms)
-            )),
-            LimitEnd::Transaction { limit_ms } => PgError::fatal(
-                sqlstate::TRANSACTION_TIMEOUT,
-                "terminating connection due to transaction timeout",
-            )
-            .with_detail(format!(
-                "pgtenant ended the session: the organization's transaction_timeout is {}",
-                format_ms(limit_ms)
-            )),
+            LimitEnd::IdleInTransaction { limit_ms } => Refusal::IdleInTransactionTimeout {
+                limit: format_ms(limit_ms),
+            }
+            .to_fatal(),
+            LimitEnd::Transaction { limit_ms } => Refusal::TransactionTimeout {
+                limit: format_ms(limit_ms),
+            }
+            .to_fatal(),
         }
     }
 }

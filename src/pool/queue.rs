@@ -2,7 +2,7 @@
 //! (once per wait), saying why; the wait itself goes on until `pool.acquire_timeout_ms` (53300).
 
 use super::{PoolKey, PoolManager, QueueState};
-use crate::protocol::{sqlstate, PgError, Severity};
+use crate::protocol::{sqlstate, PgError};
 use std::future::Future;
 use std::time::Duration;
 
@@ -83,11 +83,7 @@ pub fn notice(tenant: &str, queue: &QueueState, acquire_timeout_ms: u64) -> PgEr
             queue.global_limit
         )
     };
-    PgError {
-        severity: Severity::Notice,
-        ..PgError::error(sqlstate::WARNING, message)
-    }
-    .with_detail(format!(
+    PgError::notice(sqlstate::WARNING, message).with_detail(format!(
         "{} clients of this tenant are waiting; a wait longer than {acquire_timeout_ms} ms ends with SQLSTATE 53300",
         queue.waiting
     ))

@@ -5,14 +5,14 @@ use super::login::login;
 use super::{send_error, LoggedIn, LoginError};
 use crate::auth::audit::LoginAttempt;
 use crate::cancel::ClientKey;
+use crate::error::UserFacing;
 use crate::login_guard;
 use crate::protocol;
-use crate::protocol::sqlstate;
-use crate::protocol::PgError;
 use crate::protocol::ProtocolError;
 use crate::protocol::StartupPacket;
 use crate::protocol::StartupParams;
 use crate::proxy::Proxy;
+use crate::refusal::Refusal;
 use crate::tls::ClientStream;
 use crate::tls::ALPN_POSTGRESQL;
 use crate::upstream::UpstreamConn;
@@ -124,10 +124,7 @@ pub(super) async fn startup_after_tls(
             Ok(None)
         }
         StartupPacket::Ssl | StartupPacket::GssEnc => {
-            let e = PgError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                "encryption request inside an encrypted connection",
-            );
+            let e = Refusal::EncryptionInsideEncryption.to_fatal();
             let _ = send_error(client, &e).await;
             Err(LoginError::Refused(e.message))
         }
@@ -142,17 +139,17 @@ pub(super) async fn read_first_packet<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<StartupPacket, ProtocolError> {
     let result = protocol::read_startup_packet(stream).await;
     if let Err(e) = &result {
-        let code = match e {
-            ProtocolError::UnsupportedProtocol { .. } => Some(sqlstate::FEATURE_NOT_SUPPORTED),
+        let refusal = match e {
+            ProtocolError::UnsupportedProtocol { .. } => Some(Refusal::Unsupported(e.to_string())),
             ProtocolError::BadStartupLength(_) | ProtocolError::BadStartup(_) => {
-                Some(sqlstate::PROTOCOL_VIOLATION)
+                Some(Refusal::Protocol(e.to_string()))
             }
             _ => None,
         };
-        if let Some(code) = code {
+        if let Some(refusal) = refusal {
             tracing::info!(reason = %e, "first packet refused");
             let mut out = BytesMut::new();
-            protocol::write::error_response(&mut out, &PgError::fatal(code, e.to_string()));
+            protocol::write::error_response(&mut out, &refusal.to_fatal());
             let _ = stream.write_all(&out).await;
             let _ = stream.flush().await;
         }

@@ -14,6 +14,7 @@ use crate::config::TargetSessionAttrs;
 use crate::credentials::RolePasswords;
 use crate::directory::TenantStatus;
 use crate::directory::User;
+use crate::error::UserFacing;
 use crate::limits::SessionLimits;
 use crate::login_guard;
 use crate::login_guard::TokenFacts;
@@ -28,6 +29,7 @@ use crate::protocol::ProtocolError;
 use crate::protocol::StartupParams;
 use crate::protocol::TxStatus;
 use crate::proxy::Proxy;
+use crate::refusal::Refusal;
 use crate::tls::ClientStream;
 use crate::upstream::UpstreamError;
 use bytes::BytesMut;
@@ -52,10 +54,7 @@ pub(super) async fn login(
         .get("replication")
         .is_some_and(|r| r != "false" && r != "0" && r != "off")
     {
-        return Err(PgError::fatal(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "pgtenant does not serve replication connections",
-        ));
+        return Err(Refusal::ReplicationNotServed.to_fatal());
     }
     let requested = params
         .get("database")
@@ -67,18 +66,14 @@ pub(super) async fn login(
         .find(|(k, _)| k == TARGET_SESSION_ATTRS_PARAMETER)
         .map(|(_, v)| v);
     let request = route::request(requested, option.as_deref(), &proxy.config().replicas)
-        .map_err(|m| PgError::fatal(sqlstate::INVALID_PARAMETER_VALUE, m))?;
+        .map_err(|m| Refusal::StartupParameter(m).to_fatal())?;
     let database = request.database.as_str();
     if plaintext_password_refused(
         client.is_tls(),
         peer,
         proxy.config().server.allow_plaintext_password,
     ) {
-        let e = PgError::fatal(
-            sqlstate::INVALID_AUTHORIZATION,
-            "pgtenant refuses to take a token over an unencrypted connection",
-        )
-        .with_hint("connect with sslmode=require");
+        let e = Refusal::TokenOverPlaintext.to_fatal();
         return Err(attempt.refuse(Reason::Plaintext, e));
     }
     login_guard::check_limits(proxy, attempt)?;
@@ -93,11 +88,7 @@ pub(super) async fn login(
 
     if database == proxy.config().server.admin_database {
         if !claims.is_admin {
-            return Err(PgError::fatal(
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                "this token does not grant access to the pgtenant admin channel",
-            )
-            .with_hint("the admin channel needs a token whose admin claim is true (pgtenant token --admin)"));
+            return Err(Refusal::NotAnAdminToken.to_fatal());
         }
         return Ok(LoggedIn::Admin(crate::admin::AdminIdentity {
             name: claims
@@ -114,17 +105,12 @@ pub(super) async fn login(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "directory lookup failed");
-            let refusal = PgError::fatal(
-                sqlstate::CONNECTION_FAILURE,
-                "pgtenant cannot reach its directory database",
-            );
             // Why it cannot connect (server down, TLS refused) helps; a failed query's text stays in the log.
-            match e {
-                crate::directory::DirectoryError::Unavailable(reason) => {
-                    refusal.with_detail(reason)
-                }
-                _ => refusal,
-            }
+            let why = match e {
+                crate::directory::DirectoryError::Unavailable(reason) => Some(reason),
+                _ => None,
+            };
+            Refusal::DirectoryUnreachable { why }.to_fatal()
         })?;
     let mut user = crate::directory::choose_membership(
         memberships,
@@ -136,36 +122,33 @@ pub(super) async fn login(
     attempt.tenant = Some(user.tenant.slug.clone());
     attempt.user_id = Some(user.id);
     if user.disabled {
-        let e = PgError::fatal(
-            sqlstate::INVALID_AUTHORIZATION,
-            format!("user \"{}\" is disabled", user.email),
-        );
+        let e = Refusal::UserDisabled {
+            email: user.email.clone(),
+        }
+        .to_fatal();
         return Err(attempt.refuse(Reason::DisabledUser, e));
     }
     match user.tenant.status {
         TenantStatus::Active => {}
         TenantStatus::Suspended => {
-            let e = PgError::fatal(
-                sqlstate::INVALID_AUTHORIZATION,
-                format!("organization \"{}\" is suspended", user.tenant.name),
-            );
+            let e = Refusal::TenantSuspended {
+                tenant: user.tenant.name.clone(),
+            }
+            .to_fatal();
             return Err(attempt.refuse(Reason::TenantClosed, e));
         }
         TenantStatus::Archived => {
-            let e = PgError::fatal(
-                sqlstate::INVALID_AUTHORIZATION,
-                format!("organization \"{}\" was removed", user.tenant.name),
-            );
+            let e = Refusal::TenantRemoved {
+                tenant: user.tenant.name.clone(),
+            }
+            .to_fatal();
             return Err(attempt.refuse(Reason::TenantClosed, e));
         }
         TenantStatus::Provisioning => {
-            return Err(PgError::fatal(
-                sqlstate::CANNOT_CONNECT_NOW,
-                format!(
-                    "organization \"{}\" is still being set up",
-                    user.tenant.name
-                ),
-            ))
+            return Err(Refusal::TenantBeingSetUp {
+                tenant: user.tenant.name.clone(),
+            }
+            .to_fatal())
         }
     }
     let config = proxy.config();
@@ -177,25 +160,20 @@ pub(super) async fn login(
         "",
     ];
     if !accepted.contains(&database) {
-        return Err(PgError::fatal(
-            sqlstate::INVALID_CATALOG_NAME,
-            format!("database \"{database}\" does not exist"),
-        )
-        .with_hint(format!(
-            "connect to database \"{}\" (or your organization's name)",
-            proxy.config().upstream.database
-        )));
+        return Err(Refusal::UnknownDatabase {
+            database: database.to_string(),
+            directory_database: proxy.config().upstream.database.clone(),
+        }
+        .to_fatal());
     }
 
     let max_clients = proxy.config().pool.max_clients_per_tenant;
     if proxy.sessions.count_for(user.tenant.id) >= max_clients {
-        return Err(PgError::fatal(
-            sqlstate::TOO_MANY_CONNECTIONS,
-            format!(
-                "too many clients for organization \"{}\" (limit {max_clients})",
-                user.tenant.name
-            ),
-        ));
+        return Err(Refusal::TooManyTenantClients {
+            tenant: user.tenant.name.clone(),
+            limit: max_clients,
+        }
+        .to_fatal());
     }
     login_guard::check_user(proxy, attempt, &user, &claims)?;
     let virtual_schema = virtual_schema_for(&config, &user.tenant, params)?;
@@ -301,11 +279,11 @@ pub(super) async fn login(
 pub(super) async fn primary_pool(proxy: &Proxy, user: &User) -> Result<ServerPool, PgError> {
     let cluster = proxy.cluster(&user.tenant.cluster).await.map_err(|e| {
         tracing::error!(tenant = %user.tenant.slug, cluster = %user.tenant.cluster, error = %e, "the tenant's cluster is not usable");
-        PgError::fatal(
-            sqlstate::CONNECTION_FAILURE,
-            format!("pgtenant cannot reach the cluster of organization \"{}\"", user.tenant.name),
-        )
-        .with_detail(e.to_string())
+        Refusal::TenantClusterUnreachable {
+            tenant: user.tenant.name.clone(),
+            why: e.to_string(),
+        }
+        .to_fatal()
     })?;
     pool_on(cluster, user)
 }
@@ -314,13 +292,9 @@ pub(super) fn pool_on(
     cluster: Arc<crate::clusters::ClusterEntry>,
     user: &User,
 ) -> Result<ServerPool, PgError> {
-    let target = cluster.target().map_err(|e| {
-        PgError::fatal(
-            sqlstate::CONNECTION_FAILURE,
-            "pgtenant cannot reach the tenant's cluster",
-        )
-        .with_detail(e.to_string())
-    })?;
+    let target = cluster
+        .target()
+        .map_err(|e| Refusal::ClusterUnreachable { why: e.to_string() }.to_fatal())?;
     Ok(ServerPool {
         key: PoolKey::new(cluster.name().clone(), user.tenant.role.clone()),
         target,
@@ -354,15 +328,11 @@ pub(super) async fn server_pool(
             tracing::info!(tenant = %user.tenant.slug, cluster = %user.tenant.cluster, reason = %why, "no replica fit; the session goes to the primary");
             Ok(primary)
         }
-        Err(why) => Err(PgError::fatal(
-            sqlstate::CANNOT_CONNECT_NOW,
-            format!(
-                "no replica of cluster \"{}\" can take a read-only session",
-                user.tenant.cluster
-            ),
-        )
-        .with_detail(why)
-        .with_hint("ask for prefer-standby to fall back to the primary, or try again")),
+        Err(why) => Err(Refusal::NoReplica {
+            cluster: user.tenant.cluster.to_string(),
+            why,
+        }
+        .to_fatal()),
     }
 }
 
@@ -513,25 +483,12 @@ pub(super) async fn read_token(
     let limit = proxy.config().auth.max_token_bytes + 1;
     let (msg_tag, body) = match protocol::read_message(client, limit).await {
         Ok(m) => m,
-        Err(ProtocolError::BadFrameLength { .. }) => {
-            return Err(PgError::fatal(
-                sqlstate::INVALID_PASSWORD,
-                "token rejected: the token is too large",
-            ))
-        }
-        Err(e) => return Err(PgError::fatal(sqlstate::PROTOCOL_VIOLATION, e.to_string())),
+        Err(ProtocolError::BadFrameLength { .. }) => return Err(Refusal::TokenTooLarge.to_fatal()),
+        Err(e) => return Err(Refusal::Protocol(e.to_string()).to_fatal()),
     };
     if msg_tag != tag::PASSWORD {
-        return Err(PgError::fatal(
-            sqlstate::PROTOCOL_VIOLATION,
-            "expected a password message",
-        ));
+        return Err(Refusal::ExpectedPassword.to_fatal());
     }
     let end = body.iter().position(|b| *b == 0).unwrap_or(body.len());
-    String::from_utf8(body[..end].to_vec()).map_err(|_| {
-        PgError::fatal(
-            sqlstate::INVALID_PASSWORD,
-            "token rejected: the token is not valid UTF-8",
-        )
-    })
+    String::from_utf8(body[..end].to_vec()).map_err(|_| Refusal::TokenNotUtf8.to_fatal())
 }

@@ -5,13 +5,15 @@
 use crate::cancel::{ClientKey, UpstreamKey};
 use crate::config::PoolMode;
 use crate::directory::User;
+use crate::error::UserFacing;
 use crate::limits::SessionLimits;
 use crate::login_guard::TokenFacts;
 use crate::metrics::Recorder;
 use crate::pool::queue::QueueNotice;
 use crate::pool::{Checkout, PoolKey};
-use crate::protocol::{self, sqlstate, PgError, ProtocolError, TxStatus};
+use crate::protocol::{self, PgError, ProtocolError, TxStatus};
 pub use crate::proxy::Proxy;
+use crate::refusal::Refusal;
 use crate::relay::{self, RelayEnd};
 use crate::sessions::SessionInfo;
 use crate::sql::VirtualSchema;
@@ -335,13 +337,10 @@ async fn finish(
     match &end {
         RelayEnd::UpstreamGone(error) => {
             broken = true;
-            let e = PgError::fatal(sqlstate::CONNECTION_FAILURE, "server connection lost")
-                .with_detail(
-                    error
-                        .as_ref()
-                        .map(|e| e.to_string())
-                        .unwrap_or_else(|| "the database server closed the connection".into()),
-                );
+            let e = Refusal::ServerConnectionLost {
+                why: error.as_ref().map(|e| e.to_string()),
+            }
+            .to_fatal();
             if may_add_message {
                 let _ = send_error(&mut client, &e).await;
             }
@@ -356,10 +355,7 @@ async fn finish(
             if *from == relay::Side::Client {
                 let _ = send_error(
                     &mut client,
-                    &PgError::fatal(
-                        sqlstate::PROTOCOL_VIOLATION,
-                        format!("invalid frontend message: {error}"),
-                    ),
+                    &Refusal::InvalidFrontendMessage(error.to_string()).to_fatal(),
                 )
                 .await;
             }
@@ -367,20 +363,11 @@ async fn finish(
         RelayEnd::Shutdown | RelayEnd::Drained => {
             // Drained at an idle point for the session's deadline, the connection goes back to the pool.
             broken = matches!(end, RelayEnd::Shutdown) || proxy.shutdown.is_cancelled();
-            let reason = reason.unwrap_or_else(|| {
-                PgError::fatal(sqlstate::ADMIN_SHUTDOWN, "pgtenant is shutting down")
-            });
+            let reason = reason.unwrap_or_else(|| Refusal::ShuttingDown.to_fatal());
             let _ = send_error(&mut client, &reason).await;
         }
         RelayEnd::IdleTimeout => {
-            let _ = send_error(
-                &mut client,
-                &PgError::fatal(
-                    sqlstate::IDLE_SESSION_TIMEOUT,
-                    "terminating connection due to idle-session timeout",
-                ),
-            )
-            .await;
+            let _ = send_error(&mut client, &Refusal::IdleSessionTimeout.to_fatal()).await;
         }
         RelayEnd::LimitReached(limit) => {
             // The server connection: rolled back and reset below when it stands idle in the transaction;
@@ -476,11 +463,11 @@ async fn write_all(client: &mut ClientStream, bytes: &[u8]) -> Result<(), PgErro
         .write_all(bytes)
         .await
         .and(Ok(()))
-        .map_err(|e| PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()))?;
+        .map_err(|e| Refusal::ClientGone(e.to_string()).to_fatal())?;
     client
         .flush()
         .await
-        .map_err(|e| PgError::fatal(sqlstate::CONNECTION_FAILURE, e.to_string()))
+        .map_err(|e| Refusal::ClientGone(e.to_string()).to_fatal())
 }
 
 async fn send_error(client: &mut ClientStream, err: &PgError) -> std::io::Result<()> {

@@ -4,12 +4,13 @@
 
 use crate::cancel::ClientKey;
 use crate::clusters::route::TARGET_SESSION_ATTRS_PARAMETER;
+use crate::error::UserFacing;
 use crate::names::quote_literal;
 use crate::protocol;
-use crate::protocol::sqlstate;
 use crate::protocol::PgError;
 use crate::protocol::StartupParams;
 use crate::protocol::TxStatus;
+use crate::refusal::Refusal;
 use crate::sql::VirtualSchema;
 use crate::tls::ClientStream;
 use crate::upstream::UpstreamConn;
@@ -140,10 +141,7 @@ pub(super) fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgEr
             w.strip_prefix("--").map(str::to_string)
         };
         let Some((name, value)) = assignment.as_deref().and_then(|a| a.split_once('=')) else {
-            return Err(PgError::fatal(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!("invalid command-line argument in options: {w}"),
-            ));
+            return Err(Refusal::StartupOption(w.to_string()).to_fatal());
         };
         settings.push((name.replace('-', "_"), value.to_string()));
     }

@@ -11,12 +11,14 @@ use super::{
     MAX_WHOLE_MESSAGE, SERVER_STATEMENT_CACHE,
 };
 use super::{deallocate, introspection, lasting, statements};
+use crate::error::UserFacing;
 use crate::protocol;
 use crate::protocol::sqlstate;
 use crate::protocol::tag;
 use crate::protocol::PgError;
 use crate::protocol::ProtocolError;
 use crate::protocol::TxStatus;
+use crate::refusal::Refusal;
 use crate::relay::RelayEnd;
 use crate::upstream::UpstreamConn;
 use bytes::Buf;
@@ -469,10 +471,7 @@ pub(super) fn session_feature_notice(command: &[u8]) -> Option<PgError> {
         b"PREPARE" => "SQL PREPARE does not outlast the transaction in transaction pooling; use the protocol's prepared statements (your driver's), which pgtenant carries across server connections",
         _ => return None,
     };
-    Some(PgError {
-        severity: protocol::Severity::Notice,
-        ..PgError::error(sqlstate::WARNING, text)
-    })
+    Some(PgError::notice(sqlstate::WARNING, text))
 }
 
 /// Closes statements the server reported stale, before the next extended message on this connection.
@@ -556,29 +555,20 @@ pub(super) fn inject_error(to_server: &mut BytesMut, expect: &mut Expectations, 
 }
 
 pub(super) fn duplicate_statement(name: &str) -> PgError {
-    PgError::error(
-        sqlstate::DUPLICATE_PREPARED_STATEMENT,
-        format!("prepared statement \"{name}\" already exists"),
-    )
+    Refusal::DuplicatePreparedStatement {
+        name: name.to_string(),
+    }
+    .to_error()
 }
 
 pub(super) fn invalid_message_format() -> PgError {
-    PgError::error(
-        crate::protocol::sqlstate::PROTOCOL_VIOLATION,
-        "invalid message format",
-    )
+    Refusal::InvalidMessageFormat.to_error()
 }
 
 pub(super) fn transaction_aborted() -> PgError {
-    PgError::error(
-        sqlstate::IN_FAILED_SQL_TRANSACTION,
-        "current transaction is aborted, commands ignored until end of transaction block",
-    )
+    Refusal::TransactionAborted.to_error()
 }
 
 pub(super) fn stale_plan() -> PgError {
-    PgError::error(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        "cached plan must not change result type",
-    )
+    Refusal::CachedPlanChanged.to_error()
 }

@@ -4,7 +4,7 @@
 //! LISTEN and SQL `PREPARE` are told by their command tags instead. The check is a byte search for the
 //! words involved; only a text that has one is lexed.
 
-use crate::protocol::{PgError, Severity};
+use crate::protocol::PgError;
 use crate::sql::{self, Token, TokenKind};
 
 /// What a client's SQL leaves on the server connection.
@@ -22,10 +22,7 @@ impl LastingState {
             LastingState::HoldCursor => "a WITH HOLD cursor stays on its server connection in transaction pooling: this client's next transaction may run elsewhere; FETCH from it inside the same transaction, or use session pooling",
             LastingState::TempTable => "a temporary table outlives the transaction only on its server connection in transaction pooling: this client's next transaction may not see it and the tenant's other clients may; create it with ON COMMIT DROP inside a transaction, or use session pooling",
         };
-        PgError {
-            severity: Severity::Notice,
-            ..PgError::error(crate::protocol::sqlstate::WARNING, text)
-        }
+        PgError::notice(crate::protocol::sqlstate::WARNING, text)
     }
 }
 

@@ -2,9 +2,10 @@
 //! connection it gets, so every transaction sees the session the client built.
 
 use super::TRACKED_SETTINGS;
-use crate::protocol::sqlstate;
+use crate::error::UserFacing;
 use crate::protocol::PgError;
 use crate::protocol::TxStatus;
+use crate::refusal::Refusal;
 use crate::upstream::UpstreamConn;
 
 /// Sets the tracked settings that differ on this connection from what the client last saw.
@@ -39,10 +40,7 @@ pub async fn sync_settings(
     {
         Ok((None, TxStatus::Idle)) => Ok(()),
         Ok((Some(fields), _)) => Err(PgError::from_upstream(&fields)),
-        Ok((None, _)) => Err(PgError::error(
-            sqlstate::INTERNAL_ERROR,
-            "server connection left in a transaction",
-        )),
-        Err(e) => Err(PgError::error(sqlstate::CONNECTION_FAILURE, e.to_string())),
+        Ok((None, _)) => Err(Refusal::ServerLeftInTransaction.to_error()),
+        Err(e) => Err(Refusal::ServerSyncFailed(e.to_string()).to_error()),
     }
 }
