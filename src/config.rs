@@ -137,7 +137,7 @@ impl Default for ServerConfig {
 }
 
 /// The PostgreSQL server pgtenant serves tenants from.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     pub host: String,
@@ -147,10 +147,10 @@ pub struct UpstreamConfig {
     /// A role that may create roles and schemas (CREATEROLE, and CREATE on the database), used for the shared
     /// schema, onboarding and migrations. Never used to serve clients.
     pub admin_user: String,
-    pub admin_password: Option<String>,
+    pub admin_password: Option<Secret>,
     /// Secret from which each tenant role's password is derived (HMAC-SHA-256 of the role name). Changing it
     /// requires re-setting every tenant role's password (`pgtenant onboard` does it for new tenants).
-    pub server_secret: Option<String>,
+    pub server_secret: Option<Secret>,
     pub connect_timeout_ms: u64,
     /// TLS to PostgreSQL, with libpq's meaning (see `upstream_tls`); `disable` keeps connections plain.
     pub sslmode: crate::config::SslMode,
@@ -178,30 +178,6 @@ impl Default for UpstreamConfig {
             sslcert: None,
             sslkey: None,
         }
-    }
-}
-
-impl std::fmt::Debug for UpstreamConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UpstreamConfig")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("database", &self.database)
-            .field("admin_user", &self.admin_user)
-            .field(
-                "admin_password",
-                &self.admin_password.as_ref().map(|_| "<redacted>"),
-            )
-            .field(
-                "server_secret",
-                &self.server_secret.as_ref().map(|_| "<redacted>"),
-            )
-            .field("connect_timeout_ms", &self.connect_timeout_ms)
-            .field("sslmode", &self.sslmode)
-            .field("sslrootcert", &self.sslrootcert)
-            .field("sslcert", &self.sslcert)
-            .field("sslkey", &self.sslkey)
-            .finish()
     }
 }
 
@@ -337,10 +313,10 @@ impl Config {
 
     pub fn apply_env(&mut self) {
         if let Ok(secret) = std::env::var("PGTENANT_SERVER_SECRET") {
-            self.upstream.server_secret = Some(secret);
+            self.upstream.server_secret = Some(secret.into());
         }
         if let Ok(password) = std::env::var("PGTENANT_ADMIN_PASSWORD") {
-            self.upstream.admin_password = Some(password);
+            self.upstream.admin_password = Some(password.into());
         }
         // PGTENANT_CLUSTER_<NAME>_ADMIN_PASSWORD: the cluster named <name> in lower case.
         for (key, value) in std::env::vars() {
@@ -360,7 +336,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: &str| Err(ConfigError::Invalid(m.to_string()));
         match &self.upstream.server_secret {
-            Some(s) if s.len() >= 16 => {}
+            Some(s) if s.expose().len() >= 16 => {}
             _ => return invalid("upstream.server_secret (or PGTENANT_SERVER_SECRET) must be set, at least 16 characters"),
         }
         if self.server.tls_cert.is_some() != self.server.tls_key.is_some() {
@@ -430,7 +406,8 @@ impl Config {
     pub fn server_secret(&self) -> &[u8] {
         self.upstream
             .server_secret
-            .as_deref()
+            .as_ref()
+            .map(Secret::expose)
             .unwrap_or_default()
             .as_bytes()
     }
@@ -493,7 +470,7 @@ impl UpstreamConfig {
             .ssl_mode(self.sslmode.postgres())
             .connect_timeout(self.connect_timeout());
         if let Some(password) = &self.admin_password {
-            pg.password(password);
+            pg.password(password.expose());
         }
         pg
     }
@@ -503,7 +480,8 @@ mod clusters;
 mod describe;
 mod ssl_mode;
 
-pub use clusters::{ClusterSecrets, Placement, ReplicasConfig, Secret, TargetSessionAttrs};
+pub use crate::secret::Secret;
+pub use clusters::{ClusterSecrets, Placement, ReplicasConfig, TargetSessionAttrs};
 pub use ssl_mode::SslMode;
 
 #[cfg(test)]

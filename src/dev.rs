@@ -384,7 +384,7 @@ pub async fn mint_token_for(
     let secret = config
         .auth
         .hs_secret
-        .as_deref()
+        .as_ref().map(crate::secret::Secret::expose)
         .filter(|s| s.len() >= MIN_HS_SECRET_BYTES)
         .ok_or_else(|| DevError::Token(format!("auth.hs_secret (or PGTENANT_JWT_SECRET) of at least {MIN_HS_SECRET_BYTES} bytes is needed to mint tokens")))?;
     let user_id = tenancy::find_user_by_email(admin, email)

@@ -13,7 +13,8 @@
 //!   `UserFacing`, the one way from an error type to an ErrorResponse; [`refusal`]: pgtenant's own refusals
 //!   and session endings by name; [`user_facing`]: the allowlist, what each error type that may reach a
 //!   client (refusals included) tells it.
-//! - [`names`]: the names every part passes around (role, schema, cluster) and SQL quoting.
+//! - [`names`]: the names every part passes around (role, schema, cluster) and SQL quoting; [`secret`]: a
+//!   secret of the configuration, which never prints.
 //! - [`protocol`]: the one place that knows the wire format: frame headers, startup packets, message tags, and
 //!   the backend messages pgtenant writes itself (ErrorResponse with SQLSTATE, authentication, ReadyForQuery).
 //! - [`auth`]: JWT verification of the password a client sends (algorithm allowlist, keys, claims, size limit),
@@ -101,6 +102,7 @@ pub mod proxy;
 pub mod refusal;
 pub mod relay;
 pub mod scram;
+pub mod secret;
 pub mod server;
 pub mod session;
 pub mod sessions;

@@ -757,7 +757,12 @@ directory_cache_ttl_ms = 0
             port = c.upstream.port,
             database = c.upstream.database,
             admin_user = c.upstream.admin_user,
-            admin_password = c.upstream.admin_password.clone().unwrap_or_default(),
+            admin_password = c
+                .upstream
+                .admin_password
+                .as_ref()
+                .map(pgtenant::secret::Secret::expose)
+                .unwrap_or_default(),
             tenant_migrations = c.tenancy.tenant_migrations_dir.display(),
             shared_migrations = c.tenancy.shared_migrations_dir.display(),
         );

@@ -36,7 +36,12 @@ shared_migrations_dir = "{shared_migrations}"
         port = c.upstream.port,
         database = c.upstream.database,
         admin_user = c.upstream.admin_user,
-        admin_password = c.upstream.admin_password.clone().unwrap_or_default(),
+        admin_password = c
+            .upstream
+            .admin_password
+            .as_ref()
+            .map(pgtenant::secret::Secret::expose)
+            .unwrap_or_default(),
         tenant_migrations = c.tenancy.tenant_migrations_dir.display(),
         shared_migrations = c.tenancy.shared_migrations_dir.display(),
     );

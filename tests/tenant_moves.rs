@@ -76,7 +76,11 @@ async fn pgbench_tables(db: &TestDb, tenant: &TestTenant) {
     let schema = tenant.onboarded.schema.as_str();
     let options = format!("-c search_path={schema}");
     let port = c.port.to_string();
-    let password = c.admin_password.clone().unwrap_or_default();
+    let password = c
+        .admin_password
+        .as_ref()
+        .map(pgtenant::secret::Secret::expose)
+        .unwrap_or_default();
     let (ok, out, err) = run_program(
         &client_program("pgbench"),
         &[
@@ -93,7 +97,7 @@ async fn pgbench_tables(db: &TestDb, tenant: &TestTenant) {
             &c.admin_user,
             &db.name,
         ],
-        &[("PGPASSWORD", &password), ("PGOPTIONS", &options)],
+        &[("PGPASSWORD", password), ("PGOPTIONS", options.as_str())],
         None,
     )
     .await;

@@ -1,7 +1,6 @@
 //! The `[auth]` section of the configuration: its fields, their defaults, and a `Debug` that hides the
 //! secret.
 
-use std::fmt;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Deserializer};
@@ -59,7 +58,7 @@ impl SessionExpiry {
 }
 
 /// The `[auth]` section of the config file.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Debug)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Allowed algorithms, e.g. `["HS256"]` (default `["HS256"]`). JWA names: "HS256", "HS384", "HS512", "RS256",
@@ -69,7 +68,7 @@ pub struct AuthConfig {
     /// HMAC secret for HS* (literal bytes of the string). Overridden by the environment variable
     /// `PGTENANT_JWT_SECRET` (see [`AuthConfig::apply_env`]). At least 32 bytes for HS256 (48 for HS384, 64 for
     /// HS512).
-    pub hs_secret: Option<String>,
+    pub hs_secret: Option<crate::secret::Secret>,
     /// PEM files with public keys (RSA, EC P-256/P-384, Ed25519) for RS*/PS*/ES*/EdDSA. A file may hold several
     /// `PUBLIC KEY` / `RSA PUBLIC KEY` blocks (key rotation); private keys and certificates are refused.
     pub public_key_files: Vec<PathBuf>,
@@ -169,40 +168,5 @@ impl Default for AuthConfig {
             session_expiry: SessionExpiry::Ignore,
             revocation_refresh_secs: DEFAULT_REVOCATION_REFRESH_SECS,
         }
-    }
-}
-
-impl fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("algorithms", &self.algorithms)
-            .field("hs_secret", &self.hs_secret.as_ref().map(|_| "<redacted>"))
-            .field("public_key_files", &self.public_key_files)
-            .field("identity_claim", &self.identity_claim)
-            .field("audience", &self.audience)
-            .field("issuer", &self.issuer)
-            .field("max_token_bytes", &self.max_token_bytes)
-            .field("leeway_secs", &self.leeway_secs)
-            .field("admin_claim", &self.admin_claim)
-            .field("user_claim", &self.user_claim)
-            .field("org_claim", &self.org_claim)
-            .field("jwks_url", &self.jwks_url)
-            .field("jwks_file", &self.jwks_file)
-            .field("discover", &self.discover)
-            .field("jwks_refresh_secs", &self.jwks_refresh_secs)
-            .field(
-                "jwks_refetch_interval_secs",
-                &self.jwks_refetch_interval_secs,
-            )
-            .field("jwks_stale_secs", &self.jwks_stale_secs)
-            .field("jwks_connect_timeout_ms", &self.jwks_connect_timeout_ms)
-            .field("jwks_timeout_ms", &self.jwks_timeout_ms)
-            .field("jwks_login_wait_ms", &self.jwks_login_wait_ms)
-            .field("jwks_file_check_ms", &self.jwks_file_check_ms)
-            .field("jwks_allow_http", &self.jwks_allow_http)
-            .field("jwks_allow_link_local", &self.jwks_allow_link_local)
-            .field("session_expiry", &self.session_expiry)
-            .field("revocation_refresh_secs", &self.revocation_refresh_secs)
-            .finish()
     }
 }

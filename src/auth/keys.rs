@@ -40,7 +40,7 @@ impl KeySet {
     ) -> Result<KeySet, AuthConfigError> {
         let mut set = KeySet::default();
         if let Some(secret) = &cfg.hs_secret {
-            set.hmac = Some(DecodingKey::from_secret(secret.as_bytes()));
+            set.hmac = Some(DecodingKey::from_secret(secret.expose().as_bytes()));
         }
         for path in &cfg.public_key_files {
             set.load_file(path)?;

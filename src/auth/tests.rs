@@ -23,7 +23,7 @@ pub(super) fn now() -> u64 {
 
 pub(super) fn hs_cfg() -> AuthConfig {
     AuthConfig {
-        hs_secret: Some(SECRET.to_owned()),
+        hs_secret: Some(SECRET.into()),
         ..AuthConfig::default()
     }
 }
@@ -290,7 +290,7 @@ fn crit_header_is_refused() {
 fn hs256_signed_with_rsa_public_key_when_rs256_and_hs256_allowed() {
     let file = TempFile::new(&rsa().public_pem);
     let cfg = AuthConfig {
-        hs_secret: Some(SECRET.to_owned()),
+        hs_secret: Some(SECRET.into()),
         ..asym_cfg(&["RS256", "HS256"], &file)
     };
     let v = verifier(&cfg);
@@ -692,7 +692,7 @@ fn token_text_not_in_any_error_display() {
     let marker = "attacker-controlled-SUBJECT-text";
     let file = TempFile::new(&rsa().public_pem);
     let cfg = AuthConfig {
-        hs_secret: Some(SECRET.to_owned()),
+        hs_secret: Some(SECRET.into()),
         audience: Some("aud-x".to_owned()),
         issuer: Some("iss-x".to_owned()),
         max_token_bytes: 2000,
@@ -843,7 +843,7 @@ fn config_errors() {
     ));
     assert!(matches!(
         TokenVerifier::new(&AuthConfig {
-            hs_secret: Some("short".to_owned()),
+            hs_secret: Some("short".into()),
             ..AuthConfig::default()
         }),
         Err(AuthConfigError::HsSecretTooShort {
@@ -961,18 +961,24 @@ fn key_file_errors() {
 #[test]
 fn apply_env_overrides_secret() {
     let mut cfg = AuthConfig {
-        hs_secret: Some("from-file".to_owned()),
+        hs_secret: Some("from-file".into()),
         ..AuthConfig::default()
     };
     cfg.apply_env_from(|name| (name == JWT_SECRET_ENV).then(|| OsString::from(SECRET)));
-    assert_eq!(cfg.hs_secret.as_deref(), Some(SECRET));
+    assert_eq!(
+        cfg.hs_secret.as_ref().map(crate::secret::Secret::expose),
+        Some(SECRET)
+    );
 
     let mut cfg = AuthConfig {
-        hs_secret: Some("from-file".to_owned()),
+        hs_secret: Some("from-file".into()),
         ..AuthConfig::default()
     };
     cfg.apply_env_from(|_| Some(OsString::new()));
-    assert_eq!(cfg.hs_secret.as_deref(), Some("from-file"));
+    assert_eq!(
+        cfg.hs_secret.as_ref().map(crate::secret::Secret::expose),
+        Some("from-file")
+    );
 
     let mut cfg = AuthConfig::default();
     cfg.apply_env_from(|_| None);

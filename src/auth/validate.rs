@@ -44,7 +44,7 @@ impl AuthConfig {
             Ok(s) if s.is_empty() => {
                 tracing::warn!("{JWT_SECRET_ENV} is set but empty; ignoring it");
             }
-            Ok(s) => self.hs_secret = Some(s),
+            Ok(s) => self.hs_secret = Some(s.into()),
             Err(_) => {
                 tracing::warn!("{JWT_SECRET_ENV} is not valid UTF-8; ignoring it");
             }
@@ -60,7 +60,8 @@ impl AuthConfig {
             if alg.family() == jsonwebtoken::AlgorithmFamily::Hmac {
                 let secret = self
                     .hs_secret
-                    .as_deref()
+                    .as_ref()
+                    .map(crate::secret::Secret::expose)
                     .ok_or(AuthConfigError::MissingHsSecret {
                         alg: algorithm_name(*alg),
                     })?;

@@ -363,7 +363,7 @@ impl ClusterSet {
                         port: c.port,
                         database: c.database.clone(),
                         admin_user: c.admin_user.clone(),
-                        admin_password: password,
+                        admin_password: password.map(crate::secret::Secret::from),
                         server_secret: None,
                         connect_timeout_ms: config.upstream.connect_timeout_ms,
                         sslmode: c.sslmode,
@@ -527,8 +527,14 @@ mod tests {
                 .admin_password
                 .clone()
         };
-        assert_eq!(pw("eu2").as_deref(), Some("pw-eu2"));
-        assert_eq!(pw("eu2_r1").as_deref(), Some("pw-eu2"));
+        assert_eq!(
+            pw("eu2").as_ref().map(crate::secret::Secret::expose),
+            Some("pw-eu2")
+        );
+        assert_eq!(
+            pw("eu2_r1").as_ref().map(crate::secret::Secret::expose),
+            Some("pw-eu2")
+        );
         assert_eq!(pw("us1"), None);
         assert_eq!(set.default_entry().upstream.host, config.upstream.host);
         let replicas: Vec<String> = set

@@ -3,34 +3,13 @@
 
 use serde::Deserialize;
 
-/// A secret from the config file or the environment: never printed (`Debug` redacts it, no `Display`).
-#[derive(Clone, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The secret itself, for the one place that hands it on (a connection's password).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// `[clusters.<name>]`: what pgtenant needs to log in to a cluster as its admin role that the directory does
 /// not hold.
 #[derive(Clone, Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterSecrets {
     /// The password of the cluster's `admin_user`. A replica without one uses its primary's.
-    pub admin_password: Option<Secret>,
+    pub admin_password: Option<crate::secret::Secret>,
 }
 
 /// How a session asks for a replica (libpq's `target_session_attrs` values, in the startup option

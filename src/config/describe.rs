@@ -6,8 +6,9 @@ use std::path::PathBuf;
 impl Config {
     /// Every setting as (key, value) text, secrets shown only as set or not set.
     pub fn describe(&self) -> Vec<(String, String)> {
-        let secret =
-            |s: &Option<String>| if s.is_some() { "(set)" } else { "(not set)" }.to_string();
+        let secret = |s: &Option<crate::secret::Secret>| {
+            if s.is_some() { "(set)" } else { "(not set)" }.to_string()
+        };
         let path = |p: &Option<PathBuf>| {
             p.as_ref()
                 .map(|p| p.display().to_string())

@@ -23,7 +23,7 @@ fn source_conninfo(source: &ClusterEntry) -> String {
         "application_name=pgtenant_move".to_string(),
     ];
     if let Some(password) = &u.admin_password {
-        parts.push(format!("password={}", value(password)));
+        parts.push(format!("password={}", value(password.expose())));
     }
     for (key, path) in [
         ("sslrootcert", &u.sslrootcert),

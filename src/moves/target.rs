@@ -146,7 +146,7 @@ async fn schema_dump(source: &ClusterEntry, schema: &str) -> Result<String, Move
         .env("PGCONNECT_TIMEOUT", "10")
         .kill_on_drop(true);
     if let Some(password) = &upstream.admin_password {
-        cmd.env("PGPASSWORD", password);
+        cmd.env("PGPASSWORD", password.expose());
     }
     for (var, path) in [
         ("PGSSLROOTCERT", &upstream.sslrootcert),

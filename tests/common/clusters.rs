@@ -42,7 +42,11 @@ pub fn cli_config(db: &TestDb, dir: &std::path::Path, placement: &str) -> std::p
         c.upstream.port,
         c.upstream.database,
         c.upstream.admin_user,
-        c.upstream.admin_password.clone().unwrap_or_default(),
+        c.upstream
+            .admin_password
+            .as_ref()
+            .map(pgtenant::secret::Secret::expose)
+            .unwrap_or_default(),
         c.tenancy.tenant_migrations_dir.display(),
         c.tenancy.shared_migrations_dir.display(),
         cluster().cluster.superuser_password(),
