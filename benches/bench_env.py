@@ -6,6 +6,7 @@ temp folder, transaction pooling), pgbench tables (scale 10) in the demo tenant'
 import contextlib
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -140,6 +141,11 @@ logfile = {bdir}/pgbouncer.log
                 f.write('"bench" ""\n')
             run(["chown", "-R", "postgres", bdir], check=False)
             cmd = [bouncer_bin, os.path.join(bdir, "pgbouncer.ini")]
+            # runuser's PAM session puts the open-file limit back to its default: PgBouncer gets this
+            # process's (benches/idle_clients.py raises it) through prlimit.
+            nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            if shutil.which("prlimit"):
+                cmd = ["prlimit", f"--nofile={nofile}:{nofile}", "--"] + cmd
             if os.geteuid() == 0:
                 cmd = ["runuser", "-u", "postgres", "--"] + cmd
             bouncer = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

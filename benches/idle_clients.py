@@ -82,9 +82,9 @@ async def hold(name, pid, target, clients, concurrency, idle_seconds):
     async def one():
         async with gate:
             try:
-                return await connect(host, port, user, password, database)
+                return await asyncio.wait_for(connect(host, port, user, password, database), 30)
             except Exception as e:  # noqa: BLE001 - reported, not fatal
-                errors.append(str(e))
+                errors.append(str(e) or type(e).__name__)
                 return None
 
     started = time.time()

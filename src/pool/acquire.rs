@@ -110,7 +110,9 @@ impl PoolManager {
             }
         };
         let password = self.passwords.password_for(role.as_str());
-        let conn = UpstreamConn::connect(
+        // Boxed: opening a connection (TCP, TLS, SCRAM) is a large future and a rare one; inline, every
+        // session's relay would carry its room for the session's whole life.
+        let conn = Box::pin(UpstreamConn::connect(
             &pool.target,
             Login {
                 user: role.as_str(),
@@ -118,7 +120,7 @@ impl PoolManager {
                 salted_cache: &self.salted,
                 settings,
             },
-        )
+        ))
         .await
         .inspect_err(|e| {
             if let UpstreamError::Tls { .. } = e {

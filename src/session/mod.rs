@@ -39,11 +39,14 @@ use settings::send_login_ok;
 pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     tcp.set_nodelay(true).ok();
     let login_timeout = Duration::from_millis(proxy.config().server.login_timeout_ms);
-    let login = tokio::time::timeout(login_timeout, handshake_and_login(&proxy, tcp, peer)).await;
+    // The login's future is boxed: it is large (TLS, token, directory, pool) and done once, so the session's
+    // own future, held for the session's whole life, does not carry its room (idle clients cost less).
+    let login = Box::pin(handshake_and_login(&proxy, tcp, peer));
+    let login = tokio::time::timeout(login_timeout, login).await;
     let (mut client, ready) = match login {
         Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, *ready),
         Ok(Ok(Some((client, LoggedIn::Admin(admin))))) => {
-            crate::admin::serve(proxy, client, admin, peer).await;
+            Box::pin(crate::admin::serve(proxy, client, admin, peer)).await;
             return;
         }
         Ok(Ok(None)) => return,

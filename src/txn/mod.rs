@@ -54,7 +54,11 @@ pub const TRACKED_SETTINGS: &[&str] = &[
 
 /// Stop reading a side while this much is waiting to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
+/// The largest room a read from either side gets.
 const READ_SIZE: usize = 32 * 1024;
+/// The room of a session's first read from either side (see `turn::poll_read_into`); its write buffers
+/// start empty and grow as written.
+const FIRST_READ: usize = 2 * 1024;
 /// Largest message pgtenant reads whole (Parse, Bind, Describe, Close; server error and status messages).
 const MAX_WHOLE_MESSAGE: usize = 1 << 30;
 /// Prepared statements kept per server connection before the least recently used is closed.
@@ -199,11 +203,11 @@ impl TxnSession<'_> {
             unsynced: false,
             skipping_to_sync: false,
             status: TxStatus::Idle,
-            to_client: BytesMut::with_capacity(READ_SIZE),
-            to_server: BytesMut::with_capacity(READ_SIZE),
-            client_in: BytesMut::with_capacity(READ_SIZE),
+            to_client: BytesMut::new(),
+            to_server: BytesMut::new(),
+            client_in: BytesMut::new(),
             client_streaming: 0,
-            server_in: BytesMut::with_capacity(READ_SIZE),
+            server_in: BytesMut::new(),
             server_streaming: 0,
             last_server_error: false,
             lasting: None,

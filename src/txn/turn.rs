@@ -4,7 +4,7 @@
 //! the same turn that produced it; the turn ends with the next thing that needs the loop: bytes read from
 //! a side, a side gone, a connection that can go back to the pool, or a signal.
 
-use super::{State, HIGH_WATER, READ_SIZE};
+use super::{State, FIRST_READ, HIGH_WATER, READ_SIZE};
 use crate::limit_watch::LimitWatch;
 use crate::limits::LimitEnd;
 use bytes::{Buf, BytesMut};
@@ -168,16 +168,24 @@ fn poll_server_read(cx: &mut Context<'_>, state: &mut State) -> Poll<io::Result<
     }
 }
 
-/// Reads into the spare room of `buf` (made if short), without an intermediate buffer.
+/// Reads into the spare room of `buf`, without an intermediate buffer. The room grows with what the stream
+/// needs: from `FIRST_READ` (an idle session of small requests holds little), doubled each time a read
+/// fills it, up to `READ_SIZE` (a large result or COPY is read in large pieces).
 fn poll_read_into<R: AsyncRead + Unpin>(
     cx: &mut Context<'_>,
     reader: &mut R,
     buf: &mut BytesMut,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
+    let room = buf.capacity().clamp(FIRST_READ, READ_SIZE);
+    if buf.capacity() - buf.len() < room / 4 {
+        buf.reserve(room);
     }
-    tokio_util::io::poll_read_buf(Pin::new(reader), cx, buf)
+    let spare = buf.capacity() - buf.len();
+    let read = tokio_util::io::poll_read_buf(Pin::new(reader), cx, buf);
+    if matches!(read, Poll::Ready(Ok(n)) if n == spare && buf.capacity() < READ_SIZE) {
+        buf.reserve(buf.capacity());
+    }
+    read
 }
 
 /// Writes `buf` out as far as the writer takes it, then flushes if a TLS writer holds bytes back. Ready
