@@ -9,7 +9,9 @@
 mod common;
 
 use bytes::BytesMut;
+use common::run::{describe_run, report_value, run_bounded};
 use common::*;
+use pgtenant::names::quote_ident;
 use pgtenant::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamTarget};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -46,10 +48,6 @@ impl Drop for TempDir {
     }
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// A path as a single-quoted psql argument (for `\copy ... 'path'`).
 fn psql_quoted_path(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "''"))
@@ -66,21 +64,6 @@ fn superuser_conninfo() -> String {
     )
 }
 
-/// `run_program` with a tighter bound: a client stuck on a broken relay fails the test in two minutes.
-async fn run_bounded(
-    program: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-    stdin: Option<&str>,
-) -> (bool, String, String) {
-    tokio::time::timeout(
-        Duration::from_secs(120),
-        run_program(program, args, env, stdin),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within 120 s"))
-}
-
 /// Runs psql without psqlrc, in unaligned tuples-only mode, with UTF-8 as client encoding.
 async fn psql(
     conninfo: &str,
@@ -95,11 +78,7 @@ async fn psql(
     if let Some(p) = password {
         env.push(("PGPASSWORD", p));
     }
-    run_bounded(&psql, &all_args, &env, stdin).await
-}
-
-fn describe_run(what: &str, ok: bool, out: &str, err: &str) -> String {
-    format!("{what}: success={ok}\n--- stdout ---\n{out}\n--- stderr ---\n{err}")
+    run_bounded(&psql, &all_args, &env, stdin, 120).await
 }
 
 /// A CSV field as PostgreSQL's `COPY ... TO (FORMAT csv)` writes it: NULL is an empty unquoted field, and a
@@ -551,6 +530,7 @@ async fn psql_startup_settings_match_direct() {
             &["-X", "-A", "-t", "-d", &conninfo, "-o", &out_arg, "-c", sql],
             &env,
             None,
+            120,
         )
         .await;
         assert!(ok, "{}", describe_run(label, ok, &out, &err));
@@ -580,13 +560,6 @@ async fn psql_startup_settings_match_direct() {
 // 2. pgbench
 // ---------------------------------------------------------------------------------------------------------
 
-/// The number after `label` on its line of pgbench's report, e.g. "number of failed transactions: 0".
-fn pgbench_number(out: &str, label: &str) -> Option<String> {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .map(|rest| rest.trim().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_runs_in_every_query_mode() {
     let tenant = onboard("pgbench").await;
@@ -596,7 +569,7 @@ async fn pgbench_runs_in_every_query_mode() {
     let schema = quote_ident(tenant.onboarded.schema.as_str());
     let admin = superuser().await;
 
-    let (ok, out, err) = run_bounded(&pgbench, &["-i", "-s", "1", &conninfo], &[], None).await;
+    let (ok, out, err) = run_bounded(&pgbench, &["-i", "-s", "1", &conninfo], &[], None, 120).await;
     assert!(ok, "{}", describe_run("pgbench -i -s 1", ok, &out, &err));
     let schemas: Vec<String> = admin
         .query(
@@ -642,21 +615,22 @@ async fn pgbench_runs_in_every_query_mode() {
             &["-c", "4", "-j", "2", "-t", "200", "-M", mode, &conninfo],
             &[],
             None,
+            120,
         )
         .await;
         let report = describe_run(&format!("pgbench -M {mode}"), ok, &out, &err);
         assert!(ok, "{report}");
         assert_eq!(
-            pgbench_number(&out, "query mode:").as_deref(),
+            report_value(&out, "query mode:").as_deref(),
             Some(mode),
             "{report}"
         );
         assert_eq!(
-            pgbench_number(&out, "number of transactions actually processed:").as_deref(),
+            report_value(&out, "number of transactions actually processed:").as_deref(),
             Some("800/800"),
             "{report}"
         );
-        let failed = pgbench_number(&out, "number of failed transactions:").unwrap_or_default();
+        let failed = report_value(&out, "number of failed transactions:").unwrap_or_default();
         assert!(
             failed.starts_with("0 "),
             "failed transactions: {failed:?}\n{report}"
@@ -743,6 +717,7 @@ async fn psycopg_checks_pass_directly_and_through_pgtenant() {
             ("PGPASSWORD", cluster().cluster.superuser_password()),
         ],
         None,
+        120,
     )
     .await;
     admin
@@ -768,6 +743,7 @@ async fn psycopg_checks_pass_directly_and_through_pgtenant() {
         &[&script],
         &[("PGTENANT_CONNINFO", conninfo.as_str())],
         None,
+        120,
     )
     .await;
     assert!(

@@ -7,9 +7,11 @@
 mod common;
 
 use bytes::BytesMut;
+use common::run::{describe_run, report_value, run_bounded};
 use common::wire::*;
 use common::*;
 use pgtenant::config::PoolMode;
+use pgtenant::names::quote_ident;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,10 +23,6 @@ use tokio_postgres::{NoTls, SimpleQueryMessage};
 // Helpers
 // ---------------------------------------------------------------------------------------------------------
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
 /// libpq connection string of the superuser straight to PostgreSQL, password included.
 fn superuser_conninfo() -> String {
     let c = &cluster().cluster;
@@ -35,25 +33,6 @@ fn superuser_conninfo() -> String {
         c.superuser(),
         c.superuser_password()
     )
-}
-
-fn describe_run(what: &str, ok: bool, out: &str, err: &str) -> String {
-    format!("{what}: success={ok}\n--- stdout ---\n{out}\n--- stderr ---\n{err}")
-}
-
-/// `run_program`, failing the test after `secs`.
-async fn run_bounded(
-    program: &str,
-    args: &[&str],
-    env: &[(&str, &str)],
-    secs: u64,
-) -> (bool, String, String) {
-    tokio::time::timeout(
-        Duration::from_secs(secs),
-        run_program(program, args, env, None),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("{program} {args:?} did not finish within {secs} s"))
 }
 
 /// Server connections of `role` right now (as the superuser sees them).
@@ -192,6 +171,7 @@ async fn psycopg_txn(mode: &str, conninfo: &str, clients: usize) -> ScriptRun {
             ("PGTXN_ADMIN_CONNINFO", admin.as_str()),
             ("PGTXN_CLIENTS", clients.as_str()),
         ],
+        None,
         120,
     )
     .await;
@@ -238,13 +218,6 @@ fn simple_values(messages: &[SimpleQueryMessage]) -> Vec<Option<String>> {
 // 1. pgbench: 32 clients over 4 server connections, three query modes
 // ---------------------------------------------------------------------------------------------------------
 
-/// The text after `label` on its line of pgbench's report.
-fn pgbench_value(out: &str, label: &str) -> Option<String> {
-    out.lines()
-        .find_map(|l| l.strip_prefix(label))
-        .map(|rest| rest.trim().to_string())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgbench_32_clients_over_a_pool_of_4_in_every_query_mode() {
     let tenant = onboard("txnbench").await;
@@ -257,7 +230,7 @@ async fn pgbench_32_clients_over_a_pool_of_4_in_every_query_mode() {
     let monitor = BackendMonitor::start(&role).await;
 
     let started = Instant::now();
-    let (ok, out, err) = run_bounded(&pgbench, &["-i", "-s", "1", &conninfo], &[], 120).await;
+    let (ok, out, err) = run_bounded(&pgbench, &["-i", "-s", "1", &conninfo], &[], None, 120).await;
     assert!(
         ok,
         "{}",
@@ -286,6 +259,7 @@ async fn pgbench_32_clients_over_a_pool_of_4_in_every_query_mode() {
                 "-M", mode, "-c", "32", "-j", "2", "-T", "3", "-n", &conninfo,
             ],
             &[],
+            None,
             60,
         )
         .await;
@@ -296,16 +270,16 @@ async fn pgbench_32_clients_over_a_pool_of_4_in_every_query_mode() {
             "pgbench reported errors\n{report}"
         );
         assert_eq!(
-            pgbench_value(&out, "query mode:").as_deref(),
+            report_value(&out, "query mode:").as_deref(),
             Some(mode),
             "{report}"
         );
-        let processed: i64 = pgbench_value(&out, "number of transactions actually processed:")
+        let processed: i64 = report_value(&out, "number of transactions actually processed:")
             .and_then(|v| v.split('/').next().map(str::to_string))
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no transaction count in the report\n{report}"));
         assert!(processed > 0, "{report}");
-        let failed = pgbench_value(&out, "number of failed transactions:").unwrap_or_default();
+        let failed = report_value(&out, "number of failed transactions:").unwrap_or_default();
         assert!(
             failed.starts_with("0 ") || failed == "0",
             "failed transactions: {failed:?}\n{report}"
@@ -1397,6 +1371,7 @@ async fn listen_and_sql_prepare_get_a_notice_about_transaction_pooling() {
             "LISTEN txn_psql",
         ],
         &[],
+        None,
         30,
     )
     .await;

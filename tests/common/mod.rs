@@ -6,6 +6,7 @@
 
 pub mod clusters;
 pub mod drivers;
+pub mod run;
 pub mod wire;
 
 use pgtenant::auth::{mint_hs256, MintRequest};
