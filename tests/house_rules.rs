@@ -22,6 +22,28 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Every source file of `src/` that is not a test file (`tests.rs`, `*_tests.rs`): its path below `src/` and
+/// its text, sorted by path.
+fn library_sources() -> Vec<(PathBuf, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    files.sort();
+    let sources: Vec<(PathBuf, String)> = files
+        .iter()
+        .filter(|f| {
+            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            name != "tests.rs" && !name.ends_with("_tests.rs")
+        })
+        .map(|f| {
+            let rel = f.strip_prefix(&src).expect("under src").to_path_buf();
+            (rel, std::fs::read_to_string(f).expect("read"))
+        })
+        .collect();
+    assert!(sources.len() > 50, "src/ was read: {} files", sources.len());
+    sources
+}
+
 /// The code of a file before its inline test module (`#[cfg(test)] mod tests { … }`, last in a file in this
 /// crate), with the `pub mod sqlstate { … }` block left out.
 fn code_outside_tests(text: &str) -> String {
@@ -79,25 +101,12 @@ fn sqlstate_literals(code: &str) -> Vec<String> {
 
 #[test]
 fn no_sqlstate_literal_outside_the_sqlstate_module() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
     let mut offenders = Vec::new();
-    for file in &files {
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default();
-        if name == "tests.rs" || name.ends_with("_tests.rs") {
-            continue;
-        }
-        let text = std::fs::read_to_string(file).expect("read");
+    for (file, text) in library_sources() {
         for literal in sqlstate_literals(&code_outside_tests(&text)) {
-            offenders.push(format!("{}: \"{literal}\"", file.display()));
+            offenders.push(format!("src/{}: \"{literal}\"", file.display()));
         }
     }
-    assert!(files.len() > 50, "src/ was read: {} files", files.len());
     assert!(
         offenders.is_empty(),
         "name these SQLSTATEs in error::sqlstate:\n{}",
@@ -197,12 +206,8 @@ fn cycle_through(graph: &BTreeMap<String, BTreeSet<String>>, start: &str) -> Opt
 
 #[test]
 fn no_import_cycle_among_the_top_level_modules() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for file in &files {
-        let rel = file.strip_prefix(&src).expect("under src");
+    for (rel, text) in library_sources() {
         let top = rel
             .components()
             .next()
@@ -210,15 +215,10 @@ fn no_import_cycle_among_the_top_level_modules() {
             .unwrap_or_default()
             .trim_end_matches(".rs")
             .to_string();
-        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
         // The binary (main.rs and the modules it declares) and the crate root are not modules of the library.
-        if matches!(top.as_str(), "lib" | "main" | "cli")
-            || name == "tests.rs"
-            || name.ends_with("_tests.rs")
-        {
+        if matches!(top.as_str(), "lib" | "main" | "cli") {
             continue;
         }
-        let text = std::fs::read_to_string(file).expect("read");
         let named = modules_named(&code_outside_tests(&text));
         let edges = graph.entry(top.clone()).or_default();
         edges.extend(named.into_iter().filter(|m| *m != top));
@@ -274,22 +274,13 @@ fn the_module_finder_and_the_cycle_finder_find_what_they_should() {
 
 #[test]
 fn no_source_file_outside_tests_over_600_lines() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
-    let long: Vec<String> = files
-        .iter()
-        .filter(|f| {
-            let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            name != "tests.rs" && !name.ends_with("_tests.rs")
-        })
-        .filter_map(|f| {
-            let lines = std::fs::read_to_string(f).expect("read").lines().count();
-            (lines > 600).then(|| format!("{}: {lines} lines", f.display()))
+    let long: Vec<String> = library_sources()
+        .into_iter()
+        .filter_map(|(file, text)| {
+            let lines = text.lines().count();
+            (lines > 600).then(|| format!("src/{}: {lines} lines", file.display()))
         })
         .collect();
-    assert!(files.len() > 50, "src/ was read: {} files", files.len());
     assert!(
         long.is_empty(),
         "split these into a folder with a file per job:\n{}",
@@ -299,29 +290,23 @@ fn no_source_file_outside_tests_over_600_lines() {
 
 #[test]
 fn errors_for_clients_are_built_only_by_the_allowlist() {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let mut files = Vec::new();
-    rust_files(&src, &mut files);
-    files.sort();
     let mut offenders = Vec::new();
-    for file in &files {
-        let rel = file.strip_prefix(&src).expect("under src");
-        let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        if matches!(rel.to_str(), Some("error.rs" | "user_facing.rs"))
-            || name == "tests.rs"
-            || name.ends_with("_tests.rs")
-        {
+    for (rel, text) in library_sources() {
+        if matches!(rel.to_str(), Some("error.rs" | "user_facing.rs")) {
             continue;
         }
-        let text = std::fs::read_to_string(file).expect("read");
         let code = code_outside_tests(&text);
         for (number, line) in code.lines().enumerate() {
             if line.contains("PgError::fatal(") || line.contains("PgError::error(") {
-                offenders.push(format!("{}:{}: {}", rel.display(), number + 1, line.trim()));
+                offenders.push(format!(
+                    "src/{}:{}: {}",
+                    rel.display(),
+                    number + 1,
+                    line.trim()
+                ));
             }
         }
     }
-    assert!(files.len() > 50, "src/ was read: {} files", files.len());
     assert!(
         offenders.is_empty(),
         "name the case (a Refusal variant, or the error's own UserFacing) instead:\n{}",
