@@ -478,10 +478,12 @@ impl UpstreamConfig {
 
 mod clusters;
 mod describe;
+pub mod live;
 mod ssl_mode;
 
 pub use crate::secret::Secret;
 pub use clusters::{ClusterSecrets, Placement, ReplicasConfig, TargetSessionAttrs};
+pub use live::LiveConfig;
 pub use ssl_mode::SslMode;
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! through others (`tests/house_rules.rs` checks it): what several need sits below them all, e.g. [`names`]
 //! (role, schema and cluster names, SQL quoting), [`error`], [`units`], [`config`].
 //!
-//! - [`config`]: the TOML configuration, environment overrides for secrets, validation.
+//! - [`config`]: the TOML configuration, environment overrides for secrets, validation; `config::live`, the one
+//!   live snapshot that sessions, pool and directory read (RELOAD replaces it).
 //! - [`server`]: the listener; accepts TCP, answers SSLRequest / GSSENCRequest, hands cancel requests to
 //!   [`cancel`] and login attempts to [`session`].
 //! - [`tls`]: rustls server configuration for clients.

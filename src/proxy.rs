@@ -4,7 +4,7 @@
 use crate::auth::revocation::Revocation;
 use crate::auth::TokenVerifier;
 use crate::cancel::CancelMap;
-use crate::config::Config;
+use crate::config::{Config, LiveConfig};
 use crate::credentials::RolePasswords;
 use crate::directory::events::DirectoryEvent;
 use crate::directory::Directory;
@@ -35,15 +35,16 @@ pub enum ProxyError {
     NoConfigFile,
 }
 
-/// Live parts of the configuration, swapped as a whole by [`Proxy::reload`].
-struct Live {
-    config: Arc<Config>,
+/// What is built from the live configuration, rebuilt by [`Proxy::reload`].
+struct Derived {
     verifier: TokenVerifier,
     tls: Option<TlsAcceptor>,
 }
 
 pub struct Proxy {
-    live: RwLock<Live>,
+    /// The configuration everything reads (sessions, pool, directory, admin channel); RELOAD replaces it.
+    config: Arc<LiveConfig>,
+    derived: RwLock<Derived>,
     /// The file the configuration came from, for RELOAD.
     pub config_path: Option<PathBuf>,
     pub directory: Arc<Directory>,
@@ -119,26 +120,18 @@ impl Proxy {
         let verifier = TokenVerifier::new(&config.auth)?;
         let tls = tls_acceptor(&config)?;
         let upstream_tls = UpstreamTls::from_config(&config.upstream)?;
-        let directory = Directory::new(
-            config.admin_pg_config(),
-            upstream_tls.clone(),
-            Duration::from_millis(config.tenancy.directory_cache_ttl_ms),
-        );
+        let live = LiveConfig::new(config.clone());
+        let directory =
+            Directory::new(config.admin_pg_config(), upstream_tls.clone(), live.clone());
         let clusters = crate::clusters::registry::Clusters::new(&config, upstream_tls);
         let replicas = crate::clusters::replicas::ReplicaMonitor::new(Duration::from_millis(
             config.replicas.check_interval_ms,
         ));
-        let pools = PoolManager::new(
-            config.pool.clone(),
-            RolePasswords::new(config.server_secret()),
-        );
+        let pools = PoolManager::new(live.clone(), RolePasswords::new(config.server_secret()));
         let jwks_fetcher = Mutex::new(spawn_jwks_fetcher(&verifier, &shutdown));
         Ok(Arc::new(Proxy {
-            live: RwLock::new(Live {
-                config: Arc::new(config),
-                verifier,
-                tls,
-            }),
+            config: live,
+            derived: RwLock::new(Derived { verifier, tls }),
             jwks_fetcher,
             config_path,
             directory,
@@ -167,16 +160,13 @@ impl Proxy {
             .store(up, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The current configuration, to keep across awaits.
     pub fn config(&self) -> Arc<Config> {
-        self.live
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .config
-            .clone()
+        self.config.snapshot()
     }
 
     pub fn verifier(&self) -> TokenVerifier {
-        self.live
+        self.derived
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .verifier
@@ -184,7 +174,7 @@ impl Proxy {
     }
 
     pub fn tls(&self) -> Option<TlsAcceptor> {
-        self.live
+        self.derived
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .tls
@@ -199,40 +189,10 @@ impl Proxy {
         let config = Config::load(path)?;
         let verifier = TokenVerifier::new_replacing(&config.auth, &self.verifier())?;
         let tls = tls_acceptor(&config)?;
-        let mut needs_restart = Vec::new();
-        {
-            let old = self.config();
-            if old.server.listen != config.server.listen {
-                needs_restart.push("server.listen");
-            }
-            if old.upstream.host != config.upstream.host
-                || old.upstream.port != config.upstream.port
-                || old.upstream.database != config.upstream.database
-                || old.upstream.admin_user != config.upstream.admin_user
-                || old.upstream.sslmode != config.upstream.sslmode
-                || old.upstream.sslrootcert != config.upstream.sslrootcert
-                || old.upstream.sslcert != config.upstream.sslcert
-                || old.upstream.sslkey != config.upstream.sslkey
-            {
-                needs_restart.push("upstream");
-            }
-            if old.pool.size_per_tenant != config.pool.size_per_tenant
-                || old.pool.max_server_connections != config.pool.max_server_connections
-            {
-                needs_restart.push("pool sizes");
-            }
-            if old.server.max_client_connections != config.server.max_client_connections {
-                needs_restart.push("server.max_client_connections");
-            }
-        }
+        let needs_restart = crate::config::live::restart_needed(&self.config.load(), &config);
         let fetcher = spawn_jwks_fetcher(&verifier, &self.shutdown);
-        let mut live = self.live.write().unwrap_or_else(|p| p.into_inner());
-        *live = Live {
-            config: Arc::new(config),
-            verifier,
-            tls,
-        };
-        drop(live);
+        *self.derived.write().unwrap_or_else(|p| p.into_inner()) = Derived { verifier, tls };
+        self.config.replace(config);
         let old = std::mem::replace(
             &mut *self.jwks_fetcher.lock().unwrap_or_else(|p| p.into_inner()),
             fetcher,
@@ -240,11 +200,7 @@ impl Proxy {
         if let Some(old) = old {
             old.cancel();
         }
-        // What the pool and the directory copied at start, for the keys that may change while running.
-        self.pools.reload(&self.config().pool);
-        self.directory.set_ttl(Duration::from_millis(
-            self.config().tenancy.directory_cache_ttl_ms,
-        ));
+        // Lookups cached under the old configuration are not reused.
         self.directory.invalidate();
         tracing::info!(?needs_restart, "configuration reloaded");
         Ok(needs_restart)

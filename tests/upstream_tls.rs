@@ -542,7 +542,7 @@ async fn verify_full_refuses_another_name_with_08006_and_a_log_line() {
 
     // The tenant pool on its own (what serves a session once the directory answered).
     let pools = pgtenant::pool::PoolManager::new(
-        config.pool.clone(),
+        pgtenant::config::LiveConfig::new(config.clone()),
         pgtenant::credentials::RolePasswords::new(config.server_secret()),
     );
     let key = pgtenant::pool::PoolKey::new(

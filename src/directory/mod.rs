@@ -107,8 +107,9 @@ pub struct Directory {
     /// Why connections could not be made; also wakes the lookups waiting for one, which then fail at once.
     connect_errors: crate::pg_connect_errors::ConnectErrors,
     tls: crate::upstream_tls::UpstreamTls,
-    /// How long a lookup is reused, in milliseconds (`tenancy.directory_cache_ttl_ms`; RELOAD changes it).
-    ttl_ms: std::sync::atomic::AtomicU64,
+    /// The live configuration: how long a lookup is reused (`tenancy.directory_cache_ttl_ms`) is read from
+    /// it at each lookup, so a RELOAD changes it.
+    config: Arc<crate::config::LiveConfig>,
     cache: Mutex<HashMap<String, (Instant, Vec<User>)>>,
 }
 
@@ -149,22 +150,14 @@ fn user_columns() -> String {
 
 impl Directory {
     fn ttl(&self) -> Duration {
-        Duration::from_millis(self.ttl_ms.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    /// Reuses lookups for `ttl` from now on (RELOAD of `tenancy.directory_cache_ttl_ms`).
-    pub fn set_ttl(&self, ttl: Duration) {
-        self.ttl_ms.store(
-            ttl.as_millis().min(u64::MAX as u128) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        Duration::from_millis(self.config.load().tenancy.directory_cache_ttl_ms)
     }
 
     /// Connects lazily: the first lookup opens the first admin connection.
     pub fn new(
         admin: tokio_postgres::Config,
         tls: crate::upstream_tls::UpstreamTls,
-        ttl: Duration,
+        config: Arc<crate::config::LiveConfig>,
     ) -> Arc<Self> {
         let manager = PostgresConnectionManager::new(admin, tls.postgres());
         let connect_errors = crate::pg_connect_errors::ConnectErrors::new("directory");
@@ -181,7 +174,7 @@ impl Directory {
             pool,
             connect_errors,
             tls,
-            ttl_ms: std::sync::atomic::AtomicU64::new(ttl.as_millis().min(u64::MAX as u128) as u64),
+            config,
             cache: Mutex::new(HashMap::new()),
         })
     }

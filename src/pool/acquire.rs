@@ -5,7 +5,6 @@ use super::member::{spawn_terminate, Checkout, LiveCount, Member, Waiting};
 use super::tenant_pool::TenantPool;
 use super::{PoolError, PoolKey, PoolManager};
 use crate::upstream::{Login, UpstreamConn, UpstreamError, UpstreamTarget};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,7 +54,7 @@ impl PoolManager {
                 tokio::time::timeout_at(until, pool.checkout.clone().acquire_owned())
                     .await
                     .map_err(|_| PoolError::TenantBusy {
-                        size: self.config.size_per_tenant,
+                        size: self.sizes.size_per_tenant,
                         waited: since.elapsed(),
                     })?
                     .expect("pool semaphores are never closed")
@@ -100,7 +99,7 @@ impl PoolManager {
                         Ok(permit) => break permit.expect("pool semaphores are never closed"),
                         Err(_) if tokio::time::Instant::now() >= deadline => {
                             return Err(PoolError::GlobalBusy {
-                                max: self.config.max_server_connections,
+                                max: self.sizes.max_server_connections,
                                 waited: started.elapsed(),
                             })
                         }
@@ -142,14 +141,14 @@ impl PoolManager {
     /// When a checkout that starts waiting now gives up (`pool.acquire_timeout_ms`).
     fn acquire_deadline(&self) -> tokio::time::Instant {
         tokio::time::Instant::now()
-            + Duration::from_millis(self.live.acquire_timeout_ms.load(Ordering::Relaxed))
+            + Duration::from_millis(self.config.load().pool.acquire_timeout_ms)
     }
 
     /// A connection idle for longer than `pool.health_check_after_secs` (at `now`) answers an empty query
     /// first.
     async fn healthy(&self, conn: &mut UpstreamConn, now: Instant) -> bool {
         if now.saturating_duration_since(conn.last_used)
-            < Duration::from_secs(self.live.health_check_after_secs.load(Ordering::Relaxed))
+            < Duration::from_secs(self.config.load().pool.health_check_after_secs)
         {
             return true;
         }
@@ -164,7 +163,7 @@ impl PoolManager {
     /// Whether `conn` has outlived `pool.max_lifetime_secs` at `now`.
     pub(super) fn expired_at(&self, conn: &UpstreamConn, now: Instant) -> bool {
         now.saturating_duration_since(conn.created_at)
-            >= Duration::from_secs(self.live.max_lifetime_secs.load(Ordering::Relaxed))
+            >= Duration::from_secs(self.config.load().pool.max_lifetime_secs)
     }
 
     /// Closes the least recently used idle connection of any tenant. Returns false if none is idle.

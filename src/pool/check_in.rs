@@ -33,7 +33,7 @@ impl PoolManager {
             .global_waiting
             .load(Ordering::Relaxed)
             .saturating_sub(checkout.pool.waiting_global.load(Ordering::Relaxed));
-        if others_waiting > 0 && live > self.live.reserve_per_tenant.load(Ordering::Relaxed) {
+        if others_waiting > 0 && live > self.config.load().pool.reserve_per_tenant {
             spawn_terminate(member);
             return;
         }
@@ -50,7 +50,7 @@ impl PoolManager {
 
     /// Closes idle connections past `idle_timeout` or `max_lifetime`. Run periodically.
     pub fn reap_idle(&self) {
-        let idle_timeout = Duration::from_secs(self.live.idle_timeout_secs.load(Ordering::Relaxed));
+        let idle_timeout = Duration::from_secs(self.config.load().pool.idle_timeout_secs);
         let pools: Vec<Arc<TenantPool>> = match self.tenants.lock() {
             Ok(t) => t.values().cloned().collect(),
             Err(_) => return,

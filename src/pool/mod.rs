@@ -16,13 +16,11 @@
 //!
 //! A file per job: `tenant_pool` (the pool of one key, made on first use, replaced when its cluster's
 //! settings change), `member` (a live connection with its permits and counts, the checkout lending it),
-//! `acquire` (lending a connection), `check_in` (taking it back, closing idle ones), `live` (the settings a
-//! RELOAD changes), `role_state` (what a pool keeps of its role: limits, defaults, statement generations),
+//! `acquire` (lending a connection), `check_in` (taking it back, closing idle ones), `role_state` (what a pool keeps of its role: limits, defaults, statement generations),
 //! `stats` (what the pools hold, for the admin views), `pauses` (PAUSE / RESUME).
 
 mod acquire;
 mod check_in;
-mod live;
 mod member;
 mod pauses;
 pub mod queue;
@@ -31,13 +29,12 @@ pub mod routes;
 mod stats;
 mod tenant_pool;
 
-use crate::config::PoolConfig;
+use crate::config::LiveConfig;
 use crate::credentials::RolePasswords;
 use crate::names::ClusterName;
 use crate::names::RoleName;
 use crate::protocol::PgError;
 use crate::upstream::{SaltedPasswordCache, UpstreamError};
-use live::LiveSettings;
 use pauses::Pauses;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -86,11 +83,11 @@ impl std::fmt::Display for PoolKey {
 }
 
 pub struct PoolManager {
-    /// The sizes (`size_per_tenant`, `max_server_connections`: the semaphores are made with them) as at
-    /// start; the other keys as at start too, overridden by [`Self::live`].
-    config: PoolConfig,
-    /// The keys a RELOAD changes for connections and waits from then on.
-    live: LiveSettings,
+    /// The live configuration: the `[pool]` keys other than the sizes are read from it when used, so a
+    /// RELOAD changes them for connections and waits from then on.
+    config: Arc<LiveConfig>,
+    /// The sizes as at start (the semaphores are made with them; changing them needs a restart).
+    sizes: PoolSizes,
     passwords: RolePasswords,
     salted: SaltedPasswordCache,
     global: Arc<Semaphore>,
@@ -102,14 +99,28 @@ pub struct PoolManager {
     pub moved: routes::MovedPools,
 }
 
+/// `pool.size_per_tenant` and `pool.max_server_connections` as at start.
+#[derive(Clone, Copy, Debug)]
+struct PoolSizes {
+    size_per_tenant: usize,
+    max_server_connections: usize,
+}
+
 impl PoolManager {
-    pub fn new(config: PoolConfig, passwords: RolePasswords) -> Arc<Self> {
+    pub fn new(config: Arc<LiveConfig>, passwords: RolePasswords) -> Arc<Self> {
+        let sizes = {
+            let c = config.load();
+            PoolSizes {
+                size_per_tenant: c.pool.size_per_tenant,
+                max_server_connections: c.pool.max_server_connections,
+            }
+        };
         Arc::new(Self {
-            global: Arc::new(Semaphore::new(config.max_server_connections)),
+            global: Arc::new(Semaphore::new(sizes.max_server_connections)),
             global_waiting: AtomicUsize::new(0),
             pauses: Pauses::default(),
-            live: LiveSettings::from(&config),
             config,
+            sizes,
             passwords,
             salted: SaltedPasswordCache::default(),
             tenants: Mutex::new(HashMap::new()),

@@ -53,10 +53,10 @@ impl PoolManager {
             .map(|p| TenantPoolStats {
                 role: p.key.role.clone(),
                 cluster: p.key.cluster.clone(),
-                active: self.config.size_per_tenant - p.checkout.available_permits(),
+                active: self.sizes.size_per_tenant - p.checkout.available_permits(),
                 idle: p.idle.lock().map(|i| i.len()).unwrap_or(0),
                 waiting: p.waiting.load(Ordering::Relaxed),
-                limit: self.config.size_per_tenant,
+                limit: self.sizes.size_per_tenant,
             })
             .collect()
     }
@@ -67,15 +67,15 @@ impl PoolManager {
             .existing_pool(key)
             .map(|pool| {
                 (
-                    self.config.size_per_tenant - pool.checkout.available_permits(),
+                    self.sizes.size_per_tenant - pool.checkout.available_permits(),
                     pool.waiting.load(Ordering::Relaxed),
                 )
             })
             .unwrap_or((0, 0));
         QueueState {
             in_use,
-            limit: self.config.size_per_tenant,
-            global_limit: self.config.max_server_connections,
+            limit: self.sizes.size_per_tenant,
+            global_limit: self.sizes.max_server_connections,
             waiting,
         }
     }
@@ -103,7 +103,7 @@ impl PoolManager {
     }
 
     pub fn size_per_tenant(&self) -> usize {
-        self.config.size_per_tenant
+        self.sizes.size_per_tenant
     }
 
     /// Server connections (active, idle) of this pgtenant to each cluster.

@@ -80,7 +80,7 @@ impl PoolManager {
             key: key.clone(),
             target: target.clone(),
             retired: std::sync::atomic::AtomicBool::new(false),
-            checkout: Arc::new(Semaphore::new(self.config.size_per_tenant)),
+            checkout: Arc::new(Semaphore::new(self.sizes.size_per_tenant)),
             idle: Mutex::new(VecDeque::new()),
             live: Arc::new(AtomicUsize::new(0)),
             waiting: AtomicUsize::new(0),
