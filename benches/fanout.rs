@@ -5,10 +5,10 @@
 //! the tenant set to that count and times one `ALTER TABLE … ADD COLUMN` migration fanned out over all of
 //! them. Bounded: it creates at most the largest count of tenants, once.
 
+use pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use pgtenant::config::Config;
 use pgtenant::fanout::progress::Silent;
 use pgtenant::fanout::{FanOutOptions, TenantMigrator};
-use pgtenant::pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use pgtenant::tenancy::{self, OnboardRequest};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,7 +116,7 @@ async fn main() {
 
     let bins = PgBinaries::find().expect("PostgreSQL binaries");
     let root = std::env::temp_dir().join(format!("pgtenant-bench-fanout-{}", std::process::id()));
-    pgtenant::pgcluster::prepare_dir(&root).expect("dir");
+    pgcluster::prepare_dir(&root).expect("dir");
     let spec = ClusterSpec::new(root.join("data"), "postgres", "bench-password")
         .setting("fsync", "off")
         .setting("synchronous_commit", "off")

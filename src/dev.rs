@@ -3,14 +3,11 @@
 //! from its path: [`cluster_home`]), applies the shared migrations, onboards a demo tenant, writes the config
 //! it runs with to `.pgtenant/dev.toml`, starts the proxy and prints a psql line and a URL with a fresh token.
 //! Ctrl-C stops the proxy and the cluster; the next `pgtenant dev` reuses both the cluster and its tenants.
-//!
-//! Also home of small helpers the CLI shares with it: admin connection, token minting, stop signals.
 
-use crate::auth::{mint_hs256, MintRequest, MIN_HS_SECRET_BYTES};
 use crate::config::Config;
-use crate::pgcluster::{self, Cluster, ClusterSpec, PgBinaries};
 use crate::session::Proxy;
 use crate::tenancy::{self, OnboardRequest};
+use pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -65,9 +62,11 @@ pub enum DevError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    AdminConnect(#[from] AdminConnectError),
-    #[error("{0}")]
-    Token(String),
+    AdminConnect(#[from] crate::upstream_admin::AdminConnectError),
+    #[error(transparent)]
+    Token(#[from] tenancy::MintForError),
+    #[error("cannot write the dev secrets: {0}")]
+    SecretsEncode(#[from] toml::ser::Error),
     #[error("{what} {}: {source}", path.display())]
     Io {
         what: &'static str,
@@ -116,7 +115,7 @@ fn load_or_create_secrets(dir: &Path) -> Result<DevSecrets, DevError> {
         server_secret: random_secret(),
         jwt_secret: random_secret(),
     };
-    let text = toml::to_string(&secrets).map_err(|e| DevError::Token(e.to_string()))?;
+    let text = toml::to_string(&secrets)?;
     write_private(&path, &text)?;
     Ok(secrets)
 }
@@ -208,7 +207,7 @@ async fn run_with_cluster(
     write_private(&config_path, &config_text)?;
     let config = Config::load(&config_path)?;
 
-    let mut admin = connect_admin(&config).await?;
+    let mut admin = crate::upstream_admin::connect_admin(&config).await?;
     crate::migrate::apply_shared(&mut admin, &config.tenancy.shared_migrations_dir).await?;
     if tenancy::find_user_by_email(&admin, &args.demo_email)
         .await?
@@ -231,7 +230,7 @@ async fn run_with_cluster(
             done.slug, done.schema, done.role
         );
     }
-    let token = mint_token_for(
+    let token = tenancy::mint_token_for(
         &admin,
         &config,
         &args.demo_email,
@@ -239,7 +238,7 @@ async fn run_with_cluster(
         false,
     )
     .await?;
-    let admin_token = mint_token_for(
+    let admin_token = tenancy::mint_token_for(
         &admin,
         &config,
         &args.demo_email,
@@ -281,7 +280,7 @@ async fn run_with_cluster(
     );
     println!("Ctrl-C stops the proxy and PostgreSQL.");
 
-    wait_for_stop_signal().await;
+    crate::stop_signal::wait_for_stop_signal().await;
     eprintln!("stopping…");
     shutdown.cancel();
     server.await?;
@@ -350,71 +349,4 @@ async fn connect(
         }
     });
     Ok(client)
-}
-
-/// Why an admin connection could not be made.
-#[derive(Debug, thiserror::Error)]
-pub enum AdminConnectError {
-    #[error(transparent)]
-    Tls(#[from] crate::upstream_tls::UpstreamTlsError),
-    #[error("{}", crate::upstream_tls::error_chain(.0))]
-    Db(#[from] tokio_postgres::Error),
-}
-
-/// A connection as the configured admin role, TLS as `upstream.sslmode` says.
-pub async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client, AdminConnectError> {
-    let tls = crate::upstream_tls::UpstreamTls::from_config(&config.upstream)?;
-    let (client, connection) = config.admin_pg_config().connect(tls.postgres()).await?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "admin connection ended");
-        }
-    });
-    Ok(client)
-}
-
-/// Mints a token for the user with this email, with the configured HS256 secret.
-pub async fn mint_token_for(
-    admin: &tokio_postgres::Client,
-    config: &Config,
-    email: &str,
-    ttl: Duration,
-    as_admin: bool,
-) -> Result<String, DevError> {
-    let secret = config
-        .auth
-        .hs_secret
-        .as_ref().map(crate::secret::Secret::expose)
-        .filter(|s| s.len() >= MIN_HS_SECRET_BYTES)
-        .ok_or_else(|| DevError::Token(format!("auth.hs_secret (or PGTENANT_JWT_SECRET) of at least {MIN_HS_SECRET_BYTES} bytes is needed to mint tokens")))?;
-    let user_id = tenancy::find_user_by_email(admin, email)
-        .await?
-        .ok_or_else(|| DevError::Token(format!("no user with email {email}")))?;
-    mint_hs256(
-        secret.as_bytes(),
-        &MintRequest {
-            sub: user_id.to_string(),
-            email: Some(email.to_string()),
-            ttl,
-            admin: as_admin,
-            audience: config.auth.audience.clone(),
-            issuer: config.auth.issuer.clone(),
-        },
-        &config.auth.admin_claim,
-    )
-    .map_err(|e| DevError::Token(e.to_string()))
-}
-
-/// Completes at Ctrl-C (SIGINT) or SIGTERM.
-pub async fn wait_for_stop_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async {
-            match term.as_mut() {
-                Some(t) => { t.recv().await; }
-                None => std::future::pending::<()>().await,
-            }
-        } => {}
-    }
 }

@@ -63,7 +63,7 @@
 //!   round at a time.
 //! - [`cancel`]: the map from the BackendKeyData pgtenant issued to the upstream's own key.
 //! - [`tenancy`]: onboarding (organization, role, schema, grants, migrations, admin user) and operations on
-//!   existing tenants (status, limits, revocations).
+//!   existing tenants (status, limits, revocations); tokens for its users (`pgtenant token`, `pgtenant dev`).
 //! - [`migrate`]: versioned SQL files of `shared-migrations/` and `tenant-migrations/`, checksums, applying
 //!   the shared ones; [`fanout`]: `tenant-migrations/` over every tenant schema of every cluster (history,
 //!   locks, failure isolation, resume, progress).
@@ -71,8 +71,11 @@
 //!   resumable and cancellable from the state kept in the directory.
 //! - [`pg_connect_errors`]: the error sink of the tokio-postgres pools (directory, migrations): logs why a
 //!   connection failed and keeps it, since bb8 itself only reports a timeout.
-//! - [`pgcluster`]: finding PostgreSQL's binaries and running a throwaway cluster (for `pgtenant dev` and tests).
+//! - the `pgcluster` crate (crates/pgcluster, not part of this library): finding PostgreSQL's binaries and running a
+//!   throwaway cluster, for `pgtenant dev`, the tests and (pg_dump) tenant moves.
 //! - [`dev`]: the `pgtenant dev` command.
+//! - [`upstream_admin`]: a connection as the configured admin role (CLI commands, `pgtenant dev`, tests);
+//!   [`stop_signal`]: SIGINT / SIGTERM for `serve` and `dev`.
 //! - [`units`]: sizes as PostgreSQL prints them.
 
 pub mod admin;
@@ -96,7 +99,6 @@ pub mod migrate;
 pub mod moves;
 pub mod names;
 pub mod pg_connect_errors;
-pub mod pgcluster;
 pub mod pool;
 pub mod protocol;
 pub mod proxy;
@@ -108,10 +110,12 @@ pub mod server;
 pub mod session;
 pub mod sessions;
 pub mod sql;
+pub mod stop_signal;
 pub mod tenancy;
 pub mod tls;
 pub mod txn;
 pub mod units;
 pub mod upstream;
+pub mod upstream_admin;
 pub mod upstream_tls;
 pub mod user_facing;

@@ -143,7 +143,8 @@ async fn run(cli: Cli) -> Result<()> {
             let config = load(&cli.config)?;
             let client = connect_admin(&config).await?;
             let email = email.context("--email is required")?;
-            let token = pgtenant::dev::mint_token_for(&client, &config, &email, ttl, admin).await?;
+            let token =
+                pgtenant::tenancy::mint_token_for(&client, &config, &email, ttl, admin).await?;
             println!("{token}");
             Ok(())
         }

@@ -498,7 +498,7 @@ async fn read_only_sessions_go_to_a_replica_within_lag() {
     add_cluster(&db, add_request("b", b.port(), None)).await;
     let tenant = db.onboard_on("reads", Some("b"), None).await;
     let mut replica = ExtraCluster::replica_of(&b).await;
-    let metrics_port = pgtenant::pgcluster::free_port().expect("port");
+    let metrics_port = pgcluster::free_port().expect("port");
     let proxy = TestProxy::start_with(|c| {
         *c = db.config.clone();
         c.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port)));

@@ -95,9 +95,9 @@ async fn stop_dev(mut started: Started) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_runs_end_to_end_and_restarts_on_the_same_cluster() {
     let root = std::env::temp_dir().join(format!("pgtenant-dev-{}", uuid::Uuid::new_v4().simple()));
-    pgtenant::pgcluster::prepare_dir(&root).expect("dir");
+    pgcluster::prepare_dir(&root).expect("dir");
     let dir = root.join("state");
-    let port = pgtenant::pgcluster::free_port().expect("port");
+    let port = pgcluster::free_port().expect("port");
 
     let started = start_dev(&dir, port).await;
     // The printed psql line, run as printed (through a shell), with a query added.
@@ -226,7 +226,7 @@ fn accepts_on(port: u16) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_from_a_private_folder_keeps_the_cluster_where_postgres_reaches_it() {
     use pgtenant::dev::cluster_home::{derived_dir_for, DERIVED_BASE};
-    if !pgtenant::pgcluster::is_root() {
+    if !pgcluster::is_root() {
         println!(
             "skipped: not root, so PostgreSQL runs as ourselves and no project folder is out of its reach"
         );
@@ -249,11 +249,11 @@ async fn dev_from_a_private_folder_keeps_the_cluster_where_postgres_reaches_it()
             .expect("link migrations");
     }
     assert!(
-        !pgtenant::pgcluster::postgres_can_reach(&project).expect("reachability"),
+        !pgcluster::postgres_can_reach(&project).expect("reachability"),
         "the test folder is reachable by the postgres user: nothing to test"
     );
     let state = project.join(".pgtenant");
-    let port = pgtenant::pgcluster::free_port().expect("port");
+    let port = pgcluster::free_port().expect("port");
 
     // The first command of the README, from the private folder, no options but the port.
     let started = start_dev_in(&project, None, port).await;

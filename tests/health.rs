@@ -47,7 +47,7 @@ fn json(body: &str) -> serde_json::Value {
 
 /// A proxy with the metrics listener on a free port, answering `/live` before it is returned.
 async fn start_with_health(adjust: impl FnOnce(&mut Config)) -> (TestProxy, SocketAddr) {
-    let port = pgtenant::pgcluster::free_port().expect("free port");
+    let port = pgcluster::free_port().expect("free port");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let proxy = TestProxy::start_with(|c| {
         c.server.metrics_listen = Some(addr);
@@ -119,7 +119,7 @@ async fn live_and_ready_and_503_while_draining() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_503_when_the_directory_is_unreachable() {
-    let dead_port = pgtenant::pgcluster::free_port().expect("free port");
+    let dead_port = pgcluster::free_port().expect("free port");
     let (proxy, addr) = start_with_health(|c| {
         c.upstream.port = dead_port;
         c.health.check_timeout_ms = 2_000;

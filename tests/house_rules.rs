@@ -6,7 +6,8 @@
 //!   `src/user_facing.rs`: `PgError::fatal` and `PgError::error` appear only there and in `src/error.rs`;
 //! - no import cycle among the library's top-level modules: each names only modules below it, so a module
 //!   can be read (and tested) with what it stands on and nothing above;
-//! - no source file outside tests over 600 lines: a module with several jobs is a folder, a file per job.
+//! - no source file outside tests over 600 lines (in `src/` and in each crate under `crates/`): a module with
+//!   several jobs is a folder, a file per job.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,14 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// Every source file of `src/` that is not a test file (`tests.rs`, `*_tests.rs`): its path below `src/` and
 /// its text, sorted by path.
 fn library_sources() -> Vec<(PathBuf, String)> {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let sources = sources_under("src");
+    assert!(sources.len() > 50, "src/ was read: {} files", sources.len());
+    sources
+}
+
+/// The non-test Rust files below `dir` (relative to the repository) with their text, paths relative to `dir`.
+fn sources_under(dir: &str) -> Vec<(PathBuf, String)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     files.sort();
@@ -40,8 +48,24 @@ fn library_sources() -> Vec<(PathBuf, String)> {
             (rel, std::fs::read_to_string(f).expect("read"))
         })
         .collect();
-    assert!(sources.len() > 50, "src/ was read: {} files", sources.len());
     sources
+}
+
+/// The source folders of the workspace's own crates: `src/` and each `crates/<name>/src/`.
+fn workspace_source_dirs() -> Vec<String> {
+    let mut dirs = vec!["src".to_string()];
+    let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates");
+    for entry in std::fs::read_dir(&crates).expect("crates/").flatten() {
+        if entry.path().join("src").is_dir() {
+            dirs.push(format!(
+                "crates/{}/src",
+                entry.file_name().to_string_lossy()
+            ));
+        }
+    }
+    dirs.sort();
+    assert!(dirs.len() > 1, "crates/ was read: {dirs:?}");
+    dirs
 }
 
 /// The code of a file before its inline test module (`#[cfg(test)] mod tests { … }`, last in a file in this
@@ -274,11 +298,15 @@ fn the_module_finder_and_the_cycle_finder_find_what_they_should() {
 
 #[test]
 fn no_source_file_outside_tests_over_600_lines() {
-    let long: Vec<String> = library_sources()
+    let long: Vec<String> = workspace_source_dirs()
         .into_iter()
-        .filter_map(|(file, text)| {
-            let lines = text.lines().count();
-            (lines > 600).then(|| format!("src/{}: {lines} lines", file.display()))
+        .flat_map(|dir| {
+            sources_under(&dir)
+                .into_iter()
+                .filter_map(move |(file, text)| {
+                    let lines = text.lines().count();
+                    (lines > 600).then(|| format!("{dir}/{}: {lines} lines", file.display()))
+                })
         })
         .collect();
     assert!(

@@ -177,7 +177,7 @@ async fn pause_holds_new_transactions_until_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_and_prometheus_metrics_count_the_traffic() {
     let tenant = onboard("metered").await;
-    let metrics_port = pgtenant::pgcluster::free_port().expect("port");
+    let metrics_port = pgcluster::free_port().expect("port");
     let proxy = TestProxy::start_with(|c| {
         c.server.metrics_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port)));
     })
@@ -269,7 +269,7 @@ async fn sigterm_under_load(mode: &str) {
         ))
         .await
         .expect("table");
-    let port = pgtenant::pgcluster::free_port().expect("port");
+    let port = pgcluster::free_port().expect("port");
     let config = binary_config(port, mode);
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pgtenant"))
         .args(["--config", &config.display().to_string(), "serve"])

@@ -299,7 +299,7 @@ async fn pool_wait_timeout_is_53300() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_down_is_08006() {
     let tenant = onboard("down").await;
-    let free = pgtenant::pgcluster::free_port().expect("port");
+    let free = pgcluster::free_port().expect("port");
     let proxy = TestProxy::start_with(|c| c.upstream.port = free).await;
     // The directory is down too (same server): pgtenant says it cannot reach it.
     let err = proxy

@@ -174,7 +174,7 @@ async fn no_secret_appears_in_logs_errors_show_output_or_metrics() {
             },
         );
     };
-    let metrics_port = pgtenant::pgcluster::free_port().expect("port");
+    let metrics_port = pgcluster::free_port().expect("port");
     // No leeway, so that a token expired two seconds ago is refused.
     let session = TestProxy::start_with(|c| {
         c.auth.leeway_secs = 0;

@@ -6,9 +6,9 @@
 mod common;
 
 use common::{TestProxy, TestTenant};
+use pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use pgtenant::config::Config;
 use pgtenant::config::SslMode;
-use pgtenant::pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use pgtenant::upstream::{Login, SaltedPasswordCache, UpstreamConn, UpstreamTarget};
 use pgtenant::upstream_tls::UpstreamTls;
 use std::path::{Path, PathBuf};
@@ -104,7 +104,7 @@ fn ssl_cluster() -> &'static SslCluster {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        pgtenant::pgcluster::prepare_dir(&root).expect("test dir");
+        pgcluster::prepare_dir(&root).expect("test dir");
         let pki = pki(&root);
         let spec = ClusterSpec::new(root.join("data"), "postgres", SUPERUSER_PASSWORD)
             .setting("fsync", "off")
@@ -134,7 +134,7 @@ fn ssl_cluster() -> &'static SslCluster {
                 let mut config =
                     base_config(port, SslMode::VerifyFull, "localhost", Some(&ca_file));
                 config.upstream.database = "postgres".into();
-                let admin = pgtenant::dev::connect_admin(&config)
+                let admin = pgtenant::upstream_admin::connect_admin(&config)
                     .await
                     .expect("admin over TLS");
                 admin
@@ -142,7 +142,7 @@ fn ssl_cluster() -> &'static SslCluster {
                     .await
                     .expect("create database");
                 config.upstream.database = common::DATABASE.into();
-                let mut admin = pgtenant::dev::connect_admin(&config)
+                let mut admin = pgtenant::upstream_admin::connect_admin(&config)
                     .await
                     .expect("admin over TLS");
                 pgtenant::migrate::apply_shared(
@@ -212,7 +212,7 @@ async fn onboard_ssl(label: &str) -> TestTenant {
     let config = verify_full();
     let unique = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let email = format!("admin-{label}-{unique}@example.com");
-    let mut admin = pgtenant::dev::connect_admin(&config)
+    let mut admin = pgtenant::upstream_admin::connect_admin(&config)
         .await
         .expect("admin over TLS");
     let onboarded = pgtenant::tenancy::onboard(
@@ -233,7 +233,7 @@ async fn onboard_ssl(label: &str) -> TestTenant {
 
 /// The ssl cluster's superuser over TLS, for checks behind pgtenant's back.
 async fn ssl_superuser() -> tokio_postgres::Client {
-    pgtenant::dev::connect_admin(&verify_full())
+    pgtenant::upstream_admin::connect_admin(&verify_full())
         .await
         .expect("superuser over TLS")
 }
@@ -405,35 +405,35 @@ async fn raw_tenant_connections_follow_sslmode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_connections_follow_sslmode() {
     let c = ssl_cluster();
-    let admin = pgtenant::dev::connect_admin(&verify_full())
+    let admin = pgtenant::upstream_admin::connect_admin(&verify_full())
         .await
         .expect("verify-full with the certificate's name");
     assert!(on_tls(&admin).await);
 
     let wrong_name = ssl_config(SslMode::VerifyFull, "127.0.0.1", Some(&c.pki.ca_file));
-    let err = pgtenant::dev::connect_admin(&wrong_name)
+    let err = pgtenant::upstream_admin::connect_admin(&wrong_name)
         .await
         .map(|_| ())
         .expect_err("another name refused");
     assert!(err.to_string().contains("not valid for name"), "{err:?}");
     let unknown_ca = ssl_config(SslMode::VerifyCa, "localhost", Some(&c.pki.other_ca_file));
-    let err = pgtenant::dev::connect_admin(&unknown_ca)
+    let err = pgtenant::upstream_admin::connect_admin(&unknown_ca)
         .await
         .map(|_| ())
         .expect_err("unknown CA refused");
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     let chain_only = ssl_config(SslMode::VerifyCa, "127.0.0.1", Some(&c.pki.ca_file));
-    let admin = pgtenant::dev::connect_admin(&chain_only)
+    let admin = pgtenant::upstream_admin::connect_admin(&chain_only)
         .await
         .expect("verify-ca does not look at the name");
     assert!(on_tls(&admin).await);
 
-    let err = pgtenant::dev::connect_admin(&plain_config(SslMode::Require))
+    let err = pgtenant::upstream_admin::connect_admin(&plain_config(SslMode::Require))
         .await
         .map(|_| ())
         .expect_err("require against a server without TLS");
     assert!(format!("{err}").contains("TLS"), "{err}");
-    let admin = pgtenant::dev::connect_admin(&plain_config(SslMode::Prefer))
+    let admin = pgtenant::upstream_admin::connect_admin(&plain_config(SslMode::Prefer))
         .await
         .expect("prefer against a server without TLS");
     assert!(!on_tls(&admin).await);
@@ -622,7 +622,7 @@ async fn a_client_certificate_is_presented_when_configured() {
     // tokio-postgres (admin side).
     with.upstream.admin_user = CERT_USER.into();
     with.upstream.admin_password = None;
-    let admin = pgtenant::dev::connect_admin(&with)
+    let admin = pgtenant::upstream_admin::connect_admin(&with)
         .await
         .expect("login with the client certificate");
     let row = admin

@@ -17,7 +17,7 @@ pub(crate) fn load(path: &std::path::Path) -> Result<Config> {
 }
 
 pub(crate) async fn connect_admin(config: &Config) -> Result<tokio_postgres::Client> {
-    pgtenant::dev::connect_admin(config)
+    pgtenant::upstream_admin::connect_admin(config)
         .await
         .context("connecting to the database as the admin role")
 }

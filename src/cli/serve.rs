@@ -44,7 +44,7 @@ async fn reload_on_sighup(proxy: std::sync::Arc<Proxy>) {
 }
 
 async fn stop_on_signal(shutdown: CancellationToken) {
-    pgtenant::dev::wait_for_stop_signal().await;
+    pgtenant::stop_signal::wait_for_stop_signal().await;
     tracing::info!("stop signal received");
     shutdown.cancel();
 }

@@ -8,7 +8,7 @@
 //! two projects never share one. The config and the secrets stay in the state dir (root reads them).
 
 use super::{io_err, DevError};
-use crate::pgcluster;
+
 use aws_lc_rs::digest;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};

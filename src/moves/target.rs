@@ -125,7 +125,7 @@ pub async fn prepare(
 /// `pg_dump --schema-only --schema=<schema>` of `source`, as SQL for a plain connection: psql's
 /// `\restrict` / `\unrestrict` lines (pg_dump 15.14 and later) are left out.
 async fn schema_dump(source: &ClusterEntry, schema: &str) -> Result<String, MoveError> {
-    let bins = crate::pgcluster::PgBinaries::find()
+    let bins = pgcluster::PgBinaries::find()
         .map_err(|e| MoveError::Dump(format!("no pg_dump found: {e}")))?;
     let upstream = &source.upstream;
     let mut cmd = tokio::process::Command::new(bins.path("pg_dump"));

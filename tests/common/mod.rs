@@ -9,9 +9,9 @@ pub mod drivers;
 pub mod run;
 pub mod wire;
 
+use pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use pgtenant::auth::{mint_hs256, MintRequest};
 use pgtenant::config::Config;
-use pgtenant::pgcluster::{Cluster, ClusterSpec, PgBinaries};
 use pgtenant::session::Proxy;
 use pgtenant::tenancy::{self, OnboardRequest, Onboarded};
 use std::net::SocketAddr;
@@ -40,7 +40,7 @@ pub fn cluster() -> &'static TestCluster {
             std::process::id(),
             uuid::Uuid::new_v4().simple()
         ));
-        pgtenant::pgcluster::prepare_dir(&root).expect("test dir");
+        pgcluster::prepare_dir(&root).expect("test dir");
         let spec = ClusterSpec::new(root.join("data"), "postgres", "test-superuser-password")
             .setting("fsync", "off")
             .setting("synchronous_commit", "off")
@@ -575,7 +575,7 @@ fn extra_spec() -> (PathBuf, ClusterSpec) {
         std::process::id(),
         uuid::Uuid::new_v4().simple()
     ));
-    pgtenant::pgcluster::prepare_dir(&root).expect("test dir");
+    pgcluster::prepare_dir(&root).expect("test dir");
     let spec = ClusterSpec::new(
         root.join("data"),
         "postgres",

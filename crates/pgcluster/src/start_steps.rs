@@ -199,7 +199,7 @@ impl Cluster {
             ),
             ("max_connections".into(), "300".into()),
             ("password_encryption".into(), "scram-sha-256".into()),
-            // Tenant moves copy with logical replication (`crate::moves`).
+            // Tenant moves copy with logical replication (pgtenant's `moves`).
             ("wal_level".into(), "logical".into()),
         ];
         settings.extend(extra.iter().cloned());
