@@ -360,14 +360,7 @@ impl BackendMonitor {
         let task = tokio::spawn(async move {
             let mut max = 0;
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                let n: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE usename::text = $1",
-                        &[&role],
-                    )
-                    .await
-                    .expect("pg_stat_activity")
-                    .get(0);
+                let n = common::backends::backends_of(&admin, &role).await;
                 max = max.max(n);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

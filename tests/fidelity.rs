@@ -9,6 +9,7 @@
 mod common;
 
 use bytes::BytesMut;
+use common::backends::superuser_conninfo;
 use common::run::{describe_run, report_value, run_bounded};
 use common::*;
 use pgtenant::names::quote_ident;
@@ -51,17 +52,6 @@ impl Drop for TempDir {
 /// A path as a single-quoted psql argument (for `\copy ... 'path'`).
 fn psql_quoted_path(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', "''"))
-}
-
-/// libpq connection string of the superuser, straight to PostgreSQL (password through PGPASSWORD).
-fn superuser_conninfo() -> String {
-    let c = &cluster().cluster;
-    format!(
-        "host={} port={} user={} dbname={DATABASE} sslmode=disable",
-        c.host(),
-        c.port(),
-        c.superuser()
-    )
 }
 
 /// Runs psql without psqlrc, in unaligned tuples-only mode, with UTF-8 as client encoding.

@@ -2,20 +2,9 @@
 
 mod common;
 
+use common::backends::backends_of;
 use common::*;
 use std::time::Duration;
-
-async fn server_connections_of(role: &str) -> i64 {
-    superuser()
-        .await
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&role],
-        )
-        .await
-        .expect("activity")
-        .get(0)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_of_another_tenant_are_closed_to_make_room() {
@@ -36,7 +25,10 @@ async fn idle_connections_of_another_tenant_are_closed_to_make_room() {
     drop(a1);
     drop(a2);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(server_connections_of(a.onboarded.role.as_str()).await, 2);
+    assert_eq!(
+        backends_of(&superuser().await, a.onboarded.role.as_str()).await,
+        2
+    );
 
     // B gets a connection: one of A's idle ones was closed for it. (Without eviction B would wait for a
     // free slot that never comes and get 53300 after the acquire timeout.)
@@ -46,8 +38,14 @@ async fn idle_connections_of_another_tenant_are_closed_to_make_room() {
         .expect("B is served within the global cap");
     b1.query_one("SELECT 1", &[]).await.expect("b1");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(server_connections_of(a.onboarded.role.as_str()).await, 1);
-    assert_eq!(server_connections_of(b.onboarded.role.as_str()).await, 1);
+    assert_eq!(
+        backends_of(&superuser().await, a.onboarded.role.as_str()).await,
+        1
+    );
+    assert_eq!(
+        backends_of(&superuser().await, b.onboarded.role.as_str()).await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::backends::backends_of;
 use common::*;
 use pgtenant::config::Config;
 use pgtenant::session::Proxy;
@@ -245,18 +246,6 @@ async fn reload_changes_how_long_directory_lookups_are_reused() {
     assert_eq!(sqlstate(&refused), "28000", "{refused:?}");
     shutdown.cancel();
     std::fs::remove_dir_all(path.parent().expect("config dir")).ok();
-}
-
-/// Server connections of `role` open on the test cluster.
-async fn backends_of(admin: &tokio_postgres::Client, role: &str) -> i64 {
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
-            &[&role],
-        )
-        .await
-        .expect("pg_stat_activity")
-        .get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@
 mod common;
 
 use bytes::BytesMut;
+use common::backends::{backends_of, superuser_conninfo};
 use common::run::{describe_run, report_value, run_bounded};
 use common::wire::*;
 use common::*;
@@ -22,30 +23,6 @@ use tokio_postgres::{NoTls, SimpleQueryMessage};
 // ---------------------------------------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------------------------------------
-
-/// libpq connection string of the superuser straight to PostgreSQL, password included.
-fn superuser_conninfo() -> String {
-    let c = &cluster().cluster;
-    format!(
-        "host={} port={} user={} dbname={DATABASE} password={} sslmode=disable",
-        c.host(),
-        c.port(),
-        c.superuser(),
-        c.superuser_password()
-    )
-}
-
-/// Server connections of `role` right now (as the superuser sees them).
-async fn backends_of(admin: &tokio_postgres::Client, role: &str) -> i64 {
-    admin
-        .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename::text = $1",
-            &[&role],
-        )
-        .await
-        .expect("pg_stat_activity")
-        .get(0)
-}
 
 /// Waits (up to 5 s) until `role` has at most `max` server connections; returns the last count.
 async fn settle_backends(role: &str, max: i64) -> i64 {

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod backends;
 pub mod clusters;
 pub mod drivers;
 pub mod run;
