@@ -43,6 +43,7 @@ pub mod limiter;
 mod mint;
 pub mod revocation;
 mod validate;
+mod verified;
 mod verify;
 
 #[cfg(test)]

@@ -1068,3 +1068,17 @@ fn mint_errors() {
     assert!(matches!(err, TokenError::Mint(_)));
     assert!(!err.to_string().contains(SECRET));
 }
+
+#[test]
+fn a_token_verified_before_is_still_refused_once_expired() {
+    let v = verifier(&AuthConfig {
+        leeway_secs: 0,
+        ..hs_cfg()
+    });
+    let token = hs256(&json!({ "sub": "u", "exp": now() + 1 }));
+    let first = v.verify(&token).expect("valid for a second");
+    // Verified again from what was kept: the same claims.
+    assert_eq!(v.verify(&token).expect("still valid"), first);
+    std::thread::sleep(Duration::from_millis(2_100));
+    assert_eq!(expect_err(&v, &token), TokenError::Expired);
+}

@@ -14,6 +14,7 @@ use super::claim_path::ClaimPath;
 use super::jwks::KeyType;
 use super::jwks_store::{JwksSource, JwksSourceStatus, JwksStore};
 use super::keys::KeySet;
+use super::verified::VerifiedTokens;
 use super::{AuthConfig, AuthConfigError, IdentityClaim, TokenError};
 use jsonwebtoken::DecodingKey;
 
@@ -86,6 +87,8 @@ struct Inner {
     max_token_bytes: usize,
     leeway_secs: u64,
     admin_claim: String,
+    /// Tokens that passed a moment ago (see [`super::verified`]).
+    verified: VerifiedTokens,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -180,6 +183,7 @@ impl TokenVerifier {
                 max_token_bytes: cfg.max_token_bytes,
                 leeway_secs: cfg.leeway_secs,
                 admin_claim: cfg.admin_claim.clone(),
+                verified: VerifiedTokens::default(),
             }),
         })
     }
@@ -249,6 +253,10 @@ impl TokenVerifier {
             return Err(TokenError::TooLarge);
         }
         let token = token.trim_matches(|c: char| c.is_ascii_whitespace());
+        let key_sets = inner.jwks.as_ref().map(|store| store.keys());
+        if let Some(claims) = inner.verified.get(token, &key_sets, unix_now()) {
+            return Ok(claims);
+        }
 
         let (alg, kid) = self.check_header(token)?;
         let validation = self.validation(alg);
@@ -265,6 +273,7 @@ impl TokenVerifier {
         };
         let mut extracted = self.extract(&claims)?;
         extracted.kid = kid;
+        inner.verified.put(token, &extracted, key_sets);
         Ok(extracted)
     }
 
@@ -454,6 +463,14 @@ fn try_keys<'k>(
         }
     }
     Ok(None)
+}
+
+/// Seconds since the Unix epoch (0 for a clock set before it).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A claim usable as an identity: a string, not blank, without NUL (PostgreSQL text cannot hold one).
