@@ -30,6 +30,8 @@ mod role_state;
 pub mod routes;
 mod stats;
 mod tenant_pool;
+#[cfg(test)]
+mod test_support;
 
 use crate::config::PoolConfig;
 use crate::credentials::RolePasswords;
