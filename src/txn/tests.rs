@@ -1,6 +1,7 @@
 //! The transaction-pooling relay over in-memory streams (`tokio::io::duplex`): the client's connection and
 //! every server connection are duplex pairs, the pool lends scripted connections (`PoolManager::add_scripted`)
-//! and the test plays each server with frames built by `protocol::write`; virtual time for the idle timeout.
+//! and the test plays each server with frames built by `protocol::write`. Virtual time throughout: the idle
+//! timeout, and a bound on every wait, so that a relay that loses bytes fails a test instead of hanging it.
 //! No sockets, no PostgreSQL.
 
 use super::*;
@@ -165,9 +166,24 @@ fn start(idle_timeout: Option<Duration>) -> Harness {
     }
 }
 
+/// Reads `n` bytes. The tests run in virtual time: bytes that never come fail the test (once every task
+/// waits, time jumps to the bound) instead of hanging it.
 async fn read_exactly(stream: &mut DuplexStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    stream.read_exact(&mut buf).await.expect("read");
+    let mut filled = 0;
+    while filled < n {
+        match tokio::time::timeout(Duration::from_secs(3600), stream.read(&mut buf[filled..])).await
+        {
+            Ok(Ok(0)) => panic!("closed after {:?}", split(&buf[..filled])),
+            Ok(Ok(read)) => filled += read,
+            Ok(Err(e)) => panic!("read: {e}"),
+            Err(_) => panic!(
+                "waited in vain for {} more bytes after {:?}",
+                n - filled,
+                split(&buf[..filled])
+            ),
+        }
+    }
     buf
 }
 
@@ -235,7 +251,7 @@ impl Harness {
     /// The client says Terminate; the session's outcome and what the client got after what it read.
     async fn terminate(mut self) -> (TxnOutcome, Vec<u8>) {
         self.send(&frames(write::terminate)).await;
-        let outcome = self.session.await.expect("session task");
+        let outcome = self.ended().await;
         let mut rest = Vec::new();
         self.client
             .read_to_end(&mut rest)
@@ -243,9 +259,17 @@ impl Harness {
             .expect("client reads");
         (outcome, rest)
     }
+
+    /// The session's outcome, once it ended (within an hour of virtual time: it did not hang).
+    async fn ended(&mut self) -> TxnOutcome {
+        tokio::time::timeout(Duration::from_secs(3600), &mut self.session)
+            .await
+            .expect("the session ended, it did not hang")
+            .expect("session task")
+    }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_query_is_relayed_and_its_connection_goes_back_to_the_pool_at_idle() {
     let mut h = start(None);
     let mut server = h.server(101);
@@ -307,7 +331,7 @@ impl Harness {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_transaction_keeps_one_server_connection_until_it_ends() {
     let mut h = start(None);
     let mut other = h.server(201);
@@ -348,7 +372,7 @@ fn server_name(sql: &str) -> String {
     crate::upstream::statements::server_name(sql.as_bytes(), &[0, 0])
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_error_in_an_extended_batch_ends_it_at_its_sync_and_its_later_parse_never_happened() {
     let mut h = start(None);
     let mut server = h.server(301);
@@ -409,7 +433,7 @@ async fn an_error_in_an_extended_batch_ends_it_at_its_sync_and_its_later_parse_n
     assert!(rest.is_empty(), "{:?}", split(&rest));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn messages_sent_after_an_error_up_to_the_sync_are_skipped_as_by_postgres() {
     let mut h = start(None);
     let mut server = h.server(401);
@@ -463,7 +487,7 @@ async fn messages_sent_after_an_error_up_to_the_sync_are_skipped_as_by_postgres(
     assert!(arrived(&mut server).await.is_empty(), "nothing after");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_named_statement_is_prepared_again_on_another_connection_and_its_parse_complete_swallowed(
 ) {
     let mut h = start(None);
@@ -548,11 +572,7 @@ async fn a_server_connection_dying_mid_transaction_ends_the_session_at_once() {
     let row = frames(|b| write::row_description(b, &["v"]));
     server.write_all(&row).await.expect("server answers");
     drop(server);
-    // Virtual time: a relay that hung would let the bound pass.
-    let outcome = tokio::time::timeout(Duration::from_secs(3600), &mut h.session)
-        .await
-        .expect("the session ended, it did not hang")
-        .expect("session task");
+    let outcome = h.ended().await;
     assert!(
         matches!(outcome.end, RelayEnd::UpstreamGone(None)),
         "{:?}",
@@ -592,7 +612,7 @@ async fn the_idle_timeout_ends_the_session_only_between_transactions() {
     assert!(!h.session.is_finished(), "ended before the limit");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(h.session.is_finished(), "still running past the limit");
-    let outcome = h.session.await.expect("session task");
+    let outcome = h.ended().await;
     assert!(
         matches!(outcome.end, RelayEnd::IdleTimeout),
         "{:?}",
@@ -604,4 +624,26 @@ async fn the_idle_timeout_ends_the_session_only_between_transactions() {
     let mut got = Vec::new();
     h.client.read_to_end(&mut got).await.expect("client reads");
     assert!(got.is_empty(), "{:?}", split(&got));
+}
+
+/// The time a request took at the server counts as the client's idle time: a client whose statement ran
+/// 50 s of a 60 s limit is ended 10 s after its answer. PostgreSQL's idle_session_timeout, and the session
+/// relay (relay.rs restarts its timer when the session stands idle), count from the ReadyForQuery.
+#[tokio::test(start_paused = true)]
+#[ignore = "known: the transaction relay counts the idle time from the client's last message"]
+async fn the_idle_time_counts_from_the_answer_not_from_the_request() {
+    let limit = Duration::from_secs(60);
+    let mut h = start(Some(limit));
+    let mut server = h.server(801);
+    h.send(&query("SELECT pg_sleep(50)")).await;
+    expect(&mut server, &query("SELECT pg_sleep(50)"), "the query").await;
+    tokio::time::sleep(Duration::from_secs(50)).await;
+    let answer = one_row("", TxStatus::Idle);
+    server.write_all(&answer).await.expect("server answers");
+    expect(&mut h.client, &answer, "the answer").await;
+    tokio::time::sleep(limit - Duration::from_secs(1)).await;
+    assert!(
+        !h.session.is_finished(),
+        "ended less than the limit after the answer"
+    );
 }
