@@ -244,6 +244,17 @@ impl Harness {
         );
     }
 
+    /// Waits (without time passing) until the pool lends a connection.
+    async fn until_lent(&self) {
+        for _ in 0..1_000 {
+            if self.pool().1 == 1 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the pool lends nothing: {:?}", self.pool());
+    }
+
     async fn send(&mut self, bytes: &[u8]) {
         self.client.write_all(bytes).await.expect("client writes");
     }
@@ -316,19 +327,6 @@ async fn a_query_is_relayed_and_its_connection_goes_back_to_the_pool_at_idle() {
     );
     assert!(rest.is_empty(), "{:?}", split(&rest));
     assert!(arrived(&mut server).await.is_empty(), "nothing after");
-}
-
-impl Harness {
-    /// Waits (without time passing) until the pool lends a connection.
-    async fn until_lent(&self) {
-        for _ in 0..1_000 {
-            if self.pool().1 == 1 {
-                return;
-            }
-            tokio::task::yield_now().await;
-        }
-        panic!("the pool lends nothing: {:?}", self.pool());
-    }
 }
 
 #[tokio::test(start_paused = true)]
