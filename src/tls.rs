@@ -51,10 +51,12 @@ pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsCon
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// A client connection, plain or encrypted.
+/// A client connection, plain or encrypted (in unit tests also in memory: a scripted client).
 pub enum ClientStream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    #[cfg(test)]
+    Duplex(tokio::io::DuplexStream),
 }
 
 impl ClientStream {
@@ -72,6 +74,8 @@ impl AsyncRead for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(test)]
+            ClientStream::Duplex(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -85,18 +89,24 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(test)]
+            ClientStream::Duplex(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(test)]
+            ClientStream::Duplex(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(test)]
+            ClientStream::Duplex(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
     fn poll_write_vectored(
@@ -107,12 +117,16 @@ impl AsyncWrite for ClientStream {
         match self.get_mut() {
             ClientStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ClientStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(test)]
+            ClientStream::Duplex(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
     fn is_write_vectored(&self) -> bool {
         match self {
             ClientStream::Plain(s) => s.is_write_vectored(),
             ClientStream::Tls(s) => s.is_write_vectored(),
+            #[cfg(test)]
+            ClientStream::Duplex(s) => s.is_write_vectored(),
         }
     }
 }

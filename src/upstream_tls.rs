@@ -374,22 +374,28 @@ impl ServerCertVerifier for ChainOnly {
     }
 }
 
-/// An upstream connection's byte stream, plain or encrypted.
+/// An upstream connection's byte stream, plain or encrypted (in unit tests also in memory: a scripted server).
 pub enum UpstreamStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    #[cfg(test)]
+    Duplex(tokio::io::DuplexStream),
 }
 
 /// The read half of a borrowed [`UpstreamStream`].
 pub enum UpstreamReadHalf<'a> {
     Plain(tokio::net::tcp::ReadHalf<'a>),
     Tls(tokio::io::ReadHalf<&'a mut tokio_rustls::client::TlsStream<TcpStream>>),
+    #[cfg(test)]
+    Duplex(tokio::io::ReadHalf<&'a mut tokio::io::DuplexStream>),
 }
 
 /// The write half of a borrowed [`UpstreamStream`].
 pub enum UpstreamWriteHalf<'a> {
     Plain(tokio::net::tcp::WriteHalf<'a>),
     Tls(tokio::io::WriteHalf<&'a mut tokio_rustls::client::TlsStream<TcpStream>>),
+    #[cfg(test)]
+    Duplex(tokio::io::WriteHalf<&'a mut tokio::io::DuplexStream>),
 }
 
 impl UpstreamStream {
@@ -401,6 +407,8 @@ impl UpstreamStream {
         match self {
             UpstreamStream::Plain(s) => s.peer_addr(),
             UpstreamStream::Tls(s) => s.get_ref().0.peer_addr(),
+            #[cfg(test)]
+            UpstreamStream::Duplex(_) => Err(std::io::ErrorKind::Unsupported.into()),
         }
     }
 
@@ -416,6 +424,11 @@ impl UpstreamStream {
                 let (r, w) = tokio::io::split(s.as_mut());
                 (UpstreamReadHalf::Tls(r), UpstreamWriteHalf::Tls(w))
             }
+            #[cfg(test)]
+            UpstreamStream::Duplex(s) => {
+                let (r, w) = tokio::io::split(s);
+                (UpstreamReadHalf::Duplex(r), UpstreamWriteHalf::Duplex(w))
+            }
         }
     }
 
@@ -423,17 +436,22 @@ impl UpstreamStream {
     pub fn try_read_now(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
             UpstreamStream::Plain(s) => s.try_read(buf),
-            UpstreamStream::Tls(s) => {
-                // Decrypted bytes may already be buffered, so poll once instead of asking the socket.
-                let mut cx = Context::from_waker(std::task::Waker::noop());
-                let mut read = ReadBuf::new(buf);
-                match Pin::new(s.as_mut()).poll_read(&mut cx, &mut read) {
-                    Poll::Ready(Ok(())) => Ok(read.filled().len()),
-                    Poll::Ready(Err(e)) => Err(e),
-                    Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
-                }
-            }
+            // Decrypted bytes may already be buffered, so poll once instead of asking the socket.
+            UpstreamStream::Tls(s) => poll_read_once(s.as_mut(), buf),
+            #[cfg(test)]
+            UpstreamStream::Duplex(s) => poll_read_once(s, buf),
         }
+    }
+}
+
+/// One poll of `stream`'s read, without waiting: `WouldBlock` when nothing is there.
+fn poll_read_once<R: AsyncRead + Unpin>(stream: &mut R, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut read = ReadBuf::new(buf);
+    match Pin::new(stream).poll_read(&mut cx, &mut read) {
+        Poll::Ready(Ok(())) => Ok(read.filled().len()),
+        Poll::Ready(Err(e)) => Err(e),
+        Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
     }
 }
 
@@ -446,6 +464,8 @@ impl AsyncRead for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(test)]
+            UpstreamStream::Duplex(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -459,18 +479,24 @@ impl AsyncWrite for UpstreamStream {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(test)]
+            UpstreamStream::Duplex(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(test)]
+            UpstreamStream::Duplex(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(test)]
+            UpstreamStream::Duplex(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -484,6 +510,8 @@ impl AsyncRead for UpstreamReadHalf<'_> {
         match self.get_mut() {
             UpstreamReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
             UpstreamReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(test)]
+            UpstreamReadHalf::Duplex(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -497,18 +525,24 @@ impl AsyncWrite for UpstreamWriteHalf<'_> {
         match self.get_mut() {
             UpstreamWriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
             UpstreamWriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(test)]
+            UpstreamWriteHalf::Duplex(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamWriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
             UpstreamWriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(test)]
+            UpstreamWriteHalf::Duplex(s) => Pin::new(s).poll_flush(cx),
         }
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             UpstreamWriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
             UpstreamWriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(test)]
+            UpstreamWriteHalf::Duplex(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -28,6 +28,8 @@ mod role_state;
 pub mod routes;
 mod stats;
 mod tenant_pool;
+#[cfg(test)]
+mod test_support;
 
 use crate::config::LiveConfig;
 use crate::credentials::RolePasswords;

@@ -23,6 +23,8 @@ pub mod lasting;
 mod server;
 pub mod statements;
 mod sync;
+#[cfg(test)]
+mod tests;
 mod turn;
 
 pub use sync::sync_settings;
