@@ -124,7 +124,7 @@ struct Harness {
 
 fn start(idle_timeout: Option<Duration>) -> Harness {
     let pools = PoolManager::new(
-        crate::config::PoolConfig::default(),
+        crate::config::LiveConfig::new(crate::config::Config::default()),
         crate::credentials::RolePasswords::new(b"test server secret"),
     );
     let key = PoolKey::new(ClusterName::new("default"), RoleName::new("tenant_t"));
