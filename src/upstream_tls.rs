@@ -382,54 +382,9 @@ pub enum UpstreamStream {
     Duplex(tokio::io::DuplexStream),
 }
 
-/// The read half of a borrowed [`UpstreamStream`].
-pub enum UpstreamReadHalf<'a> {
-    Plain(tokio::net::tcp::ReadHalf<'a>),
-    Tls(tokio::io::ReadHalf<&'a mut tokio_rustls::client::TlsStream<TcpStream>>),
-    #[cfg(test)]
-    Duplex(tokio::io::ReadHalf<&'a mut tokio::io::DuplexStream>),
-}
-
-/// The write half of a borrowed [`UpstreamStream`].
-pub enum UpstreamWriteHalf<'a> {
-    Plain(tokio::net::tcp::WriteHalf<'a>),
-    Tls(tokio::io::WriteHalf<&'a mut tokio_rustls::client::TlsStream<TcpStream>>),
-    #[cfg(test)]
-    Duplex(tokio::io::WriteHalf<&'a mut tokio::io::DuplexStream>),
-}
-
 impl UpstreamStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, UpstreamStream::Tls(_))
-    }
-
-    pub fn peer_addr(&self) -> std::io::Result<SocketAddr> {
-        match self {
-            UpstreamStream::Plain(s) => s.peer_addr(),
-            UpstreamStream::Tls(s) => s.get_ref().0.peer_addr(),
-            #[cfg(test)]
-            UpstreamStream::Duplex(_) => Err(std::io::ErrorKind::Unsupported.into()),
-        }
-    }
-
-    /// Borrowed halves that can be read and written at once (plain TCP: without a lock; TLS: through
-    /// tokio's split, whose lock is uncontended here).
-    pub fn split(&mut self) -> (UpstreamReadHalf<'_>, UpstreamWriteHalf<'_>) {
-        match self {
-            UpstreamStream::Plain(s) => {
-                let (r, w) = s.split();
-                (UpstreamReadHalf::Plain(r), UpstreamWriteHalf::Plain(w))
-            }
-            UpstreamStream::Tls(s) => {
-                let (r, w) = tokio::io::split(s.as_mut());
-                (UpstreamReadHalf::Tls(r), UpstreamWriteHalf::Tls(w))
-            }
-            #[cfg(test)]
-            UpstreamStream::Duplex(s) => {
-                let (r, w) = tokio::io::split(s);
-                (UpstreamReadHalf::Duplex(r), UpstreamWriteHalf::Duplex(w))
-            }
-        }
     }
 
     /// Reads what is there without waiting: `WouldBlock` when nothing is.
@@ -497,52 +452,6 @@ impl AsyncWrite for UpstreamStream {
             UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             #[cfg(test)]
             UpstreamStream::Duplex(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-impl AsyncRead for UpstreamReadHalf<'_> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpstreamReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
-            #[cfg(test)]
-            UpstreamReadHalf::Duplex(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpstreamWriteHalf<'_> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpstreamWriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpstreamWriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(test)]
-            UpstreamWriteHalf::Duplex(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamWriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpstreamWriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(test)]
-            UpstreamWriteHalf::Duplex(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpstreamWriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpstreamWriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(test)]
-            UpstreamWriteHalf::Duplex(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }

@@ -263,7 +263,11 @@ impl TxnSession<'_> {
     ) -> RelayEnd {
         let mut signals = turn::Signals::new(kick, drain, self.idle_timeout);
         loop {
-            self.release_if_done(state).await;
+            if self.release_if_done(state).await && self.idle_timeout.is_some() {
+                // The client's idle time counts from the end of its transaction, as PostgreSQL's
+                // idle_session_timeout and the session relay count it.
+                signals.last_client_activity = tokio::time::Instant::now();
+            }
             if signals.draining && state.server.is_none() {
                 // Between transactions: flush what the client is owed, then end.
                 if !state.to_client.is_empty() {
@@ -338,15 +342,18 @@ impl TxnSession<'_> {
         }
     }
 
-    /// Gives the server connection back once the client stands between transactions.
-    async fn release_if_done(&self, state: &mut State) {
-        if may_release(state) {
-            if let Some(checkout) = state.server.take() {
-                // A cancel this client sent while it held the connection must not reach the next client.
-                self.cancel.release_upstream().await;
-                self.pools.check_in(checkout, true);
-            }
+    /// Gives the server connection back once the client stands between transactions; whether it did.
+    async fn release_if_done(&self, state: &mut State) -> bool {
+        if !may_release(state) {
+            return false;
         }
+        let Some(checkout) = state.server.take() else {
+            return false;
+        };
+        // A cancel this client sent while it held the connection must not reach the next client.
+        self.cancel.release_upstream().await;
+        self.pools.check_in(checkout, true);
+        true
     }
     /// Takes a server connection for the client if it has none, with the client's settings applied. A
     /// long wait gets a NOTICE, written to the client at once (after what it is owed already).

@@ -8,6 +8,10 @@ use crate::protocol::TxStatus;
 use crate::refusal::Refusal;
 use crate::upstream::UpstreamConn;
 
+/// How long the server has to answer the settings query: a connection that does not answer it is closed
+/// (the client gets an error for its statement) instead of holding the session forever.
+const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Sets the tracked settings that differ on this connection from what the client last saw.
 pub async fn sync_settings(
     conn: &mut UpstreamConn,
@@ -34,13 +38,20 @@ pub async fn sync_settings(
     if calls.is_empty() {
         return Ok(());
     }
-    match conn
-        .run_simple(&[&format!("SELECT {}", calls.join(", "))])
-        .await
-    {
-        Ok((None, TxStatus::Idle)) => Ok(()),
-        Ok((Some(fields), _)) => Err(PgError::from_upstream(&fields)),
-        Ok((None, _)) => Err(Refusal::ServerLeftInTransaction.to_error()),
-        Err(e) => Err(Refusal::ServerSyncFailed(e.to_string()).to_error()),
+    let query = format!("SELECT {}", calls.join(", "));
+    match tokio::time::timeout(SYNC_TIMEOUT, conn.run_simple(&[&query])).await {
+        Ok(Ok((None, TxStatus::Idle))) => Ok(()),
+        Ok(Ok((Some(fields), _))) => Err(PgError::from_upstream(&fields)),
+        Ok(Ok((None, _))) => Err(Refusal::ServerLeftInTransaction.to_error()),
+        Ok(Err(e)) => Err(Refusal::ServerSyncFailed(e.to_string()).to_error()),
+        Err(_) => {
+            // Its answer may still come: the connection can serve no one.
+            conn.broken = true;
+            Err(Refusal::ServerSyncFailed(format!(
+                "the server did not answer the settings query within {} s",
+                SYNC_TIMEOUT.as_secs()
+            ))
+            .to_error())
+        }
     }
 }

@@ -605,7 +605,7 @@ async fn the_idle_timeout_ends_the_session_only_between_transactions() {
     server.write_all(&committed).await.expect("server answers");
     expect(&mut h.client, &committed, "COMMIT").await;
     h.until_all_idle(1).await;
-    // Between transactions: the limit counts from the client's last message.
+    // Between transactions: the limit counts from the end of the transaction.
     tokio::time::sleep(limit - Duration::from_secs(1)).await;
     assert!(!h.session.is_finished(), "ended before the limit");
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -624,11 +624,10 @@ async fn the_idle_timeout_ends_the_session_only_between_transactions() {
     assert!(got.is_empty(), "{:?}", split(&got));
 }
 
-/// The time a request took at the server counts as the client's idle time: a client whose statement ran
-/// 50 s of a 60 s limit is ended 10 s after its answer. PostgreSQL's idle_session_timeout, and the session
-/// relay (relay.rs restarts its timer when the session stands idle), count from the ReadyForQuery.
+/// The idle time counts from the answer (the ReadyForQuery that ends the transaction), as PostgreSQL's
+/// idle_session_timeout and the session relay count it, not from the client's request: a statement that ran
+/// 50 s of a 60 s limit leaves its client the whole 60 s.
 #[tokio::test(start_paused = true)]
-#[ignore = "known: the transaction relay counts the idle time from the client's last message"]
 async fn the_idle_time_counts_from_the_answer_not_from_the_request() {
     let limit = Duration::from_secs(60);
     let mut h = start(Some(limit));
@@ -644,4 +643,52 @@ async fn the_idle_time_counts_from_the_answer_not_from_the_request() {
         !h.session.is_finished(),
         "ended less than the limit after the answer"
     );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        h.session.is_finished(),
+        "still running past the limit after the answer"
+    );
+    assert!(matches!(h.ended().await.end, RelayEnd::IdleTimeout));
+}
+
+/// Reads frames from `stream` up to and including a ReadyForQuery.
+async fn frames_until_ready(stream: &mut DuplexStream) -> Vec<(char, Vec<u8>)> {
+    let mut got = Vec::new();
+    loop {
+        let head = read_exactly(stream, 5).await;
+        let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+        let body = read_exactly(stream, len - 4).await;
+        let tag = head[0] as char;
+        got.push((tag, body));
+        if tag == 'Z' {
+            return got;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_server_that_never_answers_the_settings_query_costs_the_client_a_statement_not_the_session(
+) {
+    let mut h = start(None);
+    // This server's TimeZone differs from what the client saw: a checkout sets it first.
+    let mut elsewhere = reported();
+    elsewhere
+        .iter_mut()
+        .filter(|(name, _)| name == "TimeZone")
+        .for_each(|(_, value)| *value = "Europe/Paris".into());
+    let mut server = h.pools.add_scripted(&h.key, &h.target, 901, &elsewhere);
+    h.send(&query("SELECT 1")).await;
+    let sync = read_exactly(&mut server, 5).await;
+    assert_eq!(sync[0], tag::QUERY, "the settings query comes first");
+    // It is never answered.
+    let answer = frames_until_ready(&mut h.client).await;
+    let (tag, body) = &answer[0];
+    assert_eq!(*tag, 'E', "{answer:?}");
+    let text = String::from_utf8_lossy(body);
+    assert!(text.contains("C08006"), "{text}");
+    assert!(text.contains("did not answer the settings query"), "{text}");
+    assert_eq!(answer.last().map(|(t, _)| *t), Some('Z'));
+    // The connection is closed, not lent again; the session goes on.
+    h.until_all_idle(0).await;
+    assert!(!h.session.is_finished());
 }
