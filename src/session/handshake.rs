@@ -23,12 +23,18 @@ use tokio::io::AsyncWrite;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+/// What the handshake ends in: the client's stream (TLS or not, as negotiated) and its startup packet.
+pub(super) struct Handshake {
+    pub client: ClientStream,
+    pub params: StartupParams,
+}
+
 pub(super) async fn handshake_and_login(
     proxy: &Proxy,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> Result<Option<(ClientStream, LoggedIn)>, LoginError> {
-    let Some((mut client, params)) = handshake(proxy, tcp).await? else {
+    let Some(Handshake { mut client, params }) = handshake(proxy, tcp).await? else {
         return Ok(None);
     };
     let mut attempt = LoginAttempt::new(peer.ip());
@@ -49,7 +55,7 @@ pub(super) async fn handshake_and_login(
 pub(super) async fn handshake(
     proxy: &Proxy,
     mut tcp: TcpStream,
-) -> Result<Option<(ClientStream, StartupParams)>, LoginError> {
+) -> Result<Option<Handshake>, LoginError> {
     // PostgreSQL 17 clients may open TLS directly (sslnegotiation=direct): a TLS ClientHello starts 0x16.
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await.map_err(ProtocolError::Io)? == 1 && first[0] == 0x16 {
@@ -67,7 +73,7 @@ pub(super) async fn handshake(
         let mut client = ClientStream::Tls(Box::new(tls));
         return startup_after_tls(proxy, &mut client)
             .await
-            .map(|p| p.map(|p| (client, p)));
+            .map(|p| p.map(|params| Handshake { client, params }));
     }
     loop {
         match read_first_packet(&mut tcp).await? {
@@ -79,7 +85,7 @@ pub(super) async fn handshake(
                     let mut client = ClientStream::Tls(Box::new(tls));
                     return startup_after_tls(proxy, &mut client)
                         .await
-                        .map(|p| p.map(|p| (client, p)));
+                        .map(|p| p.map(|params| Handshake { client, params }));
                 }
                 None => tcp.write_all(b"N").await.map_err(ProtocolError::Io)?,
             },
@@ -98,7 +104,12 @@ pub(super) async fn handshake(
                 .await;
                 return Ok(None);
             }
-            StartupPacket::Startup(params) => return Ok(Some((ClientStream::Plain(tcp), params))),
+            StartupPacket::Startup(params) => {
+                return Ok(Some(Handshake {
+                    client: ClientStream::Plain(tcp),
+                    params,
+                }))
+            }
         }
     }
 }

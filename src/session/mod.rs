@@ -1,6 +1,11 @@
 //! One client connection, from its first byte to its end: the handshake (TLS, startup), the login (token,
 //! directory), the upstream connection (pool, startup parameters), the relay, and giving the upstream back.
 //! Every refusal is an ErrorResponse with a SQLSTATE; no token or password reaches a log or an error.
+//!
+//! Each stage ends in a value the next one takes: the handshake in `handshake::Handshake` (the client's
+//! stream, its startup packet), the login in `LoggedIn` (`Tenant(Ready)`: the user, the first server
+//! connection or none, the pool; or `Admin`), the relay in `Ended` (how it ended, the connection held),
+//! which `finish` takes to give the connection back and say goodbye. `Who` is what the relay stages share.
 
 use crate::cancel::{ClientKey, UpstreamKey};
 use crate::config::PoolMode;
