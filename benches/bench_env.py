@@ -81,8 +81,11 @@ class Env:
 
 @contextlib.contextmanager
 def bench_env(pool, pool_mode="transaction", with_pgbouncer=True, max_clients=None):
-    subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
-    binary = os.path.join(ROOT, "target", "release", "pgtenant")
+    # PGTENANT_BENCH_BINARY: measure that build (an older one, to compare) instead of building this tree.
+    binary = os.environ.get("PGTENANT_BENCH_BINARY")
+    if not binary:
+        subprocess.run(["cargo", "build", "--release", "-q"], cwd=ROOT, check=True)
+        binary = os.path.join(ROOT, "target", "release", "pgtenant")
     work = tempfile.mkdtemp(prefix="pgtenant-bench-")
     os.chmod(work, 0o755)
     proxy_port = free_port()
@@ -156,7 +159,7 @@ logfile = {bdir}/pgbouncer.log
             print(f"PgBouncer: {version[0] if version else bouncer_bin}")
         elif with_pgbouncer:
             print("PgBouncer not found: its column is skipped (apt-get install pgbouncer)")
-        env.pids["pgtenant"] = int(run(["pgrep", "-f", f"pgtenant dev --dir {os.path.join(work, 'dev')}"]).stdout.split()[0])
+        env.pids["pgtenant"] = dev.pid
         yield env
     finally:
         if bouncer:

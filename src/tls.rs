@@ -65,6 +65,25 @@ impl ClientStream {
     }
 }
 
+/// Waiting until a stream has something to read, before giving it a buffer to read into: a relay idle
+/// between transactions then holds no read buffer.
+pub trait PollReadReady {
+    /// Ready when a read may find bytes (or an error, or the end); it may still find none.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>>;
+}
+
+impl PollReadReady for ClientStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self {
+            ClientStream::Plain(s) => s.poll_read_ready(cx),
+            // rustls may hold decrypted bytes the socket no longer shows: read at once.
+            ClientStream::Tls(_) => Poll::Ready(Ok(())),
+            #[cfg(test)]
+            ClientStream::Duplex(_) => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 impl AsyncRead for ClientStream {
     fn poll_read(
         self: Pin<&mut Self>,

@@ -43,6 +43,7 @@ impl PoolManager {
             prepared: Default::default(),
             settings: *pool.settings.lock().unwrap_or_else(|p| p.into_inner()),
             tls: Arc::new(UpstreamTls::disabled()),
+            buffers: Default::default(),
         };
         pool.idle
             .lock()

@@ -171,7 +171,8 @@ impl TxnSession<'_> {
                             state.skipping_to_sync = true;
                             return Step::Continue;
                         }
-                        match self.try_ensure_server(state).await {
+                        // Boxed, as below.
+                        match Box::pin(self.try_ensure_server(state)).await {
                             Ok(true) => {}
                             Ok(false) => {
                                 let statement = self.new_statement(p.query, p.param_types);
@@ -209,7 +210,14 @@ impl TxnSession<'_> {
                 _ => {}
             }
         }
-        if let Err(error) = self.ensure_server(state, client_write).await {
+        // Boxed, and only when the client holds no connection (once per transaction): taking one (pool wait,
+        // health check, settings) is a large future, which inline every session would carry, idle or not,
+        // for its whole life.
+        let taken = match state.server {
+            Some(_) => Ok(()),
+            None => Box::pin(self.ensure_server(state, client_write)).await,
+        };
+        if let Err(error) = taken {
             protocol::write::error_response(&mut state.to_client, &error);
             match msg_tag {
                 tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => {

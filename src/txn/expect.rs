@@ -148,6 +148,13 @@ impl Expectations {
         self.queue.is_empty()
     }
 
+    /// Gives up the queue's room when nothing is expected (a client idle between transactions).
+    pub fn shed(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
+        }
+    }
+
     /// The client sent a Sync: whether the server will answer it with a ReadyForQuery (it will not while
     /// it is in copy-in mode). Pushes the Sync if so.
     pub fn client_sync(&mut self) -> bool {

@@ -58,9 +58,10 @@ pub const TRACKED_SETTINGS: &[&str] = &[
 const HIGH_WATER: usize = 256 * 1024;
 /// The largest room a read from either side gets.
 const READ_SIZE: usize = 32 * 1024;
-/// The room of a session's first read from either side (see `turn::poll_read_into`); its write buffers
-/// start empty and grow as written.
-const FIRST_READ: usize = 2 * 1024;
+/// The room of a read into an empty buffer (see `turn::poll_read_into`): most requests of OLTP clients fit,
+/// and a client idle between transactions holds no buffer (`turn::shed_idle_buffers`), so a request of a
+/// busy client allocates one this size. Write buffers start empty and grow as written.
+const FIRST_READ: usize = 1000;
 /// Largest message pgtenant reads whole (Parse, Bind, Describe, Close; server error and status messages).
 const MAX_WHOLE_MESSAGE: usize = 1 << 30;
 /// Prepared statements kept per server connection before the least recently used is closed.
@@ -213,7 +214,8 @@ impl TxnSession<'_> {
             server_streaming: 0,
             last_server_error: false,
             lasting: None,
-            desired: self.desired.clone(),
+            // Moved, not copied: the session's copy is the State's (it follows what the client sees).
+            desired: std::mem::take(&mut self.desired),
             recorder: Recorder::new(self.metrics.clone()),
             bytes_from_client: 0,
             bytes_from_upstream: 0,
@@ -253,7 +255,7 @@ impl TxnSession<'_> {
         }
     }
 
-    async fn event_loop<C: AsyncRead + AsyncWrite + Unpin>(
+    async fn event_loop<C: AsyncRead + AsyncWrite + crate::tls::PollReadReady + Unpin>(
         &self,
         state: &mut State,
         limits: &mut Option<LimitWatch>,
@@ -350,9 +352,12 @@ impl TxnSession<'_> {
         let Some(checkout) = state.server.take() else {
             return false;
         };
+        let mut checkout = checkout;
+        lend_buffers(state, checkout.conn());
         // A cancel this client sent while it held the connection must not reach the next client.
         self.cancel.release_upstream().await;
         self.pools.check_in(checkout, true);
+        turn::shed_idle_buffers(state);
         true
     }
     /// Takes a server connection for the client if it has none, with the client's settings applied. A
@@ -431,10 +436,26 @@ impl TxnSession<'_> {
             secret_key: conn.secret_key,
             tls: conn.tls.clone(),
         }));
+        lend_buffers(state, conn);
         state.status = TxStatus::Idle;
         state.transactions += 1;
         state.server = Some(checkout);
         Ok(())
+    }
+}
+
+/// Exchanges the session's empty buffers for the connection's (at attach: the client gets them; at
+/// release: they go back with it). A buffer still holding bytes stays where it is.
+fn lend_buffers(state: &mut State, conn: &mut crate::upstream::UpstreamConn) {
+    let lent = &mut conn.buffers;
+    for (mine, theirs) in [
+        (&mut state.server_in, &mut lent.from_server),
+        (&mut state.to_server, &mut lent.to_server),
+        (&mut state.to_client, &mut lent.to_client),
+    ] {
+        if mine.is_empty() && theirs.is_empty() {
+            std::mem::swap(mine, theirs);
+        }
     }
 }
 

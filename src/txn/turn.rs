@@ -7,6 +7,7 @@
 use super::{State, FIRST_READ, HIGH_WATER, READ_SIZE};
 use crate::limit_watch::LimitWatch;
 use crate::limits::LimitEnd;
+use crate::tls::PollReadReady;
 use bytes::{Buf, BytesMut};
 use std::future::Future;
 use std::io;
@@ -84,7 +85,7 @@ pub(super) fn poll_turn<C, K, D>(
     may_release: impl Fn(&State) -> bool,
 ) -> Poll<Event>
 where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + PollReadReady + Unpin,
     K: Future<Output = ()>,
     D: Future<Output = ()>,
 {
@@ -113,6 +114,7 @@ where
     ) {
         return Poll::Ready(Event::ClientWriteFailed(e));
     }
+    shed_idle_buffers(state);
     if may_release(state) {
         return Poll::Ready(Event::MayRelease);
     }
@@ -147,7 +149,7 @@ where
     Poll::Pending
 }
 
-fn poll_client_read<C: AsyncRead + Unpin>(
+fn poll_client_read<C: AsyncRead + PollReadReady + Unpin>(
     cx: &mut Context<'_>,
     state: &mut State,
     client: &mut C,
@@ -155,7 +157,26 @@ fn poll_client_read<C: AsyncRead + Unpin>(
     if state.to_server.len() >= HIGH_WATER {
         return Poll::Pending;
     }
+    if state.client_in.capacity() == 0 {
+        // Idle between transactions, the session holds no read buffer (see `shed_idle_buffers`).
+        ready!(client.poll_read_ready(cx))?;
+    }
     poll_read_into(cx, client, &mut state.client_in)
+}
+
+/// Gives up the client-side buffers (and the room of the expectations queue) while the client holds no
+/// server connection and they are empty: an idle client costs no buffer. (The server-side ones stay with the connection: `lend_buffers`.)
+pub(super) fn shed_idle_buffers(state: &mut State) {
+    if state.server.is_some() {
+        return;
+    }
+    if state.client_in.is_empty() && state.client_in.capacity() > 0 && state.client_streaming == 0 {
+        state.client_in = BytesMut::new();
+    }
+    if state.to_client.is_empty() && state.to_client.capacity() > 0 {
+        state.to_client = BytesMut::new();
+    }
+    state.expect.shed();
 }
 
 fn poll_server_read(cx: &mut Context<'_>, state: &mut State) -> Poll<io::Result<usize>> {

@@ -136,6 +136,18 @@ pub struct UpstreamConn {
     pub settings: crate::limits::ServerSettings,
     /// The TLS settings it was opened with (a cancel request for it goes the same way).
     pub tls: std::sync::Arc<UpstreamTls>,
+    /// The transaction relay's buffers, lent with the connection (see [`RelayBuffers`]).
+    pub buffers: RelayBuffers,
+}
+
+/// Buffers the transaction relay uses while a client holds this connection. They stay with the connection
+/// between clients, so a client idle between transactions holds none of them and a busy one allocates
+/// nothing to take a connection.
+#[derive(Default)]
+pub struct RelayBuffers {
+    pub from_server: bytes::BytesMut,
+    pub to_server: bytes::BytesMut,
+    pub to_client: bytes::BytesMut,
 }
 
 impl UpstreamConn {
@@ -174,6 +186,7 @@ impl UpstreamConn {
             prepared: Default::default(),
             settings: login.settings,
             tls: std::sync::Arc::new(target.tls.clone()),
+            buffers: RelayBuffers::default(),
         };
         tokio::time::timeout(target.connect_timeout, conn.startup(target, login))
             .await
