@@ -254,6 +254,7 @@ async fn serve_transaction(
         virtual_schema,
         limits: limit_watch(proxy, who, registration.key),
         queue_notice: QueueNotice::new(&proxy.config(), &user.tenant.slug),
+        signal: Some(session.signal.clone()),
     };
     let outcome = txn
         .run(

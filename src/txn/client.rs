@@ -7,7 +7,7 @@ use super::expect::Expectations;
 use super::expect::Undo;
 use super::statements::Statement;
 use super::{
-    client_needs_whole, frame_header, is_whole, simple_frame, State, Step, TxnSession,
+    client_needs_whole, frame_header, is_whole, simple_frame, NotTaken, State, Step, TxnSession,
     MAX_WHOLE_MESSAGE, SERVER_STATEMENT_CACHE,
 };
 use super::{deallocate, introspection, lasting, statements};
@@ -217,7 +217,11 @@ impl TxnSession<'_> {
             Some(_) => Ok(()),
             None => Box::pin(self.ensure_server(state, client_write)).await,
         };
-        if let Err(error) = taken {
+        if let Err(not_taken) = taken {
+            let NotTaken::Refused(error) = not_taken else {
+                // Kicked while waiting: the relay's next turn ends the session; nothing more is said here.
+                return Step::Continue;
+            };
             protocol::write::error_response(&mut state.to_client, &error);
             match msg_tag {
                 tag::QUERY | tag::FUNCTION_CALL | tag::SYNC => {

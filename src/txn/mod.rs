@@ -100,6 +100,23 @@ pub struct TxnSession<'a> {
     pub limits: Option<LimitWatch>,
     /// The NOTICE of a long wait for a server connection.
     pub queue_notice: QueueNotice,
+    /// The session's end signal: a kick also ends a wait for a server connection (the pool's queue, a
+    /// PAUSE), not only the relay's turn. None: nothing but `run`'s `kick` ends the session.
+    pub signal: Option<std::sync::Arc<crate::sessions::SessionSignal>>,
+}
+
+/// Why no server connection was taken.
+enum NotTaken {
+    /// The client is told this error for its statement; the session goes on.
+    Refused(PgError),
+    /// The session was kicked while it waited: it ends at the relay's next turn, its statement unsent.
+    Kicked,
+}
+
+impl From<PgError> for NotTaken {
+    fn from(e: PgError) -> Self {
+        NotTaken::Refused(e)
+    }
 }
 
 struct State {
@@ -366,10 +383,29 @@ impl TxnSession<'_> {
         &self,
         state: &mut State,
         client_write: &mut CW,
-    ) -> Result<(), PgError> {
+    ) -> Result<(), NotTaken> {
         if state.server.is_some() {
             return Ok(());
         }
+        match &self.signal {
+            Some(signal) => tokio::select! {
+                biased;
+                () = signal.kicked() => Err(NotTaken::Kicked),
+                taken = self.take_server(state, client_write) => taken.map_err(NotTaken::Refused),
+            },
+            None => self
+                .take_server(state, client_write)
+                .await
+                .map_err(NotTaken::Refused),
+        }
+    }
+
+    /// [`Self::ensure_server`] without the kick: waits for the tenant's pool (PAUSE, its queue).
+    async fn take_server<CW: AsyncWrite + Unpin>(
+        &self,
+        state: &mut State,
+        client_write: &mut CW,
+    ) -> Result<(), PgError> {
         self.pools.wait_unpaused(&self.pool.role).await;
         if let Some(moved) = self.pools.moved.current(self.pool) {
             state.moved = Some(moved);

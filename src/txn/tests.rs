@@ -123,8 +123,13 @@ struct Harness {
 }
 
 fn start(idle_timeout: Option<Duration>) -> Harness {
+    start_with(idle_timeout, crate::config::Config::default())
+}
+
+/// As [`start`], the pool made with `config`.
+fn start_with(idle_timeout: Option<Duration>, config: crate::config::Config) -> Harness {
     let pools = PoolManager::new(
-        crate::config::LiveConfig::new(crate::config::Config::default()),
+        crate::config::LiveConfig::new(config),
         crate::credentials::RolePasswords::new(b"test server secret"),
     );
     let key = PoolKey::new(ClusterName::new("default"), RoleName::new("tenant_t"));
@@ -153,6 +158,7 @@ fn start(idle_timeout: Option<Duration>) -> Harness {
             virtual_schema: None,
             limits: None,
             queue_notice: QueueNotice::new(&crate::config::Config::default(), "t"),
+            signal: None,
         }
         .run(&mut client, std::future::pending(), std::future::pending())
         .await
@@ -714,9 +720,79 @@ async fn the_relay_future_of_an_idle_session_stays_small() {
         virtual_schema: None,
         limits: None,
         queue_notice: QueueNotice::new(&crate::config::Config::default(), "t"),
+        signal: None,
     };
     let relay = session.run(&mut client, std::future::pending(), std::future::pending());
     let size = std::mem::size_of_val(&relay);
     // 6,184 bytes with the connection taken inline, 2,480 with it boxed (rustc 1.95, debug).
     assert!(size <= 3 * 1024, "the relay future takes {size} bytes");
+}
+
+/// A second session on the harness's pool, ended by `signal` (its kick).
+fn second_session(
+    h: &Harness,
+    signal: Arc<crate::sessions::SessionSignal>,
+) -> (DuplexStream, tokio::task::JoinHandle<TxnOutcome>) {
+    let (client, relay_client) = duplex(64 * 1024);
+    let (p, k, t) = (h.pools.clone(), h.key.clone(), h.target.clone());
+    let session = tokio::spawn(async move {
+        let cancels = CancelMap::new();
+        let registration = cancels.register(None);
+        let mut client = ClientStream::Duplex(relay_client);
+        let kick = signal.kicked();
+        TxnSession {
+            pools: &p,
+            pool: &k,
+            target: &t,
+            cancel: &registration,
+            desired: reported(),
+            metrics: Arc::new(TenantMetrics::default()),
+            idle_timeout: None,
+            virtual_schema: None,
+            limits: None,
+            queue_notice: QueueNotice::new(&crate::config::Config::default(), "t"),
+            signal: Some(signal),
+        }
+        .run(&mut client, kick, std::future::pending())
+        .await
+    });
+    (client, session)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_kicked_while_it_waits_for_a_connection_ends_at_once() {
+    let mut config = crate::config::Config::default();
+    config.pool.size_per_tenant = 1;
+    let mut h = start_with(None, config);
+    let mut server = h.server(1001);
+    // The pool's one connection is held by an open transaction.
+    h.send(&query("BEGIN")).await;
+    expect(&mut server, &query("BEGIN"), "BEGIN").await;
+    let begun = done("BEGIN", TxStatus::InTransaction);
+    server.write_all(&begun).await.expect("server answers");
+    expect(&mut h.client, &begun, "BEGIN").await;
+    // A second client waits for it (pool.acquire_timeout_ms: 5 s by default).
+    let signal = crate::sessions::SessionSignal::new();
+    let (mut waiting, session) = second_session(&h, signal.clone());
+    waiting
+        .write_all(&query("SELECT 1"))
+        .await
+        .expect("client writes");
+    settle().await;
+    assert!(!session.is_finished(), "it waits for the connection");
+    signal.kick();
+    let outcome = tokio::time::timeout(Duration::from_millis(1), session)
+        .await
+        .expect("ended without waiting out the acquire timeout")
+        .expect("session task");
+    assert!(
+        matches!(outcome.end, RelayEnd::Shutdown),
+        "{:?}",
+        outcome.end
+    );
+    assert!(outcome.held.is_none());
+    // Nothing was said to it (the session's end says why), and its statement never reached a server.
+    let said = arrived(&mut waiting).await;
+    assert!(said.is_empty(), "{:?}", split(&said));
+    assert!(arrived(&mut server).await.is_empty());
 }
