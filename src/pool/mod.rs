@@ -16,8 +16,10 @@
 //!
 //! A file per job: `tenant_pool` (the pool of one key, made on first use, replaced when its cluster's
 //! settings change), `member` (a live connection with its permits and counts, the checkout lending it),
-//! `acquire` (lending a connection), `check_in` (taking it back, closing idle ones), `role_state` (what a pool keeps of its role: limits, defaults, statement generations),
-//! `stats` (what the pools hold, for the admin views), `pauses` (PAUSE / RESUME).
+//! `acquire` (lending a connection), `check_in` (taking it back, closing idle ones), `role_state` (what a
+//! pool keeps of its role: limits, defaults, statement generations), `stats` (what the pools hold, for the
+//! admin views), `pauses` (PAUSE / RESUME). The keys a RELOAD changes are read from the live
+//! configuration when used (`config::live`); only the sizes are fixed at start.
 
 mod acquire;
 mod check_in;

@@ -113,12 +113,6 @@ enum NotTaken {
     Kicked,
 }
 
-impl From<PgError> for NotTaken {
-    fn from(e: PgError) -> Self {
-        NotTaken::Refused(e)
-    }
-}
-
 struct State {
     server: Option<Checkout>,
     statements: ClientStatements,
@@ -366,10 +360,9 @@ impl TxnSession<'_> {
         if !may_release(state) {
             return false;
         }
-        let Some(checkout) = state.server.take() else {
+        let Some(mut checkout) = state.server.take() else {
             return false;
         };
-        let mut checkout = checkout;
         lend_buffers(state, checkout.conn());
         // A cancel this client sent while it held the connection must not reach the next client.
         self.cancel.release_upstream().await;
