@@ -344,12 +344,14 @@ async fn a_tenant_changing_its_role_password_does_not_lock_pgtenant_out() {
         .get(0);
     drop(client);
     let admin = superuser().await;
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     admin
         .execute("SELECT pg_terminate_backend($1)", &[&pid])
         .await
         .expect("terminate");
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        common::backends::backend_gone(&admin, pid).await,
+        "server process {pid} still there"
+    );
     let again = connect_when_free(&proxy, &tenant).await;
     let row = again
         .query_one("SELECT 1", &[])

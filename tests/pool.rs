@@ -2,9 +2,8 @@
 
 mod common;
 
-use common::backends::backends_of;
+use common::backends::{backends_become, backends_of};
 use common::*;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_of_another_tenant_are_closed_to_make_room() {
@@ -24,9 +23,9 @@ async fn idle_connections_of_another_tenant_are_closed_to_make_room() {
     a2.query_one("SELECT 1", &[]).await.expect("a2");
     drop(a1);
     drop(a2);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let admin = superuser().await;
     assert_eq!(
-        backends_of(&superuser().await, a.onboarded.role.as_str()).await,
+        backends_become(&admin, a.onboarded.role.as_str(), 2).await,
         2
     );
 
@@ -37,15 +36,11 @@ async fn idle_connections_of_another_tenant_are_closed_to_make_room() {
         .await
         .expect("B is served within the global cap");
     b1.query_one("SELECT 1", &[]).await.expect("b1");
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        backends_of(&superuser().await, a.onboarded.role.as_str()).await,
+        backends_become(&admin, a.onboarded.role.as_str(), 1).await,
         1
     );
-    assert_eq!(
-        backends_of(&superuser().await, b.onboarded.role.as_str()).await,
-        1
-    );
+    assert_eq!(backends_of(&admin, b.onboarded.role.as_str()).await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
