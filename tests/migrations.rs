@@ -1162,14 +1162,10 @@ async fn two_migrators_never_both_migrate_a_tenant_and_a_locked_tenant_is_busy()
     ))
     .await
     .expect("application lock");
-    let started = Instant::now();
+    // lock_timeout applies: the blocked tenant fails with 55P03 (below) instead of the run waiting.
     let report = within(20, "a run blocked by a tenant's lock", fan_out(&config, 3))
         .await
         .expect("run with a locked table");
-    assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "lock_timeout applies"
-    );
     assert_eq!(report.migrated, 11, "{report}");
     assert_eq!(report.failed.len(), 1, "{report}");
     let (failed_slug, f) = &report.failed[0];

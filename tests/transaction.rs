@@ -877,8 +877,9 @@ async fn client_leaving_while_queued_leaks_nothing() {
         holder.batch_execute("COMMIT").await.expect("commit");
 
         // A third client is served at once, again and again (a leaked checkout would starve it).
+        // (A connection leaked to the gone waiter would leave none: the query would fail with 53300 after
+        // the 1.5 s acquire timeout.)
         for i in 0..3 {
-            let started = Instant::now();
             let third = proxy.connect(&tenant).await;
             let n: i64 = third
                 .query_one("SELECT count(*) FROM queued", &[])
@@ -886,11 +887,6 @@ async fn client_leaving_while_queued_leaks_nothing() {
                 .unwrap_or_else(|e| panic!("round {round} ({how}), third client {i}: {e:?}"))
                 .get(0);
             assert_eq!(n, round as i64 + 1, "round {round}: the holder's rows");
-            assert!(
-                started.elapsed() < Duration::from_secs(1),
-                "round {round}: the third client waited {:?}",
-                started.elapsed()
-            );
         }
         let n = settle_backends(&role, 1).await;
         assert!(
@@ -1568,7 +1564,8 @@ async fn named_parse_while_the_pool_is_busy_is_answered_at_once_and_prepared_lat
         .await
         .expect("holder");
 
-    let started = Instant::now();
+    // Answered without a connection: had the Parse waited for one, the answer would be 53300 after the
+    // 5 s acquire timeout (the holder keeps the only connection until after this exchange).
     let answer = x
         .exchange(&[
             Parse("lz", "SELECT $1::int * 7 AS seven"),
@@ -1577,11 +1574,6 @@ async fn named_parse_while_the_pool_is_busy_is_answered_at_once_and_prepared_lat
             Sync,
         ])
         .await;
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "the Parse waited {:?} for a connection",
-        started.elapsed()
-    );
     assert_eq!(
         answer,
         vec![
