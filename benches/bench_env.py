@@ -89,12 +89,16 @@ def bench_env(pool, pool_mode="transaction", with_pgbouncer=True, max_clients=No
     work = tempfile.mkdtemp(prefix="pgtenant-bench-")
     os.chmod(work, 0o755)
     proxy_port = free_port()
+    # pgtenant logs as it would in production (info: a line per login and per session end) to a file, as
+    # PgBouncer logs its connections to its logfile: PGTENANT_BENCH_LOG=warn measures without those lines.
+    log = open(os.path.join(work, "pgtenant.log"), "w")
     dev = subprocess.Popen(
         [binary, "dev", "--dir", os.path.join(work, "dev"), "--port", str(proxy_port),
          "--pool-mode", pool_mode, "--pool-size", str(pool)]
         + (["--max-clients", str(max_clients)] if max_clients else []),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        env={**os.environ, "PGTENANT_LOG": "warn"})
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=log, text=True,
+        env={**os.environ, "PGTENANT_LOG": os.environ.get("PGTENANT_BENCH_LOG", "info")})
+    log.close()
     bouncer = None
     env = Env()
     try:
