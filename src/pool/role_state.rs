@@ -30,7 +30,7 @@ impl PoolManager {
             return;
         };
         let mut defaults = pool.defaults.lock().unwrap_or_else(|p| p.into_inner());
-        *defaults = Some((parameters.to_vec(), Instant::now()));
+        *defaults = Some((Arc::new(parameters.to_vec()), Instant::now()));
     }
 
     /// The parameters of `key`'s role defaults, if seen within `max_age` (by a pool to `target`).
@@ -39,7 +39,7 @@ impl PoolManager {
         key: &PoolKey,
         target: &Arc<UpstreamTarget>,
         max_age: Duration,
-    ) -> Option<Vec<(String, String)>> {
+    ) -> Option<crate::upstream::SharedParameters> {
         let pool = self
             .existing_pool(key)
             .filter(|p| Arc::ptr_eq(&p.target, target))?;

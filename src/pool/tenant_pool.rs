@@ -39,7 +39,7 @@ pub(super) struct TenantPool {
 }
 
 /// Parameters a server reported (name, value), and when they were seen.
-pub(super) type RoleDefaults = (Vec<(String, String)>, Instant);
+pub(super) type RoleDefaults = (crate::upstream::SharedParameters, Instant);
 
 impl TenantPool {
     pub(super) fn oldest_idle(&self) -> Option<Instant> {

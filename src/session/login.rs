@@ -348,7 +348,7 @@ pub(super) fn login_without_server(
     proxy: &Proxy,
     pool: &ServerPool,
     params: &StartupParams,
-) -> Option<Vec<(String, String)>> {
+) -> Option<crate::upstream::SharedParameters> {
     let mut parameters = proxy
         .pools
         .defaults(&pool.key, &pool.target, ROLE_DEFAULTS_MAX_AGE)?;
@@ -358,9 +358,12 @@ pub(super) fn login_without_server(
             "application_name"
                 if value.len() < 64 && value.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
             {
-                match parameters.iter_mut().find(|(n, _)| n == "application_name") {
-                    Some(entry) => entry.1 = value.clone(),
-                    None => parameters.push((name.clone(), value.clone())),
+                // The role's defaults stay shared unless the client's value differs.
+                match parameters.iter().position(|(n, _)| n == "application_name") {
+                    Some(i) if parameters[i].1 == *value => {}
+                    Some(i) => std::sync::Arc::make_mut(&mut parameters)[i].1 = value.clone(),
+                    None => std::sync::Arc::make_mut(&mut parameters)
+                        .push((name.clone(), value.clone())),
                 }
             }
             "client_encoding"

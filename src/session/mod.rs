@@ -228,9 +228,10 @@ async fn serve_transaction(
     let (user, peer) = (who.user, who.peer);
     let registration = proxy.cancels.register(None);
     let (desired, checkout) = match server {
-        FirstServer::Connected(mut checkout) => {
-            (checkout.conn().parameters.clone(), Some(*checkout))
-        }
+        FirstServer::Connected(mut checkout) => (
+            std::sync::Arc::new(checkout.conn().parameters.clone()),
+            Some(*checkout),
+        ),
         FirstServer::Later(parameters) => (parameters, None),
     };
     let sent = send_login_ok(client, &desired, registration.key, who.authenticated).await;
@@ -454,7 +455,7 @@ enum FirstServer {
     Connected(Box<Checkout>),
     /// Transaction pooling, answered from the role's known defaults: the first transaction takes one. These
     /// are the parameters to report.
-    Later(Vec<(String, String)>),
+    Later(crate::upstream::SharedParameters),
 }
 
 #[derive(Debug, thiserror::Error)]

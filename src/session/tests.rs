@@ -210,7 +210,7 @@ async fn logged_in(proxy: Arc<Proxy>) -> Session {
             pool: &pool,
         };
         let mut client = ClientStream::Duplex(relay_client);
-        let later = FirstServer::Later(reported());
+        let later = FirstServer::Later(Arc::new(reported()));
         let ended = serve_transaction(&p, &mut client, later, &who, None)
             .await
             .expect("the client stayed for its login");

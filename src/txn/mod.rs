@@ -90,7 +90,7 @@ pub struct TxnSession<'a> {
     pub target: &'a std::sync::Arc<crate::upstream::UpstreamTarget>,
     pub cancel: &'a CancelRegistration,
     /// The reported settings as the client last saw them.
-    pub desired: Vec<(String, String)>,
+    pub desired: crate::upstream::SharedParameters,
     pub metrics: std::sync::Arc<crate::metrics::TenantMetrics>,
     /// End the session when the client stays idle between transactions this long.
     pub idle_timeout: Option<std::time::Duration>,
@@ -137,7 +137,7 @@ struct State {
     last_server_error: bool,
     /// Session state the client's SQL left on the server connection, told at the end of the transaction.
     lasting: Option<lasting::LastingState>,
-    desired: Vec<(String, String)>,
+    desired: crate::upstream::SharedParameters,
     recorder: Recorder,
     bytes_from_client: u64,
     bytes_from_upstream: u64,
@@ -225,8 +225,8 @@ impl TxnSession<'_> {
             server_streaming: 0,
             last_server_error: false,
             lasting: None,
-            // Moved, not copied: the session's copy is the State's (it follows what the client sees).
-            desired: std::mem::take(&mut self.desired),
+            // Shared, not copied (one reference count); the State's follows what the client sees.
+            desired: self.desired.clone(),
             recorder: Recorder::new(self.metrics.clone()),
             bytes_from_client: 0,
             bytes_from_upstream: 0,

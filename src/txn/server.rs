@@ -118,9 +118,15 @@ impl TxnSession<'_> {
                             if let Some(checkout) = state.server.as_mut() {
                                 checkout.conn().set_parameter(name.clone(), value.clone());
                             }
-                            match state.desired.iter_mut().find(|(n, _)| *n == name) {
-                                Some(entry) => entry.1 = value,
-                                None => state.desired.push((name, value)),
+                            // Shared with other sessions until this one changes a value.
+                            match state.desired.iter().position(|(n, _)| *n == name) {
+                                Some(i) if state.desired[i].1 == value => {}
+                                Some(i) => {
+                                    std::sync::Arc::make_mut(&mut state.desired)[i].1 = value
+                                }
+                                None => {
+                                    std::sync::Arc::make_mut(&mut state.desired).push((name, value))
+                                }
                             }
                         }
                     }

@@ -152,7 +152,7 @@ fn start_with(idle_timeout: Option<Duration>, config: crate::config::Config) -> 
             pool: &k,
             target: &t,
             cancel: &registration,
-            desired: reported(),
+            desired: Arc::new(reported()),
             metrics: Arc::new(TenantMetrics::default()),
             idle_timeout,
             virtual_schema: None,
@@ -714,7 +714,7 @@ async fn the_relay_future_of_an_idle_session_stays_small() {
         pool: &h.key,
         target: &h.target,
         cancel: &registration,
-        desired: reported(),
+        desired: Arc::new(reported()),
         metrics: Arc::new(TenantMetrics::default()),
         idle_timeout: None,
         virtual_schema: None,
@@ -728,10 +728,11 @@ async fn the_relay_future_of_an_idle_session_stays_small() {
     assert!(size <= 3 * 1024, "the relay future takes {size} bytes");
 }
 
-/// A second session on the harness's pool, ended by `signal` (its kick).
+/// A second session on the harness's pool, ended by `signal` (its kick), starting from `desired`.
 fn second_session(
     h: &Harness,
     signal: Arc<crate::sessions::SessionSignal>,
+    desired: crate::upstream::SharedParameters,
 ) -> (DuplexStream, tokio::task::JoinHandle<TxnOutcome>) {
     let (client, relay_client) = duplex(64 * 1024);
     let (p, k, t) = (h.pools.clone(), h.key.clone(), h.target.clone());
@@ -745,7 +746,7 @@ fn second_session(
             pool: &k,
             target: &t,
             cancel: &registration,
-            desired: reported(),
+            desired,
             metrics: Arc::new(TenantMetrics::default()),
             idle_timeout: None,
             virtual_schema: None,
@@ -773,7 +774,7 @@ async fn a_session_kicked_while_it_waits_for_a_connection_ends_at_once() {
     expect(&mut h.client, &begun, "BEGIN").await;
     // A second client waits for it (pool.acquire_timeout_ms: 5 s by default).
     let signal = crate::sessions::SessionSignal::new();
-    let (mut waiting, session) = second_session(&h, signal.clone());
+    let (mut waiting, session) = second_session(&h, signal.clone(), Arc::new(reported()));
     waiting
         .write_all(&query("SELECT 1"))
         .await
@@ -795,4 +796,55 @@ async fn a_session_kicked_while_it_waits_for_a_connection_ends_at_once() {
     let said = arrived(&mut waiting).await;
     assert!(said.is_empty(), "{:?}", split(&said));
     assert!(arrived(&mut server).await.is_empty());
+}
+
+/// Sessions logged in from the role's defaults share one list of them; a setting one client changes is
+/// its own: the next client of that server connection gets the setting put back.
+#[tokio::test(start_paused = true)]
+async fn a_setting_one_client_changes_does_not_follow_another_that_shared_its_defaults() {
+    let defaults = Arc::new(reported());
+    let h = start(None);
+    let mut server = h.server(1101);
+    let signal = crate::sessions::SessionSignal::new;
+    let (mut a, a_session) = second_session(&h, signal(), defaults.clone());
+    let (mut b, b_session) = second_session(&h, signal(), defaults.clone());
+
+    // A sets its TimeZone; the server reports it.
+    a.write_all(&query("SET TimeZone = 'Europe/Paris'"))
+        .await
+        .expect("a writes");
+    expect(
+        &mut server,
+        &query("SET TimeZone = 'Europe/Paris'"),
+        "A's SET",
+    )
+    .await;
+    let set = frames(|f| {
+        write::parameter_status(f, "TimeZone", "Europe/Paris");
+        write::command_complete(f, "SET");
+        write::ready_for_query(f, TxStatus::Idle);
+    });
+    server.write_all(&set).await.expect("server answers");
+    expect(&mut a, &set, "A's answer").await;
+    h.until_all_idle(1).await;
+
+    // B, on the same connection, gets the role's TimeZone put back before its query.
+    b.write_all(&query("SELECT 1")).await.expect("b writes");
+    let head = read_exactly(&mut server, 5).await;
+    assert_eq!(head[0], tag::QUERY);
+    let len = i32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    let body = read_exactly(&mut server, len - 4).await;
+    let sql = String::from_utf8_lossy(&body);
+    assert!(
+        sql.contains("set_config('TimeZone', 'UTC'"),
+        "B's checkout puts its TimeZone back first: {sql}"
+    );
+    assert_eq!(
+        defaults
+            .iter()
+            .find(|(n, _)| n == "TimeZone")
+            .map(|(_, v)| v.as_str()),
+        Some("UTC")
+    );
+    drop((a, b, a_session, b_session));
 }

@@ -140,6 +140,11 @@ pub struct UpstreamConn {
     pub buffers: RelayBuffers,
 }
 
+/// Reported parameters (name, value) shared between the sessions that see the same ones: a transaction-pooled
+/// login answered from the role's defaults takes a reference, not a copy; a session that changes one
+/// copies first (`Arc::make_mut`).
+pub type SharedParameters = std::sync::Arc<Vec<(String, String)>>;
+
 /// Buffers the transaction relay uses while a client holds this connection. They stay with the connection
 /// between clients, so a client idle between transactions holds none of them and a busy one allocates
 /// nothing to take a connection.
