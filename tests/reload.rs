@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::backends::backends_of;
+use common::backends::{backends_become, backends_of};
 use common::*;
 use pgtenant::config::Config;
 use pgtenant::session::Proxy;
@@ -29,17 +29,6 @@ impl Default for Knobs {
             directory_cache_ttl_ms: 600_000,
         }
     }
-}
-
-fn write_config(path: &std::path::Path, size: usize, acquire_timeout_ms: u64) {
-    write_knobs(
-        path,
-        Knobs {
-            size,
-            acquire_timeout_ms,
-            ..Knobs::default()
-        },
-    )
 }
 
 fn write_knobs(path: &std::path::Path, knobs: Knobs) {
@@ -93,27 +82,8 @@ shared_migrations_dir = "{shared_migrations}"
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_applies_the_pool_timeout_to_new_waits_and_names_what_needs_a_restart() {
     let tenant = onboard("reload").await;
-    let dir =
-        std::env::temp_dir().join(format!("pgtenant-reload-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    let path = dir.join("pgtenant.toml");
-    write_config(&path, 1, 60_000);
-    let config = Config::load(&path).expect("config loads");
-    let listener = pgtenant::server::bind(&config).await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let shutdown = CancellationToken::new();
-    let proxy = Proxy::from_config_file(config, path.clone(), shutdown.clone()).expect("proxy");
-    tokio::spawn(pgtenant::server::run(listener, proxy.clone()));
-    let client_config = || {
-        let mut c = tokio_postgres::Config::new();
-        c.host("127.0.0.1")
-            .port(addr.port())
-            .user(&tenant.email)
-            .password(tenant.token())
-            .dbname(DATABASE)
-            .connect_timeout(Duration::from_secs(120));
-        c
-    };
+    let (proxy, addr, path, shutdown) = start_from_file(Knobs::default()).await;
+    let client_config = || tenant_config(addr, &tenant);
     // The tenant's one server connection is held by a session.
     let holder = connect(client_config()).await;
     holder.simple_query("SELECT 1").await.expect("holder");
@@ -126,8 +96,14 @@ async fn reload_applies_the_pool_timeout_to_new_waits_and_names_what_needs_a_res
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!waiting.is_finished(), "the first waiter waits (60 s)");
 
-    write_config(&path, 1, 200);
-    let needs_restart = proxy.reload().expect("reload");
+    let needs_restart = reload_with(
+        &proxy,
+        &path,
+        Knobs {
+            acquire_timeout_ms: 200,
+            ..Knobs::default()
+        },
+    );
     assert!(needs_restart.is_empty(), "{needs_restart:?}");
     // A wait that starts after the RELOAD ends after 200 ms with 53300.
     let refused = tokio::time::timeout(
@@ -142,12 +118,25 @@ async fn reload_applies_the_pool_timeout_to_new_waits_and_names_what_needs_a_res
     waiting.abort();
 
     // Sizes need a restart, and RELOAD says so.
-    write_config(&path, 2, 200);
-    let needs_restart = proxy.reload().expect("reload");
+    let needs_restart = reload_with(
+        &proxy,
+        &path,
+        Knobs {
+            size: 2,
+            acquire_timeout_ms: 200,
+            ..Knobs::default()
+        },
+    );
     assert_eq!(needs_restart, vec!["pool sizes"]);
     drop(holder);
     shutdown.cancel();
-    std::fs::remove_dir_all(&dir).ok();
+    std::fs::remove_dir_all(path.parent().expect("config dir")).ok();
+}
+
+/// Rewrites the config file with `knobs` and RELOADs: the settings it says need a restart.
+fn reload_with(proxy: &Proxy, path: &std::path::Path, knobs: Knobs) -> Vec<&'static str> {
+    write_knobs(path, knobs);
+    proxy.reload().expect("reload")
 }
 
 /// A proxy started from a config file written with `knobs`, serving on loopback.
@@ -225,14 +214,15 @@ async fn reload_changes_how_long_directory_lookups_are_reused() {
     log_in_once(addr, &tenant).await.expect("first login");
 
     // After a RELOAD to 0 ms, no lookup is reused: the rename is seen at the very next login.
-    write_knobs(
+    let needs_restart = reload_with(
+        &proxy,
         &path,
         Knobs {
             directory_cache_ttl_ms: 0,
             ..Knobs::default()
         },
     );
-    assert!(proxy.reload().expect("reload").is_empty());
+    assert!(needs_restart.is_empty());
     log_in_once(addr, &tenant)
         .await
         .expect("login after the RELOAD");
@@ -257,26 +247,20 @@ async fn reload_changes_the_idle_timeout_of_pooled_server_connections() {
     assert_eq!(backends_of(&admin, &role).await, 1, "one pooled connection");
 
     // RELOAD to 1 s: the reaper (every 5 s) closes it. Polled with a deadline far below 600 s.
-    write_knobs(
+    let needs_restart = reload_with(
+        &proxy,
         &path,
         Knobs {
             idle_timeout_secs: 1,
             ..Knobs::default()
         },
     );
-    assert!(proxy.reload().expect("reload").is_empty());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let left = backends_of(&admin, &role).await;
-        if left == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{left} idle server connection(s) still open a minute after RELOAD set idle_timeout_secs = 1"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    assert!(needs_restart.is_empty());
+    let left = backends_become(&admin, &role, 0).await;
+    assert_eq!(
+        left, 0,
+        "{left} idle server connection(s) still open 30 s after RELOAD set idle_timeout_secs = 1"
+    );
     shutdown.cancel();
     std::fs::remove_dir_all(path.parent().expect("config dir")).ok();
 }

@@ -367,7 +367,7 @@ impl TxnSession<'_> {
         // A cancel this client sent while it held the connection must not reach the next client.
         self.cancel.release_upstream().await;
         self.pools.check_in(checkout, true);
-        turn::shed_idle_buffers(state);
+        // The client-side buffers go at the next turn, once what the client is owed is written.
         true
     }
     /// Takes a server connection for the client if it has none, with the client's settings applied. A

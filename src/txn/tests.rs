@@ -126,6 +126,31 @@ fn start(idle_timeout: Option<Duration>) -> Harness {
     start_with(idle_timeout, crate::config::Config::default())
 }
 
+/// A session of the tenant `key` on `pools`, starting from `desired`, ended by `signal`'s kick if any.
+fn txn_session<'a>(
+    pools: &'a PoolManager,
+    key: &'a PoolKey,
+    target: &'a Arc<UpstreamTarget>,
+    cancel: &'a crate::cancel::CancelRegistration,
+    desired: crate::upstream::SharedParameters,
+    idle_timeout: Option<Duration>,
+    signal: Option<Arc<crate::sessions::SessionSignal>>,
+) -> TxnSession<'a> {
+    TxnSession {
+        pools,
+        pool: key,
+        target,
+        cancel,
+        desired,
+        metrics: Arc::new(TenantMetrics::default()),
+        idle_timeout,
+        virtual_schema: None,
+        limits: None,
+        queue_notice: QueueNotice::new(&crate::config::Config::default(), "t"),
+        signal,
+    }
+}
+
 /// As [`start`], the pool made with `config`.
 fn start_with(idle_timeout: Option<Duration>, config: crate::config::Config) -> Harness {
     let pools = PoolManager::new(
@@ -147,21 +172,10 @@ fn start_with(idle_timeout: Option<Duration>, config: crate::config::Config) -> 
         let cancels = CancelMap::new();
         let registration = cancels.register(None);
         let mut client = ClientStream::Duplex(relay_client);
-        TxnSession {
-            pools: &p,
-            pool: &k,
-            target: &t,
-            cancel: &registration,
-            desired: Arc::new(reported()),
-            metrics: Arc::new(TenantMetrics::default()),
-            idle_timeout,
-            virtual_schema: None,
-            limits: None,
-            queue_notice: QueueNotice::new(&crate::config::Config::default(), "t"),
-            signal: None,
-        }
-        .run(&mut client, std::future::pending(), std::future::pending())
-        .await
+        let desired = Arc::new(reported());
+        txn_session(&p, &k, &t, &registration, desired, idle_timeout, None)
+            .run(&mut client, std::future::pending(), std::future::pending())
+            .await
     });
     Harness {
         client,
@@ -709,19 +723,16 @@ async fn the_relay_future_of_an_idle_session_stays_small() {
     let registration = cancels.register(None);
     let (_client, relay_client) = duplex(1024);
     let mut client = ClientStream::Duplex(relay_client);
-    let session = TxnSession {
-        pools: &h.pools,
-        pool: &h.key,
-        target: &h.target,
-        cancel: &registration,
-        desired: Arc::new(reported()),
-        metrics: Arc::new(TenantMetrics::default()),
-        idle_timeout: None,
-        virtual_schema: None,
-        limits: None,
-        queue_notice: QueueNotice::new(&crate::config::Config::default(), "t"),
-        signal: None,
-    };
+    let desired = Arc::new(reported());
+    let session = txn_session(
+        &h.pools,
+        &h.key,
+        &h.target,
+        &registration,
+        desired,
+        None,
+        None,
+    );
     let relay = session.run(&mut client, std::future::pending(), std::future::pending());
     let size = std::mem::size_of_val(&relay);
     // 6,184 bytes with the connection taken inline, 2,480 with it boxed (rustc 1.95, debug).
@@ -741,21 +752,9 @@ fn second_session(
         let registration = cancels.register(None);
         let mut client = ClientStream::Duplex(relay_client);
         let kick = signal.kicked();
-        TxnSession {
-            pools: &p,
-            pool: &k,
-            target: &t,
-            cancel: &registration,
-            desired,
-            metrics: Arc::new(TenantMetrics::default()),
-            idle_timeout: None,
-            virtual_schema: None,
-            limits: None,
-            queue_notice: QueueNotice::new(&crate::config::Config::default(), "t"),
-            signal: Some(signal),
-        }
-        .run(&mut client, kick, std::future::pending())
-        .await
+        txn_session(&p, &k, &t, &registration, desired, None, Some(signal))
+            .run(&mut client, kick, std::future::pending())
+            .await
     });
     (client, session)
 }

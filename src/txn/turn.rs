@@ -167,7 +167,7 @@ fn poll_client_read<C: AsyncRead + PollReadReady + Unpin>(
 /// Gives up the client-side buffers (and the room of the expectations queue) while the client holds no
 /// server connection and they are empty: an idle client costs no buffer. (The server-side ones stay with
 /// the connection: `lend_buffers`.)
-pub(super) fn shed_idle_buffers(state: &mut State) {
+fn shed_idle_buffers(state: &mut State) {
     if state.server.is_some() {
         return;
     }
