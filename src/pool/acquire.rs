@@ -8,6 +8,9 @@ use crate::upstream::{Login, UpstreamConn, UpstreamError, UpstreamTarget};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// A tenant's pool as a session last found it ([`PoolManager::take_idle_now`]).
+pub struct KnownPool(Arc<TenantPool>);
+
 impl PoolManager {
     /// Lends a connection of `key`'s pool: an idle one if there is a healthy one, else a new one to
     /// `target` (the key's cluster).
@@ -30,6 +33,53 @@ impl PoolManager {
         target: &Arc<UpstreamTarget>,
     ) -> Result<Option<Checkout>, PoolError> {
         self.acquire_inner(key, target, false).await
+    }
+
+    /// An idle connection of `key`'s pool that needs no round trip before it is lent (healthy without a
+    /// check, opened with the tenant's limits), taken without waiting and without a future: the common
+    /// checkout of a busy tenant. `None` when there is none (no free permit, no idle connection, or the
+    /// newest one is due a health check): [`Self::acquire`] then does the rest.
+    /// `known` is the pool a previous call found for the caller (kept there: no lookup while it is still
+    /// the current pool of `key` and `target`).
+    pub fn take_idle_now(
+        &self,
+        key: &PoolKey,
+        target: &Arc<UpstreamTarget>,
+        known: &mut Option<KnownPool>,
+    ) -> Option<Checkout> {
+        let pool = match known {
+            Some(KnownPool(pool)) if pool.is_current_for(key, target) => pool.clone(),
+            _ => {
+                let pool = self.tenant_pool(key, target);
+                *known = Some(KnownPool(pool.clone()));
+                pool
+            }
+        };
+        let settings = *pool.settings.lock().unwrap_or_else(|p| p.into_inner());
+        let permit = pool.checkout.clone().try_acquire_owned().ok()?;
+        let now = Instant::now();
+        let check_after = Duration::from_secs(self.config.load().pool.health_check_after_secs);
+        let mut idle = pool.idle.lock().ok()?;
+        while let Some(mut member) = idle.pop_back() {
+            if now.saturating_duration_since(member.conn.last_used) >= check_after {
+                // Due a health check: that is a round trip, left to `acquire`.
+                idle.push_back(member);
+                return None;
+            }
+            if member.conn.settings == settings
+                && member.conn.check_idle()
+                && !self.expired_at(&member.conn, now)
+            {
+                drop(idle);
+                return Some(Checkout {
+                    member: Some(member),
+                    pool,
+                    _permit: permit,
+                });
+            }
+            tracing::debug!(pool = %key, "dropping a stale idle server connection (closed, expired or opened with other limits)");
+        }
+        None
     }
 
     async fn acquire_inner(

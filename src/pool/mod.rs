@@ -47,6 +47,7 @@ use std::time::Duration;
 use tenant_pool::TenantPool;
 use tokio::sync::Semaphore;
 
+pub use acquire::KnownPool;
 pub use member::Checkout;
 pub use stats::{QueueState, TenantPoolStats};
 

@@ -42,6 +42,13 @@ pub(super) struct TenantPool {
 pub(super) type RoleDefaults = (crate::upstream::SharedParameters, Instant);
 
 impl TenantPool {
+    /// Still the pool of `key` to `target` (not replaced by one to another target).
+    pub(super) fn is_current_for(&self, key: &PoolKey, target: &Arc<UpstreamTarget>) -> bool {
+        !self.retired.load(Ordering::Relaxed)
+            && Arc::ptr_eq(&self.target, target)
+            && self.key == *key
+    }
+
     pub(super) fn oldest_idle(&self) -> Option<Instant> {
         self.idle
             .lock()

@@ -44,6 +44,7 @@ impl PoolManager {
             settings: *pool.settings.lock().unwrap_or_else(|p| p.into_inner()),
             tls: Arc::new(UpstreamTls::disabled()),
             buffers: Default::default(),
+            synced_with: None,
         };
         pool.idle
             .lock()

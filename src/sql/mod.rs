@@ -37,11 +37,11 @@ pub mod message {
         let body = frame.get(5..)?;
         let head_len = match msg_tag {
             QUERY => 0,
-            PARSE => body.iter().position(|b| *b == 0)? + 1,
+            PARSE => memchr::memchr(0, body)? + 1,
             _ => return None,
         };
         let rest = &body[head_len..];
-        let end = rest.iter().position(|b| *b == 0)?;
+        let end = memchr::memchr(0, rest)?;
         Some((&body[..head_len], &rest[..end], &rest[end + 1..]))
     }
 

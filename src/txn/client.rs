@@ -7,8 +7,8 @@ use super::expect::Expectations;
 use super::expect::Undo;
 use super::statements::Statement;
 use super::{
-    client_needs_whole, frame_header, is_whole, simple_frame, NotTaken, State, Step, TxnSession,
-    MAX_WHOLE_MESSAGE, SERVER_STATEMENT_CACHE,
+    client_needs_whole, frame_header, is_whole, simple_frame, NotTaken, State, Step, TakenNow,
+    TxnSession, MAX_WHOLE_MESSAGE, SERVER_STATEMENT_CACHE,
 };
 use super::{deallocate, introspection, lasting, statements};
 use crate::error::UserFacing;
@@ -215,7 +215,13 @@ impl TxnSession<'_> {
         // for its whole life.
         let taken = match state.server {
             Some(_) => Ok(()),
-            None => Box::pin(self.ensure_server(state, client_write)).await,
+            None => match self.take_server_now(state) {
+                TakenNow::Attached => Ok(()),
+                TakenNow::Taken(checkout) => Box::pin(self.attach(state, checkout))
+                    .await
+                    .map_err(NotTaken::Refused),
+                TakenNow::NoneNow => Box::pin(self.ensure_server(state, client_write)).await,
+            },
         };
         if let Err(not_taken) = taken {
             let NotTaken::Refused(error) = not_taken else {
@@ -443,7 +449,11 @@ impl TxnSession<'_> {
     /// A Query that is one SQL `DEALLOCATE` of one of the client's protocol-level statements, with nothing
     /// outstanding: answered here as PostgreSQL would (see [`deallocate`]). Returns whether it was.
     pub(super) fn answer_deallocate(&self, state: &mut State, frame: &Bytes) -> bool {
-        if !is_whole(frame) || !state.expect.is_empty() || state.pending > 0 {
+        if state.statements.is_empty()
+            || !is_whole(frame)
+            || !state.expect.is_empty()
+            || state.pending > 0
+        {
             return false;
         }
         let Some(name) =

@@ -105,6 +105,16 @@ pub struct TxnSession<'a> {
     pub signal: Option<std::sync::Arc<crate::sessions::SessionSignal>>,
 }
 
+/// What [`TxnSession::take_server_now`] found.
+// Not boxed: a `Taken` checkout is moved into the session's state at once, as every checkout is.
+#[allow(clippy::large_enum_variant)]
+enum TakenNow {
+    Attached,
+    /// An idle connection whose settings must be set before the client gets it.
+    Taken(Checkout),
+    NoneNow,
+}
+
 /// Why no server connection was taken.
 enum NotTaken {
     /// The client is told this error for its statement; the session goes on.
@@ -150,6 +160,8 @@ struct State {
     server_unflushed: bool,
     /// ReadyForQuery messages from servers (for the limit timers).
     answered: u64,
+    /// The pool the last quick checkout found (see `PoolManager::take_idle_now`).
+    known_pool: Option<crate::pool::KnownPool>,
     /// The pool the tenant's connections come from since it was moved to another cluster.
     moved: Option<(
         crate::pool::PoolKey,
@@ -235,6 +247,7 @@ impl TxnSession<'_> {
             client_unflushed: false,
             server_unflushed: false,
             answered: 0,
+            known_pool: None,
             moved: None,
         };
         let mut limits = self.limits.take();
@@ -453,12 +466,46 @@ impl TxnSession<'_> {
         }
     }
 
+    /// The common checkout, with no future and no wait: an idle connection of the pool that needs no round
+    /// trip (no PAUSE, no health check due). `Attached` when its settings are already the client's;
+    /// `Taken` when they must be set first ([`Self::attach`]); `NoneNow` leaves it to
+    /// [`Self::ensure_server`].
+    fn take_server_now(&self, state: &mut State) -> TakenNow {
+        if self.pools.is_paused(&self.pool.role) {
+            return TakenNow::NoneNow;
+        }
+        if let Some(moved) = self.pools.moved.current(self.pool) {
+            state.moved = Some(moved);
+        }
+        let (pool, target) = match &state.moved {
+            Some((pool, target)) => (pool, target),
+            None => (self.pool, self.target),
+        };
+        let Some(mut checkout) = self
+            .pools
+            .take_idle_now(pool, target, &mut state.known_pool)
+        else {
+            return TakenNow::NoneNow;
+        };
+        if !sync::in_sync(checkout.conn(), &state.desired) {
+            return TakenNow::Taken(checkout);
+        }
+        self.attach_synced(state, checkout);
+        TakenNow::Attached
+    }
+
     async fn attach(&self, state: &mut State, mut checkout: Checkout) -> Result<(), PgError> {
-        let conn = checkout.conn();
-        if let Err(e) = sync_settings(conn, &state.desired).await {
+        if let Err(e) = sync_settings(checkout.conn(), &state.desired).await {
             self.pools.check_in(checkout, false);
             return Err(e);
         }
+        self.attach_synced(state, checkout);
+        Ok(())
+    }
+
+    /// Gives the client `checkout`, whose settings are the client's.
+    fn attach_synced(&self, state: &mut State, mut checkout: Checkout) {
+        let conn = checkout.conn();
         self.cancel.set_upstream(Some(UpstreamKey {
             addr: conn.addr,
             process_id: conn.process_id,
@@ -469,7 +516,6 @@ impl TxnSession<'_> {
         state.status = TxStatus::Idle;
         state.transactions += 1;
         state.server = Some(checkout);
-        Ok(())
     }
 }
 

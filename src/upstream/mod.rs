@@ -138,6 +138,9 @@ pub struct UpstreamConn {
     pub tls: std::sync::Arc<UpstreamTls>,
     /// The transaction relay's buffers, lent with the connection (see [`RelayBuffers`]).
     pub buffers: RelayBuffers,
+    /// The client settings it was last brought to (`txn::sync`), kept until the server reports a change:
+    /// the next client sharing the same list (usually every client of the role) needs no comparison.
+    pub synced_with: Option<SharedParameters>,
 }
 
 /// Reported parameters (name, value) shared between the sessions that see the same ones: a transaction-pooled
@@ -192,6 +195,7 @@ impl UpstreamConn {
             settings: login.settings,
             tls: std::sync::Arc::new(target.tls.clone()),
             buffers: RelayBuffers::default(),
+            synced_with: None,
         };
         tokio::time::timeout(target.connect_timeout, conn.startup(target, login))
             .await
@@ -297,6 +301,7 @@ impl UpstreamConn {
     }
 
     pub fn set_parameter(&mut self, name: String, value: String) {
+        self.synced_with = None;
         match self.parameters.iter_mut().find(|(n, _)| *n == name) {
             Some(entry) => entry.1 = value,
             None => self.parameters.push((name, value)),
