@@ -179,7 +179,7 @@ impl PoolManager {
         tracing::debug!(pool = %key, backend_pid = conn.process_id, "opened server connection");
         Ok(Some(Checkout {
             member: Some(Member {
-                conn,
+                conn: Box::new(conn),
                 _global: global,
                 _live: LiveCount::new(&pool.live),
             }),

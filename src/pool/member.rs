@@ -7,9 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
-/// A live connection and its share of the global cap.
+/// A live connection and its share of the global cap. The connection is boxed: a checkout moves with the
+/// client's session state (in and out of the pool once per transaction, and held by every session), so it
+/// stays a few words.
 pub(super) struct Member {
-    pub(super) conn: UpstreamConn,
+    pub(super) conn: Box<UpstreamConn>,
     pub(super) _global: OwnedSemaphorePermit,
     pub(super) _live: LiveCount,
 }
@@ -73,6 +75,6 @@ pub(super) fn spawn_terminate(member: Member) {
     drop(_global);
     drop(_live);
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
-        handle.spawn(conn.terminate());
+        handle.spawn((*conn).terminate());
     }
 }

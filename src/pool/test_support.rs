@@ -50,7 +50,7 @@ impl PoolManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push_back(Member {
-                conn,
+                conn: Box::new(conn),
                 _global: global,
                 _live: LiveCount::new(&pool.live),
             });

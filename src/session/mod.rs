@@ -49,7 +49,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     let login = Box::pin(handshake_and_login(&proxy, tcp, peer));
     let login = tokio::time::timeout(login_timeout, login).await;
     let (mut client, ready) = match login {
-        Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, *ready),
+        Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, ready),
         Ok(Ok(Some((client, LoggedIn::Admin(admin))))) => {
             Box::pin(crate::admin::serve(proxy, client, admin, peer)).await;
             return;
@@ -64,33 +64,38 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let Ready {
-        user,
-        server,
-        virtual_schema,
-        token,
-        limits,
-        authenticated,
-        pool,
-    } = ready;
+    // What the session owns moves out of the login's box; what it only reads stays there (on the task's
+    // own future it would take room for the session's whole life).
+    let server = ready.server;
+    let virtual_schema = ready.virtual_schema;
+    let user = &ready.user;
     let who = Who {
-        user: &user,
+        user,
         peer,
-        token: &token,
-        limits,
-        authenticated,
-        pool: &pool,
+        token: &ready.token,
+        limits: ready.limits,
+        authenticated: ready.authenticated,
+        pool: &ready.pool,
     };
+    // Session pooling's relay and the end are boxed, like the login: the task's future is as large as the
+    // largest it awaits, and a transaction-pooled session, idle or not, would carry their room.
     let ended = match server {
-        FirstServer::Connected(checkout) if mode_of(&proxy, &user) == PoolMode::Session => {
-            serve_session(&proxy, &mut client, *checkout, &who, virtual_schema).await
+        FirstServer::Connected(checkout) if mode_of(&proxy, user) == PoolMode::Session => {
+            Box::pin(serve_session(
+                &proxy,
+                &mut client,
+                *checkout,
+                &who,
+                virtual_schema,
+            ))
+            .await
         }
         server => serve_transaction(&proxy, &mut client, server, &who, virtual_schema).await,
     };
     let Some(ended) = ended else {
         return;
     };
-    finish(&proxy, client, ended, &user, peer).await;
+    Box::pin(finish(&proxy, client, ended, user, peer)).await;
 }
 
 /// Who a session serves: the user, from where, with which token, under which limits, on which pool.
@@ -253,7 +258,7 @@ async fn serve_transaction(
         metrics: proxy.metrics.tenant(&user.tenant.slug),
         idle_timeout: client_idle_timeout(proxy),
         virtual_schema,
-        limits: limit_watch(proxy, who, registration.key),
+        limits: limit_watch(proxy, who, registration.key).map(Box::new),
         queue_notice: QueueNotice::new(&proxy.config(), &user.tenant.slug),
         signal: Some(session.signal.clone()),
     };

@@ -339,3 +339,22 @@ async fn a_server_connection_lost_mid_transaction_is_told_08006() {
     );
     assert_eq!(pool, (0, 0), "the dead connection is closed");
 }
+
+/// A session's task holds its future for the session's whole life (10,000 idle clients hold 10,000 of them):
+/// what it only awaits once (the login, session pooling's relay, the end) is boxed, and what the login
+/// found stays in the login's box. 4,992 bytes before that, 2,344 after (rustc 1.95, debug build); this
+/// fails when a large future or value is held inline again.
+#[tokio::test]
+async fn the_task_future_of_a_session_stays_small() {
+    let proxy = proxy(|_| {});
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback listener");
+    let addr = listener.local_addr().expect("its address");
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("a connection to it");
+    let session = serve_client(proxy, tcp, addr);
+    let size = std::mem::size_of_val(&session);
+    assert!(size <= 3 * 1024, "the session's future takes {size} bytes");
+}

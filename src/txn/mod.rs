@@ -97,7 +97,7 @@ pub struct TxnSession<'a> {
     /// The schema name the client writes for its tenant's schema, rewritten in Query and Parse text.
     pub virtual_schema: Option<crate::sql::VirtualSchema>,
     /// pgtenant's timers of the tenant's limits (none when no limit is on).
-    pub limits: Option<LimitWatch>,
+    pub limits: Option<Box<LimitWatch>>,
     /// The NOTICE of a long wait for a server connection.
     pub queue_notice: QueueNotice,
     /// The session's end signal: a kick also ends a wait for a server connection (the pool's queue, a
@@ -106,8 +106,6 @@ pub struct TxnSession<'a> {
 }
 
 /// What [`TxnSession::take_server_now`] found.
-// Not boxed: a `Taken` checkout is moved into the session's state at once, as every checkout is.
-#[allow(clippy::large_enum_variant)]
 enum TakenNow {
     Attached,
     /// An idle connection whose settings must be set before the client gets it.
@@ -215,12 +213,32 @@ fn simple_frame(msg_tag: u8) -> Bytes {
 impl TxnSession<'_> {
     /// Serves the client until it leaves, a side fails, it is kicked out (`kick`), or pgtenant drains
     /// (`drain`: the client's running transaction may finish first).
-    pub async fn run(
+    pub fn run<'s, K, D>(
+        self,
+        client: &'s mut ClientStream,
+        kick: K,
+        drain: D,
+    ) -> impl Future<Output = TxnOutcome> + 's
+    where
+        Self: 's,
+        K: Future<Output = ()> + 's,
+        D: Future<Output = ()> + 's,
+    {
+        // Boxed before the relay's future is made: as its arguments they would keep their room in it for
+        // the session's whole life, next to the boxes they are moved into.
+        self.run_signalled(client, Box::pin(kick), Box::pin(drain))
+    }
+
+    async fn run_signalled<K, D>(
         mut self,
         client: &mut ClientStream,
-        kick: impl Future<Output = ()>,
-        drain: impl Future<Output = ()>,
-    ) -> TxnOutcome {
+        kick: std::pin::Pin<Box<K>>,
+        drain: std::pin::Pin<Box<D>>,
+    ) -> TxnOutcome
+    where
+        K: Future<Output = ()>,
+        D: Future<Output = ()>,
+    {
         let mut state = State {
             server: None,
             statements: ClientStatements::default(),
@@ -282,10 +300,10 @@ impl TxnSession<'_> {
     async fn event_loop<C: AsyncRead + AsyncWrite + crate::tls::PollReadReady + Unpin>(
         &self,
         state: &mut State,
-        limits: &mut Option<LimitWatch>,
+        limits: &mut Option<Box<LimitWatch>>,
         client: &mut C,
-        kick: impl Future<Output = ()>,
-        drain: impl Future<Output = ()>,
+        kick: std::pin::Pin<Box<impl Future<Output = ()>>>,
+        drain: std::pin::Pin<Box<impl Future<Output = ()>>>,
     ) -> RelayEnd {
         let mut signals = turn::Signals::new(kick, drain, self.idle_timeout);
         loop {

@@ -46,11 +46,15 @@ pub(super) struct Signals<K, D> {
 }
 
 impl<K: Future<Output = ()>, D: Future<Output = ()>> Signals<K, D> {
-    pub fn new(kick: K, drain: D, idle_timeout: Option<std::time::Duration>) -> Self {
+    pub fn new(
+        kick: Pin<Box<K>>,
+        drain: Pin<Box<D>>,
+        idle_timeout: Option<std::time::Duration>,
+    ) -> Self {
         let now = tokio::time::Instant::now();
         Self {
-            kick: Box::pin(kick),
-            drain: Box::pin(drain),
+            kick,
+            drain,
             draining: false,
             idle_timeout,
             idle_timer: idle_timeout.map(|limit| Box::pin(tokio::time::sleep_until(now + limit))),
@@ -80,7 +84,7 @@ pub(super) fn poll_turn<C, K, D>(
     cx: &mut Context<'_>,
     state: &mut State,
     signals: &mut Signals<K, D>,
-    limits: &mut Option<LimitWatch>,
+    limits: &mut Option<Box<LimitWatch>>,
     client: &mut C,
     may_release: impl Fn(&State) -> bool,
 ) -> Poll<Event>
