@@ -20,7 +20,28 @@ const LONGEST: Duration = Duration::from_secs(100 * 365 * 86_400);
 pub struct Deadline {
     /// From the session's start.
     pub after: Duration,
-    pub reason: PgError,
+    pub reason: DeadlineReason,
+}
+
+/// Why a session's deadline ends it (the client's error is made only when it does: every session with a
+/// deadline holds one for its whole life).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadlineReason {
+    TokenExpired { expired_at: u64 },
+    MaxSessionDuration { secs: u64 },
+}
+
+impl DeadlineReason {
+    pub fn error(self) -> PgError {
+        match self {
+            DeadlineReason::TokenExpired { expired_at } => {
+                Refusal::TokenExpired { expired_at }.to_fatal()
+            }
+            DeadlineReason::MaxSessionDuration { secs } => {
+                Refusal::MaxSessionDuration { secs }.to_fatal()
+            }
+        }
+    }
 }
 
 /// The session's deadline, if it has one: the earlier of its token's expiry (with `session_expiry = "end"`: the
@@ -37,17 +58,16 @@ pub fn deadline(config: &Config, token_expires_at: u64, now: SystemTime) -> Opti
             after: Duration::from_secs(at)
                 .saturating_sub(since_epoch)
                 .min(LONGEST),
-            reason: Refusal::TokenExpired {
+            reason: DeadlineReason::TokenExpired {
                 expired_at: token_expires_at,
-            }
-            .to_fatal(),
+            },
         }
     });
     let cap = match config.server.max_session_secs {
         0 => None,
         secs => Some(Deadline {
             after: Duration::from_secs(secs).min(LONGEST),
-            reason: Refusal::MaxSessionDuration { secs }.to_fatal(),
+            reason: DeadlineReason::MaxSessionDuration { secs },
         }),
     };
     match (expiry, cap) {
@@ -69,7 +89,7 @@ pub async fn drain_or_deadline(
     };
     tokio::select! {
         _ = drain => {}
-        _ = tokio::time::sleep(deadline.after) => session.set_reason(deadline.reason),
+        _ = tokio::time::sleep(deadline.after) => session.set_reason(deadline.reason.error()),
     }
 }
 
@@ -91,10 +111,10 @@ mod tests {
         assert!(deadline(&config(SessionExpiry::Ignore, 0, 30), 1_010, now).is_none());
         let d = deadline(&config(SessionExpiry::End, 0, 5), 1_010, now).expect("expiry");
         assert_eq!(d.after, Duration::from_secs(16));
-        assert_eq!(d.reason.code, "28P01");
+        assert_eq!(d.reason.error().code, "28P01");
         let d = deadline(&config(SessionExpiry::End, 3, 5), 1_010, now).expect("cap first");
         assert_eq!(d.after, Duration::from_secs(3));
-        assert_eq!(d.reason.code, "57P01");
+        assert_eq!(d.reason.error().code, "57P01");
         let d = deadline(&config(SessionExpiry::Ignore, 3, 5), 1_010, now).expect("cap");
         assert_eq!(d.after, Duration::from_secs(3));
         // A token that says it never expires, and a cap of u64::MAX seconds: a century.

@@ -82,7 +82,7 @@ pub async fn serve(
         who.token_expires_at,
         std::time::SystemTime::now(),
     )
-    .map(|d| (tokio::time::Instant::now() + d.after, d.reason));
+    .map(|d| (tokio::time::Instant::now() + d.after, d.reason.error()));
     if let Err(e) = session_loop(&proxy, &mut client, &who, deadline).await {
         tracing::debug!(%peer, error = %e, "admin session ended with an error");
     }

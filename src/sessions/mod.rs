@@ -36,8 +36,9 @@ pub struct SessionInfo {
 struct Entry {
     info: SessionInfo,
     signal: Arc<SessionSignal>,
-    /// Why the session was ended from outside, told to its client.
-    reason: Option<PgError>,
+    /// Why the session was ended from outside, told to its client (boxed: rarely set, and every entry
+    /// would carry its room).
+    reason: Option<Box<PgError>>,
 }
 
 #[derive(Default)]
@@ -48,7 +49,9 @@ pub struct SessionRegistry {
 
 #[derive(Default)]
 struct Entries {
-    by_id: HashMap<u64, Entry>,
+    /// Boxed entries: the table keeps spare slots as it grows (up to half of them), each a pointer, not an
+    /// entry.
+    by_id: HashMap<u64, Box<Entry>>,
     /// pgtenant is shutting down: sessions registered from now on drain from their start.
     draining: bool,
 }
@@ -77,11 +80,11 @@ impl SessionRegistry {
         }
         entries.by_id.insert(
             id,
-            Entry {
+            Box::new(Entry {
                 info,
                 signal: signal.clone(),
                 reason: None,
-            },
+            }),
         );
         SessionHandle {
             registry: self.clone(),
@@ -158,7 +161,7 @@ impl SessionRegistry {
         };
         let mut ended = 0;
         for entry in entries.by_id.values_mut().filter(|e| which(&e.info)) {
-            entry.reason = Some(reason.clone());
+            entry.reason = Some(Box::new(reason.clone()));
             entry.signal.kick();
             ended += 1;
         }
@@ -171,18 +174,18 @@ impl SessionHandle {
     pub fn set_reason(&self, reason: PgError) {
         if let Ok(mut entries) = self.registry.entries.lock() {
             if let Some(entry) = entries.by_id.get_mut(&self.id) {
-                entry.reason.get_or_insert(reason);
+                entry.reason.get_or_insert_with(|| Box::new(reason));
             }
         }
     }
 
     /// Why the session was ended from outside, if it was.
     pub fn reason(&self) -> Option<PgError> {
-        self.registry
-            .entries
-            .lock()
-            .ok()
-            .and_then(|e| e.by_id.get(&self.id).and_then(|e| e.reason.clone()))
+        self.registry.entries.lock().ok().and_then(|e| {
+            e.by_id
+                .get(&self.id)
+                .and_then(|e| e.reason.as_deref().cloned())
+        })
     }
 }
 

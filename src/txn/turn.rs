@@ -181,6 +181,14 @@ fn shed_idle_buffers(state: &mut State) {
     if state.to_client.is_empty() && state.to_client.capacity() > 0 {
         state.to_client = BytesMut::new();
     }
+    // Server-side buffers left with the session (one it was lent kept bytes at the release, say): an empty
+    // one may still hold its allocation (`capacity` counts only the room after what was written out).
+    if state.to_server.is_empty() {
+        state.to_server = BytesMut::new();
+    }
+    if state.server_in.is_empty() && state.server_streaming == 0 {
+        state.server_in = BytesMut::new();
+    }
     state.expect.shed();
 }
 
