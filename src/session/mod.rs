@@ -95,7 +95,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     let Some(ended) = ended else {
         return;
     };
-    Box::pin(finish(&proxy, client, ended, user, peer)).await;
+    Box::pin(finish(&proxy, client, ended, &who)).await;
 }
 
 /// Who a session serves: the user, from where, with which token, under which limits, on which pool.
@@ -162,7 +162,8 @@ async fn serve_session(
         return None;
     }
     let session = register_session(proxy, who, conn.process_id, client.is_tls());
-    tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
+    // At debug: the login's audit line (info) and "session ended" say who, where and how.
+    tracing::debug!(%peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, backend_pid = conn.process_id, tls = client.is_tls(), mode = "session", "session started");
     let kick = session.signal.kicked();
     let drain = lifetime_drain(proxy, who, &session);
     let recorder = Recorder::new(proxy.metrics.tenant(&user.tenant.slug));
@@ -248,7 +249,8 @@ async fn serve_transaction(
         return None;
     }
     let session = register_session(proxy, who, 0, client.is_tls());
-    tracing::info!(%peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, tls = client.is_tls(), mode = "transaction", "session started");
+    // At debug: the login's audit line (info) and "session ended" say who, where and how.
+    tracing::debug!(%peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, tls = client.is_tls(), mode = "transaction", "session started");
     let txn = crate::txn::TxnSession {
         pools: &proxy.pools,
         pool: &who.pool.key,
@@ -330,13 +332,8 @@ fn register_session(
 
 /// Tells the client why its session ended when pgtenant ended it, stops a query nobody waits for, and
 /// gives the server connection back clean (rolled back, `DISCARD ALL`) or closes it.
-async fn finish(
-    proxy: &Proxy,
-    mut client: ClientStream,
-    ended: Ended,
-    user: &User,
-    peer: SocketAddr,
-) {
+async fn finish(proxy: &Proxy, mut client: ClientStream, ended: Ended, who: &Who<'_>) {
+    let (user, peer, tls) = (who.user, who.peer, client.is_tls());
     let Ended {
         end,
         held,
@@ -428,6 +425,9 @@ async fn finish(
     tracing::info!(
         %peer,
         tenant = %user.tenant.slug,
+        cluster = %who.pool.key.cluster,
+        mode = mode_of(proxy, user).as_str(),
+        tls,
         end = ?end,
         bytes_in = bytes_from_client,
         bytes_out = bytes_from_upstream,

@@ -214,7 +214,7 @@ async fn logged_in(proxy: Arc<Proxy>) -> Session {
         let ended = serve_transaction(&p, &mut client, later, &who, None)
             .await
             .expect("the client stayed for its login");
-        finish(&p, client, ended, &user, peer).await;
+        finish(&p, client, ended, &who).await;
     });
     // AuthenticationOk, the parameters, BackendKeyData (pgtenant's key), ReadyForQuery.
     let mut tags = Vec::new();

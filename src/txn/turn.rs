@@ -175,14 +175,15 @@ fn shed_idle_buffers(state: &mut State) {
     if state.server.is_some() {
         return;
     }
-    if state.client_in.is_empty() && state.client_in.capacity() > 0 && state.client_streaming == 0 {
+    // An empty buffer may still hold its allocation (`capacity` counts only the room after what was read
+    // or written out), so emptiness alone decides; replacing an unallocated one costs nothing. The
+    // server-side ones are here too: one the session was lent may have kept bytes at the release.
+    if state.client_in.is_empty() && state.client_streaming == 0 {
         state.client_in = BytesMut::new();
     }
-    if state.to_client.is_empty() && state.to_client.capacity() > 0 {
+    if state.to_client.is_empty() {
         state.to_client = BytesMut::new();
     }
-    // Server-side buffers left with the session (one it was lent kept bytes at the release, say): an empty
-    // one may still hold its allocation (`capacity` counts only the room after what was written out).
     if state.to_server.is_empty() {
         state.to_server = BytesMut::new();
     }
