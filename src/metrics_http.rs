@@ -289,7 +289,7 @@ pub fn render(proxy: &Proxy) -> String {
     }
     let mut by_tenant = std::collections::BTreeMap::<String, usize>::new();
     for c in &clients {
-        *by_tenant.entry(c.tenant_slug.clone()).or_default() += 1;
+        *by_tenant.entry(c.tenant.slug.clone()).or_default() += 1;
     }
     let _ = writeln!(
         out,

@@ -147,7 +147,7 @@ pub fn clients(proxy: &Proxy) -> Reply {
         table.row(vec![
             text(s.id),
             text(&s.user_email),
-            text(&s.tenant_slug),
+            text(&s.tenant.slug),
             text(s.peer),
             text(s.tls),
             text(s.backend_pid),
@@ -170,7 +170,7 @@ pub fn servers(proxy: &Proxy) -> Reply {
     ]);
     for s in proxy.sessions.list() {
         table.row(vec![
-            text(&s.role),
+            text(s.tenant.role.as_str()),
             text(s.backend_pid),
             text("active"),
             text(s.id),
@@ -281,7 +281,7 @@ pub fn stats(proxy: &Proxy) -> Reply {
         let wait_micros = m.wait_micros.load(Ordering::Relaxed);
         table.row(vec![
             text(&tenant),
-            text(clients.iter().filter(|c| c.tenant_slug == tenant).count()),
+            text(clients.iter().filter(|c| c.tenant.slug == tenant).count()),
             text(format!("{:.1}", rates.transactions_per_sec)),
             text(format!("{:.1}", rates.queries_per_sec)),
             text(m.transactions.load(Ordering::Relaxed)),

@@ -78,7 +78,7 @@ pub struct User {
     pub email: String,
     pub disabled: bool,
     pub role: String,
-    pub tenant: Tenant,
+    pub tenant: std::sync::Arc<Tenant>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,7 +253,7 @@ impl Directory {
                 email: r.get(1),
                 disabled: r.get(2),
                 role: r.get(3),
-                tenant: Tenant::from_row(&r, 4),
+                tenant: std::sync::Arc::new(Tenant::from_row(&r, 4)),
             })
             .collect())
     }

@@ -8,7 +8,7 @@ fn member(slug: &str) -> User {
         email: "a@example.com".into(),
         disabled: false,
         role: "member".into(),
-        tenant: Tenant {
+        tenant: std::sync::Arc::new(Tenant {
             id: Uuid::new_v4(),
             name: slug.to_uppercase(),
             slug: slug.into(),
@@ -20,7 +20,7 @@ fn member(slug: &str) -> User {
             pool_mode: None,
             virtual_schema: None,
             limits: Default::default(),
-        },
+        }),
     }
 }
 

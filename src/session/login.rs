@@ -183,7 +183,7 @@ pub(super) async fn login(
     // A login held by a tenant move's switch read the directory before it: the tenant is on the target now.
     let home = PoolKey::new(user.tenant.cluster.clone(), user.tenant.role.clone());
     if let Some((moved, _)) = proxy.pools.moved.current(&home) {
-        user.tenant.cluster = moved.cluster;
+        std::sync::Arc::make_mut(&mut user.tenant).cluster = moved.cluster;
     }
     let mut pool = server_pool(proxy, &user, request.attrs).await?;
     proxy

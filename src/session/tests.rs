@@ -148,7 +148,7 @@ fn user() -> User {
         email: "someone@example.com".into(),
         disabled: false,
         role: "member".into(),
-        tenant: Tenant {
+        tenant: std::sync::Arc::new(Tenant {
             id: uuid::Uuid::nil(),
             name: "T".into(),
             slug: "t".into(),
@@ -160,7 +160,7 @@ fn user() -> User {
             pool_mode: Some(crate::config::PoolMode::Transaction),
             virtual_schema: None,
             limits: Default::default(),
-        },
+        }),
     }
 }
 
@@ -184,7 +184,7 @@ struct Session {
 async fn logged_in(proxy: Arc<Proxy>) -> Session {
     let cluster = proxy.clusters.current().default_entry();
     let target = cluster.target().expect("the default cluster's target");
-    let key = PoolKey::new(cluster.name().clone(), user().tenant.role);
+    let key = PoolKey::new(cluster.name().clone(), user().tenant.role.clone());
     let server = proxy.pools.add_scripted(&key, &target, 4242, &reported());
     let (mut client, relay_client) = tokio::io::duplex(64 * 1024);
     let pool = ServerPool {

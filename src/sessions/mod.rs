@@ -20,8 +20,9 @@ pub struct SessionInfo {
     pub peer: SocketAddr,
     pub user_email: String,
     pub tenant_id: Uuid,
-    pub tenant_slug: String,
-    pub role: String,
+    /// Its tenant as the directory gave it at login (shared with the login and the tenant's other sessions
+    /// of the same user: slug, role).
+    pub tenant: std::sync::Arc<crate::directory::Tenant>,
     /// The cluster its server connections go to (a replica's name for a read-only session).
     pub cluster: String,
     pub backend_pid: i32,
