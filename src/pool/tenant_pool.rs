@@ -38,8 +38,18 @@ pub(super) struct TenantPool {
     pub(super) settings: Mutex<ServerSettings>,
 }
 
-/// Parameters a server reported (name, value), and when they were seen.
-pub(super) type RoleDefaults = (crate::upstream::SharedParameters, Instant);
+/// Parameters a server reported (name, value) at the role's defaults, and when they were seen.
+pub(super) struct RoleDefaults {
+    pub(super) parameters: crate::upstream::SharedParameters,
+    pub(super) seen: Instant,
+    /// The same with another `application_name`, one list per name that logins asked for (at most
+    /// [`MAX_APPLICATION_NAMES`]): the clients of one application share a list instead of each copying
+    /// it, and a connection last brought to that list needs no comparison for the next of them.
+    pub(super) with_application_name: Vec<(String, crate::upstream::SharedParameters)>,
+}
+
+/// How many `application_name` variants of a role's defaults a pool shares; more names get a list each.
+pub(super) const MAX_APPLICATION_NAMES: usize = 16;
 
 impl TenantPool {
     /// Still the pool of `key` to `target` (not replaced by one to another target).

@@ -349,31 +349,38 @@ pub(super) fn login_without_server(
     pool: &ServerPool,
     params: &StartupParams,
 ) -> Option<crate::upstream::SharedParameters> {
-    let mut parameters = proxy
-        .pools
-        .defaults(&pool.key, &pool.target, ROLE_DEFAULTS_MAX_AGE)?;
+    let mut application_name = None;
+    let mut client_encoding = None;
     for (name, value) in &params.params {
         match name.as_str() {
             "user" | "database" | VIRTUAL_SCHEMA_PARAMETER | TARGET_SESSION_ATTRS_PARAMETER => {}
             "application_name"
                 if value.len() < 64 && value.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
             {
-                // The role's defaults stay shared unless the client's value differs.
-                match parameters.iter().position(|(n, _)| n == "application_name") {
-                    Some(i) if parameters[i].1 == *value => {}
-                    Some(i) => std::sync::Arc::make_mut(&mut parameters)[i].1 = value.clone(),
-                    None => std::sync::Arc::make_mut(&mut parameters)
-                        .push((name.clone(), value.clone())),
-                }
+                application_name = Some(value.as_str());
             }
-            "client_encoding"
-                if parameters
-                    .iter()
-                    .any(|(n, v)| n == "client_encoding" && v == value) => {}
+            "client_encoding" => client_encoding = Some(value.as_str()),
             _ => return None,
         }
     }
-    Some(parameters)
+    // The role's defaults stay shared unless the client's application_name differs (then the clients
+    // of that name share theirs).
+    let parameters = proxy.pools.defaults(
+        &pool.key,
+        &pool.target,
+        ROLE_DEFAULTS_MAX_AGE,
+        application_name,
+    )?;
+    match client_encoding {
+        Some(asked)
+            if !parameters
+                .iter()
+                .any(|(n, v)| n == "client_encoding" && v == asked) =>
+        {
+            None
+        }
+        _ => Some(parameters),
+    }
 }
 
 pub(super) fn note_wait(proxy: &Proxy, user: &User, waited: Duration) {
