@@ -92,6 +92,7 @@ pub mod health;
 pub mod lifetime;
 pub mod limit_watch;
 pub mod limits;
+pub mod log_line;
 pub mod login_guard;
 pub mod metrics;
 pub mod metrics_http;

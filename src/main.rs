@@ -52,15 +52,20 @@ fn build_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
 /// Errors end the process with one line on stderr, `error: ` and the chain of causes, and exit code 1 (never
 /// a backtrace, whatever `RUST_BACKTRACE` says: what went wrong is the user's to read, not a bug report).
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGTENANT_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: a log file or journald gets plain lines (and formatting costs less).
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    // Colours only on a terminal: a log file or journald gets plain lines, made by a cheaper formatter.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        logs.with_ansi(true).init();
+    } else {
+        logs.with_ansi(false)
+            .event_format(pgtenant::log_line::PlainLines::default())
+            .init();
+    }
     let cli = Cli::parse();
     match try_main(cli) {
         Ok(()) => ExitCode::SUCCESS,
