@@ -77,6 +77,8 @@
 //! - [`upstream_admin`]: a connection as the configured admin role (CLI commands, `pgtenant dev`, tests);
 //!   [`stop_signal`]: SIGINT / SIGTERM for `serve` and `dev`.
 //! - [`units`]: sizes as PostgreSQL prints them.
+//! - [`log_line`]: plain log lines for a stderr that is not a terminal (the default format's text, written
+//!   without colours or per-character escaping).
 
 pub mod admin;
 pub mod auth;
@@ -92,6 +94,8 @@ pub mod health;
 pub mod lifetime;
 pub mod limit_watch;
 pub mod limits;
+#[cfg(test)]
+mod log_capture;
 pub mod log_line;
 pub mod login_guard;
 pub mod metrics;

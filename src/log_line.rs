@@ -275,27 +275,8 @@ impl fmt::Write for EscapeControls<'_, '_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::log_capture::{with_subscriber, Captured};
     use std::time::Duration;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl Captured {
-        fn text(&self) -> String {
-            String::from_utf8(self.0.lock().expect("lock").clone()).expect("utf8")
-        }
-    }
 
     #[derive(Debug)]
     struct Outer(std::io::Error);
@@ -356,10 +337,7 @@ mod tests {
         } else {
             tracing::Dispatch::new(builder.finish())
         };
-        tracing::dispatcher::with_default(&dispatch, || {
-            tracing::callsite::rebuild_interest_cache();
-            events();
-        });
+        with_subscriber(dispatch, events);
         captured.text()
     }
 

@@ -121,9 +121,13 @@ pub struct LoginAttempt {
 
 /// A token id for logs and `SHOW LOGINS`: at most 128 characters, printable ASCII only.
 pub fn loggable(id: &str) -> String {
+    const MAX: usize = 128;
+    if id.len() <= MAX && id.bytes().all(|b| b.is_ascii_graphic()) {
+        return id.to_string();
+    }
     id.chars()
         .filter(|c| c.is_ascii_graphic())
-        .take(128)
+        .take(MAX)
         .collect()
 }
 
@@ -142,7 +146,11 @@ impl LoginAttempt {
     }
 
     pub fn set_user_name(&mut self, name: &str) {
-        self.user_name = name.chars().take(128).collect();
+        let end = name
+            .char_indices()
+            .nth(128)
+            .map_or(name.len(), |(at, _)| at);
+        self.user_name = name[..end].to_string();
     }
 
     /// Notes the refusal's reason and hands the error back (for `return Err(attempt.refuse(…))`).
@@ -283,6 +291,7 @@ pub fn unverified_ids(token: &str) -> (Option<String>, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log_capture::{with_subscriber, Captured};
 
     fn attempt(reason: Option<Reason>) -> LoginAttempt {
         LoginAttempt {
@@ -293,6 +302,8 @@ mod tests {
 
     #[test]
     fn refusals_are_counted_by_reason_and_the_ring_is_bounded() {
+        // It logs through the callsite `one_structured_line_per_login` captures.
+        let _one_at_a_time = crate::log_capture::exclusive();
         let audit = LoginAudit::default();
         for _ in 0..5 {
             audit.record(&attempt(Some(Reason::BadToken)), Some("28P01"), 3);
@@ -327,18 +338,16 @@ mod tests {
         assert_eq!(unverified_ids(""), (None, None));
     }
 
-    /// A writer into a shared buffer, for a test subscriber.
-    #[derive(Clone, Default)]
-    struct Captured(std::sync::Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+    #[test]
+    fn logged_ids_and_names_are_bounded_to_128_characters() {
+        assert_eq!(loggable("plain-id"), "plain-id");
+        assert_eq!(loggable(&"a".repeat(200)), "a".repeat(128));
+        assert_eq!(loggable("a b\u{e9}c"), "abc");
+        let mut attempt = attempt(None);
+        attempt.set_user_name("alice");
+        assert_eq!(attempt.user_name, "alice");
+        attempt.set_user_name(&"\u{e9}".repeat(130));
+        assert_eq!(attempt.user_name, "\u{e9}".repeat(128));
     }
 
     #[test]
@@ -351,10 +360,7 @@ mod tests {
             .finish();
         let audit = LoginAudit::default();
         let user_id = Uuid::new_v4();
-        tracing::subscriber::with_default(subscriber, || {
-            // Another test thread may have cached "nobody listens" for this callsite before this
-            // subscriber existed (seen once in CI): ask every callsite again.
-            tracing::callsite::rebuild_interest_cache();
+        with_subscriber(subscriber.into(), || {
             let mut attempt = attempt(Some(Reason::Revoked));
             attempt.set_user_name("ann@example.com");
             attempt.tenant = Some("acme".into());
@@ -363,7 +369,7 @@ mod tests {
             attempt.kid = Some("kid-1".into());
             audit.record(&attempt, Some("28P01"), 10);
         });
-        let text = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf8");
+        let text = captured.text();
         assert_eq!(text.lines().count(), 1, "{text}");
         for field in [
             "pgtenant::audit",

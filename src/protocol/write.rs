@@ -14,7 +14,9 @@ fn frame(buf: &mut BytesMut, tag: u8, body: impl FnOnce(&mut BytesMut)) {
 
 fn put_cstr(buf: &mut BytesMut, s: &str) {
     // A NUL inside would end the string early on the peer's side; strip it.
-    buf.extend(s.bytes().filter(|b| *b != 0));
+    for piece in s.as_bytes().split(|b| *b == 0) {
+        buf.extend_from_slice(piece);
+    }
     buf.put_u8(0);
 }
 
