@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Memory and CPU of idle clients: N client connections logged in and then left idle, held by pgtenant
-(transaction pooling, JWT login) and by PgBouncer (transaction mode, trust auth), one after the other.
+(transaction pooling, JWT login) and by PgBouncer (transaction mode, md5 auth), one after the other.
 
 Usage: benches/idle_clients.py [--clients 10000] [--idle-seconds 10] [--concurrency 200]
 
@@ -8,11 +8,12 @@ For each proxy: its resident memory (VmRSS from /proc) before the clients log in
 (and answered one `SELECT 1`, so each went through a transaction), and the RSS per client from the
 difference; then the proxy's CPU time over `--idle-seconds` while every client stays idle (it should be ~0).
 The clients speak the raw protocol from one asyncio process (startup message, cleartext password for
-pgtenant, a simple query), so the client side costs little. The open-file limit is raised for this process
+pgtenant or md5 for PgBouncer, a simple query), so the client side costs little. The open-file limit is raised for this process
 and the proxies it starts.
 """
 import argparse
 import asyncio
+import hashlib
 import os
 import resource
 import struct
@@ -65,8 +66,13 @@ async def connect(host, port, user, password, database):
     tag, body = await read_message(reader)
     if tag == b"E":
         raise RuntimeError(body.decode(errors="replace"))
-    if tag == b"R" and struct.unpack(">I", body[:4])[0] == 3:
+    code = struct.unpack(">I", body[:4])[0] if tag == b"R" else None
+    if code == 3:  # cleartext (pgtenant's token)
         writer.write(message(b"p", password.encode() + b"\0"))
+    elif code == 5:  # md5 (PgBouncer's default auth_type)
+        inner = hashlib.md5((password + user).encode()).hexdigest()
+        outer = hashlib.md5(inner.encode() + body[4:8]).hexdigest()
+        writer.write(message(b"p", b"md5" + outer.encode() + b"\0"))
     await until_ready(reader)
     writer.write(message(b"Q", b"SELECT 1\0"))
     await until_ready(reader)
@@ -122,7 +128,7 @@ def main():
         }
         if "pgbouncer" in env.targets:
             kv = dict(p.split("=", 1) for p in env.targets["pgbouncer"].split())
-            targets["pgbouncer"] = ("127.0.0.1", int(kv["port"]), kv["user"], "", kv["dbname"])
+            targets["pgbouncer"] = ("127.0.0.1", int(kv["port"]), kv["user"], kv["password"], kv["dbname"])
         print(f"{args.clients} idle clients, logged in {args.concurrency} at a time, then idle for "
               f"{args.idle_seconds} s\n")
         print(f"{'proxy':<10} {'clients':>7} {'RSS MiB':>9} {'with them':>9} {'bytes/client':>12} "

@@ -87,15 +87,26 @@ def main():
                         for e in errors:
                             print(f"    {t}: {e}")
         if not args.no_connect:
-            print("\nconnect per transaction (pgbench -C -S -M simple, 8 clients):")
-            base = None
+            print(f"\nconnect per transaction (pgbench -C -S -M simple, 8 clients), {args.rounds} rounds, medians:")
+            runs = {t: [] for t in order}
+            cpu_per_login = {t: [] for t in order if t in env.pids or t.startswith("pgtenant")}
+            for r in range(args.rounds):
+                for t in order[r % len(order):] + order[:r % len(order)]:
+                    pid = env.pids.get("pgtenant" if t.startswith("pgtenant") else t)
+                    before = cpu_seconds(pid) if pid else None
+                    res = pgbench(targets[t], 8, "simple", "select", args.seconds, connect=True)
+                    if before is not None and res["transactions"]:
+                        cpu_per_login[t].append((cpu_seconds(pid) - before) / res["transactions"])
+                    runs[t].append(res)
+            base = statistics.median(x["tps"] for x in runs["direct"]) if "direct" in runs else None
             for t in order:
-                res = pgbench(targets[t], 8, "simple", "select", args.seconds, connect=True)
-                if t == "direct":
-                    base = res["tps"]
-                ratio = f"{res['tps'] / base:.2f}x direct" if base else ""
-                print(f"  {t:<10} {res['tps']:>9.0f} tps {res['latency_ms']:>7.2f} ms  {ratio} {res['error']}", flush=True)
-
+                tps = statistics.median(x["tps"] for x in runs[t])
+                every = "/".join(f"{x['tps']:.0f}" for x in runs[t])
+                ratio = f"{tps / base:.2f}x direct" if base else ""
+                cpu = (f", CPU {statistics.median(cpu_per_login[t]) * 1e6:.0f} µs/login"
+                       if cpu_per_login.get(t) else "")
+                errors = "; ".join({x["error"] for x in runs[t] if x["error"]})
+                print(f"  {t:<10} {tps:>9.0f} tps ({every}) {ratio}{cpu} {errors}", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -51,7 +51,8 @@ pub(super) async fn handshake_and_login(
 }
 
 /// Reads the first packets: SSLRequest / GSSENCRequest / direct TLS, then the StartupMessage. Cancel
-/// requests are served here and end the connection (`Ok(None)`).
+/// requests are served here and end the connection (`Ok(None)`). The TLS handshake and a forwarded cancel
+/// are boxed where awaited: their futures are large, and a plain login's would carry their room.
 pub(super) async fn handshake(
     proxy: &Proxy,
     mut tcp: TcpStream,
@@ -64,7 +65,9 @@ pub(super) async fn handshake(
                 "direct TLS without TLS configured".into(),
             ));
         };
-        let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
+        let tls = Box::pin(acceptor.accept(tcp))
+            .await
+            .map_err(LoginError::Tls)?;
         if tls.get_ref().1.alpn_protocol() != Some(ALPN_POSTGRESQL) {
             return Err(LoginError::Refused(
                 "direct TLS without ALPN postgresql".into(),
@@ -81,7 +84,9 @@ pub(super) async fn handshake(
                 Some(acceptor) => {
                     tcp.write_all(b"S").await.map_err(ProtocolError::Io)?;
                     // Only bytes read after 'S' reach rustls: nothing was read ahead of the handshake.
-                    let tls = acceptor.accept(tcp).await.map_err(LoginError::Tls)?;
+                    let tls = Box::pin(acceptor.accept(tcp))
+                        .await
+                        .map_err(LoginError::Tls)?;
                     let mut client = ClientStream::Tls(Box::new(tls));
                     return startup_after_tls(proxy, &mut client)
                         .await
@@ -94,13 +99,13 @@ pub(super) async fn handshake(
                 process_id,
                 secret_key,
             } => {
-                forward_cancel(
+                Box::pin(forward_cancel(
                     proxy,
                     ClientKey {
                         process_id,
                         secret_key,
                     },
-                )
+                ))
                 .await;
                 return Ok(None);
             }
@@ -124,13 +129,13 @@ pub(super) async fn startup_after_tls(
             process_id,
             secret_key,
         } => {
-            forward_cancel(
+            Box::pin(forward_cancel(
                 proxy,
                 ClientKey {
                     process_id,
                     secret_key,
                 },
-            )
+            ))
             .await;
             Ok(None)
         }

@@ -210,7 +210,9 @@ pub(super) async fn login(
     let mut authenticated = false;
     let queue_notice = QueueNotice::new(&proxy.config(), &user.tenant.slug);
     let acquired = loop {
-        let acquired = crate::pool::queue::wait_with_notice(
+        // Boxed: ~7 KB of future that a transaction-pooled login with the role's defaults known (the
+        // common one, returned above) would otherwise carry and copy.
+        let acquired = Box::pin(crate::pool::queue::wait_with_notice(
             acquire_upstream(proxy, &user, &pool),
             queue_notice.after,
             async || {
@@ -225,7 +227,7 @@ pub(super) async fn login(
                 authenticated = true;
                 let _ = write_all(client, &out).await;
             },
-        )
+        ))
         .await;
         match acquired {
             // A replica that cannot be reached after all: `prefer-standby` goes on with the primary.
@@ -404,10 +406,12 @@ pub(super) async fn acquire_upstream(
         {
             let passwords = RolePasswords::new(proxy.config().server_secret());
             let verifier = passwords.verifier_for(role.as_str());
+            // Boxed, as rare: their futures (an admin connection, queries) would take most of the room of
+            // every login's future.
             let restored = if user.tenant.cluster.is_default() {
-                restore_on_default(proxy, user, &passwords, &verifier).await
+                Box::pin(restore_on_default(proxy, user, &passwords, &verifier)).await
             } else {
-                restore_on_cluster(proxy, user, &passwords, &verifier).await
+                Box::pin(restore_on_cluster(proxy, user, &passwords, &verifier)).await
             };
             if !restored {
                 return Err(PoolError::Upstream(UpstreamError::Refused(fields)));
