@@ -63,13 +63,34 @@ fn level_column(level: &Level) -> &'static str {
     }
 }
 
-/// `time` in UTC as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (the default formatter's timestamp).
+/// `time` in UTC as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (the default formatter's timestamp). The text up to the
+/// seconds is kept per thread and made again only when the second changes.
 fn rfc3339_micros(time: SystemTime) -> String {
+    thread_local! {
+        static UP_TO_SECONDS: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
+    let mut text = String::with_capacity(27);
+    UP_TO_SECONDS.with_borrow_mut(|(cached_second, cached_text)| {
+        if *cached_second != seconds {
+            *cached_text = up_to_seconds(seconds);
+            *cached_second = seconds;
+        }
+        text.push_str(cached_text);
+    });
+    text.push('.');
+    push_digits(&mut text, since_epoch.subsec_micros().into(), 6);
+    text.push('Z');
+    text
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` of a count of seconds since the epoch, in UTC.
+fn up_to_seconds(seconds: u64) -> String {
     let (year, month, day) = civil_from_days((seconds / 86_400) as i64);
     let of_day = seconds % 86_400;
-    let mut text = String::with_capacity(27);
+    let mut text = String::with_capacity(19);
     push_digits(&mut text, year.max(0) as u64, 4);
     text.push('-');
     push_digits(&mut text, month.into(), 2);
@@ -81,9 +102,6 @@ fn rfc3339_micros(time: SystemTime) -> String {
     push_digits(&mut text, of_day / 60 % 60, 2);
     text.push(':');
     push_digits(&mut text, of_day % 60, 2);
-    text.push('.');
-    push_digits(&mut text, since_epoch.subsec_micros().into(), 6);
-    text.push('Z');
     text
 }
 
@@ -381,5 +399,9 @@ mod tests {
         assert_eq!(at(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
         assert_eq!(at(1_796_396_018, 123_456), "2026-12-04T14:53:38.123456Z");
         assert_eq!(at(253_402_300_799, 500_000), "9999-12-31T23:59:59.500000Z");
+        // The same second again (from the per-thread cache), the next one, and back.
+        assert_eq!(at(253_402_300_799, 1), "9999-12-31T23:59:59.000001Z");
+        assert_eq!(at(1_796_396_019, 0), "2026-12-04T14:53:39.000000Z");
+        assert_eq!(at(1_796_396_018, 9), "2026-12-04T14:53:38.000009Z");
     }
 }

@@ -203,15 +203,16 @@ impl LoginAudit {
         tracing::info!(
             target: "pgtenant::audit",
             peer = %attempt.peer,
-            user_name = ?attempt.user_name,
+            // Text as &str, written quoted and escaped as `?` would (a visitor's record_str, no Debug call).
+            user_name = attempt.user_name.as_str(),
             tenant = attempt.tenant.as_deref().unwrap_or(""),
             user_id = %attempt.user_id.map(|u| u.to_string()).unwrap_or_default(),
             admin = attempt.admin,
             outcome,
             reason,
             sqlstate = refused_with.unwrap_or(""),
-            jti = ?attempt.jti.as_deref().unwrap_or(""),
-            kid = ?attempt.kid.as_deref().unwrap_or(""),
+            jti = attempt.jti.as_deref().unwrap_or(""),
+            kid = attempt.kid.as_deref().unwrap_or(""),
             "login"
         );
         let Some(sqlstate) = refused_with else {

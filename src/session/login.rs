@@ -2,7 +2,7 @@
 //! the first server connection (or, in transaction pooling, the role's known defaults instead).
 
 use super::settings::{
-    apply_client_settings, startup_settings, virtual_schema_for, VIRTUAL_SCHEMA_PARAMETER,
+    apply_client_settings, startup_setting, virtual_schema_for, VIRTUAL_SCHEMA_PARAMETER,
 };
 use super::{write_all, FirstServer, LoggedIn, Ready, ServerPool};
 use crate::auth::audit::LoginAttempt;
@@ -60,11 +60,7 @@ pub(super) async fn login(
         .get("database")
         .or(params.get("user"))
         .unwrap_or_default();
-    let option = startup_settings(params)?
-        .into_iter()
-        .rev()
-        .find(|(k, _)| k == TARGET_SESSION_ATTRS_PARAMETER)
-        .map(|(_, v)| v);
+    let option = startup_setting(params, TARGET_SESSION_ATTRS_PARAMETER)?;
     let request = route::request(requested, option.as_deref(), &proxy.config().replicas)
         .map_err(|m| Refusal::StartupParameter(m).to_fatal())?;
     let database = request.database.as_str();

@@ -16,7 +16,6 @@ use crate::tls::ClientStream;
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
-use tokio::io::BufWriter;
 
 /// Startup parameters that are not session settings and so are not passed on with `set_config`.
 pub(super) const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
@@ -78,6 +77,28 @@ pub(super) fn startup_settings(params: &StartupParams) -> Result<Vec<(String, St
     Ok(settings)
 }
 
+/// The value the session would have for setting `name` from its startup packet (the last `-c` option,
+/// else the startup parameter), found without copying the others. An `options` that cannot be parsed
+/// is refused as [`startup_settings`] refuses it.
+pub(super) fn startup_setting(
+    params: &StartupParams,
+    name: &str,
+) -> Result<Option<String>, PgError> {
+    if let Some(options) = params.get("options") {
+        let from_options = parse_options(options)?
+            .into_iter()
+            .rev()
+            .find(|(k, _)| k == name);
+        if let Some((_, value)) = from_options {
+            return Ok(Some(value));
+        }
+    }
+    if NOT_SETTINGS.contains(&name) {
+        return Ok(None);
+    }
+    Ok(params.get(name).map(str::to_string))
+}
+
 /// Startup parameter (or `-c` option) that picks the session's virtual schema: `off`, or a name.
 pub(super) const VIRTUAL_SCHEMA_PARAMETER: &str = "pgtenant.virtual_schema";
 
@@ -87,11 +108,7 @@ pub(super) fn virtual_schema_for(
     tenant: &crate::directory::Tenant,
     params: &StartupParams,
 ) -> Result<Option<VirtualSchema>, PgError> {
-    let chosen = startup_settings(params)?
-        .into_iter()
-        .rev()
-        .find(|(k, _)| k == VIRTUAL_SCHEMA_PARAMETER)
-        .map(|(_, v)| v);
+    let chosen = startup_setting(params, VIRTUAL_SCHEMA_PARAMETER)?;
     let name = match chosen.as_deref() {
         Some("off") | Some("") => return Ok(None),
         Some(name) => name.to_string(),
@@ -163,7 +180,6 @@ pub(super) async fn send_login_ok(
     }
     protocol::write::backend_key_data(&mut out, key.process_id, key.secret_key);
     protocol::write::ready_for_query(&mut out, TxStatus::Idle);
-    let mut writer = BufWriter::new(client);
-    writer.write_all(&out).await?;
-    writer.flush().await
+    client.write_all(&out).await?;
+    client.flush().await
 }

@@ -379,3 +379,56 @@ async fn the_login_future_stays_small() {
     let size = std::mem::size_of_val(&login);
     assert!(size <= 4 * 1024, "the login's future takes {size} bytes");
 }
+
+#[test]
+fn one_startup_setting_is_what_the_whole_list_ends_with() {
+    use super::settings::{startup_setting, startup_settings};
+    let params = |pairs: &[(&str, &str)]| crate::protocol::StartupParams {
+        params: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    let last_of_list = |p: &crate::protocol::StartupParams, name: &str| {
+        startup_settings(p).map(|all| {
+            all.into_iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v)
+        })
+    };
+    let cases = [
+        params(&[("user", "u"), ("pgtenant.virtual_schema", "public")]),
+        params(&[
+            ("pgtenant.virtual_schema", "public"),
+            (
+                "options",
+                "-c pgtenant.virtual_schema=off -c pgtenant.virtual_schema=app",
+            ),
+        ]),
+        params(&[("options", "-c work_mem=4MB")]),
+        params(&[("options", "--pgtenant.virtual-schema=x")]),
+        params(&[("database", "d")]),
+    ];
+    for p in &cases {
+        for name in [
+            "pgtenant.virtual_schema",
+            "work_mem",
+            "database",
+            "target_session_attrs",
+        ] {
+            assert_eq!(
+                startup_setting(p, name).expect("parsable"),
+                last_of_list(p, name).expect("parsable"),
+                "{name} of {p:?}"
+            );
+        }
+    }
+    let bad = params(&[("options", "-c novalue")]);
+    assert!(startup_setting(&bad, "work_mem").is_err());
+    assert_eq!(
+        startup_setting(&cases[1], "pgtenant.virtual_schema").expect("parsable"),
+        Some("app".to_string())
+    );
+}
