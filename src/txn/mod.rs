@@ -21,6 +21,7 @@ pub mod expect;
 pub mod introspection;
 pub mod lasting;
 mod server;
+mod spare_buffers;
 pub mod statements;
 mod sync;
 #[cfg(test)]

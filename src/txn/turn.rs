@@ -4,7 +4,7 @@
 //! the same turn that produced it; the turn ends with the next thing that needs the loop: bytes read from
 //! a side, a side gone, a connection that can go back to the pool, or a signal.
 
-use super::{State, FIRST_READ, HIGH_WATER, READ_SIZE};
+use super::{spare_buffers, State, FIRST_READ, HIGH_WATER, READ_SIZE};
 use crate::limit_watch::LimitWatch;
 use crate::limits::LimitEnd;
 use crate::tls::PollReadReady;
@@ -162,8 +162,10 @@ fn poll_client_read<C: AsyncRead + PollReadReady + Unpin>(
         return Poll::Pending;
     }
     if state.client_in.capacity() == 0 {
-        // Idle between transactions, the session holds no read buffer (see `shed_idle_buffers`).
+        // Idle between transactions, the session holds no read buffer (see `shed_idle_buffers`): it takes
+        // one once the client has bytes for it.
         ready!(client.poll_read_ready(cx))?;
+        state.client_in = spare_buffers::take();
     }
     poll_read_into(cx, client, &mut state.client_in)
 }
@@ -179,7 +181,7 @@ fn shed_idle_buffers(state: &mut State) {
     // or written out), so emptiness alone decides; replacing an unallocated one costs nothing. The
     // server-side ones are here too: one the session was lent may have kept bytes at the release.
     if state.client_in.is_empty() && state.client_streaming == 0 {
-        state.client_in = BytesMut::new();
+        spare_buffers::give_back(std::mem::take(&mut state.client_in));
     }
     if state.to_client.is_empty() {
         state.to_client = BytesMut::new();
