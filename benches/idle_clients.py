@@ -8,8 +8,8 @@ For each proxy: its resident memory (VmRSS from /proc) before the clients log in
 (and answered one `SELECT 1`, so each went through a transaction), and the RSS per client from the
 difference; then the proxy's CPU time over `--idle-seconds` while every client stays idle (it should be ~0).
 The clients speak the raw protocol from one asyncio process (startup message, cleartext password for
-pgtenant or md5 for PgBouncer, a simple query), so the client side costs little. The open-file limit is raised for this process
-and the proxies it starts.
+pgtenant or md5 for PgBouncer, a simple query), so the client side costs little. The open-file limit is
+raised for this process and the proxies it starts.
 """
 import argparse
 import asyncio

@@ -89,9 +89,10 @@ def main():
         if not args.no_connect:
             print(f"\nconnect per transaction (pgbench -C -S -M simple, 8 clients), {args.rounds} rounds, medians:")
             runs = {t: [] for t in order}
-            cpu_per_login = {t: [] for t in order if t in env.pids or t.startswith("pgtenant")}
+            cpu_per_login = {t: [] for t in order}
             for r in range(args.rounds):
                 for t in order[r % len(order):] + order[:r % len(order)]:
+                    # The proxy's process (none for direct); pgtenant_novs is the same pgtenant.
                     pid = env.pids.get("pgtenant" if t.startswith("pgtenant") else t)
                     before = cpu_seconds(pid) if pid else None
                     res = pgbench(targets[t], 8, "simple", "select", args.seconds, connect=True)
@@ -104,7 +105,7 @@ def main():
                 every = "/".join(f"{x['tps']:.0f}" for x in runs[t])
                 ratio = f"{tps / base:.2f}x direct" if base else ""
                 cpu = (f", CPU {statistics.median(cpu_per_login[t]) * 1e6:.0f} µs/login"
-                       if cpu_per_login.get(t) else "")
+                       if cpu_per_login[t] else "")
                 errors = "; ".join({x["error"] for x in runs[t] if x["error"]})
                 print(f"  {t:<10} {tps:>9.0f} tps ({every}) {ratio}{cpu} {errors}", flush=True)
 
