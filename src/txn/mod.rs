@@ -159,6 +159,8 @@ struct State {
     server_unflushed: bool,
     /// ReadyForQuery messages from servers (for the limit timers).
     answered: u64,
+    /// Client-side buffers may hold room that `turn::shed_idle_buffers` gives up once the client is idle.
+    shed_due: bool,
     /// The pool the last quick checkout found (see `PoolManager::take_idle_now`).
     known_pool: Option<crate::pool::KnownPool>,
     /// The pool the tenant's connections come from since it was moved to another cluster.
@@ -166,6 +168,46 @@ struct State {
         crate::pool::PoolKey,
         std::sync::Arc<crate::upstream::UpstreamTarget>,
     )>,
+}
+
+impl State {
+    /// A session's books before its first message: no server connection, no buffer.
+    fn new(
+        desired: crate::upstream::SharedParameters,
+        recorder: Recorder,
+        client_tls: bool,
+    ) -> Self {
+        State {
+            server: None,
+            statements: ClientStatements::default(),
+            expect: Expectations::default(),
+            pending: 0,
+            unsynced: false,
+            skipping_to_sync: false,
+            status: TxStatus::Idle,
+            to_client: BytesMut::new(),
+            to_server: BytesMut::new(),
+            client_in: BytesMut::new(),
+            client_streaming: 0,
+            server_in: BytesMut::new(),
+            server_streaming: 0,
+            last_server_error: false,
+            lasting: None,
+            // Shared, not copied (one reference count); the State's follows what the client sees.
+            desired,
+            recorder,
+            bytes_from_client: 0,
+            bytes_from_upstream: 0,
+            transactions: 0,
+            client_tls,
+            client_unflushed: false,
+            server_unflushed: false,
+            answered: 0,
+            shed_due: false,
+            known_pool: None,
+            moved: None,
+        }
+    }
 }
 
 enum Step {
@@ -240,35 +282,11 @@ impl TxnSession<'_> {
         K: Future<Output = ()>,
         D: Future<Output = ()>,
     {
-        let mut state = State {
-            server: None,
-            statements: ClientStatements::default(),
-            expect: Expectations::default(),
-            pending: 0,
-            unsynced: false,
-            skipping_to_sync: false,
-            status: TxStatus::Idle,
-            to_client: BytesMut::new(),
-            to_server: BytesMut::new(),
-            client_in: BytesMut::new(),
-            client_streaming: 0,
-            server_in: BytesMut::new(),
-            server_streaming: 0,
-            last_server_error: false,
-            lasting: None,
-            // Shared, not copied (one reference count); the State's follows what the client sees.
-            desired: self.desired.clone(),
-            recorder: Recorder::new(self.metrics.clone()),
-            bytes_from_client: 0,
-            bytes_from_upstream: 0,
-            transactions: 0,
-            client_tls: client.is_tls(),
-            client_unflushed: false,
-            server_unflushed: false,
-            answered: 0,
-            known_pool: None,
-            moved: None,
-        };
+        let mut state = State::new(
+            self.desired.clone(),
+            Recorder::new(self.metrics.clone()),
+            client.is_tls(),
+        );
         let mut limits = self.limits.take();
         let end = self
             .event_loop(&mut state, &mut limits, client, kick, drain)
@@ -396,6 +414,7 @@ impl TxnSession<'_> {
             return false;
         };
         lend_buffers(state, checkout.conn());
+        state.shed_due = true;
         // A cancel this client sent while it held the connection must not reach the next client.
         self.cancel.release_upstream().await;
         self.pools.check_in(checkout, true);
@@ -532,6 +551,9 @@ impl TxnSession<'_> {
             tls: conn.tls.clone(),
         }));
         lend_buffers(state, conn);
+        if state.to_client.is_empty() && state.to_client.capacity() == 0 {
+            state.to_client = spare_buffers::take();
+        }
         state.status = TxStatus::Idle;
         state.transactions += 1;
         state.server = Some(checkout);
@@ -545,7 +567,6 @@ fn lend_buffers(state: &mut State, conn: &mut crate::upstream::UpstreamConn) {
     for (mine, theirs) in [
         (&mut state.server_in, &mut lent.from_server),
         (&mut state.to_server, &mut lent.to_server),
-        (&mut state.to_client, &mut lent.to_client),
     ] {
         if mine.is_empty() && theirs.is_empty() {
             std::mem::swap(mine, theirs);

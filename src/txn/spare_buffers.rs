@@ -1,16 +1,18 @@
-//! Client read buffers handed from one transaction to the next on the same thread. An idle
-//! transaction-pooled client holds no read buffer (`turn::shed_idle_buffers` gives it up), so without this
-//! every transaction of a busy client allocated a fresh one and grew it. A given-up buffer is kept here
-//! instead, up to [`KEPT`] of them per thread, and the next client that has bytes to read takes one. A
-//! kept buffer is empty: what another client's request left in its spare room is never readable (a read
-//! appends only what the socket wrote), so nothing passes from one tenant's session to another's.
+//! Client-side buffers (what is read from the client, what is bound for it) handed from one transaction to
+//! the next on the same thread. An idle transaction-pooled client holds none (`turn::shed_idle_buffers`
+//! gives them up), so without this every transaction of a busy client allocated fresh ones and grew them. A
+//! given-up buffer is kept here instead, up to [`KEPT`] of them per thread, and the next client that has
+//! bytes to read, or takes a server connection, takes one. A kept buffer is empty: what another client's
+//! bytes left in its spare room is never readable (a read or a write only appends), so nothing passes from
+//! one tenant's session to another's.
 
 use super::FIRST_READ;
 use bytes::BytesMut;
 use std::cell::RefCell;
 
-/// Buffers kept per thread: a busy runtime thread has about this many clients reading at once.
-const KEPT: usize = 64;
+/// Buffers kept per thread: a busy runtime thread has about half as many clients in a transaction at once
+/// (two buffers each).
+const KEPT: usize = 128;
 /// Larger buffers (grown for a large request or COPY) are freed, not kept.
 const LARGEST_KEPT: usize = 8 * FIRST_READ;
 

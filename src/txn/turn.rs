@@ -166,33 +166,45 @@ fn poll_client_read<C: AsyncRead + PollReadReady + Unpin>(
         // one once the client has bytes for it.
         ready!(client.poll_read_ready(cx))?;
         state.client_in = spare_buffers::take();
+        state.shed_due = true;
     }
     poll_read_into(cx, client, &mut state.client_in)
 }
 
 /// Gives up the client-side buffers (and the room of the expectations queue) while the client holds no
 /// server connection and they are empty: an idle client costs no buffer. (The server-side ones stay with
-/// the connection: `lend_buffers`.)
+/// the connection: `lend_buffers`.) It works once per spell without a server, when `shed_due` says a buffer
+/// may have been taken since (a release, a read buffer taken), and again while one still held bytes.
 fn shed_idle_buffers(state: &mut State) {
-    if state.server.is_some() {
+    if state.server.is_some() || !state.shed_due {
         return;
     }
     // An empty buffer may still hold its allocation (`capacity` counts only the room after what was read
-    // or written out), so emptiness alone decides; replacing an unallocated one costs nothing. The
-    // server-side ones are here too: one the session was lent may have kept bytes at the release.
+    // or written out), so emptiness alone decides. The server-side ones are here too: one the session was
+    // lent may have kept bytes at the release.
+    let mut kept_bytes = false;
     if state.client_in.is_empty() && state.client_streaming == 0 {
         spare_buffers::give_back(std::mem::take(&mut state.client_in));
+    } else {
+        kept_bytes = true;
     }
     if state.to_client.is_empty() {
-        state.to_client = BytesMut::new();
+        spare_buffers::give_back(std::mem::take(&mut state.to_client));
+    } else {
+        kept_bytes = true;
     }
     if state.to_server.is_empty() {
         state.to_server = BytesMut::new();
+    } else {
+        kept_bytes = true;
     }
     if state.server_in.is_empty() && state.server_streaming == 0 {
         state.server_in = BytesMut::new();
+    } else {
+        kept_bytes = true;
     }
     state.expect.shed();
+    state.shed_due = kept_bytes;
 }
 
 fn poll_server_read(cx: &mut Context<'_>, state: &mut State) -> Poll<io::Result<usize>> {
@@ -254,4 +266,77 @@ fn poll_write_out<W: AsyncWrite + Unpin>(
         }
     }
     Poll::Pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::{Recorder, TenantMetrics};
+
+    fn idle_state() -> State {
+        State::new(
+            std::sync::Arc::new(Vec::new()),
+            Recorder::new(std::sync::Arc::new(TenantMetrics::default())),
+            false,
+        )
+    }
+
+    /// A buffer of `FIRST_READ` whose bytes were all read or written out: empty, its allocation held.
+    fn used_buffer() -> BytesMut {
+        let mut buffer = BytesMut::with_capacity(FIRST_READ);
+        buffer.extend_from_slice(b"Z\0\0\0\x05I");
+        buffer.advance(6);
+        buffer
+    }
+
+    /// Whether `buffer` still holds an allocation (reclaiming its room in place, which changes no byte).
+    fn holds_room(buffer: &mut BytesMut) -> bool {
+        buffer.try_reclaim(1)
+    }
+
+    #[test]
+    fn an_idle_client_gives_up_its_emptied_buffers_once_due() {
+        let mut state = idle_state();
+        state.client_in = used_buffer();
+        state.to_client = used_buffer();
+        state.to_server = used_buffer();
+        state.server_in = used_buffer();
+        shed_idle_buffers(&mut state);
+        assert!(
+            holds_room(&mut state.to_client),
+            "shed although nothing said it was due"
+        );
+
+        state.shed_due = true;
+        shed_idle_buffers(&mut state);
+        for buffer in [
+            &mut state.client_in,
+            &mut state.to_client,
+            &mut state.to_server,
+            &mut state.server_in,
+        ] {
+            assert!(!holds_room(buffer), "an emptied buffer was kept");
+        }
+        assert!(!state.shed_due, "still due with nothing left to shed");
+    }
+
+    #[test]
+    fn bytes_still_owed_to_the_client_keep_its_buffer_and_the_shedding_due() {
+        let mut state = idle_state();
+        state.to_client = BytesMut::from(&b"Z\0\0\0\x05I"[..]);
+        state.client_in = used_buffer();
+        state.shed_due = true;
+        shed_idle_buffers(&mut state);
+        assert_eq!(&state.to_client[..], b"Z\0\0\0\x05I");
+        assert!(!holds_room(&mut state.client_in));
+        assert!(
+            state.shed_due,
+            "not due again although the client's buffer is still held"
+        );
+
+        state.to_client.advance(6);
+        shed_idle_buffers(&mut state);
+        assert!(!holds_room(&mut state.to_client));
+        assert!(!state.shed_due);
+    }
 }
