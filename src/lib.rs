@@ -84,6 +84,7 @@
 pub mod admin;
 pub mod auth;
 pub mod cancel;
+pub mod client_socket;
 pub mod clusters;
 pub mod config;
 pub mod credentials;

@@ -1,6 +1,7 @@
 //! TLS with clients: a rustls server configuration from PEM files (aws-lc-rs, the crate's one crypto
 //! backend), and the client stream that is either plain TCP or TLS.
 
+use crate::client_socket::ClientSocket;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::path::Path;
@@ -8,7 +9,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
@@ -53,8 +53,8 @@ pub fn acceptor(cert_path: &Path, key_path: &Path) -> Result<TlsAcceptor, TlsCon
 
 /// A client connection, plain or encrypted (in unit tests also in memory: a scripted client).
 pub enum ClientStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(ClientSocket),
+    Tls(Box<TlsStream<ClientSocket>>),
     #[cfg(test)]
     Duplex(tokio::io::DuplexStream),
 }

@@ -162,19 +162,27 @@ async fn plaintext_sent_after_ssl_request_is_not_taken_as_the_startup() {
     let mut bytes = 8i32.to_be_bytes().to_vec();
     bytes.extend(80_877_103i32.to_be_bytes());
     bytes.extend(startup_packet("injected"));
+    // One write: the proxy reads the injected bytes with the request, before it could answer it.
     tcp.write_all(&bytes).await.expect("write");
-    let mut answer = [0u8; 1];
-    tcp.read_exact(&mut answer).await.expect("answer");
-    assert_eq!(answer[0], b'S');
-    // The injected bytes are fed to the TLS handshake, which fails: no authentication request follows.
-    let mut rest = Vec::new();
+    let mut answer = Vec::new();
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(5),
-        tcp.read_to_end(&mut rest),
+        tcp.read_to_end(&mut answer),
     )
     .await;
+    // PostgreSQL's answer to the same bytes: a FATAL 08P01, not 'S' (and never a password request).
+    assert_eq!(answer.first(), Some(&b'E'), "{answer:?}");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.contains("C08P01"), "{text}");
     assert!(
-        !rest.starts_with(b"R"),
-        "the injected startup packet was served: {rest:?}"
+        text.contains("received unencrypted data after SSL request"),
+        "{text}"
+    );
+    // That one message and the end: no authentication request for the injected startup packet.
+    let length = i32::from_be_bytes([answer[1], answer[2], answer[3], answer[4]]) as usize;
+    assert_eq!(
+        answer.len(),
+        1 + length,
+        "the injected startup packet was served: {answer:?}"
     );
 }

@@ -5,6 +5,7 @@ use super::login::login;
 use super::{send_error, LoggedIn, LoginError};
 use crate::auth::audit::LoginAttempt;
 use crate::cancel::ClientKey;
+use crate::client_socket::ClientSocket;
 use crate::error::UserFacing;
 use crate::login_guard;
 use crate::protocol;
@@ -55,11 +56,12 @@ pub(super) async fn handshake_and_login(
 /// are boxed where awaited: their futures are large, and a plain login's would carry their room.
 pub(super) async fn handshake(
     proxy: &Proxy,
-    mut tcp: TcpStream,
+    tcp: TcpStream,
 ) -> Result<Option<Handshake>, LoginError> {
+    let mut tcp = ClientSocket::new(tcp);
     // PostgreSQL 17 clients may open TLS directly (sslnegotiation=direct): a TLS ClientHello starts 0x16.
-    let mut first = [0u8; 1];
-    if tcp.peek(&mut first).await.map_err(ProtocolError::Io)? == 1 && first[0] == 0x16 {
+    // Read ahead, not peeked: the first packet then takes one system call (`ClientSocket`).
+    if tcp.first_byte().await.map_err(ProtocolError::Io)? == Some(0x16) {
         let Some(acceptor) = &proxy.tls() else {
             return Err(LoginError::Refused(
                 "direct TLS without TLS configured".into(),
@@ -82,6 +84,14 @@ pub(super) async fn handshake(
         match read_first_packet(&mut tcp).await? {
             StartupPacket::Ssl => match &proxy.tls() {
                 Some(acceptor) => {
+                    if tcp.has_read_ahead() {
+                        // Sent before the 'S' it must wait for: not the client's TLS (PostgreSQL's words).
+                        let e =
+                            Refusal::Protocol("received unencrypted data after SSL request".into())
+                                .to_fatal();
+                        let _ = send_error(&mut tcp, &e).await;
+                        return Err(LoginError::Refused(e.message));
+                    }
                     tcp.write_all(b"S").await.map_err(ProtocolError::Io)?;
                     // Only bytes read after 'S' reach rustls: nothing was read ahead of the handshake.
                     let tls = Box::pin(acceptor.accept(tcp))

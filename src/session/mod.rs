@@ -484,7 +484,10 @@ async fn write_all(client: &mut ClientStream, bytes: &[u8]) -> Result<(), PgErro
         .map_err(|e| Refusal::ClientGone(e.to_string()).to_fatal())
 }
 
-async fn send_error(client: &mut ClientStream, err: &PgError) -> std::io::Result<()> {
+async fn send_error<W: tokio::io::AsyncWrite + Unpin>(
+    client: &mut W,
+    err: &PgError,
+) -> std::io::Result<()> {
     let mut out = BytesMut::new();
     protocol::write::error_response(&mut out, err);
     client.write_all(&out).await?;
