@@ -81,6 +81,7 @@
 //! - [`log_line`]: plain log lines for a stderr that is not a terminal (the default format's text, written
 //!   without colours or per-character escaping).
 
+pub mod addr_text;
 pub mod admin;
 pub mod auth;
 pub mod cancel;

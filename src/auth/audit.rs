@@ -200,13 +200,18 @@ impl LoginAudit {
             "ok"
         };
         let reason = attempt.reason.map(Reason::as_str).unwrap_or("");
+        let mut user_id_text = uuid::Uuid::encode_buffer();
+        let user_id: &str = match attempt.user_id {
+            Some(id) => id.hyphenated().encode_lower(&mut user_id_text),
+            None => "",
+        };
         tracing::info!(
             target: "pgtenant::audit",
-            peer = %attempt.peer,
+            peer = %crate::addr_text::AddrText::ip(attempt.peer),
             // Text as &str, written quoted and escaped as `?` would (a visitor's record_str, no Debug call).
             user_name = attempt.user_name.as_str(),
             tenant = attempt.tenant.as_deref().unwrap_or(""),
-            user_id = %attempt.user_id.map(|u| u.to_string()).unwrap_or_default(),
+            user_id = %user_id,
             admin = attempt.admin,
             outcome,
             reason,

@@ -422,7 +422,7 @@ async fn finish(proxy: &Proxy, mut client: ClientStream, ended: Ended, who: &Who
         proxy.pools.check_in(checkout, reused);
     }
     tracing::info!(
-        %peer,
+        peer = %crate::addr_text::AddrText::socket(peer),
         tenant = %user.tenant.slug,
         cluster = %who.pool.key.cluster,
         mode = mode_of(proxy, user).as_str(),
