@@ -4,8 +4,8 @@
 //! more before it waits (one more call that finds nothing). A small read is served here from one read of
 //! up to [`READ_AHEAD`] bytes instead: a startup packet or a password message takes one system call, and a
 //! read that finds less than it asked for tells tokio the socket is drained. Larger reads (the relay's,
-//! TLS's) go straight to the socket once the read-ahead is used up, and the read-ahead's buffer is freed
-//! then: a logged-in client holds none.
+//! TLS's) go straight to the socket once the read-ahead is used up, and the read-ahead's buffer is given
+//! up then: a logged-in client holds none.
 
 use bytes::{Buf, BytesMut};
 use std::io;
@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 /// What one read from the socket asks for when a small read finds the read-ahead empty: more than a
-/// startup packet or a password message (a JWT) usually takes.
-const READ_AHEAD: usize = 1000;
+/// startup packet or a password message (a JWT) usually takes. The buffer is a spare one of the thread's
+/// (`spare_buffers`), given back once read.
+const READ_AHEAD: usize = crate::spare_buffers::FIRST_READ;
 /// Reads asking for less than this go through the read-ahead.
 const SMALL_READ: usize = 256;
 
@@ -52,6 +53,9 @@ impl ClientSocket {
         if !self.ahead.is_empty() {
             return Poll::Ready(Ok(()));
         }
+        if self.ahead.capacity() == 0 {
+            self.ahead = crate::spare_buffers::take();
+        }
         self.ahead.reserve(READ_AHEAD);
         let read = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.tcp),
@@ -59,7 +63,7 @@ impl ClientSocket {
             &mut self.ahead
         ));
         if self.ahead.is_empty() {
-            self.ahead = BytesMut::new();
+            crate::spare_buffers::give_back(std::mem::take(&mut self.ahead));
         }
         Poll::Ready(read.map(|_| ()))
     }
@@ -70,7 +74,7 @@ impl ClientSocket {
         buf.put_slice(&self.ahead[..n]);
         self.ahead.advance(n);
         if self.ahead.is_empty() {
-            self.ahead = BytesMut::new();
+            crate::spare_buffers::give_back(std::mem::take(&mut self.ahead));
         }
     }
 

@@ -50,8 +50,8 @@
 //! - [`txn`]: transaction pooling: a server connection per transaction (`mod.rs`: the event loop, checkout
 //!   and release; `turn`: one poll over the client stream, the held connection and the session's signals),
 //!   `client` (client messages, prepared statements that follow the client), `server` (server messages
-//!   matched to requests, `expect`), `sync` (settings synchronised on each checkout), `spare_buffers`
-//!   (client read buffers passed from one transaction to the next on a thread).
+//!   matched to requests, `expect`), `sync` (settings synchronised on each checkout); [`spare_buffers`]: client
+//!   buffers passed from one transaction (or login) to the next on a thread.
 //! - [`sql`]: a lexer for SQL text (literals, quoted names, comments told from identifiers) and the virtual
 //!   schema rewrite (`public` in a tenant's SQL means its own schema).
 //! - [`relay`]: the byte-level relay of one client session to its upstream connection (session pooling): one
@@ -117,6 +117,7 @@ pub mod secret;
 pub mod server;
 pub mod session;
 pub mod sessions;
+pub mod spare_buffers;
 pub mod sql;
 pub mod stop_signal;
 pub mod tenancy;

@@ -11,7 +11,9 @@
 
 use super::jwks::Jwk;
 use super::verify::Claims;
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 
 /// Tokens kept at most; when full, all are forgotten (the next logins verify in full and fill it again).
@@ -22,7 +24,38 @@ pub(super) type KeySetSnapshot = Option<Arc<[Arc<Jwk>]>>;
 
 #[derive(Default)]
 pub(super) struct VerifiedTokens {
-    tokens: Mutex<HashMap<Box<str>, Verified>>,
+    tokens: Mutex<HashMap<Box<str>, Verified, SignatureHash>>,
+}
+
+/// Bytes of a token its hash is taken of: its end, the signature's text (at least 43 characters, HS256's).
+/// Hashing a whole token (hundreds of bytes, keyed SipHash) was a visible part of a login's CPU. Only
+/// tokens that passed their check are kept, and their signatures cannot be chosen without the key, so no
+/// one can pile keys into one bucket; a lookup still compares the whole token.
+const HASHED_TAIL: usize = 48;
+
+/// The map's hasher: std's keyed SipHash of the last [`HASHED_TAIL`] bytes of what is hashed.
+#[derive(Default, Clone)]
+struct SignatureHash(RandomState);
+
+impl BuildHasher for SignatureHash {
+    type Hasher = TailHasher;
+
+    fn build_hasher(&self) -> TailHasher {
+        TailHasher(self.0.build_hasher())
+    }
+}
+
+struct TailHasher(std::collections::hash_map::DefaultHasher);
+
+impl Hasher for TailHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0
+            .write(&bytes[bytes.len().saturating_sub(HASHED_TAIL)..]);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0.finish()
+    }
 }
 
 struct Verified {
@@ -100,6 +133,28 @@ mod tests {
         assert_eq!(cache.get("a.b.c", &None, 1_000), None);
         // The expired entry is gone: a later clock going back does not revive it.
         assert_eq!(cache.get("a.b.c", &None, 10), None);
+    }
+
+    #[test]
+    fn tokens_with_the_same_end_are_told_apart() {
+        let cache = VerifiedTokens::default();
+        let signature = "s".repeat(HASHED_TAIL);
+        let (first, second) = (format!("a.b.{signature}"), format!("x.y.{signature}"));
+        cache.put(&first, &claims(1_000), None);
+        assert_eq!(cache.get(&second, &None, 1), None);
+        cache.put(&second, &claims(2_000), None);
+        assert_eq!(cache.get(&first, &None, 1), Some(claims(1_000)));
+        assert_eq!(cache.get(&second, &None, 1), Some(claims(2_000)));
+        let hasher = SignatureHash::default();
+        assert_eq!(
+            hasher.hash_one(first.as_str()),
+            hasher.hash_one(second.as_str())
+        );
+        assert_ne!(
+            hasher.hash_one(first.as_str()),
+            hasher.hash_one(format!("a.b.{signature}t").as_str()),
+            "the signature's end is hashed"
+        );
     }
 
     #[test]

@@ -39,6 +39,7 @@ mod tests;
 
 use handshake::handshake_and_login;
 use settings::send_login_ok;
+use settings::Parameters;
 
 /// Serves one client connection to its end.
 pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
@@ -151,7 +152,7 @@ async fn serve_session(
     }));
     if let Err(e) = send_login_ok(
         client,
-        &conn.parameters,
+        Parameters::Own(&conn.parameters),
         registration.key,
         who.authenticated,
     )
@@ -240,7 +241,12 @@ async fn serve_transaction(
         ),
         FirstServer::Later(parameters) => (parameters, None),
     };
-    let sent = send_login_ok(client, &desired, registration.key, who.authenticated).await;
+    // A list made for this login alone is not worth keeping encoded.
+    let parameters = match &checkout {
+        Some(_) => Parameters::Own(&desired),
+        None => Parameters::Shared(&desired),
+    };
+    let sent = send_login_ok(client, parameters, registration.key, who.authenticated).await;
     if let Some(checkout) = checkout {
         proxy.pools.check_in(checkout, true);
     }

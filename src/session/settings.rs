@@ -13,6 +13,7 @@ use crate::protocol::TxStatus;
 use crate::refusal::Refusal;
 use crate::sql::VirtualSchema;
 use crate::tls::ClientStream;
+use crate::upstream::SharedParameters;
 use crate::upstream::UpstreamConn;
 use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
@@ -167,7 +168,7 @@ pub(super) fn parse_options(options: &str) -> Result<Vec<(String, String)>, PgEr
 
 pub(super) async fn send_login_ok(
     client: &mut ClientStream,
-    parameters: &[(String, String)],
+    parameters: Parameters<'_>,
     key: ClientKey,
     authenticated: bool,
 ) -> std::io::Result<()> {
@@ -175,11 +176,101 @@ pub(super) async fn send_login_ok(
     if !authenticated {
         protocol::write::authentication_ok(&mut out);
     }
-    for (name, value) in parameters {
-        protocol::write::parameter_status(&mut out, name, value);
+    match parameters {
+        Parameters::Shared(shared) => out.extend_from_slice(&encoded_statuses::of(shared)),
+        Parameters::Own(own) => encoded_statuses::encode(&mut out, own),
     }
     protocol::write::backend_key_data(&mut out, key.process_id, key.secret_key);
     protocol::write::ready_for_query(&mut out, TxStatus::Idle);
     client.write_all(&out).await?;
     client.flush().await
+}
+
+/// The reported parameters a login ends with: a list shared between logins (transaction pooling: the role's
+/// defaults), whose ParameterStatus messages are encoded once, or a connection's own.
+pub(super) enum Parameters<'a> {
+    Shared(&'a SharedParameters),
+    Own(&'a [(String, String)]),
+}
+
+/// ParameterStatus messages of shared lists, encoded once per thread and list: most logins of a role share
+/// one list, and encoding its dozen messages was a visible part of a login's CPU. A list is known by its
+/// `Arc`, which the cache holds: it cannot be freed and another list made at its address, and its content
+/// never changes (a session that changes a value copies first, `Arc::make_mut`).
+mod encoded_statuses {
+    use crate::protocol;
+    use crate::upstream::SharedParameters;
+    use bytes::{Bytes, BytesMut};
+    use std::cell::RefCell;
+    use std::sync::Arc;
+
+    /// Lists kept per thread (the role-defaults variants in use at once on it).
+    const KEPT: usize = 8;
+
+    thread_local! {
+        static ENCODED: RefCell<Vec<(SharedParameters, Bytes)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn encode(out: &mut BytesMut, parameters: &[(String, String)]) {
+        for (name, value) in parameters {
+            protocol::write::parameter_status(out, name, value);
+        }
+    }
+
+    pub(super) fn of(parameters: &SharedParameters) -> Bytes {
+        ENCODED.with_borrow_mut(|kept| {
+            if let Some(i) = kept
+                .iter()
+                .position(|(list, _)| Arc::ptr_eq(list, parameters))
+            {
+                return kept[i].1.clone();
+            }
+            let mut out = BytesMut::new();
+            encode(&mut out, parameters);
+            let encoded = out.freeze();
+            if kept.len() == KEPT {
+                kept.remove(0);
+            }
+            kept.push((parameters.clone(), encoded.clone()));
+            encoded
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn list(application_name: &str) -> SharedParameters {
+            Arc::new(vec![
+                ("application_name".to_string(), application_name.to_string()),
+                ("TimeZone".to_string(), "UTC".to_string()),
+            ])
+        }
+
+        fn encoded(parameters: &[(String, String)]) -> Vec<u8> {
+            let mut out = BytesMut::new();
+            encode(&mut out, parameters);
+            out.to_vec()
+        }
+
+        #[test]
+        fn a_shared_list_is_encoded_once_and_each_list_as_its_own() {
+            let lists: Vec<SharedParameters> =
+                (0..KEPT + 2).map(|i| list(&format!("app {i}"))).collect();
+            for _ in 0..2 {
+                for l in &lists {
+                    assert_eq!(of(l).to_vec(), encoded(l), "{l:?}");
+                }
+            }
+            let first = list("first");
+            let again = of(&first);
+            assert_eq!(
+                of(&first).as_ptr(),
+                again.as_ptr(),
+                "the same list was encoded again"
+            );
+            // An equal list in another Arc is its own entry, with the same bytes.
+            assert_eq!(of(&list("first")).to_vec(), again.to_vec());
+        }
+    }
 }

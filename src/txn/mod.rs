@@ -21,7 +21,6 @@ pub mod expect;
 pub mod introspection;
 pub mod lasting;
 mod server;
-mod spare_buffers;
 pub mod statements;
 mod sync;
 #[cfg(test)]
@@ -62,7 +61,7 @@ const READ_SIZE: usize = 32 * 1024;
 /// The room of a read into an empty buffer (see `turn::poll_read_into`): most requests of OLTP clients fit,
 /// and a client idle between transactions holds no buffer (`turn::shed_idle_buffers`), so a request of a
 /// busy client allocates one this size. Write buffers start empty and grow as written.
-const FIRST_READ: usize = 1000;
+const FIRST_READ: usize = crate::spare_buffers::FIRST_READ;
 /// Largest message pgtenant reads whole (Parse, Bind, Describe, Close; server error and status messages).
 const MAX_WHOLE_MESSAGE: usize = 1 << 30;
 /// Prepared statements kept per server connection before the least recently used is closed.
@@ -552,7 +551,7 @@ impl TxnSession<'_> {
         }));
         lend_buffers(state, conn);
         if state.to_client.is_empty() && state.to_client.capacity() == 0 {
-            state.to_client = spare_buffers::take();
+            state.to_client = crate::spare_buffers::take();
         }
         state.status = TxStatus::Idle;
         state.transactions += 1;

@@ -4,9 +4,10 @@
 //! the same turn that produced it; the turn ends with the next thing that needs the loop: bytes read from
 //! a side, a side gone, a connection that can go back to the pool, or a signal.
 
-use super::{spare_buffers, State, FIRST_READ, HIGH_WATER, READ_SIZE};
+use super::{State, FIRST_READ, HIGH_WATER, READ_SIZE};
 use crate::limit_watch::LimitWatch;
 use crate::limits::LimitEnd;
+use crate::spare_buffers;
 use crate::tls::PollReadReady;
 use bytes::{Buf, BytesMut};
 use std::future::Future;

@@ -151,7 +151,7 @@ pub type SharedParameters = std::sync::Arc<Vec<(String, String)>>;
 /// Buffers the transaction relay uses while a client holds this connection. They stay with the connection
 /// between clients, so a client idle between transactions holds none of them and a busy one allocates
 /// nothing to take a connection. (What is bound for the client is still being written when the connection
-/// goes back, so that buffer stays with the client: `txn::spare_buffers`.)
+/// goes back, so that buffer stays with the client: `spare_buffers`.)
 #[derive(Default)]
 pub struct RelayBuffers {
     pub from_server: bytes::BytesMut,

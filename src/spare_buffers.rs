@@ -1,12 +1,14 @@
-//! Client-side buffers (what is read from the client, what is bound for it) handed from one transaction to
-//! the next on the same thread. An idle transaction-pooled client holds none (`turn::shed_idle_buffers`
-//! gives them up), so without this every transaction of a busy client allocated fresh ones and grew them. A
-//! given-up buffer is kept here instead, up to [`KEPT`] of them per thread, and the next client that has
-//! bytes to read, or takes a server connection, takes one. A kept buffer is empty: what another client's
-//! bytes left in its spare room is never readable (a read or a write only appends), so nothing passes from
-//! one tenant's session to another's.
+//! Client-side buffers handed from one client to the next on the same thread: the transaction relay's
+//! (what is read from the client, what is bound for it) and a login's read-ahead (`client_socket`). An
+//! idle transaction-pooled client holds none (`txn::turn::shed_idle_buffers` gives them up), so without
+//! this every transaction of a busy client allocated fresh ones and grew them, and every login allocated
+//! its read-ahead. A given-up buffer is kept here instead, up to [`KEPT`] of them per thread, and the next
+//! client that has bytes to read, or takes a server connection, takes one. A kept buffer is empty: what
+//! another client's bytes left in its spare room is never readable (a read or a write only appends), so
+//! nothing passes from one tenant's session to another's.
 
-use super::FIRST_READ;
+/// The room of a buffer taken for a read: most requests of OLTP clients, startup packets and tokens fit.
+pub const FIRST_READ: usize = 1000;
 use bytes::BytesMut;
 use std::cell::RefCell;
 
@@ -22,7 +24,7 @@ thread_local! {
 
 /// Keeps `buffer` for the next reader if it is empty, holds an allocation of its own (no frame split off
 /// it is still alive) and is not large; frees it otherwise.
-pub(super) fn give_back(mut buffer: BytesMut) {
+pub fn give_back(mut buffer: BytesMut) {
     if !buffer.is_empty() || !buffer.try_reclaim(FIRST_READ) || buffer.capacity() > LARGEST_KEPT {
         return;
     }
@@ -34,7 +36,7 @@ pub(super) fn give_back(mut buffer: BytesMut) {
 }
 
 /// A kept buffer, or an unallocated one when none is kept.
-pub(super) fn take() -> BytesMut {
+pub fn take() -> BytesMut {
     SPARE
         .with_borrow_mut(|spare| spare.pop())
         .unwrap_or_default()
