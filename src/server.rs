@@ -7,6 +7,7 @@ use crate::protocol::{self};
 use crate::refusal::Refusal;
 use crate::session::{self, Proxy};
 use bytes::BytesMut;
+use futures_util::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -86,11 +87,9 @@ pub async fn run(listener: TcpListener, proxy: Arc<Proxy>) {
             ));
             continue;
         };
-        let proxy = proxy.clone();
-        tracker.spawn(async move {
-            session::serve_client(proxy, tcp, peer).await;
-            drop(slot);
-        });
+        // The slot goes with the session's end; no async block around the session's future (it would
+        // keep a second copy of what the session's future holds for its whole life).
+        tracker.spawn(session::serve_client(proxy.clone(), tcp, peer).map(move |()| drop(slot)));
     }
     proxy.set_listening(false);
     drop(listener);

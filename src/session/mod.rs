@@ -41,13 +41,33 @@ use handshake::handshake_and_login;
 use settings::send_login_ok;
 use settings::Parameters;
 
-/// Serves one client connection to its end.
-pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
+/// Serves one client connection to its end. The connection goes into the login's box at once: the
+/// session's future, held for the session's whole life, keeps no room for it.
+pub fn serve_client(
+    proxy: Arc<Proxy>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) -> impl std::future::Future<Output = ()> + Send {
     tcp.set_nodelay(true).ok();
-    let login_timeout = Duration::from_millis(proxy.config().server.login_timeout_ms);
     // The login's future is boxed: it is large (TLS, token, directory, pool) and done once, so the session's
     // own future, held for the session's whole life, does not carry its room (idle clients cost less).
-    let login = Box::pin(handshake_and_login(&proxy, tcp, peer));
+    let login = {
+        let proxy = proxy.clone();
+        Box::pin(async move { handshake_and_login(&proxy, tcp, peer).await })
+    };
+    serve_logged_in(proxy, login, peer)
+}
+
+async fn serve_logged_in(
+    proxy: Arc<Proxy>,
+    login: std::pin::Pin<
+        Box<
+            impl std::future::Future<Output = Result<Option<(ClientStream, LoggedIn)>, LoginError>>,
+        >,
+    >,
+    peer: SocketAddr,
+) {
+    let login_timeout = Duration::from_millis(proxy.config().server.login_timeout_ms);
     let login = tokio::time::timeout(login_timeout, login).await;
     let (mut client, ready) = match login {
         Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, ready),
@@ -96,7 +116,7 @@ pub async fn serve_client(proxy: Arc<Proxy>, tcp: TcpStream, peer: SocketAddr) {
     let Some(ended) = ended else {
         return;
     };
-    Box::pin(finish(&proxy, client, ended, &who)).await;
+    Box::pin(finish(&proxy, client, *ended, &who)).await;
 }
 
 /// Who a session serves: the user, from where, with which token, under which limits, on which pool.
@@ -140,7 +160,7 @@ async fn serve_session(
     mut checkout: Checkout,
     who: &Who<'_>,
     virtual_schema: Option<VirtualSchema>,
-) -> Option<Ended> {
+) -> Option<Box<Ended>> {
     let (user, peer) = (who.user, who.peer);
     let conn = checkout.conn();
     let registration = proxy.cancels.register(Some(conn.process_id));
@@ -187,7 +207,7 @@ async fn serve_session(
     registration.set_upstream(None);
     let reason = session.reason();
     let held = Some(checkout);
-    Some(Ended {
+    Some(Box::new(Ended {
         may_add_message: outcome.may_add_message,
         end: outcome.end,
         held,
@@ -196,7 +216,7 @@ async fn serve_session(
         bytes_from_client: outcome.bytes_from_client,
         bytes_from_upstream: outcome.bytes_from_upstream,
         reason,
-    })
+    }))
 }
 
 /// pgtenant's timers of the session's limits (none when no limit is on): a statement past its limit is
@@ -231,32 +251,36 @@ async fn serve_transaction(
     server: FirstServer,
     who: &Who<'_>,
     virtual_schema: Option<VirtualSchema>,
-) -> Option<Ended> {
-    let (user, peer) = (who.user, who.peer);
+) -> Option<Box<Ended>> {
+    let user = who.user;
     let registration = proxy.cancels.register(None);
-    let (desired, checkout) = match server {
-        FirstServer::Connected(mut checkout) => (
-            std::sync::Arc::new(checkout.conn().parameters.clone()),
-            Some(*checkout),
-        ),
-        FirstServer::Later(parameters) => (parameters, None),
+    // In a block: what only the login's last messages need takes no room in the future beside the relay's.
+    let desired = {
+        let (desired, checkout) = match server {
+            FirstServer::Connected(mut checkout) => (
+                std::sync::Arc::new(checkout.conn().parameters.clone()),
+                Some(*checkout),
+            ),
+            FirstServer::Later(parameters) => (parameters, None),
+        };
+        // A list made for this login alone is not worth keeping encoded.
+        let parameters = match &checkout {
+            Some(_) => Parameters::Own(&desired),
+            None => Parameters::Shared(&desired),
+        };
+        let sent = send_login_ok(client, parameters, registration.key, who.authenticated).await;
+        if let Some(checkout) = checkout {
+            proxy.pools.check_in(checkout, true);
+        }
+        if let Err(e) = sent {
+            tracing::debug!(peer = %who.peer, error = %e, "client left before login completed");
+            return None;
+        }
+        desired
     };
-    // A list made for this login alone is not worth keeping encoded.
-    let parameters = match &checkout {
-        Some(_) => Parameters::Own(&desired),
-        None => Parameters::Shared(&desired),
-    };
-    let sent = send_login_ok(client, parameters, registration.key, who.authenticated).await;
-    if let Some(checkout) = checkout {
-        proxy.pools.check_in(checkout, true);
-    }
-    if let Err(e) = sent {
-        tracing::debug!(%peer, error = %e, "client left before login completed");
-        return None;
-    }
     let session = register_session(proxy, who, 0, client.is_tls());
     // At debug: the login's audit line (info) and "session ended" say who, where and how.
-    tracing::debug!(%peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, tls = client.is_tls(), mode = "transaction", "session started");
+    tracing::debug!(peer = %who.peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, tls = client.is_tls(), mode = "transaction", "session started");
     let txn = crate::txn::TxnSession {
         pools: &proxy.pools,
         pool: &who.pool.key,
@@ -278,7 +302,7 @@ async fn serve_transaction(
         )
         .await;
     registration.set_upstream(None);
-    Some(Ended {
+    Some(Box::new(Ended {
         may_add_message: outcome.may_add_message,
         end: outcome.end,
         held: outcome.held,
@@ -287,7 +311,7 @@ async fn serve_transaction(
         bytes_from_client: outcome.bytes_from_client,
         bytes_from_upstream: outcome.bytes_from_upstream,
         reason: session.reason(),
-    })
+    }))
 }
 
 fn client_idle_timeout(proxy: &Proxy) -> Option<Duration> {

@@ -214,7 +214,7 @@ async fn logged_in(proxy: Arc<Proxy>) -> Session {
         let ended = serve_transaction(&p, &mut client, later, &who, None)
             .await
             .expect("the client stayed for its login");
-        finish(&p, client, ended, &who).await;
+        finish(&p, client, *ended, &who).await;
     });
     // AuthenticationOk, the parameters, BackendKeyData (pgtenant's key), ReadyForQuery.
     let mut tags = Vec::new();
@@ -359,15 +359,17 @@ async fn loopback_connection() -> (
 
 /// A session's task holds its future for the session's whole life (10,000 idle clients hold 10,000 of them):
 /// what it only awaits once (the login, session pooling's relay, the end) is boxed, and what the login
-/// found stays in the login's box. 4,992 bytes before that, 2,344 after (rustc 1.95, debug build); this
-/// fails when a large future or value is held inline again.
+/// found stays in the login's box. 4,992 bytes before that, 2,344 after (rustc 1.95, debug build); 2,072
+/// since the connection goes into the login's box at once, the relay's end is boxed and the login's last
+/// messages are awaited in a block of their own. This fails when a large future or value is held inline
+/// again.
 #[tokio::test]
 async fn the_task_future_of_a_session_stays_small() {
     let proxy = proxy(|_| {});
     let (_listener, tcp, addr) = loopback_connection().await;
     let session = serve_client(proxy, tcp, addr);
     let size = std::mem::size_of_val(&session);
-    assert!(size <= 3 * 1024, "the session's future takes {size} bytes");
+    assert!(size <= 2304, "the session's future takes {size} bytes");
 }
 
 /// Every login writes its future into a fresh box (and the compiler builds it on the stack first, then
