@@ -88,7 +88,6 @@ async fn serve_logged_in(
     // What the session owns moves out of the login's box; what it only reads stays there (on the task's
     // own future it would take room for the session's whole life).
     let server = ready.server;
-    let virtual_schema = ready.virtual_schema;
     let user = &ready.user;
     let who = Who {
         user,
@@ -107,11 +106,21 @@ async fn serve_logged_in(
                 &mut client,
                 *checkout,
                 &who,
-                virtual_schema,
+                ready.virtual_schema,
             ))
             .await
         }
-        server => serve_transaction(&proxy, &mut client, server, &who, virtual_schema).await,
+        // The virtual schema stays in the login's box too (the relay reads it).
+        server => {
+            serve_transaction(
+                &proxy,
+                &mut client,
+                server,
+                &who,
+                ready.virtual_schema.as_ref(),
+            )
+            .await
+        }
     };
     let Some(ended) = ended else {
         return;
@@ -250,7 +259,7 @@ async fn serve_transaction(
     client: &mut ClientStream,
     server: FirstServer,
     who: &Who<'_>,
-    virtual_schema: Option<VirtualSchema>,
+    virtual_schema: Option<&VirtualSchema>,
 ) -> Option<Box<Ended>> {
     let user = who.user;
     let registration = proxy.cancels.register(None);

@@ -95,7 +95,7 @@ pub struct TxnSession<'a> {
     /// End the session when the client stays idle between transactions this long.
     pub idle_timeout: Option<std::time::Duration>,
     /// The schema name the client writes for its tenant's schema, rewritten in Query and Parse text.
-    pub virtual_schema: Option<crate::sql::VirtualSchema>,
+    pub virtual_schema: Option<&'a crate::sql::VirtualSchema>,
     /// pgtenant's timers of the tenant's limits (none when no limit is on).
     pub limits: Option<Box<LimitWatch>>,
     /// The NOTICE of a long wait for a server connection.
@@ -256,7 +256,7 @@ impl TxnSession<'_> {
     /// Serves the client until it leaves, a side fails, it is kicked out (`kick`), or pgtenant drains
     /// (`drain`: the client's running transaction may finish first).
     pub fn run<'s, K, D>(
-        self,
+        mut self,
         client: &'s mut ClientStream,
         kick: K,
         drain: D,
@@ -266,14 +266,18 @@ impl TxnSession<'_> {
         K: Future<Output = ()> + 's,
         D: Future<Output = ()> + 's,
     {
+        // Taken here, not in the relay's future: a `mut self` there would be a second copy of the session
+        // in it, for the session's whole life.
+        let limits = self.limits.take();
         // Boxed before the relay's future is made: as its arguments they would keep their room in it for
         // the session's whole life, next to the boxes they are moved into.
-        self.run_signalled(client, Box::pin(kick), Box::pin(drain))
+        self.run_signalled(client, limits, Box::pin(kick), Box::pin(drain))
     }
 
     async fn run_signalled<K, D>(
-        mut self,
+        self,
         client: &mut ClientStream,
+        mut limits: Option<Box<LimitWatch>>,
         kick: std::pin::Pin<Box<K>>,
         drain: std::pin::Pin<Box<D>>,
     ) -> TxnOutcome
@@ -286,7 +290,6 @@ impl TxnSession<'_> {
             Recorder::new(self.metrics.clone()),
             client.is_tls(),
         );
-        let mut limits = self.limits.take();
         let end = self
             .event_loop(&mut state, &mut limits, client, kick, drain)
             .await;

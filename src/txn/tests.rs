@@ -736,8 +736,9 @@ async fn the_relay_future_of_an_idle_session_stays_small() {
     let relay = session.run(&mut client, std::future::pending(), std::future::pending());
     let size = std::mem::size_of_val(&relay);
     // 6,184 bytes with the connection taken inline, 2,480 with it boxed, 1,432 with the connection, the
-    // limit timers and the signals boxed (rustc 1.95, debug).
-    assert!(size <= 2 * 1024, "the relay future takes {size} bytes");
+    // limit timers and the signals boxed, 1,368 with no second copy of the session in it and the virtual
+    // schema borrowed (rustc 1.95, debug).
+    assert!(size <= 1536, "the relay future takes {size} bytes");
 }
 
 /// A second session on the harness's pool, ended by `signal` (its kick), starting from `desired`.
