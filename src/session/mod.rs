@@ -55,77 +55,68 @@ pub fn serve_client(
         let proxy = proxy.clone();
         Box::pin(async move { handshake_and_login(&proxy, tcp, peer).await })
     };
-    serve_logged_in(proxy, login, peer)
-}
-
-async fn serve_logged_in(
-    proxy: Arc<Proxy>,
-    login: std::pin::Pin<
-        Box<
-            impl std::future::Future<Output = Result<Option<(ClientStream, LoggedIn)>, LoginError>>,
-        >,
-    >,
-    peer: SocketAddr,
-) {
-    let login_timeout = Duration::from_millis(proxy.config().server.login_timeout_ms);
-    let login = tokio::time::timeout(login_timeout, login).await;
-    let (mut client, ready) = match login {
-        Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, ready),
-        Ok(Ok(Some((client, LoggedIn::Admin(admin))))) => {
-            Box::pin(crate::admin::serve(proxy, client, admin, peer)).await;
+    // A block, not an async fn: an async fn's arguments are copied into its body, and the copies would
+    // take room for the session's whole life. The login's result is matched where it is awaited, so it
+    // takes none either.
+    async move {
+        let login_timeout = Duration::from_millis(proxy.config().server.login_timeout_ms);
+        let (mut client, ready) = match tokio::time::timeout(login_timeout, login).await {
+            Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, ready),
+            Ok(Ok(Some((client, LoggedIn::Admin(admin))))) => {
+                Box::pin(crate::admin::serve(proxy, client, admin, peer)).await;
+                return;
+            }
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection ended during login");
+                return;
+            }
+            Err(_) => {
+                tracing::info!(%peer, "login timed out");
+                return;
+            }
+        };
+        // What the session owns moves out of the login's box; what it only reads stays there (on the task's
+        // own future it would take room for the session's whole life).
+        let user = &ready.user;
+        let who = Who {
+            user,
+            peer,
+            token: &ready.token,
+            limits: ready.limits,
+            authenticated: ready.authenticated,
+            pool: &ready.pool,
+        };
+        // Session pooling's relay and the end are boxed, like the login: the task's future is as large as the
+        // largest it awaits, and a transaction-pooled session, idle or not, would carry their room.
+        let ended = match ready.server {
+            FirstServer::Connected(checkout) if mode_of(&proxy, user) == PoolMode::Session => {
+                Box::pin(serve_session(
+                    &proxy,
+                    &mut client,
+                    *checkout,
+                    &who,
+                    ready.virtual_schema,
+                ))
+                .await
+            }
+            // The virtual schema stays in the login's box too (the relay reads it).
+            server => {
+                serve_transaction(
+                    &proxy,
+                    &mut client,
+                    server,
+                    &who,
+                    ready.virtual_schema.as_ref(),
+                )
+                .await
+            }
+        };
+        let Some(ended) = ended else {
             return;
-        }
-        Ok(Ok(None)) => return,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "connection ended during login");
-            return;
-        }
-        Err(_) => {
-            tracing::info!(%peer, "login timed out");
-            return;
-        }
-    };
-    // What the session owns moves out of the login's box; what it only reads stays there (on the task's
-    // own future it would take room for the session's whole life).
-    let server = ready.server;
-    let user = &ready.user;
-    let who = Who {
-        user,
-        peer,
-        token: &ready.token,
-        limits: ready.limits,
-        authenticated: ready.authenticated,
-        pool: &ready.pool,
-    };
-    // Session pooling's relay and the end are boxed, like the login: the task's future is as large as the
-    // largest it awaits, and a transaction-pooled session, idle or not, would carry their room.
-    let ended = match server {
-        FirstServer::Connected(checkout) if mode_of(&proxy, user) == PoolMode::Session => {
-            Box::pin(serve_session(
-                &proxy,
-                &mut client,
-                *checkout,
-                &who,
-                ready.virtual_schema,
-            ))
-            .await
-        }
-        // The virtual schema stays in the login's box too (the relay reads it).
-        server => {
-            serve_transaction(
-                &proxy,
-                &mut client,
-                server,
-                &who,
-                ready.virtual_schema.as_ref(),
-            )
-            .await
-        }
-    };
-    let Some(ended) = ended else {
-        return;
-    };
-    Box::pin(finish(&proxy, client, *ended, &who)).await;
+        };
+        Box::pin(finish(&proxy, client, *ended, &who)).await;
+    }
 }
 
 /// Who a session serves: the user, from where, with which token, under which limits, on which pool.
@@ -254,73 +245,77 @@ fn mode_of(proxy: &Proxy, user: &User) -> PoolMode {
 
 /// Transaction pooling: the login's server connection (if it took one) goes back to the pool; the client
 /// gets one per transaction.
-async fn serve_transaction(
-    proxy: &Proxy,
-    client: &mut ClientStream,
+#[allow(clippy::manual_async_fn)] // On purpose: see the block below.
+fn serve_transaction<'a>(
+    proxy: &'a Proxy,
+    client: &'a mut ClientStream,
     server: FirstServer,
-    who: &Who<'_>,
-    virtual_schema: Option<&VirtualSchema>,
-) -> Option<Box<Ended>> {
-    let user = who.user;
-    let registration = proxy.cancels.register(None);
-    // In a block: what only the login's last messages need takes no room in the future beside the relay's.
-    let desired = {
-        let (desired, checkout) = match server {
-            FirstServer::Connected(mut checkout) => (
-                std::sync::Arc::new(checkout.conn().parameters.clone()),
-                Some(*checkout),
-            ),
-            FirstServer::Later(parameters) => (parameters, None),
+    who: &'a Who<'a>,
+    virtual_schema: Option<&'a VirtualSchema>,
+) -> impl std::future::Future<Output = Option<Box<Ended>>> + 'a {
+    // A block, not an async fn: no copies of the arguments beside the relay for the session's whole life.
+    async move {
+        let user = who.user;
+        let registration = proxy.cancels.register(None);
+        // In a block: what only the login's last messages need takes no room in the future beside the relay's.
+        let desired = {
+            let (desired, checkout) = match server {
+                FirstServer::Connected(mut checkout) => (
+                    std::sync::Arc::new(checkout.conn().parameters.clone()),
+                    Some(*checkout),
+                ),
+                FirstServer::Later(parameters) => (parameters, None),
+            };
+            // A list made for this login alone is not worth keeping encoded.
+            let parameters = match &checkout {
+                Some(_) => Parameters::Own(&desired),
+                None => Parameters::Shared(&desired),
+            };
+            let sent = send_login_ok(client, parameters, registration.key, who.authenticated).await;
+            if let Some(checkout) = checkout {
+                proxy.pools.check_in(checkout, true);
+            }
+            if let Err(e) = sent {
+                tracing::debug!(peer = %who.peer, error = %e, "client left before login completed");
+                return None;
+            }
+            desired
         };
-        // A list made for this login alone is not worth keeping encoded.
-        let parameters = match &checkout {
-            Some(_) => Parameters::Own(&desired),
-            None => Parameters::Shared(&desired),
+        let session = register_session(proxy, who, 0, client.is_tls());
+        // At debug: the login's audit line (info) and "session ended" say who, where and how.
+        tracing::debug!(peer = %who.peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, tls = client.is_tls(), mode = "transaction", "session started");
+        let txn = crate::txn::TxnSession {
+            pools: &proxy.pools,
+            pool: &who.pool.key,
+            target: &who.pool.target,
+            cancel: &registration,
+            desired,
+            metrics: proxy.metrics.tenant(&user.tenant.slug),
+            idle_timeout: client_idle_timeout(proxy),
+            virtual_schema,
+            limits: limit_watch(proxy, who, registration.key).map(Box::new),
+            queue_notice: QueueNotice::new(&proxy.config(), &user.tenant.slug),
+            signal: Some(session.signal.clone()),
         };
-        let sent = send_login_ok(client, parameters, registration.key, who.authenticated).await;
-        if let Some(checkout) = checkout {
-            proxy.pools.check_in(checkout, true);
-        }
-        if let Err(e) = sent {
-            tracing::debug!(peer = %who.peer, error = %e, "client left before login completed");
-            return None;
-        }
-        desired
-    };
-    let session = register_session(proxy, who, 0, client.is_tls());
-    // At debug: the login's audit line (info) and "session ended" say who, where and how.
-    tracing::debug!(peer = %who.peer, user = %user.email, tenant = %user.tenant.slug, cluster = %who.pool.key.cluster, tls = client.is_tls(), mode = "transaction", "session started");
-    let txn = crate::txn::TxnSession {
-        pools: &proxy.pools,
-        pool: &who.pool.key,
-        target: &who.pool.target,
-        cancel: &registration,
-        desired,
-        metrics: proxy.metrics.tenant(&user.tenant.slug),
-        idle_timeout: client_idle_timeout(proxy),
-        virtual_schema,
-        limits: limit_watch(proxy, who, registration.key).map(Box::new),
-        queue_notice: QueueNotice::new(&proxy.config(), &user.tenant.slug),
-        signal: Some(session.signal.clone()),
-    };
-    let outcome = txn
-        .run(
-            client,
-            session.signal.kicked(),
-            lifetime_drain(proxy, who, &session),
-        )
-        .await;
-    registration.set_upstream(None);
-    Some(Box::new(Ended {
-        may_add_message: outcome.may_add_message,
-        end: outcome.end,
-        held: outcome.held,
-        reusable_with_status: outcome.reusable_with_status,
-        requests_in_flight: outcome.requests_in_flight,
-        bytes_from_client: outcome.bytes_from_client,
-        bytes_from_upstream: outcome.bytes_from_upstream,
-        reason: session.reason(),
-    }))
+        let outcome = txn
+            .run(
+                client,
+                session.signal.kicked(),
+                lifetime_drain(proxy, who, &session),
+            )
+            .await;
+        registration.set_upstream(None);
+        Some(Box::new(Ended {
+            may_add_message: outcome.may_add_message,
+            end: outcome.end,
+            held: outcome.held,
+            reusable_with_status: outcome.reusable_with_status,
+            requests_in_flight: outcome.requests_in_flight,
+            bytes_from_client: outcome.bytes_from_client,
+            bytes_from_upstream: outcome.bytes_from_upstream,
+            reason: session.reason(),
+        }))
+    }
 }
 
 fn client_idle_timeout(proxy: &Proxy) -> Option<Duration> {

@@ -266,142 +266,141 @@ impl TxnSession<'_> {
         K: Future<Output = ()> + 's,
         D: Future<Output = ()> + 's,
     {
-        // Taken here, not in the relay's future: a `mut self` there would be a second copy of the session
-        // in it, for the session's whole life.
-        let limits = self.limits.take();
+        let mut limits = self.limits.take();
         // Boxed before the relay's future is made: as its arguments they would keep their room in it for
         // the session's whole life, next to the boxes they are moved into.
-        self.run_signalled(client, limits, Box::pin(kick), Box::pin(drain))
-    }
-
-    async fn run_signalled<K, D>(
-        self,
-        client: &mut ClientStream,
-        mut limits: Option<Box<LimitWatch>>,
-        kick: std::pin::Pin<Box<K>>,
-        drain: std::pin::Pin<Box<D>>,
-    ) -> TxnOutcome
-    where
-        K: Future<Output = ()>,
-        D: Future<Output = ()>,
-    {
-        let mut state = State::new(
-            self.desired.clone(),
-            Recorder::new(self.metrics.clone()),
-            client.is_tls(),
-        );
-        let end = self
-            .event_loop(&mut state, &mut limits, client, kick, drain)
-            .await;
-        state
-            .recorder
-            .bytes(state.bytes_from_client, state.bytes_from_upstream);
-        let clean = state.pending == 0
-            && state.expect.is_empty()
-            && !state.expect.awaiting_sync()
-            && !state.unsynced
-            && state.client_streaming == 0
-            && state.server_streaming == 0
-            && state.server_in.is_empty()
-            && state.to_server.is_empty();
-        // Ended by a limit, pgtenant says why even after the server's last error (a cancelled statement).
-        let by_limit = matches!(end, RelayEnd::LimitReached(_));
-        TxnOutcome {
-            may_add_message: state.server_streaming == 0 && (by_limit || !state.last_server_error),
-            reusable_with_status: (clean && state.server.is_some()).then_some(state.status),
-            requests_in_flight: state.pending > 0,
-            held: state.server.take(),
-            end,
-            bytes_from_client: state.bytes_from_client,
-            bytes_from_upstream: state.bytes_from_upstream,
-            transactions: state.transactions,
+        let (kick, drain) = (Box::pin(kick), Box::pin(drain));
+        // A block, not an async fn: an async fn's arguments are copied into its body, and the copies it
+        // leaves behind (the session, a few references) would take room for the session's whole life.
+        async move {
+            let mut state = State::new(
+                self.desired.clone(),
+                Recorder::new(self.metrics.clone()),
+                client.is_tls(),
+            );
+            let end = self
+                .event_loop(&mut state, &mut limits, client, kick, drain)
+                .await;
+            state
+                .recorder
+                .bytes(state.bytes_from_client, state.bytes_from_upstream);
+            let clean = state.pending == 0
+                && state.expect.is_empty()
+                && !state.expect.awaiting_sync()
+                && !state.unsynced
+                && state.client_streaming == 0
+                && state.server_streaming == 0
+                && state.server_in.is_empty()
+                && state.to_server.is_empty();
+            // Ended by a limit, pgtenant says why even after the server's last error (a cancelled statement).
+            let by_limit = matches!(end, RelayEnd::LimitReached(_));
+            TxnOutcome {
+                may_add_message: state.server_streaming == 0
+                    && (by_limit || !state.last_server_error),
+                reusable_with_status: (clean && state.server.is_some()).then_some(state.status),
+                requests_in_flight: state.pending > 0,
+                held: state.server.take(),
+                end,
+                bytes_from_client: state.bytes_from_client,
+                bytes_from_upstream: state.bytes_from_upstream,
+                transactions: state.transactions,
+            }
         }
     }
 
-    async fn event_loop<C: AsyncRead + AsyncWrite + crate::tls::PollReadReady + Unpin>(
-        &self,
-        state: &mut State,
-        limits: &mut Option<Box<LimitWatch>>,
-        client: &mut C,
-        kick: std::pin::Pin<Box<impl Future<Output = ()>>>,
-        drain: std::pin::Pin<Box<impl Future<Output = ()>>>,
-    ) -> RelayEnd {
-        let mut signals = turn::Signals::new(kick, drain, self.idle_timeout);
-        loop {
-            if self.release_if_done(state).await && self.idle_timeout.is_some() {
-                // The client's idle time counts from the end of its transaction, as PostgreSQL's
-                // idle_session_timeout and the session relay count it.
-                signals.last_client_activity = tokio::time::Instant::now();
-            }
-            if signals.draining && state.server.is_none() {
-                // Between transactions: flush what the client is owed, then end.
-                if !state.to_client.is_empty() {
-                    let _ = client.write_all(&state.to_client).await;
+    // A function returning a block, not an async fn: an async fn's arguments are copied into its body, and
+    // the copies would take room for the session's whole life.
+    fn event_loop<'a, C, K, D>(
+        &'a self,
+        state: &'a mut State,
+        limits: &'a mut Option<Box<LimitWatch>>,
+        client: &'a mut C,
+        kick: std::pin::Pin<Box<K>>,
+        drain: std::pin::Pin<Box<D>>,
+    ) -> impl Future<Output = RelayEnd> + 'a
+    where
+        C: AsyncRead + AsyncWrite + crate::tls::PollReadReady + Unpin,
+        K: Future<Output = ()> + 'a,
+        D: Future<Output = ()> + 'a,
+    {
+        async move {
+            let mut signals = turn::Signals::new(kick, drain, self.idle_timeout);
+            loop {
+                if self.release_if_done(state).await && self.idle_timeout.is_some() {
+                    // The client's idle time counts from the end of its transaction, as PostgreSQL's
+                    // idle_session_timeout and the session relay count it.
+                    signals.last_client_activity = tokio::time::Instant::now();
                 }
-                return RelayEnd::Drained;
-            }
-            if let Some(watch) = limits.as_mut() {
-                let held = state.server.is_some();
-                watch.observe(
-                    held && (state.pending > 0 || state.unsynced),
-                    held && state.status != TxStatus::Idle,
-                    state.answered,
-                );
-            }
-            let event = std::future::poll_fn(|cx| {
-                turn::poll_turn(cx, state, &mut signals, limits, client, may_release)
-            })
-            .await;
-            match event {
-                Event::ClientRead(Ok(0)) => return RelayEnd::ClientGone(None),
-                Event::ClientRead(Err(e)) => return RelayEnd::ClientGone(Some(e)),
-                Event::ClientRead(Ok(n)) => {
-                    if self.idle_timeout.is_some() {
-                        signals.last_client_activity = tokio::time::Instant::now();
+                if signals.draining && state.server.is_none() {
+                    // Between transactions: flush what the client is owed, then end.
+                    if !state.to_client.is_empty() {
+                        let _ = client.write_all(&state.to_client).await;
                     }
-                    state.bytes_from_client += n as u64;
-                    match self.process_client(state, client).await {
-                        Ok(Step::Continue) => {}
-                        Ok(Step::End(end)) => {
-                            let _ = client.write_all(&state.to_client).await;
-                            return end;
+                    return RelayEnd::Drained;
+                }
+                if let Some(watch) = limits.as_mut() {
+                    let held = state.server.is_some();
+                    watch.observe(
+                        held && (state.pending > 0 || state.unsynced),
+                        held && state.status != TxStatus::Idle,
+                        state.answered,
+                    );
+                }
+                let event = std::future::poll_fn(|cx| {
+                    turn::poll_turn(cx, state, &mut signals, limits, client, may_release)
+                })
+                .await;
+                match event {
+                    Event::ClientRead(Ok(0)) => return RelayEnd::ClientGone(None),
+                    Event::ClientRead(Err(e)) => return RelayEnd::ClientGone(Some(e)),
+                    Event::ClientRead(Ok(n)) => {
+                        if self.idle_timeout.is_some() {
+                            signals.last_client_activity = tokio::time::Instant::now();
                         }
-                        Err(error) => {
-                            return RelayEnd::Protocol {
-                                from: Side::Client,
-                                error,
+                        state.bytes_from_client += n as u64;
+                        match self.process_client(state, client).await {
+                            Ok(Step::Continue) => {}
+                            Ok(Step::End(end)) => {
+                                let _ = client.write_all(&state.to_client).await;
+                                return end;
+                            }
+                            Err(error) => {
+                                return RelayEnd::Protocol {
+                                    from: Side::Client,
+                                    error,
+                                }
                             }
                         }
                     }
-                }
-                Event::ServerRead(Ok(0)) => {
-                    let _ = client.write_all(&state.to_client).await;
-                    return RelayEnd::UpstreamGone(None);
-                }
-                Event::ServerRead(Err(e)) => {
-                    let _ = client.write_all(&state.to_client).await;
-                    return RelayEnd::UpstreamGone(Some(e));
-                }
-                Event::ServerRead(Ok(n)) => {
-                    state.bytes_from_upstream += n as u64;
-                    if let Err(error) = self.process_server(state) {
-                        return RelayEnd::Protocol {
-                            from: Side::Upstream,
-                            error,
-                        };
+                    Event::ServerRead(Ok(0)) => {
+                        let _ = client.write_all(&state.to_client).await;
+                        return RelayEnd::UpstreamGone(None);
                     }
-                }
-                Event::ClientWriteFailed(e) => return RelayEnd::ClientGone(Some(e)),
-                Event::ServerWriteFailed(e) => return RelayEnd::UpstreamGone(Some(e)),
-                Event::MayRelease => {}
-                Event::Kicked => return RelayEnd::Shutdown,
-                Event::Drain => {}
-                Event::IdleTimeout => return RelayEnd::IdleTimeout,
-                Event::Limit(end) => {
-                    // What the server sent before (a cancelled statement's error, say) is the client's.
-                    let _ = client.write_all(&state.to_client).await;
-                    state.to_client.clear();
-                    return RelayEnd::LimitReached(end);
+                    Event::ServerRead(Err(e)) => {
+                        let _ = client.write_all(&state.to_client).await;
+                        return RelayEnd::UpstreamGone(Some(e));
+                    }
+                    Event::ServerRead(Ok(n)) => {
+                        state.bytes_from_upstream += n as u64;
+                        if let Err(error) = self.process_server(state) {
+                            return RelayEnd::Protocol {
+                                from: Side::Upstream,
+                                error,
+                            };
+                        }
+                    }
+                    Event::ClientWriteFailed(e) => return RelayEnd::ClientGone(Some(e)),
+                    Event::ServerWriteFailed(e) => return RelayEnd::UpstreamGone(Some(e)),
+                    Event::MayRelease => {}
+                    Event::Kicked => return RelayEnd::Shutdown,
+                    Event::Drain => {}
+                    Event::IdleTimeout => return RelayEnd::IdleTimeout,
+                    Event::Limit(end) => {
+                        // What the server sent before (a cancelled statement's error, say) is the client's.
+                        let _ = client.write_all(&state.to_client).await;
+                        state.to_client.clear();
+                        return RelayEnd::LimitReached(end);
+                    }
                 }
             }
         }
