@@ -56,16 +56,11 @@ pub fn serve_client(
         Box::pin(async move { handshake_and_login(&proxy, tcp, peer).await })
     };
     // A block, not an async fn: an async fn's arguments are copied into its body, and the copies would
-    // take room for the session's whole life. The login's result is matched where it is awaited, so it
-    // takes none either.
+    // take room for the session's whole life.
     async move {
         let login_timeout = Duration::from_millis(proxy.config().server.login_timeout_ms);
-        let (mut client, ready) = match tokio::time::timeout(login_timeout, login).await {
-            Ok(Ok(Some((client, LoggedIn::Tenant(ready))))) => (client, ready),
-            Ok(Ok(Some((client, LoggedIn::Admin(admin))))) => {
-                Box::pin(crate::admin::serve(proxy, client, admin, peer)).await;
-                return;
-            }
+        let (client, logged_in) = match tokio::time::timeout(login_timeout, login).await {
+            Ok(Ok(Some(found))) => found,
             Ok(Ok(None)) => return,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "connection ended during login");
@@ -73,6 +68,15 @@ pub fn serve_client(
             }
             Err(_) => {
                 tracing::info!(%peer, "login timed out");
+                return;
+            }
+        };
+        // Not awaited inside the match above: the login's result would then stay in the future beside
+        // everything after it.
+        let (mut client, ready) = match logged_in {
+            LoggedIn::Tenant(ready) => (client, ready),
+            LoggedIn::Admin(admin) => {
+                Box::pin(crate::admin::serve(proxy, client, admin, peer)).await;
                 return;
             }
         };

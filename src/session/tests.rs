@@ -362,15 +362,16 @@ async fn loopback_connection() -> (
 /// found stays in the login's box. 4,992 bytes before that, 2,344 after (rustc 1.95, debug build); 2,072
 /// since the connection goes into the login's box at once, the relay's end is boxed and the login's last
 /// messages are awaited in a block of their own; 1,640 since the session's layers are functions returning
-/// blocks (an async fn keeps a copy of each argument beside its body's). This fails when a large future or
-/// value is held inline again.
+/// blocks (an async fn keeps a copy of each argument beside its body's); 1,440 with the relay's message
+/// handling done so too and a moved tenant's pool boxed. This fails when a large future or value is held
+/// inline again.
 #[tokio::test]
 async fn the_task_future_of_a_session_stays_small() {
     let proxy = proxy(|_| {});
     let (_listener, tcp, addr) = loopback_connection().await;
     let session = serve_client(proxy, tcp, addr);
     let size = std::mem::size_of_val(&session);
-    assert!(size <= 1792, "the session's future takes {size} bytes");
+    assert!(size <= 1536, "the session's future takes {size} bytes");
 }
 
 /// Every login writes its future into a fresh box (and the compiler builds it on the stack first, then

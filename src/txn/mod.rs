@@ -162,11 +162,14 @@ struct State {
     shed_due: bool,
     /// The pool the last quick checkout found (see `PoolManager::take_idle_now`).
     known_pool: Option<crate::pool::KnownPool>,
-    /// The pool the tenant's connections come from since it was moved to another cluster.
-    moved: Option<(
-        crate::pool::PoolKey,
-        std::sync::Arc<crate::upstream::UpstreamTarget>,
-    )>,
+    /// The pool the tenant's connections come from since it was moved to another cluster (boxed: rare, and
+    /// every idle client would carry its room).
+    moved: Option<
+        Box<(
+            crate::pool::PoolKey,
+            std::sync::Arc<crate::upstream::UpstreamTarget>,
+        )>,
+    >,
 }
 
 impl State {
@@ -453,9 +456,9 @@ impl TxnSession<'_> {
     ) -> Result<(), PgError> {
         self.pools.wait_unpaused(&self.pool.role).await;
         if let Some(moved) = self.pools.moved.current(self.pool) {
-            state.moved = Some(moved);
+            state.moved = Some(Box::new(moved));
         }
-        let (pool, target) = match &state.moved {
+        let (pool, target) = match state.moved.as_deref() {
             Some((pool, target)) => (pool, target),
             None => (self.pool, self.target),
         };
@@ -488,9 +491,9 @@ impl TxnSession<'_> {
             return Ok(true);
         }
         if let Some(moved) = self.pools.moved.current(self.pool) {
-            state.moved = Some(moved);
+            state.moved = Some(Box::new(moved));
         }
-        let (pool, target) = match &state.moved {
+        let (pool, target) = match state.moved.as_deref() {
             Some((pool, target)) => (pool, target),
             None => (self.pool, self.target),
         };
@@ -514,9 +517,9 @@ impl TxnSession<'_> {
             return TakenNow::NoneNow;
         }
         if let Some(moved) = self.pools.moved.current(self.pool) {
-            state.moved = Some(moved);
+            state.moved = Some(Box::new(moved));
         }
-        let (pool, target) = match &state.moved {
+        let (pool, target) = match state.moved.as_deref() {
             Some((pool, target)) => (pool, target),
             None => (self.pool, self.target),
         };

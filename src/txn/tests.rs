@@ -737,8 +737,9 @@ async fn the_relay_future_of_an_idle_session_stays_small() {
     let size = std::mem::size_of_val(&relay);
     // 6,184 bytes with the connection taken inline, 2,480 with it boxed, 1,432 with the connection, the
     // limit timers and the signals boxed, 1,368 with no second copy of the session in it and the virtual
-    // schema borrowed, 1,192 with its layers as functions returning blocks (rustc 1.95, debug).
-    assert!(size <= 1280, "the relay future takes {size} bytes");
+    // schema borrowed, 1,192 with its layers as functions returning blocks, 1,064 with the message
+    // handling so too and a moved tenant's pool boxed (rustc 1.95, debug).
+    assert!(size <= 1152, "the relay future takes {size} bytes");
 }
 
 /// A second session on the harness's pool, ended by `signal` (its kick), starting from `desired`.
