@@ -49,8 +49,9 @@
 //! - [`admin`]: the admin channel, served by pgtenant itself in the PostgreSQL protocol (psql works).
 //! - [`txn`]: transaction pooling: a server connection per transaction (`mod.rs`: the event loop, checkout
 //!   and release; `turn`: one poll over the client stream, the held connection and the session's signals),
-//!   `client` (client messages, prepared statements that follow the client), `server` (server messages
-//!   matched to requests, `expect`), `sync` (settings synchronised on each checkout); [`spare_buffers`]: client
+//!   `client` (client messages, prepared statements that follow the client; `inject`: what pgtenant writes
+//!   into the server stream for them), `server` (server messages matched to requests, `expect`,
+//!   `spare_queues`), `frames`, `sync` (settings synchronised on each checkout); [`spare_buffers`]: client
 //!   buffers passed from one transaction (or login) to the next on a thread.
 //! - [`sql`]: a lexer for SQL text (literals, quoted names, comments told from identifiers) and the virtual
 //!   schema rewrite (`public` in a tenant's SQL means its own schema).

@@ -3,12 +3,12 @@
 //! the client to whichever connection it holds, and what pgtenant answers itself.
 
 use super::expect::Expect;
-use super::expect::Expectations;
 use super::expect::Undo;
+use super::inject::{close_stale, ensure_prepared, inject_error, make_room};
 use super::statements::Statement;
 use super::{
     client_needs_whole, frame_header, is_whole, simple_frame, NotTaken, State, Step, TakenNow,
-    TxnSession, MAX_WHOLE_MESSAGE, SERVER_STATEMENT_CACHE,
+    TxnSession, MAX_WHOLE_MESSAGE,
 };
 use super::{deallocate, introspection, lasting, statements};
 use crate::error::UserFacing;
@@ -23,7 +23,6 @@ use crate::relay::RelayEnd;
 use crate::upstream::UpstreamConn;
 use bytes::Buf;
 use bytes::Bytes;
-use bytes::BytesMut;
 use tokio::io::AsyncWrite;
 
 impl TxnSession<'_> {
@@ -175,7 +174,10 @@ impl TxnSession<'_> {
                             if state.statements.get(&client_name).is_some() {
                                 protocol::write::error_response(
                                     &mut state.to_client,
-                                    &duplicate_statement(&client_name),
+                                    &Refusal::DuplicatePreparedStatement {
+                                        name: client_name.clone(),
+                                    }
+                                    .to_error(),
                                 );
                                 state.skipping_to_sync = true;
                                 return Step::Continue;
@@ -202,7 +204,7 @@ impl TxnSession<'_> {
                     tag::SYNC | tag::FLUSH if !body.is_empty() => {
                         protocol::write::error_response(
                             &mut state.to_client,
-                            &invalid_message_format(),
+                            &Refusal::InvalidMessageFormat.to_error(),
                         );
                         if msg_tag == tag::SYNC && state.expect.is_empty() && state.pending == 0 {
                             protocol::write::ready_for_query(&mut state.to_client, TxStatus::Idle);
@@ -285,7 +287,10 @@ impl TxnSession<'_> {
                                 inject_error(
                                     &mut state.to_server,
                                     &mut state.expect,
-                                    &duplicate_statement(&client_name),
+                                    &Refusal::DuplicatePreparedStatement {
+                                        name: client_name.clone(),
+                                    }
+                                    .to_error(),
                                 );
                             } else {
                                 let statement = self.new_statement(p.query, p.param_types);
@@ -332,7 +337,11 @@ impl TxnSession<'_> {
                     });
                     match named {
                         Some((_, statement, _, _)) if self.is_retired(conn, &statement) => {
-                            inject_error(&mut state.to_server, &mut state.expect, &stale_plan());
+                            inject_error(
+                                &mut state.to_server,
+                                &mut state.expect,
+                                &Refusal::CachedPlanChanged.to_error(),
+                            );
                         }
                         Some((portal, statement, rest, client_name)) => {
                             ensure_prepared(
@@ -377,7 +386,7 @@ impl TxnSession<'_> {
                                     inject_error(
                                         &mut state.to_server,
                                         &mut state.expect,
-                                        &stale_plan(),
+                                        &Refusal::CachedPlanChanged.to_error(),
                                     );
                                     return Step::Continue;
                                 }
@@ -485,7 +494,10 @@ impl TxnSession<'_> {
             state.status
         };
         if status == TxStatus::Failed {
-            protocol::write::error_response(&mut state.to_client, &transaction_aborted());
+            protocol::write::error_response(
+                &mut state.to_client,
+                &Refusal::TransactionAborted.to_error(),
+            );
         } else {
             state.statements.remove(&name);
             protocol::write::command_complete(&mut state.to_client, "DEALLOCATE");
@@ -509,103 +521,4 @@ pub(super) fn session_feature_notice(command: &[u8]) -> Option<PgError> {
         _ => return None,
     };
     Some(PgError::notice(sqlstate::WARNING, text))
-}
-
-/// Closes statements the server reported stale, before the next extended message on this connection.
-pub(super) fn close_stale(
-    conn: &mut UpstreamConn,
-    to_server: &mut BytesMut,
-    expect: &mut Expectations,
-) {
-    for name in conn.prepared.take_stale() {
-        to_server.extend_from_slice(&statements::encode_target(tag::CLOSE, b'S', &name));
-        // If skipped, the stale statement stays; it is not listed as prepared, and it is retired, so it
-        // is never injected again under that name.
-        expect.push(Expect::Close {
-            swallow: Some(String::new()),
-        });
-    }
-}
-
-/// Closes the least recently used statement on a full connection.
-pub(super) fn make_room(
-    conn: &mut UpstreamConn,
-    to_server: &mut BytesMut,
-    expect: &mut Expectations,
-) {
-    while conn.prepared.len() >= SERVER_STATEMENT_CACHE {
-        let Some(victim) = conn.prepared.least_recently_used() else {
-            break;
-        };
-        conn.prepared.remove(&victim);
-        to_server.extend_from_slice(&statements::encode_target(tag::CLOSE, b'S', &victim));
-        expect.push(Expect::Close {
-            swallow: Some(victim),
-        });
-    }
-}
-
-/// Injects the Parse of a statement the connection lacks.
-pub(super) fn ensure_prepared(
-    conn: &mut UpstreamConn,
-    to_server: &mut BytesMut,
-    expect: &mut Expectations,
-    statement: &Statement,
-) {
-    if conn.prepared.contains(&statement.server_name) {
-        conn.prepared.touch(&statement.server_name);
-        return;
-    }
-    make_room(conn, to_server, expect);
-    to_server.extend_from_slice(&statement.parse);
-    conn.prepared.insert(statement.server_name.clone());
-    expect.push(Expect::Parse {
-        server_name: Some(statement.server_name.clone()),
-        swallow: true,
-        client_name: None,
-    });
-}
-
-/// Makes the server raise `error` in the client's batch, in place of the request that PostgreSQL would
-/// have refused: the batch and an open transaction then fail on the server exactly as they would
-/// directly. (Uses the unnamed statement and portal, as a client's failed request leaves them unusable.)
-pub(super) fn inject_error(to_server: &mut BytesMut, expect: &mut Expectations, error: &PgError) {
-    let body = format!(
-        "DO $pgtenant$BEGIN RAISE EXCEPTION USING ERRCODE = {}, MESSAGE = {}; END$pgtenant$",
-        crate::names::quote_literal(&error.code),
-        crate::names::quote_literal(&error.message.replace("$pgtenant$", "")),
-    );
-    to_server.extend_from_slice(&statements::encode_parse("", body.as_bytes(), &[0, 0]));
-    expect.push(Expect::Parse {
-        server_name: None,
-        swallow: true,
-        client_name: None,
-    });
-    to_server.extend_from_slice(&statements::encode_bind(b"", "", &[0, 0, 0, 0, 0, 0]));
-    expect.push(Expect::Bind {
-        server_name: None,
-        swallow: true,
-        client_name: None,
-    });
-    to_server.extend_from_slice(&[b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0]);
-    expect.push(Expect::Execute);
-}
-
-pub(super) fn duplicate_statement(name: &str) -> PgError {
-    Refusal::DuplicatePreparedStatement {
-        name: name.to_string(),
-    }
-    .to_error()
-}
-
-pub(super) fn invalid_message_format() -> PgError {
-    Refusal::InvalidMessageFormat.to_error()
-}
-
-pub(super) fn transaction_aborted() -> PgError {
-    Refusal::TransactionAborted.to_error()
-}
-
-pub(super) fn stale_plan() -> PgError {
-    Refusal::CachedPlanChanged.to_error()
 }

@@ -18,14 +18,19 @@
 mod client;
 mod deallocate;
 pub mod expect;
+mod frames;
+mod inject;
 pub mod introspection;
 pub mod lasting;
 mod server;
+mod spare_queues;
 pub mod statements;
 mod sync;
 #[cfg(test)]
 mod tests;
 mod turn;
+
+use frames::{client_needs_whole, frame_header, is_whole, server_needs_whole, simple_frame};
 
 pub use sync::sync_settings;
 
@@ -34,10 +39,10 @@ use crate::limit_watch::LimitWatch;
 use crate::metrics::Recorder;
 use crate::pool::queue::QueueNotice;
 use crate::pool::{Checkout, PoolError, PoolManager};
-use crate::protocol::{self, tag, PgError, TxStatus};
+use crate::protocol::{self, PgError, TxStatus};
 use crate::relay::{RelayEnd, Side};
 use crate::tls::ClientStream;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::BytesMut;
 use expect::Expectations;
 use statements::ClientStatements;
 use std::future::Future;
@@ -215,44 +220,6 @@ impl State {
 enum Step {
     Continue,
     End(RelayEnd),
-}
-
-fn frame_header(buf: &[u8]) -> (u8, i32) {
-    (buf[0], i32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]))
-}
-
-/// Whether `frame` holds its whole message (not the head of a large one being streamed).
-fn is_whole(frame: &[u8]) -> bool {
-    frame.len() >= 5 && frame_header(frame).1 as usize + 1 == frame.len()
-}
-
-/// Client messages pgtenant must see whole (to rewrite statement names, or to stop at).
-fn client_needs_whole(msg_tag: u8) -> bool {
-    matches!(
-        msg_tag,
-        tag::PARSE
-            | tag::BIND
-            | tag::DESCRIBE
-            | tag::CLOSE
-            | tag::TERMINATE
-            | tag::SYNC
-            | tag::FLUSH
-    )
-}
-
-/// Server messages pgtenant reads whole: small ones it acts on.
-fn server_needs_whole(msg_tag: u8) -> bool {
-    matches!(
-        msg_tag,
-        b'Z' | b'E' | b'S' | b'C' | b'1' | b'2' | b'3' | b'n' | b'I' | b's'
-    )
-}
-
-fn simple_frame(msg_tag: u8) -> Bytes {
-    let mut b = BytesMut::with_capacity(5);
-    b.put_u8(msg_tag);
-    b.put_i32(4);
-    b.freeze()
 }
 
 impl TxnSession<'_> {
