@@ -79,17 +79,22 @@ pub fn deadline(config: &Config, token_expires_at: u64, now: SystemTime) -> Opti
 /// The relay's drain signal for one session: completes when `drain` does (shutdown), or at the deadline,
 /// after noting the deadline's reason on the session (told to the client when the relay ends at the next
 /// idle point).
-pub async fn drain_or_deadline(
-    drain: impl Future<Output = ()>,
+#[allow(clippy::manual_async_fn)] // On purpose: see the block below.
+pub fn drain_or_deadline<'a>(
+    drain: impl Future<Output = ()> + 'a,
     deadline: Option<Deadline>,
-    session: &SessionHandle,
-) {
-    let Some(deadline) = deadline else {
-        return drain.await;
-    };
-    tokio::select! {
-        _ = drain => {}
-        _ = tokio::time::sleep(deadline.after) => session.set_reason(deadline.reason.error()),
+    session: &'a SessionHandle,
+) -> impl Future<Output = ()> + 'a {
+    // A block, not an async fn: an async fn keeps a copy of each argument beside its body's, and this
+    // future is held for the session's whole life.
+    async move {
+        let Some(deadline) = &deadline else {
+            return drain.await;
+        };
+        tokio::select! {
+            _ = drain => {}
+            _ = tokio::time::sleep(deadline.after) => session.set_reason(deadline.reason.error()),
+        }
     }
 }
 

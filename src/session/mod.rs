@@ -85,7 +85,7 @@ pub fn serve_client(
         let user = &ready.user;
         let who = Who {
             user,
-            peer,
+            peer: &peer,
             token: &ready.token,
             limits: ready.limits,
             authenticated: ready.authenticated,
@@ -126,7 +126,8 @@ pub fn serve_client(
 /// Who a session serves: the user, from where, with which token, under which limits, on which pool.
 struct Who<'a> {
     user: &'a User,
-    peer: SocketAddr,
+    /// The session's own copy stays where the session's future keeps it.
+    peer: &'a SocketAddr,
     token: &'a TokenFacts,
     limits: SessionLimits,
     /// AuthenticationOk was sent already (before the NOTICE of a long wait for a server connection).
@@ -165,7 +166,7 @@ async fn serve_session(
     who: &Who<'_>,
     virtual_schema: Option<VirtualSchema>,
 ) -> Option<Box<Ended>> {
-    let (user, peer) = (who.user, who.peer);
+    let (user, peer) = (who.user, *who.peer);
     let conn = checkout.conn();
     let registration = proxy.cancels.register(Some(conn.process_id));
     registration.set_upstream(Some(UpstreamKey {
@@ -349,7 +350,7 @@ fn register_session(
     backend_pid: i32,
     tls: bool,
 ) -> crate::sessions::SessionHandle {
-    let (user, peer) = (who.user, who.peer);
+    let (user, peer) = (who.user, *who.peer);
     // Ended at once when its tenant is closed or pgtenant's shutdown grace period runs out (`kick_all`).
     proxy.sessions.register(SessionInfo {
         id: 0,
@@ -370,7 +371,7 @@ fn register_session(
 /// Tells the client why its session ended when pgtenant ended it, stops a query nobody waits for, and
 /// gives the server connection back clean (rolled back, `DISCARD ALL`) or closes it.
 async fn finish(proxy: &Proxy, mut client: ClientStream, ended: Ended, who: &Who<'_>) {
-    let (user, peer, tls) = (who.user, who.peer, client.is_tls());
+    let (user, peer, tls) = (who.user, *who.peer, client.is_tls());
     let Ended {
         end,
         held,
