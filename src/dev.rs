@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 pub mod cluster_home;
+mod orphaned_cluster;
 
 pub use cluster_home::ClusterHome;
 
@@ -103,11 +104,12 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     }
 }
 
-fn load_or_create_secrets(dir: &Path) -> Result<DevSecrets, DevError> {
+/// The dev secrets, and whether they were just made.
+fn load_or_create_secrets(dir: &Path) -> Result<(DevSecrets, bool), DevError> {
     let path = dir.join("dev-secrets.toml");
     if let Ok(text) = std::fs::read_to_string(&path) {
         if let Ok(secrets) = toml::from_str::<DevSecrets>(&text) {
-            return Ok(secrets);
+            return Ok((secrets, false));
         }
     }
     let secrets = DevSecrets {
@@ -117,7 +119,7 @@ fn load_or_create_secrets(dir: &Path) -> Result<DevSecrets, DevError> {
     };
     let text = toml::to_string(&secrets)?;
     write_private(&path, &text)?;
-    Ok(secrets)
+    Ok((secrets, true))
 }
 
 fn write_private(path: &Path, text: &str) -> Result<(), DevError> {
@@ -144,7 +146,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         }
     }
     std::fs::create_dir_all(&dir).map_err(io_err("cannot create", &dir))?;
-    let secrets = load_or_create_secrets(&dir)?;
+    let (secrets, secrets_are_new) = load_or_create_secrets(&dir)?;
 
     let state_dir = dir.clone();
     let home = tokio::task::spawn_blocking(move || ClusterHome::choose(&state_dir)).await??;
@@ -155,6 +157,13 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             pgcluster::POSTGRES_OS_USER,
             dir.display(),
             home.dir.display()
+        );
+    }
+    if orphaned_cluster::remove_if_orphaned(&home.data_dir(), secrets_are_new)? {
+        eprintln!(
+            "The cluster in {} was made with secrets that are gone (a new {} was made): it is removed, and a new one is made.",
+            home.data_dir().display(),
+            dir.join("dev-secrets.toml").display()
         );
     }
     let spec = ClusterSpec::new(home.data_dir(), "postgres", &secrets.superuser_password);
