@@ -159,9 +159,13 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
             home.dir.display()
         );
     }
-    if orphaned_cluster::remove_if_orphaned(&home.data_dir(), secrets_are_new)? {
+    if orphaned_cluster::remove_if_orphaned(
+        &home.data_dir(),
+        &secrets.superuser_password,
+        secrets_are_new,
+    )? {
         eprintln!(
-            "The cluster in {} was made with secrets that are gone (a new {} was made): it is removed, and a new one is made.",
+            "The cluster in {} was made with secrets that are gone (not those of {}): it is removed, and a new one is made.",
             home.data_dir().display(),
             dir.join("dev-secrets.toml").display()
         );
@@ -172,6 +176,7 @@ pub async fn run(args: DevArgs) -> Result<(), DevError> {
         Cluster::start(&bins, spec)
     })
     .await??;
+    orphaned_cluster::record(cluster.data_dir(), &secrets.superuser_password)?;
     eprintln!(
         "PostgreSQL running on 127.0.0.1:{} (data {}, log {})",
         cluster.port(),
