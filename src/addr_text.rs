@@ -56,19 +56,9 @@ impl AddrText {
         }
     }
 
-    fn push_decimal(&mut self, mut value: u32) {
-        let mut digits = [0u8; 10];
-        let mut n = 0;
-        loop {
-            digits[n] = b'0' + (value % 10) as u8;
-            n += 1;
-            value /= 10;
-            if value == 0 {
-                break;
-            }
-        }
-        for &d in digits[..n].iter().rev() {
-            self.push(d);
+    fn push_decimal(&mut self, value: u32) {
+        for &digit in crate::log_line::decimal(u64::from(value), &mut [0; 20]).as_bytes() {
+            self.push(digit);
         }
     }
 

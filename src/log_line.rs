@@ -136,7 +136,7 @@ fn push_digits(text: &mut String, value: u64, width: usize) {
 }
 
 /// `value` in decimal, written at the end of `buffer`.
-fn decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
+pub(crate) fn decimal(value: u64, buffer: &mut [u8; 20]) -> &str {
     let mut at = buffer.len();
     let mut rest = value;
     loop {

@@ -7,8 +7,8 @@ use super::expect::Undo;
 use super::inject::{close_stale, ensure_prepared, inject_error, make_room};
 use super::statements::Statement;
 use super::{
-    client_needs_whole, frame_header, is_whole, simple_frame, NotTaken, State, Step, TakenNow,
-    TxnSession, MAX_WHOLE_MESSAGE,
+    checked_header, client_needs_whole, is_whole, simple_frame, NotTaken, State, Step, TakenNow,
+    TxnSession,
 };
 use super::{deallocate, introspection, lasting, statements};
 use crate::error::UserFacing;
@@ -51,14 +51,7 @@ impl TxnSession<'_> {
                 if state.client_in.len() < 5 {
                     return Ok(Step::Continue);
                 }
-                let (msg_tag, len) = frame_header(&state.client_in);
-                if len < 4 || len as usize > MAX_WHOLE_MESSAGE {
-                    return Err(ProtocolError::BadFrameLength {
-                        tag: msg_tag as char,
-                        len: len.max(0) as usize,
-                    });
-                }
-                let total = 1 + len as usize;
+                let (msg_tag, total) = checked_header(&state.client_in)?;
                 let whole = state.client_in.len() >= total;
                 // A Query is read whole too (up to the size the virtual schema rewrites), so its text can be
                 // checked and rewritten even when it arrives in several reads.

@@ -30,7 +30,7 @@ mod sync;
 mod tests;
 mod turn;
 
-use frames::{client_needs_whole, frame_header, is_whole, server_needs_whole, simple_frame};
+use frames::{checked_header, client_needs_whole, is_whole, server_needs_whole, simple_frame};
 
 pub use sync::sync_settings;
 

@@ -6,7 +6,7 @@ use super::expect;
 use super::expect::Disposition;
 use super::expect::Undo;
 use super::statements::ClientStatements;
-use super::{frame_header, server_needs_whole, State, TxnSession, MAX_WHOLE_MESSAGE};
+use super::{checked_header, server_needs_whole, State, TxnSession};
 use crate::protocol;
 use crate::protocol::sqlstate;
 use crate::protocol::ErrorFields;
@@ -74,14 +74,7 @@ impl TxnSession<'_> {
             if state.server_in.len() < 5 {
                 return Ok(());
             }
-            let (msg_tag, len) = frame_header(&state.server_in);
-            if len < 4 || len as usize > MAX_WHOLE_MESSAGE {
-                return Err(ProtocolError::BadFrameLength {
-                    tag: msg_tag as char,
-                    len: len.max(0) as usize,
-                });
-            }
-            let total = 1 + len as usize;
+            let (msg_tag, total) = checked_header(&state.server_in)?;
             let whole = state.server_in.len() >= total;
             if !whole && server_needs_whole(msg_tag) {
                 return Ok(());
